@@ -1,0 +1,84 @@
+"""The serving adapter contract (DESIGN.md). Every backend implements it and passes tests/contract/.
+
+Numpy arrays in and out, keyed by the signature's tensor names. Adapters receive resolved
+``ModelVersion`` objects and never touch the registry's internals.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..registry import ArtifactInfo, ModelKey, ModelVersion
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A version loaded in a backend, with the provenance every response reports."""
+
+    version: ModelVersion
+    backend: str
+    artifact: ArtifactInfo
+    loaded_at: float = field(default_factory=time.time)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> ModelKey:
+        return self.version.key
+
+    @property
+    def precision(self) -> str:
+        return self.artifact.precision
+
+
+@dataclass(frozen=True)
+class AdapterHealth:
+    healthy: bool
+    backend: str
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ServingAdapter(ABC):
+    """Loads registry versions into a backend and runs predictions on them."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    async def load(self, version: ModelVersion) -> LoadedModel:
+        """Make ``version`` servable. Idempotent: loading a loaded key returns the existing handle."""
+
+    @abstractmethod
+    async def unload(self, key: ModelKey) -> None:
+        """Release ``key``. Unloading an unknown key is a no-op."""
+
+    @abstractmethod
+    async def predict(
+        self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the model. ``deadline`` is a ``time.monotonic()`` instant after which the work is dropped.
+
+        Raises ModelNotFound when ``key`` is not loaded, BackendUnavailable / BackendTimeout /
+        Overloaded / DeadlineExceeded for backend trouble.
+        """
+
+    @abstractmethod
+    async def health(self) -> AdapterHealth:
+        """Whether the backend can serve right now."""
+
+    @abstractmethod
+    def loaded(self) -> list[LoadedModel]:
+        """Versions currently loaded."""
+
+    async def describe(self, key: ModelKey) -> dict[str, Any]:
+        """Backend-side metadata and statistics for a loaded model (shown in GET /v1/models/{name})."""
+        return {}
+
+    async def close(self) -> None:
+        """Release everything (called at shutdown)."""
+        for model in list(self.loaded()):
+            await self.unload(model.key)

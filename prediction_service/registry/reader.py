@@ -1,0 +1,98 @@
+"""Read path of the registry: list models and versions, resolve name + stage/version.
+
+Parsed metadata is cached by (path, mtime_ns, size), so the hot path costs a readlink and a stat.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..errors import ModelNotFound, PredictionServiceError, VersionNotFound
+from .layout import METADATA_FILE, STAGES, RegistryLayout, validate_stage
+from .model_version import ModelVersion, VersionMetadata
+
+
+class CorruptMetadata(PredictionServiceError):
+    code = "corrupt_metadata"
+
+
+class RegistryReader:
+    def __init__(self, root: Path):
+        self.layout = RegistryLayout(root)
+        self._cache: dict[Path, tuple[tuple[int, int], VersionMetadata]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    def model_names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and any(p.glob(f"v*/{METADATA_FILE}"))
+        )
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        model_dir = self.layout.model_dir(name)
+        if not model_dir.is_dir():
+            raise ModelNotFound(f"model {name!r} is not registered", {"model": name})
+        found = []
+        for meta in sorted(model_dir.glob(f"v*/{METADATA_FILE}")):
+            if meta.parent.is_symlink():
+                continue
+            found.append(self._load(meta.parent))
+        return sorted(found, key=lambda v: _version_sort_key(v.version))
+
+    def stages(self, name: str) -> dict[str, str | None]:
+        self.layout.model_dir(name)
+        return {stage: self.layout.read_stage(name, stage) for stage in STAGES}
+
+    def get(self, name: str, version: str) -> ModelVersion:
+        version_dir = self.layout.version_dir(name, version)
+        if not (version_dir / METADATA_FILE).is_file():
+            if not self.layout.model_dir(name).is_dir():
+                raise ModelNotFound(f"model {name!r} is not registered", {"model": name})
+            raise VersionNotFound(f"model {name!r} has no version {version!r}", {"model": name, "version": version})
+        return self._load(version_dir)
+
+    def resolve(self, name: str, version: str | None = None, stage: str | None = None) -> ModelVersion:
+        """An explicit version wins; otherwise the stage (default production)."""
+        if version is not None:
+            return self.get(name, version)
+        stage = validate_stage(stage or "production")
+        target = self.layout.read_stage(name, stage)
+        if target is None:
+            if not self.layout.model_dir(name).is_dir():
+                raise ModelNotFound(f"model {name!r} is not registered", {"model": name})
+            raise VersionNotFound(f"model {name!r} has no {stage} version", {"model": name, "stage": stage})
+        found = self.get(name, target)
+        return found.model_copy(update={"stage": stage})
+
+    def _load(self, version_dir: Path) -> ModelVersion:
+        meta_path = version_dir / METADATA_FILE
+        stat = meta_path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            cached = self._cache.get(meta_path)
+        if cached is None or cached[0] != stamp:
+            try:
+                metadata = VersionMetadata.model_validate_json(meta_path.read_bytes())
+            except ValidationError as exc:
+                raise CorruptMetadata(f"invalid metadata.json in {version_dir.name}", {"errors": exc.errors()[:5]}) from exc
+            with self._lock:
+                self._cache[meta_path] = (stamp, metadata)
+        else:
+            metadata = cached[1]
+        return ModelVersion(path=version_dir, metadata=metadata)
+
+
+def _version_sort_key(version: str) -> tuple:
+    parts = []
+    for piece in version.replace("-", ".").split("."):
+        parts.append((0, int(piece), "") if piece.isdigit() else (1, 0, piece))
+    return tuple(parts)

@@ -1,0 +1,227 @@
+"""Typed settings: one tree, read from environment variables (and an optional .env file).
+
+Each section reads its own prefix, so ``SIMPLE_MAX_MODELS_IN_MEMORY`` lands in
+``Settings().simple.max_models_in_memory``. ``config/example.env`` documents every variable.
+Tests build settings directly: ``Settings(model_store=tmp, batching=BatchingSettings(...))``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _section(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore", populate_by_name=True)
+
+
+class AdapterType(str, Enum):
+    SIMPLE = "simple"
+    TORCHSCRIPT = "torchscript"
+    TORCHSERVE = "torchserve"
+    TRITON = "triton"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class ServerSettings(BaseSettings):
+    model_config = _section("SERVER_")
+
+    host: str = "127.0.0.1"
+    """Bind address. Loopback by default; set 0.0.0.0 only behind a trusted network boundary."""
+    port: int = Field(8000, ge=1, le=65535)
+    """TCP port of the REST API."""
+    workers: int = Field(1, ge=1, le=64)
+    """Worker processes (uvicorn). Shared state lives on disk and in SQLite, so any count is safe."""
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    """On SIGTERM: how long in-flight requests may take to finish before the process exits."""
+
+
+class SimpleSettings(BaseSettings):
+    model_config = _section("SIMPLE_")
+
+    max_models_in_memory: int = Field(5, ge=1)
+    """LRU bound on model versions held in memory by the in-process adapters."""
+    model_timeout_seconds: float = Field(3600.0, gt=0)
+    """A model version idle for this long is unloaded (it reloads on the next request)."""
+    intra_op_threads: int = Field(1, ge=0)
+    """Threads per ONNX Runtime / torch run. 1 suits small models batched by the service; 0 = runtime default."""
+
+
+class BatchingSettings(BaseSettings):
+    model_config = _section("BATCH_")
+
+    max_batch_size: int = Field(32, ge=1)
+    """Most rows merged into one model run."""
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    """Longest a request waits for others to join its batch."""
+    max_queue_size: int = Field(512, ge=1)
+    """Requests waiting per model; past it new requests are shed with 429 instead of queueing."""
+
+
+class LimitSettings(BaseSettings):
+    model_config = _section("LIMIT_")
+
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Request bodies larger than this get 413."""
+    max_json_depth: int = Field(16, ge=2)
+    """Deeper JSON nesting is refused with 400 (guards the parser and validators)."""
+    max_batch_rows: int = Field(256, ge=1)
+    """Most instances one predict request may carry."""
+    max_in_flight: int = Field(256, ge=1)
+    """Predictions in progress per worker; past it new ones get 503 at once."""
+    default_deadline_ms: float = Field(1000.0, gt=0)
+    """Per-request deadline unless the X-Request-Deadline-Ms header sets one; expired work is dropped."""
+
+
+class SecuritySettings(BaseSettings):
+    model_config = _section("")
+
+    api_keys: str = ""
+    """Comma-separated API keys, each ``key`` (admin) or ``key:read`` / ``key:admin``. Empty = no auth."""
+    predict_requires_key: bool = False
+    """When true, predictions need an API key too (any scope)."""
+    rate_limit_per_second: float = Field(0.0, ge=0)
+    """Per-key request rate limit (token bucket); 0 disables it."""
+
+
+class AuditSettings(BaseSettings):
+    model_config = _section("AUDIT_")
+
+    enabled: bool = True
+    """Record every prediction in the audit log."""
+    db_path: Path | None = None
+    """SQLite file; default <MODEL_STORE>/.state/audit.sqlite3."""
+    record_payloads: str = Field("hash", pattern="^(none|hash|full)$")
+    """What of inputs/outputs to keep: none, a sha256 hash, or the full JSON."""
+    batch_size: int = Field(256, ge=1)
+    """Records written per transaction."""
+    flush_interval_ms: float = Field(200.0, gt=0)
+    """Longest a record waits in memory before it is written."""
+    max_backlog: int = Field(50_000, ge=1)
+    """Records held in memory at most; past it new ones are dropped and counted."""
+
+
+class ExperimentSettings(BaseSettings):
+    model_config = _section("EXPERIMENT_")
+
+    db_path: Path | None = None
+    """SQLite file for experiments and outcomes; default <MODEL_STORE>/.state/experiments.sqlite3."""
+    min_samples_per_arm: int = Field(100, ge=2)
+    """Outcomes each arm needs before any PROMOTE/ROLLBACK decision."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """Significance level."""
+    power: float = Field(0.8, gt=0, lt=1)
+    """Power used to report the samples still needed."""
+    promote_min_accuracy_gain: float = 0.02
+    """PROMOTE needs at least this accuracy gain (fraction: 0.02 = 2 points)."""
+    max_latency_degradation_ms: float = 2.0
+    """PROMOTE needs less latency degradation than this; more than this means ROLLBACK."""
+    rollback_error_rate_increase: float = 0.5
+    """ROLLBACK when the challenger's error rate exceeds the champion's by this fraction (0.5 = +50 %)."""
+    rollback_accuracy_drop: float = 0.05
+    """ROLLBACK when accuracy drops by more than this (fraction)."""
+
+
+class TritonSettings(BaseSettings):
+    model_config = _section("TRITON_")
+
+    server_url: str = "127.0.0.1:8010"
+    """Triton HTTP endpoint host:port."""
+    server_grpc_url: str = "127.0.0.1:8011"
+    """Triton gRPC endpoint host:port."""
+    use_grpc: bool = False
+    """Infer over gRPC instead of HTTP."""
+    ssl: bool = False
+    """Use TLS to reach Triton."""
+    insecure: bool = False
+    """With TLS: skip certificate verification (development only)."""
+    model_repository: Path | None = None
+    """Triton's model repository directory; default <MODEL_STORE>/.triton-repo."""
+    default_model_version: str = "1"
+    """Version directory written in the Triton repository for each entry."""
+    max_batch_size: int = Field(32, ge=0)
+    """max_batch_size in generated config.pbtxt files."""
+    timeout_seconds: float = Field(5.0, gt=0)
+    """Per-call timeout to Triton; past it the request fails with 504."""
+
+
+class TorchServeSettings(BaseSettings):
+    model_config = _section("TORCHSERVE_")
+
+    inference_url: str = "http://127.0.0.1:8080"
+    """TorchServe inference API."""
+    management_url: str = "http://127.0.0.1:8081"
+    """TorchServe management API. Never exposed through this service."""
+    model_store: Path | None = None
+    """Directory TorchServe reads .mar files from; default <MODEL_STORE>/.torchserve-store."""
+    batch_size: int = Field(16, ge=1)
+    """TorchServe server-side batch size."""
+    max_batch_delay: int = Field(5, ge=0)
+    """TorchServe max batch delay (ms)."""
+    default_workers: int = Field(1, ge=1)
+    """Initial/min workers per model."""
+    max_workers: int = Field(2, ge=1)
+    """Max workers per model."""
+    timeout_seconds: float = Field(5.0, gt=0)
+    """Per-call timeout; past it the request fails with 504."""
+    token: str | None = None
+    """Token for TorchServe's token authorization (key file's inference/management key)."""
+    management_token: str | None = None
+    """Management token, when it differs from the inference token."""
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Sections read their own env prefix."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
+
+    serving_adapter_type: AdapterType = AdapterType.SIMPLE
+    """Backend that runs models: simple | torchscript | torchserve | triton."""
+    model_store: Path = Path("model_store")
+    """Root of the filesystem model registry."""
+    serving_precision: Precision = Precision.FP32
+    """Precision variant served when a version has several (falls back to fp32)."""
+    preload_stages: str = "production"
+    """Comma-separated stages whose versions load at startup; readiness waits for them."""
+    stage_poll_interval_seconds: float = Field(1.0, gt=0)
+    """How often each worker checks stage links for changes (hot reload by other processes)."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    simple: SimpleSettings = Field(default_factory=SimpleSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
+    triton: TritonSettings = Field(default_factory=TritonSettings)
+    torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
+
+    @field_validator("serving_adapter_type", mode="before")
+    @classmethod
+    def _known_adapter(cls, value: object) -> object:
+        valid = [a.value for a in AdapterType]
+        if isinstance(value, str) and value.lower() not in valid:
+            raise ValueError(f"unknown SERVING_ADAPTER_TYPE {value!r}; valid: {', '.join(valid)}")
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _absolute_store(self) -> "Settings":
+        self.model_store = self.model_store.expanduser().resolve()
+        return self
+
+    @property
+    def state_dir(self) -> Path:
+        """Where SQLite state and generated backend repositories live by default."""
+        return self.model_store / ".state"
+
+    @property
+    def preload_stage_list(self) -> list[str]:
+        return [s.strip() for s in self.preload_stages.split(",") if s.strip()]

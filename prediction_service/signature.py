@@ -1,0 +1,151 @@
+"""The strict input/output contract of a model version, and validation of request tensors against it.
+
+Shapes include the batch dimension first; -1 marks a dynamic dimension. Validation is strict:
+names, rank, fixed dims, dtype (with safe casts only), finiteness and row limits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import InvalidInput
+
+DType = Literal["float32", "float16", "float64", "int64", "int32", "bool"]
+
+# Request JSON numbers arrive as float64/int64; these casts are allowed into the model's dtype.
+_SAFE_CASTS: dict[str, tuple[str, ...]] = {
+    "float32": ("float64", "float32", "float16", "int64", "int32"),
+    "float16": ("float64", "float32", "float16", "int64", "int32"),
+    "float64": ("float64", "float32", "float16", "int64", "int32"),
+    "int64": ("int64", "int32"),
+    "int32": ("int64", "int32"),
+    "bool": ("bool",),
+}
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$", max_length=128)
+    dtype: DType
+    shape: tuple[int, ...]
+    """Full shape with the batch dim first; -1 = dynamic."""
+
+    @field_validator("shape")
+    @classmethod
+    def _valid_dims(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not shape:
+            raise ValueError("shape needs at least the batch dimension")
+        if any(d == 0 or d < -1 for d in shape):
+            raise ValueError(f"dims must be positive or -1, got {shape}")
+        return shape
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+
+class TextPreprocessing(BaseModel):
+    """Models that take text declare their tokenizer; the service tokenizes ``text`` requests."""
+
+    tokenizer: str
+    """Tokenizer file name inside the version directory (a vocab file, never code)."""
+    max_length: int = Field(ge=1)
+    input_ids: str = "input_ids"
+    attention_mask: str | None = "attention_mask"
+
+
+class ModelSignature(BaseModel):
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    task: Literal["regression", "classification"] = "regression"
+    labels: list[str] | None = None
+    """Class names, index-aligned with the classifier's last output dim."""
+    max_batch_size: int = Field(256, ge=1)
+    text: TextPreprocessing | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ModelSignature":
+        names = [t.name for t in self.inputs + self.outputs]
+        if len(names) != len(set(names)):
+            raise ValueError(f"tensor names must be unique: {names}")
+        return self
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def validate_inputs(self, raw: dict[str, Any], max_rows: int | None = None) -> dict[str, np.ndarray]:
+        """Turn request data into arrays of the declared dtype and shape, or raise InvalidInput."""
+        expected = {s.name for s in self.inputs}
+        missing, unknown = expected - raw.keys(), raw.keys() - expected
+        if missing or unknown:
+            raise InvalidInput(
+                "input names do not match the model signature",
+                {"missing": sorted(missing), "unexpected": sorted(unknown), "expected": sorted(expected)},
+            )
+        limit = min(self.max_batch_size, max_rows or self.max_batch_size)
+        arrays: dict[str, np.ndarray] = {}
+        rows: int | None = None
+        for spec in self.inputs:
+            array = _as_array(spec, raw[spec.name])
+            _check_shape(spec, array)
+            if array.shape[0] == 0:
+                raise InvalidInput("empty batch", {"input": spec.name})
+            if array.shape[0] > limit:
+                raise InvalidInput(
+                    f"batch of {array.shape[0]} rows exceeds the limit of {limit}",
+                    {"input": spec.name, "rows": array.shape[0], "max_rows": limit},
+                )
+            if rows is not None and array.shape[0] != rows:
+                raise InvalidInput("inputs disagree on the batch size", {"input": spec.name})
+            rows = array.shape[0]
+            arrays[spec.name] = array
+        return arrays
+
+
+def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        array = value
+    else:
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as exc:  # ragged nesting
+            raise InvalidInput(f"input {spec.name!r} is not a rectangular array", {"input": spec.name}) from exc
+    kind = array.dtype.kind
+    if kind in "OUSV":
+        raise InvalidInput(
+            f"input {spec.name!r} must be numeric ({spec.dtype}); got non-numeric or ragged data",
+            {"input": spec.name, "expected_dtype": spec.dtype},
+        )
+    if array.dtype.name not in _SAFE_CASTS[spec.dtype]:
+        raise InvalidInput(
+            f"input {spec.name!r} has dtype {array.dtype.name}, expected {spec.dtype}",
+            {"input": spec.name, "expected_dtype": spec.dtype, "got_dtype": array.dtype.name},
+        )
+    if kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput(f"input {spec.name!r} contains NaN or Inf", {"input": spec.name})
+    if spec.dtype.startswith("int") and kind == "i":
+        info = np.iinfo(spec.dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise InvalidInput(f"input {spec.name!r} overflows {spec.dtype}", {"input": spec.name})
+    return np.ascontiguousarray(array, dtype=spec.dtype)
+
+
+def _check_shape(spec: TensorSpec, array: np.ndarray) -> None:
+    if array.ndim != len(spec.shape):
+        raise InvalidInput(
+            f"input {spec.name!r} has rank {array.ndim}, expected {len(spec.shape)} (shape {list(spec.shape)})",
+            {"input": spec.name, "expected_shape": list(spec.shape), "got_shape": list(array.shape)},
+        )
+    for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
+        if axis > 0 and want != -1 and want != got:
+            raise InvalidInput(
+                f"input {spec.name!r} has shape {list(array.shape)}, expected {list(spec.shape)}",
+                {"input": spec.name, "expected_shape": list(spec.shape), "got_shape": list(array.shape)},
+            )
