@@ -1,0 +1,83 @@
+"""Minimal write path: register a version from artifact files, move a stage link.
+
+A version directory is assembled under a temporary name and renamed into place, so it appears
+whole or not at all. The registry issue builds lifecycle, locking and events on top of this.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import Conflict, InvalidInput
+from .fsutil import atomic_symlink, atomic_write_bytes, fsync_dir, sha256_file
+from .layout import METADATA_FILE, RegistryLayout, validate_stage
+from .model_version import ArtifactInfo, ModelVersion, VersionMetadata
+
+
+@dataclass(frozen=True)
+class ArtifactSource:
+    """A file to copy into a version: where it is now and what it is."""
+
+    path: Path
+    format: str
+    precision: str = "fp32"
+    file_name: str | None = None
+    """Name inside the version dir; defaults to the source's name."""
+
+
+def register_version(
+    root: Path,
+    metadata: VersionMetadata,
+    artifacts: list[ArtifactSource],
+    extra_files: list[Path] = (),
+) -> ModelVersion:
+    """Copy artifacts (and extra files such as a tokenizer vocab) into ``<root>/<name>/v<version>``.
+
+    ``metadata.artifacts`` is replaced by what was copied, with sha256 and size of each file.
+    """
+    layout = RegistryLayout(root)
+    final_dir = layout.version_dir(metadata.name, metadata.version)
+    if final_dir.exists():
+        raise Conflict(f"{metadata.name} version {metadata.version} already exists",
+                       {"model": metadata.name, "version": metadata.version})
+    if not artifacts:
+        raise InvalidInput("a version needs at least one artifact")
+    model_dir = final_dir.parent
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=model_dir))
+    try:
+        infos = []
+        for source in artifacts:
+            name = source.file_name or source.path.name
+            dest = staging / name
+            shutil.copyfile(source.path, dest)
+            infos.append(ArtifactInfo(file=name, format=source.format, precision=source.precision,
+                                      sha256=sha256_file(dest), size_bytes=dest.stat().st_size))
+        for extra in extra_files:
+            shutil.copyfile(extra, staging / Path(extra).name)
+        final_meta = metadata.model_copy(update={"artifacts": infos})
+        atomic_write_bytes(staging / METADATA_FILE, final_meta.model_dump_json(indent=2).encode())
+        fsync_dir(staging)
+        staging.rename(final_dir)
+        fsync_dir(model_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ModelVersion(path=final_dir, metadata=final_meta)
+
+
+def write_metadata(root: Path, metadata: VersionMetadata) -> None:
+    """Replace a version's metadata.json atomically (temp + fsync + replace)."""
+    path = RegistryLayout(root).metadata_path(metadata.name, metadata.version)
+    atomic_write_bytes(path, metadata.model_dump_json(indent=2).encode())
+
+
+def set_stage_link(root: Path, name: str, stage: str, version: str) -> None:
+    layout = RegistryLayout(root)
+    validate_stage(stage)
+    if not (layout.version_dir(name, version) / METADATA_FILE).is_file():
+        raise InvalidInput(f"{name} has no version {version}")
+    atomic_symlink(f"v{version}", layout.stage_link(name, stage))
