@@ -1,0 +1,68 @@
+"""API keys: parsed once into sha256 digests with a scope; compared in constant time.
+
+``API_KEYS="k1,k2:read"`` -> k1 is admin, k2 read-only. No keys configured = no auth.
+A missing or unknown key is 401; a read key on an admin endpoint is 403.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from enum import IntEnum
+
+from ..errors import Forbidden, Unauthorized
+
+API_KEY_HEADER = "X-API-Key"
+
+
+class Scope(IntEnum):
+    READ = 1
+    ADMIN = 2
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    digest: bytes
+    scope: Scope
+    key_id: str
+    """Short, non-secret id (first 8 hex chars of the digest) for logs and rate limiting."""
+
+
+def _digest(raw: str) -> bytes:
+    return hashlib.sha256(raw.encode()).digest()
+
+
+class ApiKeyStore:
+    def __init__(self, spec: str):
+        self.keys: list[ApiKey] = []
+        for item in (part.strip() for part in spec.split(",")):
+            if not item:
+                continue
+            raw, _, scope_name = item.partition(":")
+            scope_name = (scope_name or "admin").lower()
+            if scope_name not in ("read", "admin"):
+                raise ValueError(f"API_KEYS: unknown scope {scope_name!r} (use :read or :admin)")
+            digest = _digest(raw)
+            self.keys.append(ApiKey(digest, Scope[scope_name.upper()], digest.hex()[:8]))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    def authenticate(self, presented: str | None, needed: Scope) -> ApiKey | None:
+        """The matching key, None when auth is off; raises Unauthorized / Forbidden."""
+        if not self.enabled:
+            return None
+        if not presented:
+            raise Unauthorized(f"missing {API_KEY_HEADER} header")
+        digest = _digest(presented)
+        match = None
+        for key in self.keys:  # check every key: no early exit that leaks which prefix matched
+            if hmac.compare_digest(key.digest, digest):
+                match = key
+        if match is None:
+            raise Unauthorized("invalid API key")
+        if match.scope < needed:
+            raise Forbidden(f"this API key has {match.scope.name.lower()} scope; {needed.name.lower()} is required")
+        return match

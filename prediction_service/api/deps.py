@@ -1,0 +1,26 @@
+"""FastAPI dependencies shared by the routers: app state accessors and API-key scopes."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from ..settings import Settings
+from .auth import API_KEY_HEADER, ApiKey, ApiKeyStore, Scope
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _key_store(request: Request) -> ApiKeyStore:
+    return request.app.state.api_keys
+
+
+def require_read(request: Request) -> ApiKey | None:
+    """Read-only management endpoints: any valid key when keys are configured."""
+    return _key_store(request).authenticate(request.headers.get(API_KEY_HEADER), Scope.READ)
+
+
+def require_admin(request: Request) -> ApiKey | None:
+    """Endpoints that change state (registry writes, reload, experiments)."""
+    return _key_store(request).authenticate(request.headers.get(API_KEY_HEADER), Scope.ADMIN)

@@ -1,0 +1,57 @@
+"""The one place domain errors become HTTP responses: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import PredictionServiceError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def error_response(exc: PredictionServiceError) -> ORJSONResponse:
+    return ORJSONResponse(error_body(exc.code, exc.message, exc.details), status_code=int(exc.status),
+                          headers=exc.headers())
+
+
+def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # pydantic may put exceptions or bytes in "ctx"/"input"; keep what is safe to echo.
+    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in errors[:20]]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PredictionServiceError)
+    async def _domain(_: Request, exc: PredictionServiceError) -> ORJSONResponse:
+        if int(exc.status) >= 500:
+            log.warning("%s: %s", exc.code, exc.message)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        errors = exc.errors()
+        malformed = any(e.get("type") == "json_invalid" for e in errors)
+        code, status = ("malformed_json", 400) if malformed else ("invalid_request", 422)
+        message = "request body is not valid JSON" if malformed else "request does not match the schema"
+        return ORJSONResponse(error_body(code, message, {"errors": _jsonable_errors(errors)}), status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ORJSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+        log.exception("unhandled error")
+        return ORJSONResponse(error_body("internal_error", "internal server error"), status_code=500)
