@@ -64,6 +64,8 @@ class BatchingSettings(BaseSettings):
     """Longest a request waits for others to join its batch."""
     max_queue_size: int = Field(512, ge=1)
     """Requests waiting per model; past it new requests are shed with 429 instead of queueing."""
+    concurrent_batches: int = Field(2, ge=1)
+    """Model runs in flight at once per model (threads); lets one batch form while another runs."""
 
 
 class LimitSettings(BaseSettings):

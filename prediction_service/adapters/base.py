@@ -74,6 +74,9 @@ class ServingAdapter(ABC):
     def loaded(self) -> list[LoadedModel]:
         """Versions currently loaded."""
 
+    def is_loaded(self, key: ModelKey) -> bool:
+        return any(model.key == key for model in self.loaded())
+
     async def describe(self, key: ModelKey) -> dict[str, Any]:
         """Backend-side metadata and statistics for a loaded model (shown in GET /v1/models/{name})."""
         return {}

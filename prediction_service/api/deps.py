@@ -24,3 +24,10 @@ def require_read(request: Request) -> ApiKey | None:
 def require_admin(request: Request) -> ApiKey | None:
     """Endpoints that change state (registry writes, reload, experiments)."""
     return _key_store(request).authenticate(request.headers.get(API_KEY_HEADER), Scope.ADMIN)
+
+
+def require_predict(request: Request) -> ApiKey | None:
+    """Predictions are open unless PREDICT_REQUIRES_KEY=true; then any valid key."""
+    if not request.app.state.settings.security.predict_requires_key:
+        return None
+    return require_read(request)

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from .responses import FastJSONResponse as ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import PredictionServiceError

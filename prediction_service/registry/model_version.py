@@ -55,7 +55,8 @@ class VersionMetadata(BaseModel):
     """modelzoo architecture name; needed to load ``state_dict`` artifacts."""
     architecture_config: dict[str, Any] = Field(default_factory=dict)
     signature: ModelSignature
-    artifacts: list[ArtifactInfo] = Field(min_length=1)
+    artifacts: list[ArtifactInfo] = Field(default_factory=list)
+    """Filled in by the registry when files are copied in (register_version)."""
     metrics: dict[str, float] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
     status: Status = "none"

@@ -1,0 +1,189 @@
+"""Shared machinery of the in-process adapters: LRU + idle unload, one dynamic batcher per model,
+model runs on a thread pool so the event loop never blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from cachetools import LRUCache
+
+from ..batching import DynamicBatcher
+from ..errors import ModelLoadError, ModelNotFound
+from ..registry import ArtifactInfo, ModelKey, ModelVersion
+from ..registry.fsutil import sha256_file
+from ..settings import Settings
+from .base import AdapterHealth, LoadedModel, ServingAdapter
+from .runtimes import Runtime, open_runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Entry:
+    model: LoadedModel
+    runtime: Runtime
+    batcher: DynamicBatcher
+    last_used: float
+
+
+class _EvictingLRU(LRUCache):
+    def __init__(self, maxsize: int, on_evict):
+        super().__init__(maxsize)
+        self._on_evict = on_evict
+
+    def popitem(self):
+        key, value = super().popitem()
+        self._on_evict(key, value)
+        return key, value
+
+
+class InProcessAdapter(ServingAdapter):
+    name = "inprocess"
+    formats: tuple[str, ...] = ("onnx", "torchscript", "state_dict")
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        batching = settings.batching
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(2, batching.concurrent_batches), thread_name_prefix=f"{self.name}-run")
+        self._models: _EvictingLRU = _EvictingLRU(settings.simple.max_models_in_memory, self._evicted)
+        self._load_locks: dict[ModelKey, asyncio.Lock] = {}
+        self._background: set[asyncio.Task] = set()
+        self._sweeper: asyncio.Task | None = None
+        self.batch_observer = None
+        """Optional ``callable(model_name, rows)`` told the size of every batch run (metrics)."""
+
+    # ---- contract -----------------------------------------------------------------------------
+
+    async def load(self, version: ModelVersion) -> LoadedModel:
+        key = version.key
+        lock = self._load_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key in self._models:
+                return self._models[key].model
+            artifact = self.choose_artifact(version)
+            loop = asyncio.get_running_loop()
+            runtime = await loop.run_in_executor(self._executor, self._open, version, artifact)
+            model = LoadedModel(version=version, backend=self.name, artifact=artifact,
+                                details={"format": runtime.format})
+            batcher = DynamicBatcher(
+                self._runner(runtime),
+                max_batch_size=min(self.settings.batching.max_batch_size, version.signature.max_batch_size),
+                max_queue_delay_ms=self.settings.batching.max_queue_delay_ms,
+                max_queue_size=self.settings.batching.max_queue_size,
+                max_concurrent_batches=self.settings.batching.concurrent_batches,
+                on_batch=self._observe_batch(key.name),
+                name=str(key),
+            )
+            self._models[key] = _Entry(model, runtime, batcher, time.monotonic())
+            self._ensure_sweeper()
+            log.info("loaded %s (%s, %s) in %s", key, artifact.file, artifact.precision, self.name)
+            return model
+
+    async def unload(self, key: ModelKey) -> None:
+        entry = self._models.pop(key, None)
+        if entry is not None:
+            await self._retire(key, entry)
+
+    async def predict(self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None):
+        entry = self._models.get(key)
+        if entry is None:
+            raise ModelNotFound(f"{key} is not loaded", {"model": key.name, "version": key.version})
+        entry.last_used = time.monotonic()
+        return await entry.batcher.submit(inputs, deadline)
+
+    async def health(self) -> AdapterHealth:
+        return AdapterHealth(True, self.name, f"{len(self._models)} models loaded in process")
+
+    def loaded(self) -> list[LoadedModel]:
+        return [entry.model for entry in self._models.values()]
+
+    async def describe(self, key: ModelKey) -> dict:
+        entry = self._models.get(key)
+        if entry is None:
+            return {}
+        stats = entry.batcher.stats
+        return {"runtime": entry.runtime.format, "queue_depth": entry.batcher.queue_depth,
+                "batches": stats.batches, "requests": stats.requests,
+                "mean_batch_rows": round(stats.mean_batch_rows, 2), "shed": stats.shed, "expired": stats.expired}
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await super().close()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def queue_depths(self) -> dict[str, int]:
+        return {str(key): entry.batcher.queue_depth for key, entry in self._models.items()}
+
+    # ---- extension points -----------------------------------------------------------------------
+
+    def choose_artifact(self, version: ModelVersion) -> ArtifactInfo:
+        artifact = version.artifact(self.formats, self.settings.serving_precision.value)
+        if artifact is None:
+            raise ModelLoadError(
+                f"{version.key} has no artifact this adapter can serve (wants {', '.join(self.formats)})",
+                {"artifacts": [a.file for a in version.metadata.artifacts]},
+            )
+        return artifact
+
+    def open_runtime(self, version: ModelVersion, artifact: ArtifactInfo) -> Runtime:
+        return open_runtime(version, artifact, self.settings.simple.intra_op_threads)
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _open(self, version: ModelVersion, artifact: ArtifactInfo) -> Runtime:
+        path = version.artifact_path(artifact)
+        if not path.is_file():
+            raise ModelLoadError(f"artifact {artifact.file} of {version.key} is missing")
+        # Serve exactly the bytes the registry recorded: the sha256 in every response means something.
+        if sha256_file(path) != artifact.sha256:
+            raise ModelLoadError(f"artifact {artifact.file} of {version.key} does not match its recorded sha256")
+        return self.open_runtime(version, artifact)
+
+    def _runner(self, runtime: Runtime):
+        async def run(inputs):
+            return await asyncio.get_running_loop().run_in_executor(self._executor, runtime.run, inputs)
+        return run
+
+    def _observe_batch(self, model_name: str):
+        def observe(rows: int) -> None:
+            if self.batch_observer is not None:
+                self.batch_observer(model_name, rows)
+        return observe
+
+    def _evicted(self, key: ModelKey, entry: _Entry) -> None:
+        log.info("evicting %s (LRU, limit %d)", key, self._models.maxsize)
+        self._spawn(self._retire(key, entry))
+
+    async def _retire(self, key: ModelKey, entry: _Entry) -> None:
+        await entry.batcher.close()  # queued requests finish first
+        entry.runtime.close()
+        self._load_locks.pop(key, None)
+        log.info("unloaded %s", key)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
+
+    async def _sweep_idle(self) -> None:
+        timeout = self.settings.simple.model_timeout_seconds
+        while True:
+            await asyncio.sleep(min(60.0, max(0.05, timeout / 4)))
+            now = time.monotonic()
+            for key, entry in list(self._models.items()):
+                if now - entry.last_used > timeout and entry.batcher.queue_depth == 0:
+                    log.info("unloading %s after %.0f s idle", key, now - entry.last_used)
+                    await self.unload(key)

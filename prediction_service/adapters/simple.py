@@ -1,0 +1,10 @@
+"""The embedded default backend: ONNX Runtime for ``.onnx``, PyTorch for TorchScript and state dicts."""
+
+from __future__ import annotations
+
+from .inprocess import InProcessAdapter
+
+
+class SimpleAdapter(InProcessAdapter):
+    name = "simple"
+    formats = ("onnx", "torchscript", "state_dict")

@@ -1,0 +1,238 @@
+"""Which versions are loaded, and hot reload.
+
+Requests resolve ``name`` + stage through the registry's stage links (a readlink per request), so a
+response always names the version the link pointed to when the request arrived. A watcher polls the
+links (changes by CLI, REST or another worker process) and a per-model reload generation file, loads a
+new target beside the old one, switches, then drains and unloads versions that left every stage.
+If a new target fails to load, stage requests keep going to the last version that served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from .adapters.base import LoadedModel, ServingAdapter
+from .errors import ModelLoadError, ModelNotFound, PredictionServiceError
+from .registry import ModelKey, ModelVersion, RegistryReader
+from .registry.fsutil import atomic_write_bytes
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+RELOAD_FILE = ".reload-generation"
+LOAD_RETRY_SECONDS = 5.0
+DRAIN_TIMEOUT_SECONDS = 30.0
+
+ModelEventHook = Callable[[str, ModelKey, dict], None]
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    error: str
+    at: float
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, reader: RegistryReader, adapter: ServingAdapter,
+                 on_event: ModelEventHook | None = None):
+        self.settings = settings
+        self.reader = reader
+        self.adapter = adapter
+        self._on_event = on_event
+        self._routes: dict[tuple[str, str], ModelVersion] = {}
+        self._failures: dict[ModelKey, LoadFailure] = {}
+        self._loading: dict[ModelKey, asyncio.Task] = {}
+        self._inflight: Counter[ModelKey] = Counter()
+        self._generations: dict[str, bytes] = {}
+        self._watcher: asyncio.Task | None = None
+        self._retiring: set[asyncio.Task] = set()
+        self.started = False
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every version a preload stage points to; then watch links for changes."""
+        for name in self.reader.model_names():
+            self._generations[name] = self._read_generation(name)
+            for stage in self.settings.preload_stage_list:
+                try:
+                    await self.resolve(name, stage=stage)
+                except PredictionServiceError as exc:
+                    log.warning("preload of %s/%s failed: %s", name, stage, exc.message)
+        self.started = True
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="stage-watcher")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """Ready when every preload stage of every model is served by a loaded version."""
+        if not self.started:
+            return False, ["starting"]
+        problems = []
+        for name in self.reader.model_names():
+            for stage in self.settings.preload_stage_list:
+                target = self.reader.layout.read_stage(name, stage)
+                if target is None:
+                    continue
+                route = self._routes.get((name, stage))
+                if route is None or not self.adapter.is_loaded(route.key):
+                    problems.append(f"{name}/{stage} ({target}) not loaded")
+        return not problems, problems
+
+    # ---- request path -------------------------------------------------------------------------------
+
+    async def resolve(self, name: str, version: str | None = None, stage: str | None = None) -> ModelVersion:
+        """The version to serve, loaded. An explicit version wins over a stage."""
+        if version is not None:
+            target = self.reader.get(name, version)
+            await self.ensure_loaded(target)
+            return target
+        stage = stage or "production"
+        target = self.reader.resolve(name, stage=stage)
+        try:
+            await self.ensure_loaded(target)
+        except ModelLoadError:
+            previous = self._routes.get((name, stage))
+            if previous is not None and previous.key != target.key and self.adapter.is_loaded(previous.key):
+                log.warning("%s/%s -> %s failed to load; still serving %s", name, stage, target.version,
+                            previous.version)
+                return previous
+            raise
+        self._set_route(name, stage, target)
+        return target
+
+    def _set_route(self, name: str, stage: str, version: ModelVersion) -> None:
+        old = self._routes.get((name, stage))
+        self._routes[(name, stage)] = version
+        if old is not None and old.key != version.key:
+            self._retire_if_unused(old.key)
+
+    @asynccontextmanager
+    async def serving(self, version: ModelVersion) -> AsyncIterator[None]:
+        """Counts in-flight requests so a retiring version drains before it unloads."""
+        self._inflight[version.key] += 1
+        try:
+            yield
+        finally:
+            self._inflight[version.key] -= 1
+
+    async def ensure_loaded(self, version: ModelVersion) -> LoadedModel | None:
+        key = version.key
+        if self.adapter.is_loaded(key):
+            return None
+        failure = self._failures.get(key)
+        if failure is not None and time.monotonic() - failure.at < LOAD_RETRY_SECONDS:
+            raise ModelLoadError(f"{key} failed to load: {failure.error}", {"model": key.name, "version": key.version})
+        task = self._loading.get(key)
+        if task is None:  # one load per key, however many requests wait for it
+            task = asyncio.get_running_loop().create_task(self._load(version))
+            self._loading[key] = task
+            task.add_done_callback(lambda _t, k=key: self._loading.pop(k, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, version: ModelVersion) -> LoadedModel:
+        started = time.perf_counter()
+        try:
+            loaded = await self.adapter.load(version)
+        except PredictionServiceError as exc:
+            self._failures[version.key] = LoadFailure(exc.message, time.monotonic())
+            self._emit("load_failed", version.key, {"error": exc.message})
+            raise ModelLoadError(f"{version.key} failed to load: {exc.message}", exc.details) from exc
+        self._failures.pop(version.key, None)
+        self._emit("load", version.key, {"seconds": round(time.perf_counter() - started, 4),
+                                         "backend": loaded.backend, "artifact": loaded.artifact.file})
+        return loaded
+
+    # ---- hot reload -----------------------------------------------------------------------------------
+
+    async def reload(self, name: str) -> dict[str, str | None]:
+        """Re-read ``name``'s stage links now and tell other workers (generation file)."""
+        self.reader.layout.model_dir(name)
+        if name not in self.reader.model_names():
+            raise ModelNotFound(f"model {name!r} is not registered", {"model": name})
+        path = self.reader.layout.model_dir(name) / RELOAD_FILE
+        generation = str(time.time_ns()).encode()
+        atomic_write_bytes(path, generation)
+        self._generations[name] = generation
+        self._failures = {k: v for k, v in self._failures.items() if k.name != name}
+        return await self._sync_model(name)
+
+    def failures(self, name: str) -> dict[str, str]:
+        return {key.version: failure.error for key, failure in self._failures.items() if key.name == name}
+
+    def routes(self, name: str) -> dict[str, str]:
+        return {stage: version.version for (model, stage), version in self._routes.items() if model == name}
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stage_poll_interval_seconds)
+            try:
+                for name in self.reader.model_names():
+                    generation = self._read_generation(name)
+                    if generation != self._generations.get(name):
+                        self._generations[name] = generation
+                        self._failures = {k: v for k, v in self._failures.items() if k.name != name}
+                    await self._sync_model(name)
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad model
+                log.exception("stage watcher pass failed")
+
+    async def _sync_model(self, name: str) -> dict[str, str | None]:
+        stages = set(self.settings.preload_stage_list) | {s for (m, s) in self._routes if m == name}
+        result: dict[str, str | None] = {}
+        for stage in sorted(stages):
+            old = self._routes.get((name, stage))
+            target = self.reader.layout.read_stage(name, stage)
+            if target is None:
+                self._routes.pop((name, stage), None)
+                result[stage] = None
+                if old is not None:
+                    self._retire_if_unused(old.key)
+            elif old is None or old.version != target:
+                try:
+                    result[stage] = (await self.resolve(name, stage=stage)).version
+                except PredictionServiceError as exc:
+                    result[stage] = old.version if old else None
+                    log.warning("reload of %s/%s failed: %s", name, stage, exc.message)
+            else:
+                result[stage] = old.version
+        return result
+
+    def _retire_if_unused(self, key: ModelKey) -> None:
+        if any(version.key == key for version in self._routes.values()):
+            return
+        task = asyncio.get_running_loop().create_task(self._drain_and_unload(key))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _drain_and_unload(self, key: ModelKey) -> None:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+        while self._inflight[key] > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if any(version.key == key for version in self._routes.values()):
+            return  # came back into a stage while draining
+        await self.adapter.unload(key)
+        self._emit("unload", key, {"reason": "left its stage"})
+
+    def _read_generation(self, name: str) -> bytes:
+        try:
+            return (self.reader.layout.model_dir(name) / RELOAD_FILE).read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def _emit(self, event: str, key: ModelKey, details: dict) -> None:
+        log.info("model %s %s %s", event, key, details)
+        if self._on_event is not None:
+            try:
+                self._on_event(event, key, details)
+            except Exception:  # noqa: BLE001 - an event sink must never break serving
+                log.exception("model event hook failed")

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from prediction_service.settings import BatchingSettings, Settings
+from tests.support.models import (CLASSIFIER_SIGNATURE, REGRESSOR_SIGNATURE, TinyClassifier, TinyRegressor,
+                                  register_tiny)
+
+
+@pytest.fixture(scope="session")
+def tiny_store_template(tmp_path_factory) -> Path:
+    """A registry with tiny-regressor 1.0.0 (production) and 2.0.0 (staging), and tiny-classifier 1.0.0."""
+    root = tmp_path_factory.mktemp("store-template")
+    work = tmp_path_factory.mktemp("export")
+    register_tiny(root, "tiny-regressor", "1.0.0", TinyRegressor(1.0), REGRESSOR_SIGNATURE, work)
+    register_tiny(root, "tiny-regressor", "2.0.0", TinyRegressor(2.0), REGRESSOR_SIGNATURE, work, stage="staging")
+    register_tiny(root, "tiny-classifier", "1.0.0", TinyClassifier(), CLASSIFIER_SIGNATURE, work)
+    return root
+
+
+@pytest.fixture
+def tiny_store(tiny_store_template, tmp_path) -> Path:
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(tiny_store_template, root, symlinks=True)
+    return root
+
+
+@pytest.fixture
+def settings(tiny_store) -> Settings:
+    return Settings(model_store=tiny_store, stage_poll_interval_seconds=0.1,
+                    batching=BatchingSettings(max_batch_size=32, max_queue_delay_ms=2.0))
+
+
+@pytest.fixture
+async def client(settings):
+    from prediction_service.api.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            http.app = app
+            yield http

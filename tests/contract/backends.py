@@ -1,0 +1,32 @@
+"""Adapters under the contract suite. Each entry makes a ready adapter for a settings object;
+remote backends add an entry that starts (or reuses) their real server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from prediction_service.adapters.base import ServingAdapter
+from prediction_service.adapters.simple import SimpleAdapter
+from prediction_service.settings import Precision, Settings
+
+
+@asynccontextmanager
+async def simple_onnx(settings: Settings) -> AsyncIterator[ServingAdapter]:
+    adapter = SimpleAdapter(settings)
+    yield adapter
+    await adapter.close()
+
+
+@asynccontextmanager
+async def simple_torchscript(settings: Settings) -> AsyncIterator[ServingAdapter]:
+    adapter = SimpleAdapter(settings)
+    adapter.formats = ("torchscript",)  # the same adapter through its PyTorch runtime
+    yield adapter
+    await adapter.close()
+
+
+BACKENDS: dict[str, Callable] = {
+    "simple-onnx": simple_onnx,
+    "simple-torchscript": simple_torchscript,
+}
