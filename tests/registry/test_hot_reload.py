@@ -1,0 +1,109 @@
+"""Hot reload: stage links moved by another process while clients predict; zero failed requests."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import aiohttp
+import httpx
+import pytest
+
+from prediction_service.registry.writer import set_stage_link
+from tests.support.server import REPO, running_server
+
+ROW = [1.0, 2.0, 3.0, 4.0]
+EXPECTED = {"1.0.0": 31.0, "2.0.0": 62.0}
+
+FLIP_SCRIPT = """
+import sys, time, json
+from prediction_service.registry.writer import set_stage_link
+root, flips = sys.argv[1], int(sys.argv[2])
+for i in range(flips):
+    version = "2.0.0" if i % 2 == 0 else "1.0.0"
+    before = time.time()
+    set_stage_link(root, "tiny-regressor", "production", version)
+    print(json.dumps({"version": version, "at": before}), flush=True)
+    time.sleep(0.15)
+"""
+
+
+def production_at(timeline: list[tuple[float, str]], t: float) -> str:
+    current = "1.0.0"
+    for at, version in timeline:
+        if at <= t:
+            current = version
+    return current
+
+
+@pytest.mark.slow
+async def test_production_link_flipped_20_times_by_another_process_under_load(tiny_store):
+    import json
+
+    with running_server(tiny_store, env={"STAGE_POLL_INTERVAL_SECONDS": "0.05"}, workers=2) as (base, _):
+        flipper = subprocess.Popen([sys.executable, "-c", FLIP_SCRIPT, str(tiny_store), "20"], cwd=REPO,
+                                   stdout=subprocess.PIPE, text=True)
+        results: list[tuple[float, float, int, dict]] = []
+
+        async def client_loop(session: aiohttp.ClientSession):
+            while flipper.poll() is None:
+                sent = time.time()
+                async with session.post(f"{base}/v1/models/tiny-regressor/predict", json={"instance": ROW}) as r:
+                    body = await r.json()
+                    results.append((sent, time.time(), r.status, body))
+
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(client_loop(session) for _ in range(6)))
+        flipper.wait(timeout=30)
+        timeline = [(rec["at"], rec["version"]) for rec in map(json.loads, flipper.stdout.read().splitlines())]
+
+    assert len(timeline) == 20
+    assert len(results) > 100
+    failures = [(status, body) for _, _, status, body in results if status != 200]
+    assert failures == []
+    versions = {body["version"] for *_, body in results}
+    assert versions == {"1.0.0", "2.0.0"}
+    for sent, received, _, body in results:
+        # the output really came from the version the response names
+        assert body["predictions"][0] == pytest.approx(EXPECTED[body["version"]])
+        # and that version was production at some instant while the request was in flight
+        window = {production_at(timeline, sent), production_at(timeline, received)}
+        window |= {v for at, v in timeline if sent <= at <= received}
+        assert body["version"] in window, (sent, received, body["version"])
+
+
+async def test_reload_endpoint_switches_now_and_keeps_old_on_failure(client, tiny_store):
+    predict = "/v1/models/tiny-regressor/predict"
+    assert (await client.post(predict, json={"instance": ROW})).json()["version"] == "1.0.0"
+    set_stage_link(tiny_store, "tiny-regressor", "production", "2.0.0")
+    reloaded = await client.post("/v1/models/tiny-regressor/reload")
+    assert reloaded.status_code == 200 and reloaded.json()["serving"]["production"] == "2.0.0"
+    assert (await client.post(predict, json={"instance": ROW})).json()["version"] == "2.0.0"
+
+    # a broken new target: the old version keeps serving and the failure is reported
+    broken = tiny_store / "tiny-regressor" / "v1.0.0" / "model.onnx"
+    broken.write_bytes(b"not onnx")
+    manager = client.app.state.manager
+    await client.app.state.adapter.unload(("tiny-regressor", "1.0.0"))
+    set_stage_link(tiny_store, "tiny-regressor", "production", "1.0.0")
+    reloaded = (await client.post("/v1/models/tiny-regressor/reload")).json()
+    assert reloaded["serving"]["production"] == "2.0.0"
+    assert "1.0.0" in reloaded["load_failures"]
+    response = await client.post(predict, json={"instance": ROW})
+    assert response.status_code == 200 and response.json()["version"] == "2.0.0"
+    assert "1.0.0" in manager.failures("tiny-regressor")
+
+
+async def test_watcher_picks_up_link_change_and_unloads_the_old_version(client, tiny_store):
+    adapter = client.app.state.adapter
+    assert (await client.post("/v1/models/tiny-regressor/predict", json={"instance": ROW})).json()["version"] == "1.0.0"
+    set_stage_link(tiny_store, "tiny-regressor", "production", "2.0.0")
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        loaded = {m.key.version for m in adapter.loaded() if m.key.name == "tiny-regressor"}
+        if client.app.state.manager.routes("tiny-regressor").get("production") == "2.0.0" and "1.0.0" not in loaded:
+            break
+    assert client.app.state.manager.routes("tiny-regressor")["production"] == "2.0.0"
+    assert "1.0.0" not in {m.key.version for m in adapter.loaded() if m.key.name == "tiny-regressor"}
