@@ -16,6 +16,7 @@ class ServingAdapterFactory:
     # Lazy import paths: a backend's client libraries load only when that backend is chosen.
     _registry: dict[str, str] = {
         "simple": "prediction_service.adapters.simple:SimpleAdapter",
+        "torchscript": "prediction_service.adapters.torchscript:TorchScriptAdapter",
     }
 
     @classmethod

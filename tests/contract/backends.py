@@ -26,7 +26,17 @@ async def simple_torchscript(settings: Settings) -> AsyncIterator[ServingAdapter
     await adapter.close()
 
 
+@asynccontextmanager
+async def torchscript(settings: Settings) -> AsyncIterator[ServingAdapter]:
+    from prediction_service.adapters.torchscript import TorchScriptAdapter
+
+    adapter = TorchScriptAdapter(settings)
+    yield adapter
+    await adapter.close()
+
+
 BACKENDS: dict[str, Callable] = {
     "simple-onnx": simple_onnx,
     "simple-torchscript": simple_torchscript,
+    "torchscript": torchscript,
 }
