@@ -92,9 +92,9 @@ def _statistic_and_p(diff: np.ndarray, se: np.ndarray, df: np.ndarray) -> tuple[
     with np.errstate(divide="ignore", invalid="ignore"):
         t = diff / se
         p = 2.0 * sps.t.sf(np.abs(t), df)
-    # Zero variance in both arms: an exact difference is certain, no difference is no evidence.
-    degenerate = se == 0
-    t = np.where(degenerate, np.where(diff == 0, 0.0, np.sign(diff) * np.inf), t)
+        # Zero variance in both arms: an exact difference is certain, no difference is no evidence.
+        degenerate = se == 0
+        t = np.where(degenerate, np.where(diff == 0, 0.0, np.sign(diff) * np.inf), t)
     p = np.where(degenerate, np.where(diff == 0, 1.0, 0.0), p)
     return t, p
 
