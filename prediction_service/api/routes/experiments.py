@@ -6,6 +6,10 @@ needs only a read key: trading systems that call predict report back what happen
 admin keys would let them promote models. An outcome can only annotate a prediction that was actually
 served (request ids are unguessable) and only once (409 after that), so a read key cannot steer
 experiments beyond the data it legitimately owns.
+
+``GET /v1/experiments/{id}/analyze`` is read-scoped but, for an experiment created with ``auto_apply``,
+applies a PROMOTE / ROLLBACK decision it reaches: the admin who set auto_apply authorised exactly that,
+and any worker's analysis would apply it the same way (compare-and-set, once).
 """
 
 from __future__ import annotations
