@@ -82,13 +82,13 @@ def sharpe_ratio(pnl: np.ndarray, periods_per_year: float) -> float | None:
 
 def arm_metrics(data: ArmData, task: str, periods_per_year: float) -> ArmMetrics:
     errors = int(data.error.sum())
-    ok_latency = data.latency_ms
+    latency = data.latency_ms  # every served request, failed ones included
     metrics = ArmMetrics(
         requests=data.requests,
         errors=errors,
         error_rate=errors / data.requests if data.requests else 0.0,
-        latency_mean_ms=float(ok_latency.mean()) if ok_latency.size else None,
-        latency_p95_ms=float(np.percentile(ok_latency, 95)) if ok_latency.size else None,
+        latency_mean_ms=float(latency.mean()) if latency.size else None,
+        latency_p95_ms=float(np.percentile(latency, 95)) if latency.size else None,
         outcomes=int(data.actual.size),
     )
     if task == "classification":

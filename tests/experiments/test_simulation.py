@@ -115,7 +115,7 @@ def test_insufficient_samples_continue():
 def test_sequential_mode_keeps_false_promotions_below_alpha_when_peeking():
     """A/A analysed after every batch of 500 requests, stopping at the first PROMOTE (or ROLLBACK)."""
     rng = np.random.default_rng(12)
-    sims, looks, batch = 150, 12, 500
+    sims, looks, batch = 120, 10, 600
     promoted = {ExperimentMode.SEQUENTIAL: 0, ExperimentMode.FIXED: 0}
     for _ in range(sims):
         a, b = arm(rng, looks * batch), arm(rng, looks * batch)
@@ -148,3 +148,14 @@ def test_cluster_variance_option_runs_through_decide():
     assert result.primary is not None and result.primary.method == "cluster"
     assert result.primary.df == pytest.approx(59.0)  # one hour of served_at in minute buckets -> 60 clusters
     assert result.decision is Decision.PROMOTE
+
+
+def test_sequential_mode_with_cluster_variance():
+    rng = np.random.default_rng(15)
+    context = DecisionContext(task="classification", thresholds=thresholds(), mode=ExperimentMode.SEQUENTIAL,
+                              variance=VarianceMethod.CLUSTER, cluster_seconds=60.0, traffic_split=0.5)
+    same = decide(arm(rng, 5_000), arm(rng, 5_000), context)
+    assert same.primary is not None and same.primary.method == "msprt-cluster"
+    assert same.decision is Decision.CONTINUE
+    better = decide(arm(rng, 20_000, accuracy=0.6), arm(rng, 20_000, accuracy=0.68), context)
+    assert better.decision is Decision.PROMOTE
