@@ -131,6 +131,12 @@ class ExperimentSettings(BaseSettings):
     """ROLLBACK when the challenger's error rate exceeds the champion's by this fraction (0.5 = +50 %)."""
     rollback_accuracy_drop: float = 0.05
     """ROLLBACK when accuracy drops by more than this (fraction)."""
+    route_cache_ttl_seconds: float = Field(1.0, ge=0)
+    """How long a worker caches "which experiment runs for this model" before re-reading SQLite."""
+    sharpe_periods_per_year: float = Field(252.0, gt=0)
+    """Sharpe annualisation: each outcome counts as one period (252 = one decision per trading day)."""
+    busy_timeout_ms: int = Field(5000, ge=0)
+    """SQLite busy_timeout: how long a writer waits for another process's lock."""
 
 
 class TritonSettings(BaseSettings):

@@ -1,0 +1,79 @@
+"""A/B experiment management and outcome reporting.
+
+Scopes: creating and stopping experiments changes what production serves, so it needs an admin key;
+listing and analysing needs any key. Reporting an outcome (``POST /v1/predictions/{id}/outcome``) also
+needs only a read key: trading systems that call predict report back what happened, and giving them
+admin keys would let them promote models. An outcome can only annotate a prediction that was actually
+served (request ids are unguessable) and only once (409 after that), so a read key cannot steer
+experiments beyond the data it legitimately owns.
+
+``GET /v1/experiments/{id}/analyze`` is read-scoped but, for an experiment created with ``auto_apply``,
+applies a PROMOTE / ROLLBACK decision it reaches: the admin who set auto_apply authorised exactly that,
+and any worker's analysis would apply it the same way (compare-and-set, once).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...experiments.models import Analysis, Experiment, ExperimentSpec, ExperimentStatus, OutcomeRecord
+from ...experiments.service import ExperimentService
+from ..deps import require_admin, require_read
+
+router = APIRouter(tags=["experiments"])
+
+
+class OutcomeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actual: float = Field(allow_inf_nan=False)
+    """The true class index (classification) or value (regression)."""
+    pnl: float | None = Field(None, allow_inf_nan=False)
+    """Profit and loss of acting on the prediction, when known."""
+
+
+class StopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("stopped by operator", max_length=500)
+
+
+def _service(request: Request) -> ExperimentService:
+    return request.app.state.experiments
+
+
+@router.post("/v1/experiments", status_code=status.HTTP_201_CREATED, response_model=Experiment,
+             dependencies=[Depends(require_admin)])
+def create_experiment(spec: ExperimentSpec, request: Request) -> Experiment:
+    return _service(request).create(spec)
+
+
+@router.get("/v1/experiments", response_model=list[Experiment], dependencies=[Depends(require_read)])
+def list_experiments(request: Request, model_name: str | None = None,
+                     status: ExperimentStatus | None = None) -> list[Experiment]:
+    return _service(request).list(model_name, status)
+
+
+@router.get("/v1/experiments/{experiment_id}", response_model=Experiment, dependencies=[Depends(require_read)])
+def get_experiment(experiment_id: str, request: Request) -> Experiment:
+    return _service(request).get(experiment_id)
+
+
+@router.get("/v1/experiments/{experiment_id}/analyze", response_model=Analysis,
+            dependencies=[Depends(require_read)])
+def analyze_experiment(experiment_id: str, request: Request) -> Analysis:
+    """Analysis with decision; with auto_apply this may promote or roll back (as any analysis would)."""
+    return _service(request).analyze(experiment_id)
+
+
+@router.post("/v1/experiments/{experiment_id}/stop", response_model=Experiment,
+             dependencies=[Depends(require_admin)])
+def stop_experiment(experiment_id: str, request: Request, body: StopRequest | None = None) -> Experiment:
+    return _service(request).stop(experiment_id, (body or StopRequest()).reason)
+
+
+@router.post("/v1/predictions/{request_id}/outcome", status_code=status.HTTP_201_CREATED,
+             response_model=OutcomeRecord, dependencies=[Depends(require_read)])
+def record_outcome(request_id: str, body: OutcomeRequest, request: Request) -> OutcomeRecord:
+    return _service(request).record_outcome(request_id, body.actual, body.pnl)

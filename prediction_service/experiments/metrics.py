@@ -1,0 +1,110 @@
+"""Per-arm samples (ArmData) and their descriptive metrics (ArmMetrics).
+
+Sharpe ratio: mean(pnl) / std(pnl) * sqrt(periods_per_year), each recorded outcome counting as one
+period. ``ExperimentSettings.sharpe_periods_per_year`` defaults to 252 (one decision per trading day, as
+daily-bar models make); intraday models set it to their decisions per year (e.g. 252 * 390 for
+minute bars). Both arms use the same factor, so the comparison does not depend on the choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .models import ArmMetrics
+
+
+def _empty() -> np.ndarray:
+    return np.empty(0, dtype=np.float64)
+
+
+@dataclass
+class ArmData:
+    """Everything an analysis needs about one arm, as numpy arrays.
+
+    Prediction arrays cover every request served; outcome arrays cover the scored ones (aligned with
+    each other). ``outcome_served_at`` (when the scored prediction was served) drives cluster buckets.
+    """
+
+    latency_ms: np.ndarray = field(default_factory=_empty)
+    error: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
+    served_at: np.ndarray = field(default_factory=_empty)
+    actual: np.ndarray = field(default_factory=_empty)
+    predicted_class: np.ndarray = field(default_factory=_empty)
+    """NaN where the prediction was a regression value or failed."""
+    correct: np.ndarray = field(default_factory=_empty)
+    """1.0 / 0.0, NaN where not a classification or the prediction failed."""
+    abs_error: np.ndarray = field(default_factory=_empty)
+    pnl: np.ndarray = field(default_factory=_empty)
+    """NaN where no P&L was reported."""
+    outcome_served_at: np.ndarray = field(default_factory=_empty)
+
+    @property
+    def requests(self) -> int:
+        return int(self.latency_ms.size)
+
+    def primary_values(self, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """(values, served_at) of the primary metric: correctness or absolute error, NaNs dropped."""
+        values = self.correct if task == "classification" else self.abs_error
+        keep = ~np.isnan(values)
+        return values[keep], self.outcome_served_at[keep]
+
+    def pnl_values(self) -> tuple[np.ndarray, np.ndarray]:
+        keep = ~np.isnan(self.pnl)
+        return self.pnl[keep], self.outcome_served_at[keep]
+
+
+def macro_precision_recall_f1(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
+    """Macro averages over the classes seen in either array; an undefined ratio counts as 0."""
+    classes = np.union1d(actual, predicted)
+    precisions, recalls, f1s = [], [], []
+    for cls in classes:
+        tp = float(np.sum((predicted == cls) & (actual == cls)))
+        predicted_pos, actual_pos = float(np.sum(predicted == cls)), float(np.sum(actual == cls))
+        precision = tp / predicted_pos if predicted_pos else 0.0
+        recall = tp / actual_pos if actual_pos else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        precisions.append(precision)
+        recalls.append(recall)
+        f1s.append(f1)
+    return float(np.mean(precisions)), float(np.mean(recalls)), float(np.mean(f1s))
+
+
+def sharpe_ratio(pnl: np.ndarray, periods_per_year: float) -> float | None:
+    if pnl.size < 2:
+        return None
+    std = float(pnl.std(ddof=1))
+    if std == 0:
+        return None
+    return float(pnl.mean() / std * np.sqrt(periods_per_year))
+
+
+def arm_metrics(data: ArmData, task: str, periods_per_year: float) -> ArmMetrics:
+    errors = int(data.error.sum())
+    latency = data.latency_ms  # every served request, failed ones included
+    metrics = ArmMetrics(
+        requests=data.requests,
+        errors=errors,
+        error_rate=errors / data.requests if data.requests else 0.0,
+        latency_mean_ms=float(latency.mean()) if latency.size else None,
+        latency_p95_ms=float(np.percentile(latency, 95)) if latency.size else None,
+        outcomes=int(data.actual.size),
+    )
+    if task == "classification":
+        scored = ~np.isnan(data.correct)
+        if scored.any():
+            metrics.accuracy = float(data.correct[scored].mean())
+            precision, recall, f1 = macro_precision_recall_f1(data.actual[scored], data.predicted_class[scored])
+            metrics.precision_macro, metrics.recall_macro, metrics.f1_macro = precision, recall, f1
+    else:
+        scored = ~np.isnan(data.abs_error)
+        if scored.any():
+            metrics.mae = float(data.abs_error[scored].mean())
+    pnl, _ = data.pnl_values()
+    metrics.pnl_count = int(pnl.size)
+    if pnl.size:
+        metrics.win_rate = float(np.mean(pnl > 0))
+        metrics.total_pnl = float(pnl.sum())
+        metrics.sharpe = sharpe_ratio(pnl, periods_per_year)
+    return metrics

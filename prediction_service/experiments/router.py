@@ -1,0 +1,34 @@
+"""Sticky, deterministic traffic split.
+
+A request's arm is a pure function of (experiment id, routing key): sha256 of both, the first 8 bytes
+read as an integer and scaled to a uniform number in [0, 1), challenger when below the split. hashlib
+(not the builtin ``hash()``, which is salted per process) makes the choice identical in every worker
+process and after restarts, so one trading account or instrument stays on one arm for the whole
+experiment. Requests without a key get a random one (uuid4): uniform, not sticky.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from .models import Arm, Assignment, Experiment
+
+_SCALE = float(2**64)
+
+
+def bucket(experiment_id: str, routing_key: str) -> float:
+    """Uniform number in [0, 1) determined by the experiment and the key only."""
+    digest = hashlib.sha256(f"{experiment_id}\x00{routing_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / _SCALE
+
+
+def choose_arm(experiment_id: str, routing_key: str | None, challenger_share: float) -> Arm:
+    key = routing_key if routing_key is not None else uuid.uuid4().hex
+    return Arm.CHALLENGER if bucket(experiment_id, key) < challenger_share else Arm.CHAMPION
+
+
+def assign(experiment: Experiment, routing_key: str | None) -> Assignment:
+    arm = choose_arm(experiment.id, routing_key, experiment.traffic_split)
+    version = experiment.challenger_version if arm is Arm.CHALLENGER else experiment.champion_version
+    return Assignment(experiment_id=experiment.id, arm=arm, version=version)

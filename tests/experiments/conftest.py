@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prediction_service.experiments.service import ExperimentService
+from prediction_service.experiments.store import ExperimentStore
+from prediction_service.settings import ExperimentSettings
+
+KNOWN_VERSIONS = {("sentiment", "1.0.0"), ("sentiment", "1.1.0"), ("sentiment", "1.2.0"),
+                  ("price", "1.0.0"), ("price", "2.0.0")}
+
+
+def version_exists(name: str, version: str) -> bool:
+    return (name, version) in KNOWN_VERSIONS
+
+
+class RecordingPromoter:
+    """A promoter that records its calls (the registry's promote is wired in by the app)."""
+
+    def __init__(self, fail: bool = False):
+        self.calls: list[tuple[str, str]] = []
+        self.fail = fail
+
+    def __call__(self, name: str, version: str) -> None:
+        if self.fail:
+            raise RuntimeError("registry unavailable")
+        self.calls.append((name, version))
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "experiments.sqlite3"
+
+
+@pytest.fixture
+def promoter() -> RecordingPromoter:
+    return RecordingPromoter()
+
+
+@pytest.fixture
+def make_service(db_path: Path, promoter: RecordingPromoter):
+    stores: list[ExperimentStore] = []
+
+    def make(**settings) -> ExperimentService:
+        store = ExperimentStore(db_path)
+        stores.append(store)
+        return ExperimentService(store, ExperimentSettings(**settings), promoter, version_exists)
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def service(make_service) -> ExperimentService:
+    return make_service(min_samples_per_arm=50)

@@ -1,0 +1,161 @@
+"""Decisions on simulated experiments with known truth (seeded; the whole file runs in seconds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prediction_service.experiments.decision import DecisionContext, decide
+from prediction_service.experiments.metrics import ArmData
+from prediction_service.experiments.models import Decision, ExperimentMode, Thresholds, VarianceMethod
+
+ALPHA = 0.05
+
+
+def thresholds(**overrides) -> Thresholds:
+    values = dict(alpha=ALPHA, power=0.8, promote_min_accuracy_gain=0.02, max_latency_degradation_ms=2.0,
+                  rollback_error_rate_increase=0.5, rollback_accuracy_drop=0.05, min_samples_per_arm=100)
+    return Thresholds(**(values | overrides))
+
+
+def arm(rng: np.random.Generator, n: int, *, accuracy: float = 0.6, latency_ms: float = 10.0,
+        error_rate: float = 0.0, mae: float | None = None, t0: float = 0.0) -> ArmData:
+    """n served requests, all scored. Classification unless ``mae`` is given (regression)."""
+    served_at = t0 + np.sort(rng.random(n)) * 3600
+    error = rng.random(n) < error_rate
+    actual = rng.integers(0, 3, n).astype(np.float64)
+    correct = (rng.random(n) < accuracy).astype(np.float64)
+    predicted = np.where(correct == 1, actual, (actual + 1) % 3)
+    abs_error = np.full(n, np.nan)
+    if mae is not None:
+        abs_error = rng.exponential(mae, n)
+        correct = np.full(n, np.nan)
+    correct[error] = np.nan
+    abs_error[error] = np.nan
+    return ArmData(latency_ms=rng.normal(latency_ms, 2.0, n), error=error, served_at=served_at, actual=actual,
+                   predicted_class=predicted, correct=correct, abs_error=abs_error, pnl=rng.normal(0, 1, n),
+                   outcome_served_at=served_at)
+
+
+def ctx(task: str = "classification", mode: ExperimentMode = ExperimentMode.FIXED, **overrides) -> DecisionContext:
+    return DecisionContext(task=task, thresholds=thresholds(**overrides), mode=mode, traffic_split=0.1)
+
+
+def run(sims: int, seed: int, champion: dict, challenger: dict, n: int = 10_000, split: float = 0.1,
+        context: DecisionContext | None = None) -> dict[Decision, float]:
+    rng = np.random.default_rng(seed)
+    counts = dict.fromkeys(Decision, 0)
+    for _ in range(sims):
+        n_b = rng.binomial(n, split)
+        result = decide(arm(rng, n - n_b, **champion), arm(rng, n_b, **challenger), context or ctx())
+        counts[result.decision] += 1
+    return {d: c / sims for d, c in counts.items()}
+
+
+def test_aa_fixed_mode_rarely_promotes():
+    rates = run(400, seed=1, champion={}, challenger={})
+    print(f"A/A fixed, 400 experiments: {rates}")
+    assert rates[Decision.PROMOTE] <= 0.07
+    assert rates[Decision.ROLLBACK] <= 0.07
+
+
+def test_aa_without_a_gain_threshold_promotes_at_most_alpha():
+    """With the 2-point margin off, PROMOTE is a one-sided test at alpha/2: the statistics alone are valid."""
+    rates = run(400, seed=2, champion={}, challenger={}, context=ctx(promote_min_accuracy_gain=0.0))
+    assert rates[Decision.PROMOTE] <= ALPHA
+
+
+def test_five_point_accuracy_gain_is_promoted():
+    rates = run(200, seed=3, champion={"accuracy": 0.60}, challenger={"accuracy": 0.65}, n=20_000)
+    print(f"+5 points, 20k requests at 10 %: {rates}")
+    assert rates[Decision.PROMOTE] >= 0.8
+
+
+def test_five_ms_latency_regression_is_rolled_back():
+    rates = run(100, seed=4, champion={"latency_ms": 10.0}, challenger={"latency_ms": 15.0, "accuracy": 0.65},
+                n=5_000)
+    assert rates[Decision.ROLLBACK] == 1.0
+
+
+def test_small_latency_change_blocks_nothing():
+    rates = run(100, seed=5, champion={}, challenger={"latency_ms": 10.5, "accuracy": 0.65}, n=20_000)
+    assert rates[Decision.ROLLBACK] == 0.0 and rates[Decision.PROMOTE] >= 0.8
+
+
+def test_error_rate_increase_is_rolled_back():
+    rates = run(50, seed=6, champion={"error_rate": 0.01}, challenger={"error_rate": 0.05}, n=20_000)
+    assert rates[Decision.ROLLBACK] >= 0.95
+
+
+def test_accuracy_drop_is_rolled_back():
+    rates = run(50, seed=7, champion={"accuracy": 0.70}, challenger={"accuracy": 0.60}, n=20_000)
+    assert rates[Decision.ROLLBACK] >= 0.95
+
+
+def test_regression_uses_relative_mae_reduction():
+    better = run(50, seed=8, champion={"mae": 1.0}, challenger={"mae": 0.85}, n=20_000,
+                 context=ctx(task="regression"))
+    worse = run(50, seed=9, champion={"mae": 1.0}, challenger={"mae": 1.2}, n=20_000, context=ctx(task="regression"))
+    assert better[Decision.PROMOTE] >= 0.8
+    assert worse[Decision.ROLLBACK] >= 0.95
+
+
+def test_insufficient_samples_continue():
+    rng = np.random.default_rng(10)
+    result = decide(arm(rng, 500), arm(rng, 99, accuracy=0.9), ctx())
+    assert result.decision is Decision.CONTINUE
+    assert result.reasons[0].startswith("insufficient samples")
+    # Enough requests but too few scored outcomes: still no PROMOTE.
+    challenger = arm(rng, 200, accuracy=0.95)
+    challenger.correct[:150] = np.nan
+    result = decide(arm(rng, 2000), challenger, ctx())
+    assert result.decision is Decision.CONTINUE and "insufficient samples" in result.reasons[0]
+
+
+def test_sequential_mode_keeps_false_promotions_below_alpha_when_peeking():
+    """A/A analysed after every batch of 500 requests, stopping at the first PROMOTE (or ROLLBACK)."""
+    rng = np.random.default_rng(12)
+    sims, looks, batch = 120, 10, 600
+    promoted = {ExperimentMode.SEQUENTIAL: 0, ExperimentMode.FIXED: 0}
+    for _ in range(sims):
+        a, b = arm(rng, looks * batch), arm(rng, looks * batch)
+        for mode in promoted:
+            context = ctx(mode=mode, promote_min_accuracy_gain=0.0)
+            for look in range(1, looks + 1):
+                n = look * batch
+                prefix = lambda d: ArmData(**{k: v[:n] for k, v in vars(d).items()})  # noqa: E731
+                decision = decide(prefix(a), prefix(b), context).decision
+                if decision is not Decision.CONTINUE:
+                    promoted[mode] += decision is Decision.PROMOTE
+                    break
+    rates = {mode.value: count / sims for mode, count in promoted.items()}
+    print(f"A/A with {looks} looks, no gain margin: false-promotion rate {rates}")
+    assert rates["sequential"] <= ALPHA
+    assert rates["fixed"] > rates["sequential"]  # same data, naive fixed-test peeking promotes more often
+
+
+def test_sequential_mode_promotes_a_real_gain():
+    rates = run(50, seed=13, champion={"accuracy": 0.60}, challenger={"accuracy": 0.66}, n=40_000,
+                split=0.5, context=ctx(mode=ExperimentMode.SEQUENTIAL))
+    assert rates[Decision.PROMOTE] >= 0.8
+
+
+def test_cluster_variance_option_runs_through_decide():
+    rng = np.random.default_rng(14)
+    context = DecisionContext(task="classification", thresholds=thresholds(), variance=VarianceMethod.CLUSTER,
+                              cluster_seconds=60.0, traffic_split=0.5)
+    result = decide(arm(rng, 10_000, accuracy=0.6), arm(rng, 10_000, accuracy=0.66), context)
+    assert result.primary is not None and result.primary.method == "cluster"
+    assert result.primary.df == pytest.approx(59.0)  # one hour of served_at in minute buckets -> 60 clusters
+    assert result.decision is Decision.PROMOTE
+
+
+def test_sequential_mode_with_cluster_variance():
+    rng = np.random.default_rng(15)
+    context = DecisionContext(task="classification", thresholds=thresholds(), mode=ExperimentMode.SEQUENTIAL,
+                              variance=VarianceMethod.CLUSTER, cluster_seconds=60.0, traffic_split=0.5)
+    same = decide(arm(rng, 5_000), arm(rng, 5_000), context)
+    assert same.primary is not None and same.primary.method == "msprt-cluster"
+    assert same.decision is Decision.CONTINUE
+    better = decide(arm(rng, 20_000, accuracy=0.6), arm(rng, 20_000, accuracy=0.68), context)
+    assert better.decision is Decision.PROMOTE

@@ -1,0 +1,111 @@
+"""Welch equals scipy; cluster-robust variance keeps alpha under autocorrelation; mSPRT survives peeking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from prediction_service.experiments import stats
+
+ALPHA = 0.05
+
+
+@pytest.mark.parametrize("n_a, n_b, shift, scale_b", [(50, 50, 0.0, 1.0), (900, 100, 0.3, 2.5), (7, 13, -1.0, 0.2)])
+def test_welch_matches_scipy(n_a, n_b, shift, scale_b):
+    rng = np.random.default_rng(n_a + n_b)
+    champion = rng.normal(10, 1, n_a)
+    challenger = rng.normal(10 + shift, scale_b, n_b)
+    ours = stats.welch(champion, challenger, ALPHA)
+    ref = sps.ttest_ind(challenger, champion, equal_var=False)
+    assert ours.statistic == pytest.approx(ref.statistic, abs=1e-9)
+    assert ours.p_value == pytest.approx(ref.pvalue, abs=1e-9)
+    assert ours.df == pytest.approx(ref.df, rel=1e-9)
+    ci = ref.confidence_interval(1 - ALPHA)
+    assert (ours.ci_low, ours.ci_high) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    assert ours.difference == pytest.approx(challenger.mean() - champion.mean())
+
+
+def test_welch_zero_variance_is_defined():
+    same = stats.welch(np.ones(10), np.ones(10))
+    assert same.p_value == 1.0 and same.statistic == 0.0
+    different = stats.welch(np.zeros(10), np.ones(10))
+    assert different.p_value == 0.0 and different.statistic == np.inf
+
+
+def test_cohens_d_and_sample_size():
+    assert stats.cohens_d(1.0, 1.0, 0.5) == pytest.approx(0.5)
+    # Classic figure: d = 0.5, alpha 0.05, power 0.8, equal split -> ~63 per arm (normal approximation).
+    total = stats.required_total(1.0, 1.0, 0.5, 0.05, 0.8, 0.5)
+    assert total / 2 == pytest.approx(62.8, abs=0.5)
+    assert stats.samples_still_needed(60, 1.0, 60, 1.0, 0.5, 0.05, 0.8, 0.5) == 3
+    assert stats.samples_still_needed(100, 1.0, 100, 1.0, 0.5, 0.05, 0.8, 0.5) == 0
+
+
+def test_cluster_robust_with_singleton_clusters_is_close_to_welch():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 400), rng.normal(0.2, 1, 300)
+    cluster = stats.cluster_robust(a, np.arange(400), b, np.arange(400, 700))
+    welch = stats.welch(a, b)
+    assert cluster.se == pytest.approx(welch.se, rel=0.01)
+    assert cluster.difference == pytest.approx(welch.difference)
+
+
+def test_cluster_robust_keeps_alpha_when_outcomes_are_autocorrelated():
+    """A/A with arm-specific per-minute shocks: Welch (iid) over-rejects, the bucketed variance does not."""
+    rng = np.random.default_rng(7)
+    sims, buckets, per_bucket = 400, 40, 25
+    welch_rejects = cluster_rejects = 0
+    clusters = np.repeat(np.arange(buckets), per_bucket)
+    for _ in range(sims):
+        a = (rng.normal(0, 0.5, buckets)[:, None] + rng.normal(0, 1, (buckets, per_bucket))).ravel()
+        b = (rng.normal(0, 0.5, buckets)[:, None] + rng.normal(0, 1, (buckets, per_bucket))).ravel()
+        welch_rejects += stats.welch(a, b).p_value < ALPHA
+        cluster_rejects += stats.cluster_robust(a, clusters, b, clusters).p_value < ALPHA
+    print(f"A/A autocorrelated: welch false-positive rate {welch_rejects / sims:.3f}, "
+          f"cluster-robust {cluster_rejects / sims:.3f}")
+    assert welch_rejects / sims > 0.3
+    assert cluster_rejects / sims <= 0.08
+
+
+def _peeking_rates(effect: float, sims: int = 2000, looks: int = 20, batch: int = 100, tau: float = 0.05):
+    """Bernoulli outcomes (accuracy 0.6) analysed after every batch; rate of experiments ever rejected."""
+    rng = np.random.default_rng(11)
+    a = rng.random((sims, looks * batch)) < 0.6
+    b = rng.random((sims, looks * batch)) < 0.6 + effect
+    n = np.arange(1, looks + 1) * batch
+
+    def cumulative(x):
+        sums = np.cumsum(x, axis=1)[:, n - 1]
+        mean = sums / n
+        return mean, mean * (1 - mean) * n / (n - 1)  # sample variance of 0/1 data
+
+    mean_a, var_a = cumulative(a)
+    mean_b, var_b = cumulative(b)
+    fixed = stats.welch_from_summary(n, mean_a, var_a, n, mean_b, var_b, ALPHA)
+    sequential = stats.msprt(fixed.difference, fixed.se**2, tau=tau, alpha=ALPHA)
+    naive = np.mean((fixed.p_value < ALPHA).any(axis=1))
+    always_valid = np.mean((sequential.p_value < ALPHA).any(axis=1))
+    final_fixed = np.mean(fixed.p_value[:, -1] < ALPHA)
+    return naive, always_valid, final_fixed
+
+
+def test_naive_peeking_inflates_alpha_but_msprt_does_not():
+    naive, always_valid, final_fixed = _peeking_rates(effect=0.0)
+    print(f"A/A, 20 looks: naive Welch peeking {naive:.3f}, mSPRT {always_valid:.3f}, single final look "
+          f"{final_fixed:.3f}")
+    assert final_fixed <= 0.065  # one planned look is fine
+    assert naive > 2 * ALPHA  # stopping at the first p < alpha is not
+    assert always_valid <= ALPHA
+
+
+def test_msprt_still_detects_a_real_effect():
+    _, always_valid, _ = _peeking_rates(effect=0.05, sims=500, looks=40)
+    assert always_valid >= 0.8
+
+
+def test_msprt_confidence_sequence_is_wider_than_fixed_interval():
+    fixed = stats.welch(np.random.default_rng(0).normal(0, 1, 500), np.random.default_rng(1).normal(0.1, 1, 500))
+    seq = stats.msprt_from_test(fixed, tau=0.1)
+    assert seq.ci_low < fixed.ci_low and seq.ci_high > fixed.ci_high
+    assert seq.p_value >= fixed.p_value
