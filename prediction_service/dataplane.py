@@ -39,13 +39,6 @@ class RequestContext:
 
 
 @dataclass
-class Assignment:
-    experiment_id: str
-    arm: str
-    version: str
-
-
-@dataclass
 class PredictionRecord:
     """What observers (metrics, audit log, experiments) learn about each prediction, after it is answered."""
 
@@ -68,7 +61,12 @@ class PredictionObserver(Protocol):
 
 
 class ExperimentRouter(Protocol):
-    def route(self, model: str, routing_key: str | None) -> Assignment | None: ...
+    """experiments.ExperimentService, as the data plane uses it."""
+
+    def route(self, model_name: str, routing_key: str | None = None) -> Any: ...
+
+    def record_prediction(self, request_id: str, assignment: Any, latency_ms: float, error: bool,
+                          prediction: np.ndarray | None = None) -> None: ...
 
 
 @dataclass
@@ -112,8 +110,7 @@ class DataPlane:
         started = time.perf_counter()
         record = PredictionRecord(context, name, None, request.stage, None, None, 0.0, 200)
         try:
-            result = await self._predict(name, request, context, record)
-            return result
+            return await self._predict(name, request, context, record, started)
         except PredictionServiceError as exc:
             record.status, record.error_code = int(exc.status), exc.code
             raise
@@ -130,7 +127,7 @@ class DataPlane:
                     log.exception("prediction observer failed")
 
     async def _predict(self, name: str, request: PredictRequest, context: RequestContext,
-                       record: PredictionRecord) -> PredictionResult:
+                       record: PredictionRecord, received: float) -> PredictionResult:
         validate_name(name)
         version, stage, assignment = request.version, request.stage, None
         if version is None and stage is None and self.experiments is not None:
@@ -141,21 +138,28 @@ class DataPlane:
         # A version asked for explicitly (or by an experiment) still reports the stage it holds, if any.
         served_stage = target.stage if target.stage is not None else self._stage_of(target)
         if assignment is not None:
-            record.arm, record.experiment_id = assignment.arm, assignment.experiment_id
+            record.arm, record.experiment_id = assignment.arm.value, assignment.experiment_id
         record.version, record.stage = target.version, served_stage
         arrays = self._inputs(target, request)
         record.inputs = arrays
         started = time.perf_counter()
-        async with self.manager.serving(target):
-            outputs = await self._run(target, arrays, context.deadline)
+        try:
+            async with self.manager.serving(target):
+                outputs = await self._run(target, arrays, context.deadline)
+        except PredictionServiceError:
+            if assignment is not None:  # the arm's error rate counts backend failures too
+                await self._record_arm(context, assignment, received, error=True, outputs=None, target=target)
+            raise
         elapsed_ms = (time.perf_counter() - started) * 1000.0
+        if assignment is not None:
+            await self._record_arm(context, assignment, received, error=False, outputs=outputs, target=target)
         record.outputs = outputs
         loaded = next((m for m in self.adapter.loaded() if m.key == target.key), None)
         provenance = _provenance(self.adapter.name, target, loaded)
         record.backend = provenance["backend"]
         return PredictionResult(
             model=name, version=target.version, stage=served_stage,
-            arm=assignment.arm if assignment else None,
+            arm=assignment.arm.value if assignment else None,
             experiment_id=assignment.experiment_id if assignment else None,
             request_id=context.request_id, inference_time_ms=round(elapsed_ms, 3), outputs=outputs,
             predictions=_predictions(target.signature, outputs), provenance=provenance,
@@ -176,6 +180,14 @@ class DataPlane:
             except TimeoutError as exc:
                 raise DeadlineExceeded("request deadline exceeded while the model ran") from exc
         raise AssertionError("unreachable")
+
+    async def _record_arm(self, context: RequestContext, assignment: Any, received: float, *, error: bool,
+                          outputs: dict[str, np.ndarray] | None, target: ModelVersion) -> None:
+        # Written before the response leaves, so an outcome posted right after always finds its prediction.
+        prediction = outputs[target.signature.outputs[0].name] if outputs is not None else None
+        latency_ms = (time.perf_counter() - received) * 1000.0
+        await asyncio.to_thread(self.experiments.record_prediction, context.request_id, assignment, latency_ms,
+                                error, prediction)
 
     def _stage_of(self, version: ModelVersion) -> str | None:
         stages = self.manager.reader.stages(version.name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 from fastapi import APIRouter, Depends, Request
@@ -19,7 +18,6 @@ router = APIRouter(tags=["predict"])
 
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
 REQUEST_ID_HEADER = "X-Request-Id"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 @router.post(
@@ -43,9 +41,6 @@ async def predict(name: str, request: Request, api_key=Depends(require_predict))
                            {"errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]}) from exc
     context = RequestContext(deadline=_deadline(request, settings.limits.default_deadline_ms),
                              api_key_id=api_key.key_id if api_key else None)
-    supplied_id = request.headers.get(REQUEST_ID_HEADER)
-    if supplied_id and _REQUEST_ID.fullmatch(supplied_id):
-        context.request_id = supplied_id
     result = await request.app.state.dataplane.predict(name, payload, context)
     return FastJSONResponse(result.as_dict(), headers={REQUEST_ID_HEADER: result.request_id})
 
