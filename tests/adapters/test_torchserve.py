@@ -114,8 +114,9 @@ async def test_slow_backend_times_out(tiny_registry, shared_torchserve, tmp_path
         await adapter.load(slow_version)
         with pytest.raises(BackendTimeout):
             await adapter.predict(slow_version.key, {"features": rows(1, 3)})
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceeded) as caught:
             await adapter.predict(slow_version.key, {"features": rows(1, 3)}, deadline=time.monotonic() + 0.2)
+        assert caught.value.code == "deadline_exceeded"  # the caller's deadline, not the backend timeout
     finally:
         await adapter.unload(slow_version.key)
         await adapter.close()
