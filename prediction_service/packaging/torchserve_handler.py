@@ -13,6 +13,8 @@ Wire format (one HTTP request = one element of TorchServe's batch), ``Content-Ty
 TorchServe hands the handler every request of a server-side batch at once; the handler stacks the
 rows of all valid requests into one tensor per input, runs the model once, and splits the outputs
 back per request. A malformed request gets its own 400 without failing the others.
+TorchScript runs with one intra-op thread per worker (``PS_TORCH_THREADS`` in the worker's
+environment changes it): TorchServe scales with workers, and small models gain little from threads.
 """
 
 from __future__ import annotations

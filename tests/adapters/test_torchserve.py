@@ -17,6 +17,7 @@ from prediction_service.errors import (
     DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
+    Overloaded,
 )
 from prediction_service.packaging.torchserve_mar import mar_path
 from prediction_service.registry import ModelKey
@@ -189,3 +190,25 @@ async def test_recovers_after_torchserve_restart(tiny_registry, tmp_path):
     finally:
         await adapter.close()
         server.stop()
+
+
+async def test_full_job_queue_is_overloaded(tiny_registry, tmp_path):
+    """TorchServe answers 503 once a model's job queue is full; the adapter says Overloaded."""
+    _require_torchserve()
+    root, version, scripted = tiny_registry
+    with LocalTorchServe(tmp_path / "store", tmp_path / "work", token_auth=False, job_queue_size=1) as server:
+        adapter = TorchServeAdapter(torchserve_settings(root, server, batch_size=1, max_batch_delay=0,
+                                                        default_workers=1, max_workers=1))
+        try:
+            await adapter.load(version)
+            features = rows(4, seed=5)
+            outcomes = await asyncio.gather(
+                *[adapter.predict(version.key, {"features": features}) for _ in range(64)], return_exceptions=True)
+            shed = [o for o in outcomes if isinstance(o, BaseException)]
+            served = [o for o in outcomes if not isinstance(o, BaseException)]
+            assert shed and all(isinstance(e, Overloaded) for e in shed), {type(e).__name__ for e in shed}
+            assert served
+            for result in served:
+                assert_matches(result, reference(scripted, features))
+        finally:
+            await adapter.close()
