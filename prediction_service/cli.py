@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "prediction_service.commands.serve",
     "prediction_service.commands.config_example",
+    "prediction_service.commands.torchserve_local",
 ]
 
 

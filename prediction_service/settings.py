@@ -185,6 +185,12 @@ class TorchServeSettings(BaseSettings):
     """Token for TorchServe's token authorization (key file's inference/management key)."""
     management_token: str | None = None
     """Management token, when it differs from the inference token."""
+    key_file: Path | None = None
+    """TorchServe's key_file.json. When set, tokens come from it and are re-read when TorchServe rejects one."""
+    register_timeout_seconds: float = Field(120.0, gt=0)
+    """Longest a model registration (worker start-up included) may take."""
+    health_timeout_seconds: float = Field(1.0, gt=0)
+    """Timeout of the /ping health check."""
 
 
 class Settings(BaseSettings):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+pytest_plugins = ["tests.support.torchserve_fixtures"]
+
 from pathlib import Path
 
 import httpx

@@ -17,6 +17,7 @@ class ServingAdapterFactory:
     _registry: dict[str, str] = {
         "simple": "prediction_service.adapters.simple:SimpleAdapter",
         "torchscript": "prediction_service.adapters.torchscript:TorchScriptAdapter",
+        "torchserve": "prediction_service.adapters.torchserve:TorchServeAdapter",
     }
 
     @classmethod

@@ -35,8 +35,22 @@ async def torchscript(settings: Settings) -> AsyncIterator[ServingAdapter]:
     await adapter.close()
 
 
-BACKENDS: dict[str, Callable] = {
-    "simple-onnx": simple_onnx,
-    "simple-torchscript": simple_torchscript,
-    "torchscript": torchscript,
+@asynccontextmanager
+async def torchserve(settings: Settings, server) -> AsyncIterator[ServingAdapter]:
+    from prediction_service.adapters.torchserve import TorchServeAdapter
+    from prediction_service.settings import TorchServeSettings
+
+    config = TorchServeSettings(inference_url=server.inference_url, management_url=server.management_url,
+                                model_store=server.model_store)
+    adapter = TorchServeAdapter(settings.model_copy(update={"torchserve": config}))
+    yield adapter
+    await adapter.close()
+
+
+# name -> (context manager factory, fixture naming the real server it needs, or None)
+BACKENDS: dict[str, tuple[Callable, str | None]] = {
+    "simple-onnx": (simple_onnx, None),
+    "simple-torchscript": (simple_torchscript, None),
+    "torchscript": (torchscript, None),
+    "torchserve": (torchserve, "shared_torchserve"),
 }

@@ -18,7 +18,9 @@ X = np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 1.0]], dtype=np.float32)
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def adapter(request, settings):
-    async with BACKENDS[request.param](settings) as adapter:
+    factory, server_fixture = BACKENDS[request.param]
+    servers = [request.getfixturevalue(server_fixture)] if server_fixture else []
+    async with factory(settings, *servers) as adapter:
         yield adapter
 
 
