@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from .compare import VersionComparison, compare_versions
 from .errors import PromotionRefused, RegistryBusy, StageInUse
 from .events import EVENTS_FILE, EventLog, RegistryEvent
 from .fsutil import atomic_symlink, atomic_write_bytes, fsync_dir
-from .layout import METADATA_FILE, RegistryLayout, validate_name
+from .layout import METADATA_FILE, RegistryLayout, validate_file_name, validate_name
 from .lifecycle import STAGE_OF_STATUS, check_transition
 from .model_version import ArtifactInfo, ModelVersion, ValidationReport, VersionMetadata
 from .reader import RegistryReader
@@ -42,7 +41,6 @@ LOCK_FILE = ".lock"
 STATE_DIR = ".state"
 _FORMATS = ("onnx", "torchscript", "state_dict")
 _PRECISIONS = ("fp32", "fp16", "int8")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class ModelRegistry:
@@ -119,7 +117,7 @@ class ModelRegistry:
         for source in artifacts:
             _check_artifact(source)
         for extra in extra_files:
-            _check_file_name(Path(extra).name)
+            validate_file_name(Path(extra).name)
             if not Path(extra).is_file():
                 raise InvalidInput(f"extra file {Path(extra).name} does not exist")
         onnx_source = next((s for s in artifacts if s.format == "onnx" and s.precision == "fp32"), None) \
@@ -299,14 +297,8 @@ class ModelRegistry:
             raise Conflict(f"{name} version {version} already exists", {"model": name, "version": version})
 
 
-def _check_file_name(file_name: str) -> None:
-    if not _FILE_NAME.fullmatch(file_name) or file_name in (METADATA_FILE, LOCK_FILE) or ".." in file_name:
-        raise InvalidName(f"invalid artifact file name {file_name!r}: use letters, digits, '.', '_' or '-'",
-                          {"value": file_name})
-
-
 def _check_artifact(source: ArtifactSource) -> None:
-    _check_file_name(source.file_name or Path(source.path).name)
+    validate_file_name(source.file_name or Path(source.path).name)
     if source.format not in _FORMATS:
         raise InvalidInput(f"unknown artifact format {source.format!r}; valid: {', '.join(_FORMATS)}")
     if source.precision not in _PRECISIONS:
