@@ -58,3 +58,29 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -
     if check and result.returncode != 0:
         raise AssertionError(f"CLI {args} failed ({result.returncode}): {result.stderr}")
     return result
+
+
+def assert_consistent(root: Path, name: str, expected_production: set[str] | None = None) -> ModelRegistry:
+    """Open the store (which reconciles) and check links, metadata and events agree."""
+    from datetime import datetime, timezone
+
+    from prediction_service.registry.model_version import VersionMetadata
+
+    link = Path(root) / name / "production"
+    if expected_production is not None:
+        assert link.is_symlink(), "the production link disappeared"
+        assert os.readlink(link)[1:] in expected_production
+    registry = ModelRegistry(root)
+    production = registry.layout.read_stage(name, "production")
+    staging = registry.layout.read_stage(name, "staging")
+    statuses = {}
+    for meta_path in sorted((Path(root) / name).glob("v*/metadata.json")):
+        meta = VersionMetadata.model_validate_json(meta_path.read_bytes())  # parses: never torn
+        statuses[meta.version] = meta.status
+    if production is not None:
+        assert (Path(root) / name / f"v{production}" / "metadata.json").is_file()
+    assert [v for v, s in statuses.items() if s == "production"] == ([production] if production else [])
+    assert [v for v, s in statuses.items() if s == "staging"] == ([staging] if staging else [])
+    assert registry.events.production_at(name, datetime.now(timezone.utc)) == production
+    assert not list((Path(root) / name).glob(".*.tmp")) and not list((Path(root) / name).glob("v*/.*.tmp"))
+    return registry
