@@ -116,6 +116,9 @@ class ModelRegistry:
             raise InvalidInput("a version needs at least one artifact")
         for source in artifacts:
             _check_artifact(source)
+        file_names = [s.file_name or Path(s.path).name for s in artifacts] + [Path(e).name for e in extra_files]
+        if len(file_names) != len(set(file_names)):
+            raise InvalidInput("two files of the version would share a name", {"files": file_names})
         for extra in extra_files:
             validate_file_name(Path(extra).name)
             if not Path(extra).is_file():

@@ -67,6 +67,8 @@ def test_non_onnx_file_and_duplicate_version_are_refused(registry, onnx_models, 
     junk.write_bytes(b"not a model")
     with pytest.raises(InvalidInput):
         registry.register("price", "1.0.0", onnx_artifact(junk))
+    with pytest.raises(InvalidInput):
+        registry.register("price", "1.0.0", onnx_artifact(onnx_models["a"]) + onnx_artifact(onnx_models["b"]))
     registry.register("price", "1.0.0", onnx_artifact(onnx_models["a"]))
     with pytest.raises(Conflict):
         registry.register("price", "1.0.0", onnx_artifact(onnx_models["b"]))
