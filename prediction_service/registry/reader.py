@@ -34,7 +34,8 @@ class RegistryReader:
             return []
         return sorted(
             p.name for p in self.root.iterdir()
-            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and any(p.glob(f"v*/{METADATA_FILE}"))
+            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+            and any(p.glob(f"v*/{METADATA_FILE}"))
         )
 
     def versions(self, name: str) -> list[ModelVersion]:
