@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "prediction_service.commands.serve",
     "prediction_service.commands.config_example",
     "prediction_service.commands.torchserve_local",
+    "prediction_service.commands.registry",
 ]
 
 

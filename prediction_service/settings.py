@@ -76,6 +76,8 @@ class LimitSettings(BaseSettings):
     """Request bodies larger than this get 413."""
     max_json_depth: int = Field(16, ge=2)
     """Deeper JSON nesting is refused with 400 (guards the parser and validators)."""
+    max_artifact_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    """Largest total artifact size (decoded) one registry upload through the API may carry."""
     max_batch_rows: int = Field(256, ge=1)
     """Most instances one predict request may carry."""
     max_in_flight: int = Field(256, ge=1)

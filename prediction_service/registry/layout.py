@@ -11,6 +11,8 @@ from ..errors import InvalidName
 STAGES = ("production", "staging")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 METADATA_FILE = "metadata.json"
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RESERVED_FILES = (METADATA_FILE, ".lock")
 
 
 def validate_name(name: str, what: str = "model name") -> str:
@@ -26,6 +28,15 @@ def validate_name(name: str, what: str = "model name") -> str:
 
 def validate_version(version: str) -> str:
     return validate_name(version, "version")
+
+
+def validate_file_name(file_name: str) -> str:
+    """Names of files copied into a version dir: one plain path component, not a reserved name."""
+    if (not isinstance(file_name, str) or not _FILE_NAME.fullmatch(file_name) or ".." in file_name
+            or file_name in _RESERVED_FILES):
+        raise InvalidName(f"invalid file name {file_name!r}: use letters, digits, '.', '_' or '-', no '..'",
+                          {"value": file_name if isinstance(file_name, str) else repr(file_name)})
+    return file_name
 
 
 def validate_stage(stage: str) -> str:

@@ -22,7 +22,7 @@ class CorruptMetadata(PredictionServiceError):
 class RegistryReader:
     def __init__(self, root: Path):
         self.layout = RegistryLayout(root)
-        self._cache: dict[Path, tuple[tuple[int, int], VersionMetadata]] = {}
+        self._cache: dict[Path, tuple[tuple[int, int, int], VersionMetadata]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -34,7 +34,8 @@ class RegistryReader:
             return []
         return sorted(
             p.name for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and any(p.glob(f"v*/{METADATA_FILE}"))
+            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+            and any(p.glob(f"v*/{METADATA_FILE}"))
         )
 
     def versions(self, name: str) -> list[ModelVersion]:
@@ -76,7 +77,8 @@ class RegistryReader:
     def _load(self, version_dir: Path) -> ModelVersion:
         meta_path = version_dir / METADATA_FILE
         stat = meta_path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
+        # The inode too: metadata is replaced (new inode) and two writes can share an mtime tick.
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         with self._lock:
             cached = self._cache.get(meta_path)
         if cached is None or cached[0] != stamp:

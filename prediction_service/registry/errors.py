@@ -1,0 +1,29 @@
+"""Registry-specific refinements of the core domain errors (same HTTP mapping as their parents)."""
+
+from __future__ import annotations
+
+from ..errors import Conflict, ServiceUnavailable
+
+
+class PromotionRefused(Conflict):
+    """A version may not enter production: its validation did not pass (``force`` overrides)."""
+
+    code = "promotion_refused"
+
+
+class InvalidTransition(Conflict):
+    """The lifecycle table does not allow this status change."""
+
+    code = "invalid_transition"
+
+
+class StageInUse(Conflict):
+    """A stage link points at the version, so it cannot be deleted."""
+
+    code = "stage_in_use"
+
+
+class RegistryBusy(ServiceUnavailable):
+    """Another process held the model's lock for longer than the wait allows."""
+
+    code = "registry_busy"

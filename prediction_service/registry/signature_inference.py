@@ -1,0 +1,158 @@
+"""Signatures from ONNX graphs, and the smoke run that checks a signature against the model itself.
+
+Inference reads names, dtypes and shapes from the graph (symbolic or unknown dims become -1).
+The smoke run feeds generated inputs of the signature to ONNX Runtime and checks that the outputs
+carry the declared names, dtypes and shapes; it is what a version gets as validation when no
+numeric-parity report comes with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import InvalidInput, ValidationFailed
+from ..signature import ModelSignature, TensorSpec
+from .model_version import ValidationReport
+
+_SUPPORTED_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
+SMOKE_BATCH = 2
+"""Rows fed to a dynamic batch dim: 2, so a model that silently assumes batch 1 fails."""
+SMOKE_DYNAMIC_DIM = 4
+"""Size used for other dynamic dims (sequence length, ...)."""
+
+
+def _onnx_dtype(elem_type: int, tensor: str) -> str:
+    import onnx
+
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"tensor {tensor!r} has an ONNX element type this service cannot serve ({elem_type})") from exc
+    if dtype not in _SUPPORTED_DTYPES:
+        raise InvalidInput(f"tensor {tensor!r} has dtype {dtype}; supported: {', '.join(_SUPPORTED_DTYPES)}",
+                           {"tensor": tensor, "dtype": dtype})
+    return dtype
+
+
+def _specs(values: Any, initializers: set[str]) -> list[TensorSpec]:
+    specs = []
+    for value in values:
+        if value.name in initializers:  # old exporters list weights as graph inputs
+            continue
+        tensor_type = value.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            raise InvalidInput(f"tensor {value.name!r} has no shape in the ONNX graph; give the signature explicitly")
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+                      for d in tensor_type.shape.dim)
+        specs.append(TensorSpec(name=value.name, dtype=_onnx_dtype(tensor_type.elem_type, value.name),
+                                shape=shape or (1,)))
+    return specs
+
+
+def infer_signature(
+    onnx_path: Path,
+    *,
+    task: Literal["regression", "classification"] = "regression",
+    labels: list[str] | None = None,
+) -> ModelSignature:
+    """The signature an ONNX file declares. A fixed batch dim also caps ``max_batch_size``."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError / ValueError / OSError for bad files
+        raise InvalidInput(f"{Path(onnx_path).name} is not a readable ONNX model: {exc}") from exc
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs, outputs = _specs(graph.input, initializers), _specs(graph.output, set())
+    if not inputs or not outputs:
+        raise InvalidInput(f"{Path(onnx_path).name} declares no inputs or no outputs")
+    batch_dims = {spec.shape[0] for spec in inputs}
+    fixed_batch = next(iter(batch_dims)) if len(batch_dims) == 1 and -1 not in batch_dims else None
+    extra: dict[str, Any] = {"max_batch_size": fixed_batch} if fixed_batch else {}
+    return ModelSignature(inputs=inputs, outputs=outputs, task=task, labels=labels, **extra)
+
+
+def _compatible(declared: TensorSpec, actual: TensorSpec) -> bool:
+    """Same dtype and rank; where both fix a dim they agree (a signature may pin a dim the graph leaves open)."""
+    if declared.dtype != actual.dtype or len(declared.shape) != len(actual.shape):
+        return False
+    return all(d == a or d == -1 or a == -1 for d, a in zip(declared.shape, actual.shape))
+
+
+def _check_against_graph(signature: ModelSignature, graph_signature: ModelSignature) -> None:
+    problems = []
+    for side in ("inputs", "outputs"):
+        declared = {s.name: s for s in getattr(signature, side)}
+        actual = {s.name: s for s in getattr(graph_signature, side)}
+        if declared.keys() != actual.keys():
+            problems.append({side: "names differ", "signature": sorted(declared), "model": sorted(actual)})
+            continue
+        for name, spec in declared.items():
+            if not _compatible(spec, actual[name]):
+                problems.append({"tensor": name, "signature": [spec.dtype, list(spec.shape)],
+                                 "model": [actual[name].dtype, list(actual[name].shape)]})
+    if problems:
+        raise ValidationFailed("the signature does not match the ONNX graph", {"problems": problems})
+
+
+def _concrete_shape(spec: TensorSpec) -> tuple[int, ...]:
+    batch = SMOKE_BATCH if spec.shape[0] == -1 else spec.shape[0]
+    return (batch, *(SMOKE_DYNAMIC_DIM if d == -1 else d for d in spec.shape[1:]))
+
+
+def smoke_inputs(signature: ModelSignature, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs of the signature: normal floats, ones for integer ids/masks, True for bools."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in signature.inputs:
+        shape = _concrete_shape(spec)
+        if spec.dtype.startswith("float"):
+            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == "bool":
+            arrays[spec.name] = np.ones(shape, dtype=bool)
+        else:
+            arrays[spec.name] = np.ones(shape, dtype=spec.dtype)
+    return arrays
+
+
+def smoke_test(onnx_path: Path, signature: ModelSignature) -> ValidationReport:
+    """Run the model once on generated inputs; raise ValidationFailed unless the outputs match the signature."""
+    import onnxruntime as ort
+
+    _check_against_graph(signature, infer_signature(onnx_path))
+    inputs = smoke_inputs(signature)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        results = dict(zip(names, session.run(names, inputs)))
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types
+        raise ValidationFailed(f"the model failed its smoke run: {exc}", {"inputs": _shapes(inputs)}) from exc
+    batch = next(iter(inputs.values())).shape[0]
+    problems = []
+    for spec in signature.outputs:
+        got = np.asarray(results[spec.name])
+        expected = tuple(batch if (axis == 0 and d == -1) else d for axis, d in enumerate(spec.shape))
+        rank_ok = got.ndim == len(expected)
+        dims_ok = rank_ok and all(e in (-1, g) for e, g in zip(expected, got.shape))
+        if not dims_ok or got.dtype.name != spec.dtype:
+            problems.append({"output": spec.name, "expected": [spec.dtype, list(expected)],
+                             "got": [got.dtype.name, list(got.shape)]})
+        elif got.dtype.kind == "f" and not np.isfinite(got).all():
+            problems.append({"output": spec.name, "problem": "NaN or Inf on smoke inputs"})
+    if problems:
+        raise ValidationFailed("model outputs do not match the signature", {"problems": problems})
+    return ValidationReport(passed=True, kind="smoke", details={
+        "runtime": f"onnxruntime {ort.__version__}",
+        "inputs": _shapes(inputs),
+        "outputs": _shapes(results),
+    })
+
+
+def _shapes(arrays: dict[str, Any]) -> dict[str, list[int]]:
+    return {name: list(np.asarray(a).shape) for name, a in arrays.items()}

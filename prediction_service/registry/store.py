@@ -1,0 +1,321 @@
+"""ModelRegistry: the registry's domain object. Register, list, compare, promote, archive, delete.
+
+Every write to a model happens under that model's file lock (``<root>/<name>/.lock``), so CLI runs,
+server workers and API calls serialize per model. Stage links move atomically (temp link +
+``os.replace``); metadata is rewritten atomically (temp + fsync + replace). The link moves first,
+then metadata, then the event log: a crash anywhere leaves the old or the new link, and the next
+write (or ``ModelRegistry(root)``) reconciles metadata and events to the links (reconcile.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from filelock import FileLock, Timeout
+
+from ..errors import Conflict, InvalidInput, InvalidName, VersionNotFound
+from ..signature import ModelSignature
+from .checkpoints import step
+from .compare import VersionComparison, compare_versions
+from .errors import PromotionRefused, RegistryBusy, StageInUse
+from .events import EVENTS_FILE, EventLog, RegistryEvent
+from .fsutil import atomic_symlink, atomic_write_bytes, fsync_dir
+from .layout import METADATA_FILE, RegistryLayout, validate_file_name, validate_name
+from .lifecycle import STAGE_OF_STATUS, check_transition
+from .model_version import ArtifactInfo, ModelVersion, ValidationReport, VersionMetadata
+from .reader import RegistryReader
+from .reconcile import Repair, read_metadata, reconcile_model, write_status
+from .signature_inference import infer_signature, smoke_test
+from .writer import ArtifactSource, register_version
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lock"
+STATE_DIR = ".state"
+_FORMATS = ("onnx", "torchscript", "state_dict")
+_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class ModelRegistry:
+    def __init__(self, root: Path, *, repair: bool = True, lock_timeout_s: float = 30.0):
+        """Open (creating if needed) the store at ``root``; with ``repair``, reconcile every model."""
+        Path(root).expanduser().mkdir(parents=True, exist_ok=True)
+        self.layout = RegistryLayout(root)
+        self.reader = RegistryReader(self.layout.root)
+        self.events = EventLog(self.layout.root / STATE_DIR / EVENTS_FILE)
+        self._lock_timeout_s = lock_timeout_s
+        if repair:
+            self.reconcile()
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
+        return self.reader.model_names()
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        return self.reader.versions(name)
+
+    def get(self, name: str, version: str) -> ModelVersion:
+        return self.reader.get(name, version)
+
+    def resolve(self, name: str, version: str | None = None, stage: str | None = None) -> ModelVersion:
+        return self.reader.resolve(name, version, stage)
+
+    def stages(self, name: str) -> dict[str, str | None]:
+        self.reader.versions(name)  # ModelNotFound for an unknown model
+        return self.reader.stages(name)
+
+    def compare(self, name: str, a: str, b: str) -> VersionComparison:
+        return compare_versions(self.get(name, a).metadata, self.get(name, b).metadata)
+
+    def model_events(self, name: str, *, limit: int = 1000, since: datetime | None = None) -> list[RegistryEvent]:
+        validate_name(name)
+        return self.events.events(name, since=since, limit=limit)
+
+    def production_at(self, name: str, moment: datetime) -> str | None:
+        validate_name(name)
+        return self.events.production_at(name, moment)
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        version: str,
+        artifacts: Sequence[ArtifactSource],
+        *,
+        signature: ModelSignature | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+        description: str = "",
+        architecture: str | None = None,
+        architecture_config: Mapping[str, Any] | None = None,
+        validation: ValidationReport | None = None,
+        extra_files: Sequence[Path] = (),
+        actor: str = "unknown",
+    ) -> ModelVersion:
+        """Copy artifacts in as a new version (status ``none``).
+
+        The signature is inferred from the ONNX artifact unless given. With an ONNX artifact the
+        model gets a smoke run against the signature (ValidationFailed when it does not match), and
+        that smoke report is stored unless a ``numeric_parity`` report is supplied.
+        """
+        self._check_new_version(name, version)
+        if not artifacts:
+            raise InvalidInput("a version needs at least one artifact")
+        for source in artifacts:
+            _check_artifact(source)
+        file_names = [s.file_name or Path(s.path).name for s in artifacts] + [Path(e).name for e in extra_files]
+        if len(file_names) != len(set(file_names)):
+            raise InvalidInput("two files of the version would share a name", {"files": file_names})
+        for extra in extra_files:
+            validate_file_name(Path(extra).name)
+            if not Path(extra).is_file():
+                raise InvalidInput(f"extra file {Path(extra).name} does not exist")
+        onnx_source = next((s for s in artifacts if s.format == "onnx" and s.precision == "fp32"), None) \
+            or next((s for s in artifacts if s.format == "onnx"), None)
+        if signature is None:
+            if onnx_source is None:
+                raise InvalidInput("without an ONNX artifact the signature must be given explicitly")
+            signature = infer_signature(onnx_source.path)
+        if onnx_source is not None:
+            smoke = smoke_test(onnx_source.path, signature)
+            if validation is None or validation.kind != "numeric_parity":
+                validation = smoke
+        metadata = VersionMetadata(
+            name=name, version=version, description=description, architecture=architecture,
+            architecture_config=dict(architecture_config or {}), signature=signature,
+            artifacts=[_placeholder_artifact()], metrics=dict(metrics or {}), tags=dict(tags or {}),
+            validation=validation,
+        )
+        with self._locked(name):
+            created = register_version(self.root, metadata, list(artifacts), list(extra_files))
+            self.events.record("registered", name, version, actor=actor, details={
+                "artifacts": [a.file for a in created.metadata.artifacts],
+                "validation": validation.kind if validation else None,
+            })
+        log.info("registered %s %s (%d artifacts)", name, version, len(created.metadata.artifacts))
+        return created
+
+    def promote(self, name: str, version: str, stage: Literal["production", "staging"] = "production",
+                *, force: bool = False, actor: str = "unknown") -> ModelVersion:
+        """Point ``stage`` at ``version``. The version it displaces is archived.
+
+        Entering production needs ``validation.passed``; ``force`` overrides and is logged as a
+        ``forced_promotion``. Promoting a version already in ``stage`` is a no-op.
+        """
+        if stage not in STAGE_OF_STATUS:
+            raise InvalidName(f"unknown stage {stage!r}; valid: {', '.join(STAGE_OF_STATUS)}", {"value": stage})
+        with self._locked(name):
+            metadata = self._read_for_write(name, version)
+            current = metadata.status
+            if current == stage:
+                return self.get(name, version)
+            check_transition(name, version, current, stage)
+            passed = metadata.validation is not None and metadata.validation.passed
+            forced = stage == "production" and not passed
+            if forced and not force:
+                raise PromotionRefused(
+                    f"{name} {version} has no passing validation report; promote with force to override",
+                    {"model": name, "version": version,
+                     "validation": metadata.validation.model_dump(mode="json") if metadata.validation else None},
+                )
+            displaced = self.layout.read_stage(name, stage)
+            step("locked")
+            atomic_symlink(f"v{version}", self.layout.stage_link(name, stage))
+            step("link_moved")
+            if current == "staging":  # staging -> production: the staging link no longer has a version
+                self.layout.stage_link(name, "staging").unlink(missing_ok=True)
+                fsync_dir(self.layout.model_dir(name))
+                step("old_link_removed")
+            write_status(self.layout, metadata, stage)
+            step("status_written")
+            if displaced is not None and displaced != version:
+                write_status(self.layout, read_metadata(self.layout, name, displaced), "archived")
+                step("displaced_archived")
+            details = {"forced": forced, "displaced": displaced}
+            self.events.record("stage_change", name, version, actor=actor, from_stage=current, to_stage=stage,
+                               details=details)
+            if displaced is not None and displaced != version:
+                self.events.record("stage_change", name, displaced, actor=actor, from_stage=stage,
+                                   to_stage="archived", details={"displaced_by": version})
+            if forced:
+                self.events.record("forced_promotion", name, version, actor=actor, from_stage=current,
+                                   to_stage=stage, details={"validation": _validation_summary(metadata)})
+            step("events_recorded")
+        log.info("%s: %s %s -> %s (displaced %s%s)", actor, name, version, stage, displaced,
+                 ", forced" if forced else "")
+        return self.get(name, version)
+
+    def archive(self, name: str, version: str, *, actor: str = "unknown") -> ModelVersion:
+        """Retire a version; a stage link pointing at it is removed (production then has no version)."""
+        with self._locked(name):
+            metadata = self._read_for_write(name, version)
+            check_transition(name, version, metadata.status, "archived")
+            stage = STAGE_OF_STATUS.get(metadata.status)
+            if stage is not None:
+                self.layout.stage_link(name, stage).unlink(missing_ok=True)
+                fsync_dir(self.layout.model_dir(name))
+                step("link_removed")
+            write_status(self.layout, metadata, "archived")
+            self.events.record("stage_change", name, version, actor=actor, from_stage=metadata.status,
+                               to_stage="archived")
+        return self.get(name, version)
+
+    def update_metrics(self, name: str, version: str, metrics: Mapping[str, float], *,
+                       replace: bool = False, actor: str = "unknown") -> ModelVersion:
+        """Merge (or with ``replace``, swap in) metrics on a version."""
+        with self._locked(name):
+            metadata = self._read_for_write(name, version)
+            merged = dict(metrics) if replace else {**metadata.metrics, **metrics}
+            self._write(metadata.model_copy(update={"metrics": merged}))
+            self.events.record("metrics_updated", name, version, actor=actor,
+                               details={"metrics": dict(metrics), "replace": replace})
+        return self.get(name, version)
+
+    def set_validation(self, name: str, version: str, report: ValidationReport, *,
+                       actor: str = "unknown") -> ModelVersion:
+        """Attach a validation report (e.g. numeric parity from the packaging pipeline)."""
+        with self._locked(name):
+            metadata = self._read_for_write(name, version)
+            self._write(metadata.model_copy(update={"validation": report}))
+            self.events.record("validation_updated", name, version, actor=actor,
+                               details={"kind": report.kind, "passed": report.passed})
+        return self.get(name, version)
+
+    def delete(self, name: str, version: str, *, actor: str = "unknown") -> None:
+        """Remove a version. Refused (StageInUse, 409) while a stage link points at it."""
+        with self._locked(name):
+            self._read_for_write(name, version)
+            stages = {stage: self.layout.read_stage(name, stage) for stage in STAGE_OF_STATUS}
+            in_use = sorted(stage for stage, target in stages.items() if target == version)
+            if in_use:
+                raise StageInUse(f"{name} {version} is the {' and '.join(in_use)} version; promote another or "
+                                 "archive it first", {"model": name, "version": version, "stages": in_use})
+            version_dir = self.layout.version_dir(name, version)
+            # Rename first so the version disappears at once; a crash mid-rmtree leaves only a .tmp dir.
+            doomed = version_dir.with_name(f".{version_dir.name}.{os.urandom(4).hex()}.deleted.tmp")
+            version_dir.rename(doomed)
+            fsync_dir(version_dir.parent)
+            shutil.rmtree(doomed)
+            self.events.record("deleted", name, version, actor=actor)
+        log.info("%s: deleted %s %s", actor, name, version)
+
+    def reconcile(self, name: str | None = None) -> list[Repair]:
+        """Make metadata and the event log agree with the stage links (for one model or all)."""
+        repairs = []
+        for model in [name] if name else self.model_names():
+            try:
+                with self._locked(model, reconcile=False):
+                    repairs += reconcile_model(self.layout, self.events, model)
+            except InvalidName as exc:
+                if name:
+                    raise
+                # A tampered model (e.g. a stage link leaving its dir) must not block opening the rest.
+                log.error("registry: cannot reconcile %s: %s", model, exc.message)
+        return repairs
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self, name: str, *, reconcile: bool = True) -> Iterator[None]:
+        model_dir = self.layout.model_dir(name)
+        model_dir.mkdir(exist_ok=True)
+        lock = FileLock(model_dir / LOCK_FILE, timeout=self._lock_timeout_s, preserve_lock_file=True)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise RegistryBusy(f"model {name!r} is locked by another writer; try again",
+                               {"model": name, "waited_s": self._lock_timeout_s}) from exc
+        try:
+            if reconcile:  # repair what a crashed writer left before building on it
+                reconcile_model(self.layout, self.events, name)
+            yield
+        finally:
+            lock.release()
+
+    def _read_for_write(self, name: str, version: str) -> VersionMetadata:
+        if not self.layout.metadata_path(name, version).is_file():
+            self.get(name, version)  # raises ModelNotFound / VersionNotFound
+            raise VersionNotFound(f"model {name!r} has no version {version!r}", {"model": name, "version": version})
+        return read_metadata(self.layout, name, version)
+
+    def _write(self, metadata: VersionMetadata) -> None:
+        atomic_write_bytes(self.layout.metadata_path(metadata.name, metadata.version),
+                           metadata.model_dump_json(indent=2).encode())
+
+    def _check_new_version(self, name: str, version: str) -> None:
+        if (self.layout.version_dir(name, version) / METADATA_FILE).exists():
+            raise Conflict(f"{name} version {version} already exists", {"model": name, "version": version})
+
+
+def _check_artifact(source: ArtifactSource) -> None:
+    validate_file_name(source.file_name or Path(source.path).name)
+    if source.format not in _FORMATS:
+        raise InvalidInput(f"unknown artifact format {source.format!r}; valid: {', '.join(_FORMATS)}")
+    if source.precision not in _PRECISIONS:
+        raise InvalidInput(f"unknown precision {source.precision!r}; valid: {', '.join(_PRECISIONS)}")
+    if not Path(source.path).is_file():
+        raise InvalidInput(f"artifact {Path(source.path).name} does not exist or is not a file")
+
+
+def _placeholder_artifact() -> ArtifactInfo:
+    """register_version replaces ``artifacts`` with what it copied; the schema needs one entry meanwhile."""
+    return ArtifactInfo(file="pending", format="onnx", sha256="0" * 64, size_bytes=0)
+
+
+def _validation_summary(metadata: VersionMetadata) -> dict[str, Any] | None:
+    if metadata.validation is None:
+        return None
+    return {"kind": metadata.validation.kind, "passed": metadata.validation.passed}

@@ -1,0 +1,130 @@
+"""The /v1/registry router on a minimal app with API keys configured."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from prediction_service.api.auth import ApiKeyStore
+from prediction_service.api.errors import install_error_handlers
+from prediction_service.api.routes.registry import router
+from prediction_service.registry import ModelRegistry
+from prediction_service.settings import Settings
+
+ADMIN = {"X-API-Key": "admin-secret"}
+READ = {"X-API-Key": "read-secret"}
+
+
+@pytest.fixture
+async def client(tmp_path):
+    app = FastAPI()
+    app.state.settings = Settings(model_store=tmp_path / "store")
+    app.state.registry = ModelRegistry(tmp_path / "store")
+    app.state.api_keys = ApiKeyStore("admin-secret,read-secret:read")
+    install_error_handlers(app)
+    app.include_router(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        yield http
+
+
+def _upload(path, version: str, **extra) -> dict:
+    return {"version": version, "artifacts": [{"file_name": "model.onnx", "format": "onnx",
+                                               "content_base64": base64.b64encode(path.read_bytes()).decode()}],
+            **extra}
+
+
+async def test_register_promote_compare_events_and_delete(client, onnx_models):
+    created = await client.post("/v1/registry/models/price/versions", headers=ADMIN,
+                                json=_upload(onnx_models["a"], "1.0.0", metrics={"mae": 0.5}))
+    assert created.status_code == 201, created.text
+    assert created.json()["signature"]["inputs"][0]["shape"] == [-1, 4]
+    assert created.json()["validation"]["kind"] == "smoke"
+    await client.post("/v1/registry/models/price/versions", headers=ADMIN,
+                      json=_upload(onnx_models["b"], "1.1.0", metrics={"mae": 0.4}))
+
+    promoted = await client.post("/v1/registry/models/price/versions/1.0.0/promote", headers=ADMIN, json={})
+    assert promoted.status_code == 200 and promoted.json()["status"] == "production"
+    listed = (await client.get("/v1/registry/models", headers=READ)).json()
+    assert listed == [{"name": "price", "production": "1.0.0", "staging": None, "versions": 2}]
+    detail = (await client.get("/v1/registry/models/price", headers=READ)).json()
+    assert [v["version"] for v in detail["versions"]] == ["1.0.0", "1.1.0"]
+
+    compared = (await client.get("/v1/registry/models/price/compare", params={"a": "1.0.0", "b": "1.1.0"},
+                                 headers=READ)).json()
+    assert compared["metrics"][0]["delta"] == pytest.approx(-0.1)
+
+    patched = await client.patch("/v1/registry/models/price/versions/1.1.0/metrics", headers=ADMIN,
+                                 json={"metrics": {"sharpe": 1.5}})
+    assert patched.json()["metrics"] == {"mae": 0.4, "sharpe": 1.5}
+
+    refused = await client.delete("/v1/registry/models/price/versions/1.0.0", headers=ADMIN)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "stage_in_use"
+    deleted = await client.delete("/v1/registry/models/price/versions/1.1.0", headers=ADMIN)
+    assert deleted.status_code == 204
+
+    events = (await client.get("/v1/registry/models/price/events", headers=READ)).json()
+    assert [e["event"] for e in events] == ["registered", "registered", "stage_change", "metrics_updated", "deleted"]
+    assert events[2]["actor"].startswith("api-key:")
+    now = datetime.now(timezone.utc).isoformat()
+    at = (await client.get("/v1/registry/models/price/production-at", params={"time": now}, headers=READ)).json()
+    assert at["version"] == "1.0.0"
+
+
+async def test_promotion_gate_and_archive_over_http(client, onnx_models):
+    body = _upload(onnx_models["a"], "1.0.0",
+                   validation={"passed": False, "kind": "numeric_parity", "details": {"max_abs_diff": 0.2}})
+    assert (await client.post("/v1/registry/models/price/versions", headers=ADMIN, json=body)).status_code == 201
+    refused = await client.post("/v1/registry/models/price/versions/1.0.0/promote", headers=ADMIN, json={})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "promotion_refused"
+    forced = await client.post("/v1/registry/models/price/versions/1.0.0/promote", headers=ADMIN, json={"force": True})
+    assert forced.status_code == 200
+    archived = await client.post("/v1/registry/models/price/versions/1.0.0/archive", headers=ADMIN)
+    assert archived.json()["status"] == "archived"
+    again = await client.post("/v1/registry/models/price/versions/1.0.0/archive", headers=ADMIN)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_transition"
+
+
+async def test_auth_401_without_key_403_with_read_key_on_writes(client, onnx_models):
+    assert (await client.get("/v1/registry/models")).status_code == 401
+    assert (await client.get("/v1/registry/models", headers={"X-API-Key": "wrong"})).status_code == 401
+    assert (await client.get("/v1/registry/models", headers=READ)).status_code == 200
+    upload = _upload(onnx_models["a"], "1.0.0")
+    assert (await client.post("/v1/registry/models/price/versions", json=upload)).status_code == 401
+    forbidden = await client.post("/v1/registry/models/price/versions", headers=READ, json=upload)
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "forbidden"
+    for method, url in [("POST", "/v1/registry/models/price/versions/1.0.0/promote"),
+                        ("POST", "/v1/registry/models/price/versions/1.0.0/archive"),
+                        ("DELETE", "/v1/registry/models/price/versions/1.0.0")]:
+        assert (await client.request(method, url, headers=READ, json={})).status_code == 403
+
+
+async def test_uploads_cannot_name_paths_outside_the_store(client, onnx_models, tmp_path):
+    upload = _upload(onnx_models["a"], "1.0.0")
+    upload["artifacts"][0]["file_name"] = "../../escape.onnx"
+    bad_file = await client.post("/v1/registry/models/price/versions", headers=ADMIN, json=upload)
+    assert bad_file.status_code == 400 and bad_file.json()["error"]["code"] == "invalid_name"
+    bad_model = await client.post("/v1/registry/models/..%2Fevil/versions", headers=ADMIN,
+                                  json=_upload(onnx_models["a"], "1.0.0"))
+    assert bad_model.status_code == 404  # an encoded slash never matches the {name} segment
+    dotted = await client.post("/v1/registry/models/..evil/versions", headers=ADMIN,
+                               json=_upload(onnx_models["a"], "1.0.0"))
+    assert dotted.status_code == 400 and dotted.json()["error"]["code"] == "invalid_name"
+    bad_version = await client.post("/v1/registry/models/price/versions", headers=ADMIN,
+                                    json=_upload(onnx_models["a"], "../1"))
+    assert bad_version.status_code == 400
+    ctrl = await client.get("/v1/registry/models/pri%0Ace", headers=READ)
+    assert ctrl.status_code == 400
+    assert not list(tmp_path.rglob("escape.onnx"))
+    assert not list((tmp_path / "store" / ".state" / "uploads").iterdir())  # temp uploads cleaned
+
+
+async def test_not_found_and_bad_base64(client):
+    missing = await client.get("/v1/registry/models/nope/versions/1.0.0", headers=READ)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    bad = {"version": "1.0.0", "artifacts": [{"file_name": "m.onnx", "format": "onnx", "content_base64": "!!"}]}
+    response = await client.post("/v1/registry/models/price/versions", headers=ADMIN, json=bad)
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_input"

@@ -1,0 +1,78 @@
+"""``python -m prediction_service registry ...`` in real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+from prediction_service.registry import RegistryReader
+
+from .conftest import run_cli
+
+
+def test_cli_register_promote_show_compare_json(tmp_path, onnx_models):
+    store = str(tmp_path / "store")
+    run_cli("registry", "register", "price", "1.0.0", "--artifact", str(onnx_models["a"]), "--metric", "mae=0.5",
+            "--store", store, "--actor", "alice")
+    run_cli("registry", "register", "price", "1.1.0", "--artifact", f"onnx={onnx_models['b']}", "--metric",
+            "mae=0.4", "--store", store)
+    assert "is now production" in run_cli("registry", "promote", "price", "1.0.0", "--store", store).stdout
+    listed = json.loads(run_cli("registry", "list", "--store", store, "--json").stdout)
+    assert listed == [{"model": "price", "production": "1.0.0", "staging": None, "versions": 2}]
+    compared = json.loads(run_cli("registry", "compare", "price", "1.0.0", "1.1.0", "--store", store,
+                                  "--json").stdout)
+    assert compared["metrics"][0]["metric"] == "mae" and abs(compared["metrics"][0]["delta"] + 0.1) < 1e-9
+    shown = json.loads(run_cli("registry", "show", "price", "--store", store, "--json").stdout)
+    assert shown["version"] == "1.0.0" and shown["status"] == "production"
+    events = json.loads(run_cli("registry", "events", "price", "--store", store, "--json").stdout)
+    assert events[0]["actor"] == "alice" and events[-1]["to_stage"] == "production"
+
+
+def test_cli_domain_errors_exit_nonzero_with_a_clear_message(tmp_path, onnx_models):
+    store = str(tmp_path / "store")
+    run_cli("registry", "register", "price", "1.0.0", "--artifact", str(onnx_models["a"]), "--store", store)
+    run_cli("registry", "promote", "price", "1.0.0", "--store", store)
+    refused = run_cli("registry", "delete", "price", "1.0.0", "--store", store, check=False)
+    assert refused.returncode == 1 and "error [stage_in_use]" in refused.stderr
+    bad = run_cli("registry", "promote", "../etc", "1.0.0", "--store", store, check=False)
+    assert bad.returncode == 1 and "error [invalid_name]" in bad.stderr
+    missing = run_cli("registry", "show", "price", "9.9.9", "--store", store, check=False)
+    assert missing.returncode == 1 and "version_not_found" in missing.stderr
+
+
+def test_production_moves_back_and_forth_by_cli_while_a_reader_resolves(two_versions):
+    reg = two_versions
+    reg.promote("price", "1.0.0")
+    link = reg.layout.stage_link("price", "production")
+    reader = RegistryReader(reg.root)
+    stop = threading.Event()
+    seen: dict[str, int] = {}
+    failures: list[str] = []
+
+    def resolve_continuously() -> None:
+        while not stop.is_set():
+            try:
+                target = os.readlink(link)
+                version = reader.resolve("price").version
+                seen[version] = seen.get(version, 0) + 1
+                if not target.startswith("v"):
+                    failures.append(f"bad target {target}")
+            except Exception as exc:  # any failure to resolve is what this test exists to catch
+                failures.append(repr(exc))
+            stop.wait(0.001)
+
+    thread = threading.Thread(target=resolve_continuously)
+    thread.start()
+    try:
+        for i in range(20):
+            target = ("1.1.0", "1.0.0")[i % 2]
+            run_cli("registry", "promote", "price", target, "--store", str(reg.root), "--actor", "ops")
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
+    assert set(seen) == {"1.0.0", "1.1.0"}
+    assert reg.resolve("price").version == "1.0.0"
+    moves = [e for e in reg.model_events("price") if e.event == "stage_change" and e.to_stage == "production"]
+    assert len(moves) == 21 and all(e.actor == "ops" for e in moves[1:])
