@@ -21,7 +21,7 @@ from prediction_service.errors import (
 )
 from prediction_service.packaging.torchserve_mar import mar_path
 from prediction_service.registry import ModelKey
-from tests.adapters.conftest import _require_torchserve, torchserve_settings
+from tests.support.torchserve_fixtures import _require_torchserve, torchserve_settings
 from tests.support.torchserve_models import FEATURES, SEQ_LEN, build_scripted_model, register_tiny
 
 pytestmark = pytest.mark.torchserve
