@@ -9,6 +9,8 @@ import sys
 
 COMMAND_MODULES = [
     "prediction_service.commands.serve",
+    "prediction_service.commands.package",
+    "prediction_service.commands.setup_demo",
 ]
 
 
