@@ -9,36 +9,13 @@ loaded with ``torch.load(weights_only=True)`` into a model zoo ``--architecture`
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
-import torch
-from pydantic import ValidationError
-from torch import nn
 
 from ..errors import InvalidInput, PredictionServiceError
-from ..packaging.pipeline import PackagingOptions, PackagingRequest, PackagingResult, package_model
-from ..packaging.validation import Tolerances
 from ..settings import Settings
-from ..signature import ModelSignature
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoadedSource:
-    model: nn.Module
-    signature: ModelSignature
-    validation_inputs: Callable[[int], dict[str, np.ndarray]] | None
-    architecture: str | None = None
-    architecture_config: dict | None = None
-    tokenizer: Path | None = None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # torch / onnx load only when the command runs, not when the CLI parser is built.
+    from pydantic import ValidationError
+
+    from ..packaging.pipeline import PackagingOptions, PackagingRequest, package_model
+    from ..packaging.sources import load_source
+    from ..packaging.summary import summary_table
+    from ..packaging.validation import Tolerances
+
     store = args.store or Settings().model_store
     try:
         source = load_source(args.source, args.architecture, _json_arg(args.config, "--config"))
@@ -92,55 +77,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_source(path: Path, architecture: str | None, config: dict) -> LoadedSource:
-    if not path.is_file():
-        raise InvalidInput(f"{path} does not exist")
-    if path.suffix == ".py":
-        if architecture:
-            raise InvalidInput("--architecture applies to .pt checkpoints, not to a model .py file")
-        return _load_python(path)
-    if path.suffix in {".pt", ".pth"}:
-        return _load_checkpoint(path, architecture, config)
-    raise InvalidInput(f"{path.name}: expected a model .py file or a state_dict .pt/.pth checkpoint")
-
-
-def _load_python(path: Path) -> LoadedSource:
-    """Execute the researcher's model file (explicitly given on the command line) and read its contract."""
-    spec = importlib.util.spec_from_file_location(f"packaged_model_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    build = getattr(module, "build_model", None)
-    signature = getattr(module, "SIGNATURE", None)
-    if not callable(build) or not isinstance(signature, ModelSignature):
-        raise InvalidInput(f"{path.name} must define build_model() -> nn.Module and SIGNATURE (a ModelSignature)")
-    model = build()
-    if not isinstance(model, nn.Module):
-        raise InvalidInput(f"{path.name}: build_model() returned {type(model).__name__}, not an nn.Module")
-    return LoadedSource(model.eval(), signature, getattr(module, "validation_inputs", None))
-
-
-def _load_checkpoint(path: Path, architecture: str | None, config: dict) -> LoadedSource:
-    from ..modelzoo.architectures import build_model, signature_for
-    from ..modelzoo.datasets import VOCAB_PATH, dataset_for
-
-    if not architecture:
-        raise InvalidInput("a .pt checkpoint needs --architecture (a model zoo architecture)")
-    model = build_model(architecture, config)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise InvalidInput(f"{path.name} is not a state_dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise InvalidInput(f"{path.name} does not fit architecture {architecture}: {exc}") from exc
-    signature = signature_for(architecture, config)
-    return LoadedSource(
-        model.eval(), signature, lambda rows: dataset_for(architecture, rows, seed=1234, config=config).inputs,
-        architecture=architecture, architecture_config=config,
-        tokenizer=VOCAB_PATH if signature.text else None,
-    )
-
-
 def _json_arg(text: str | None, option: str) -> dict:
     if not text:
         return {}
@@ -153,32 +89,3 @@ def _json_arg(text: str | None, option: str) -> dict:
     return value
 
 
-def summary_table(result: PackagingResult) -> str:
-    version = result.version
-    header = ("variant", "format", "precision", "size", "p50 ms", "p99 ms", "rows/s@32", "max err", "status")
-    rows = [header]
-    for v in result.validations:
-        bench = result.benchmarks.get(v.variant)
-        artifact = next((a for a in version.metadata.artifacts if a.format == v.format and a.precision == v.precision),
-                        None)
-        rows.append((
-            v.variant, v.format, v.precision,
-            _size(artifact.size_bytes) if artifact else "-",
-            f"{bench.latency_ms_p50:.3f}" if bench else "-",
-            f"{bench.latency_ms_p99:.3f}" if bench else "-",
-            f"{bench.throughput_rows_per_s:.0f}" if bench else "-",
-            f"{v.max_abs_error:.2e}",
-            "accepted" if v.passed else "REJECTED: " + "; ".join(v.failures),
-        ))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header) - 1)]
-    lines = [f"{version.name}:{version.version} registered at {version.path}"]
-    for r in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
-    for v in result.rejected:
-        worst = ", ".join(f"#{w.index} ({w.max_abs_error:.3g})" for w in v.worst_inputs)
-        lines.append(f"{v.variant} rejected; worst inputs: {worst}")
-    return "\n".join(lines)
-
-
-def _size(n: int) -> str:
-    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"

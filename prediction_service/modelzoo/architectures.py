@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from ..errors import InvalidInput
@@ -199,7 +199,11 @@ def _architecture(name: str) -> Architecture:
 
 def parse_config(name: str, config: dict | None = None) -> BaseModel:
     """Validated config of ``name`` (unknown keys are refused, so a typo does not pass silently)."""
-    return _architecture(name).config_type.model_validate(config or {})
+    try:
+        return _architecture(name).config_type.model_validate(config or {})
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid config for architecture {name!r}: {exc.errors()[0]['msg']}",
+                           {"architecture": name, "errors": exc.errors(include_url=False, include_context=False)}) from exc
 
 
 def build_model(name: str, config: dict | None = None) -> nn.Module:
