@@ -48,3 +48,19 @@ def test_existing_models_are_skipped_unless_forced(tmp_path: Path):
     assert set(rebuilt) == set(DEMO_MODELS)
     assert metadata.read_bytes() != before  # new created_at / validation timestamps
     assert RegistryReader(tmp_path).resolve("lstm-price").version == "1.0.0"
+
+
+def test_setup_demo_command_builds_the_registry(tmp_path: Path, capsys):
+    import argparse
+
+    from prediction_service.commands import setup_demo
+
+    parser = argparse.ArgumentParser()
+    setup_demo.register(parser.add_subparsers())
+    args = parser.parse_args(["setup-demo", "--store", str(tmp_path)])
+    assert args.func(args) == 0
+    assert "lstm-price v1.0.0" in capsys.readouterr().out
+    assert RegistryReader(tmp_path).stages("cnn-lstm-direction")["production"] == "1.0.0"
+    args = parser.parse_args(["setup-demo", "--store", str(tmp_path)])
+    assert args.func(args) == 0
+    assert "nothing new" in capsys.readouterr().out
