@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -15,8 +14,6 @@ from torch import nn
 
 from ..errors import ValidationFailed
 from ..signature import ModelSignature
-
-log = logging.getLogger(__name__)
 
 OnnxOptimization = Literal["disabled", "basic", "extended"]
 _ORT_LEVELS = {
@@ -35,7 +32,7 @@ def export_torchscript(model: nn.Module, signature: ModelSignature, example: dic
     """Trace, freeze and optimise for inference; the saved file loads with ``torch.jit.load`` (no pickle)."""
     model.eval()
     args = _example_args(signature, example)
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, args, check_trace=False)
         optimized = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
