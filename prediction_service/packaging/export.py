@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,9 @@ from ..errors import ValidationFailed
 from ..signature import ModelSignature
 
 OnnxOptimization = Literal["disabled", "basic", "extended"]
+TorchScriptMethod = Literal["auto", "script", "trace"]
+
+log = logging.getLogger(__name__)
 _ORT_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -28,16 +32,30 @@ def _example_args(signature: ModelSignature, example: dict[str, np.ndarray]) -> 
 
 
 def export_torchscript(model: nn.Module, signature: ModelSignature, example: dict[str, np.ndarray],
-                       path: Path) -> Path:
-    """Trace, freeze and optimise for inference; the saved file loads with ``torch.jit.load`` (no pickle)."""
+                       path: Path, method: TorchScriptMethod = "auto") -> TorchScriptMethod:
+    """Compile, freeze and optimise for inference; the saved file loads with ``torch.jit.load`` (no pickle).
+
+    ``script`` keeps shape- and device-dependent code (an LSTM's zero state follows its input's device);
+    ``trace`` bakes what one example run did. ``auto`` scripts and falls back to tracing for code the
+    TorchScript compiler cannot handle. Returns the method used.
+    """
     model.eval()
-    args = _example_args(signature, example)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(model, args, check_trace=False)
-        optimized = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    compiled = None
+    if method in ("auto", "script"):
+        try:
+            compiled, method = torch.jit.script(model), "script"
+        except Exception as exc:  # the compiler raises many types for unsupported Python; tracing may still work
+            if method == "script":
+                raise ValidationFailed(f"torch.jit.script failed: {exc}") from exc
+            log.info("torch.jit.script failed (%s); tracing instead", str(exc).splitlines()[0])
+    if compiled is None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            compiled, method = torch.jit.trace(model, _example_args(signature, example), check_trace=False), "trace"
+    with torch.no_grad():
+        optimized = torch.jit.optimize_for_inference(torch.jit.freeze(compiled.eval()))
     torch.jit.save(optimized, str(path))
-    return path
+    return method
 
 
 def export_onnx(model: nn.Module, signature: ModelSignature, example: dict[str, np.ndarray], path: Path,

@@ -26,7 +26,7 @@ from ..registry.model_version import ArtifactInfo, ModelVersion, ValidationRepor
 from ..registry.writer import ArtifactSource, register_version
 from ..signature import ModelSignature
 from .benchmark import BenchmarkResult, benchmark
-from .export import OnnxOptimization, export_onnx, export_torchscript, optimize_onnx
+from .export import OnnxOptimization, TorchScriptMethod, export_onnx, export_torchscript, optimize_onnx
 from .runtime import OnnxRunner, Runner, TorchModuleRunner, TorchScriptRunner
 from .validation import Precision, Tolerances, VariantValidation, generate_inputs, validate_runner
 from .variants import make_fp16, make_int8
@@ -45,6 +45,8 @@ class PackagingOptions(BaseModel):
     int8: bool = False
     """Also build an int8 (dynamic quantization) ONNX variant."""
     torchscript: bool = True
+    torchscript_method: TorchScriptMethod = "auto"
+    """auto = script, falling back to trace for code the TorchScript compiler rejects."""
     state_dict: bool = True
     """Keep the weights as a state_dict too (only when an architecture is named: it needs the code)."""
     opset: int = Field(17, ge=17)
@@ -194,8 +196,9 @@ def _export_all(model: nn.Module, request: PackagingRequest, options: PackagingO
     variants = [_Variant("onnx-fp32", "onnx", "fp32", served_onnx, "model.onnx", True,
                          lambda: OnnxRunner(served_onnx, options.threads))]
     if options.torchscript:
-        ts_path = export_torchscript(model, signature, example, work / "model.pt")
-        log.info("%s export torchscript (traced, frozen, optimised for inference)", tag)
+        ts_path = work / "model.pt"
+        method = export_torchscript(model, signature, example, ts_path, options.torchscript_method)
+        log.info("%s export torchscript (%s, frozen, optimised for inference)", tag, method)
         variants.append(_Variant("torchscript-fp32", "torchscript", "fp32", ts_path, "model.pt", True,
                                  lambda: TorchScriptRunner(ts_path, signature)))
     if options.state_dict and request.architecture:
