@@ -12,6 +12,8 @@ COMMAND_MODULES = [
     "prediction_service.commands.config_example",
     "prediction_service.commands.torchserve_local",
     "prediction_service.commands.registry",
+    "prediction_service.commands.package",
+    "prediction_service.commands.setup_demo",
 ]
 
 

@@ -1,0 +1,91 @@
+"""``package``: export a PyTorch model to ONNX/TorchScript (+ fp16/int8), validate, benchmark, register.
+
+The source is either a researcher's python file defining ``build_model() -> nn.Module`` and
+``SIGNATURE`` (a ModelSignature), optionally ``validation_inputs(rows) -> {name: array}`` — that
+file is the researcher's own code and is run explicitly — or a state_dict checkpoint (``.pt``)
+loaded with ``torch.load(weights_only=True)`` into a model zoo ``--architecture``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import InvalidInput, PredictionServiceError
+from ..settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("package", help="export, validate, benchmark and register a PyTorch model",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="model .py file (build_model + SIGNATURE) or state_dict .pt")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--fp16", action="store_true", help="also build and validate an fp16 ONNX variant")
+    parser.add_argument("--int8", action="store_true", help="also build and validate an int8 ONNX variant")
+    parser.add_argument("--store", type=Path, default=None, help="registry root (default: MODEL_STORE)")
+    parser.add_argument("--architecture", help="model zoo architecture of a .pt checkpoint")
+    parser.add_argument("--config", default="{}", help="JSON architecture config of a .pt checkpoint")
+    parser.add_argument("--tokenizer", type=Path, help="vocab file for text models (stored as the signature's name)")
+    parser.add_argument("--tolerances", default=None, help='JSON overrides, e.g. {"int8": {"max_abs_error": 0.05, '
+                                                           '"mean_abs_error": 0.01}}')
+    parser.add_argument("--description", default="")
+    parser.add_argument("--validation-rows", type=int, default=64)
+    parser.add_argument("--benchmark-runs", type=int, default=50, help="batch-1 runs per variant (0 = skip)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # torch / onnx load only when the command runs, not when the CLI parser is built.
+    from pydantic import ValidationError
+
+    from ..packaging.pipeline import PackagingOptions, PackagingRequest, package_model
+    from ..packaging.sources import load_source
+    from ..packaging.summary import summary_table
+    from ..packaging.validation import Tolerances
+
+    store = args.store or Settings().model_store
+    try:
+        source = load_source(args.source, args.architecture, _json_arg(args.config, "--config"))
+        options = PackagingOptions(
+            fp16=args.fp16, int8=args.int8, validation_rows=args.validation_rows, benchmark_runs=args.benchmark_runs,
+            tolerances=Tolerances.model_validate(_json_arg(args.tolerances, "--tolerances"))
+            if args.tolerances else Tolerances(),
+        )
+        tokenizer = args.tokenizer or source.tokenizer
+        extra = {source.signature.text.tokenizer: tokenizer} if source.signature.text and tokenizer else {}
+        request = PackagingRequest(
+            name=args.name, version=args.version, signature=source.signature, architecture=source.architecture,
+            architecture_config=source.architecture_config or {}, description=args.description, extra_files=extra,
+        )
+        inputs = source.validation_inputs(options.validation_rows) if source.validation_inputs else None
+        result = package_model(source.model, request, Path(store), options, validation_inputs=inputs)
+    except ValidationError as exc:
+        print(f"error: invalid option: {exc}", file=sys.stderr)
+        return 2
+    except PredictionServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.details:
+            print(json.dumps(exc.details, indent=2, default=str), file=sys.stderr)
+        return 1
+    print(summary_table(result))
+    return 0
+
+
+def _json_arg(text: str | None, option: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{option} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{option} must be a JSON object")
+    return value
+
+

@@ -1,0 +1,29 @@
+"""``setup-demo``: train the model zoo's three demo models briefly and register them in production."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("setup-demo", help="build the demo registry (lstm-price, cnn-lstm-direction, "
+                                                      "sentiment-transformer) with production links")
+    parser.add_argument("--store", type=Path, default=None, help="registry root (default: MODEL_STORE)")
+    parser.add_argument("--force", action="store_true", help="rebuild models that are already present")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..modelzoo.demo import build_demo_registry  # torch/onnx imports only when the command runs
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    store = args.store or Settings().model_store
+    registered = build_demo_registry(Path(store), force=args.force)
+    print(f"demo registry at {Path(store).resolve()}: "
+          + (", ".join(f"{name} v{v.version}" for name, v in registered.items()) or "nothing new (use --force)"))
+    return 0

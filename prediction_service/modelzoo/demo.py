@@ -1,0 +1,66 @@
+"""A demo registry: the three zoo models trained briefly, packaged, registered and in production."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from ..packaging.pipeline import PackagingOptions, PackagingRequest, package_model
+from ..registry.layout import METADATA_FILE, RegistryLayout
+from ..registry.model_version import ModelVersion
+from ..registry.writer import set_stage_link
+from .architectures import signature_for
+from .datasets import VOCAB_PATH, dataset_for
+from .training import TrainedModel, default_plans, train
+
+log = logging.getLogger(__name__)
+
+DEMO_VERSION = "1.0.0"
+DEMO_MODELS = {
+    "lstm-price": "lstm_price",
+    "cnn-lstm-direction": "cnn_lstm_direction",
+    "sentiment-transformer": "sentiment_transformer",
+}
+_DESCRIPTIONS = {
+    "lstm_price": "LSTM over a normalised OHLCV window (prices / last close, volume / mean) -> next close / last close",
+    "cnn_lstm_direction": "CNN-LSTM over 110 OHLCV features -> P(down, flat, up) over the next 5 steps",
+    "sentiment_transformer": "2-layer transformer over word tokens of a headline -> P(negative, neutral, positive)",
+}
+VALIDATION_SEED = 1234
+
+
+def build_demo_registry(root: Path, force: bool = False, options: PackagingOptions | None = None,
+                        trained: dict[str, TrainedModel] | None = None) -> dict[str, ModelVersion]:
+    """Register v1.0.0 of each demo model under ``root`` and point ``production`` at it.
+
+    Models already present are skipped unless ``force`` (which replaces their v1.0.0).
+    ``trained`` lets callers reuse models trained elsewhere (keyed by architecture).
+    """
+    options = options or PackagingOptions(fp16=True, int8=True, benchmark_runs=20)
+    layout = RegistryLayout(root)
+    plans = default_plans()
+    registered: dict[str, ModelVersion] = {}
+    for name, architecture in DEMO_MODELS.items():
+        version_dir = layout.version_dir(name, DEMO_VERSION)
+        if (version_dir / METADATA_FILE).is_file():
+            if not force:
+                log.info("demo: %s v%s already present, skipped (use force to rebuild)", name, DEMO_VERSION)
+                continue
+            log.info("demo: %s v%s present, replacing it (force)", name, DEMO_VERSION)
+            shutil.rmtree(version_dir)
+        model = (trained or {}).get(architecture) or train(plans[architecture])
+        validation = dataset_for(architecture, options.validation_rows, seed=VALIDATION_SEED, config=model.config)
+        request = PackagingRequest(
+            name=name, version=DEMO_VERSION, signature=signature_for(architecture, model.config),
+            architecture=architecture, architecture_config=model.config,
+            description=_DESCRIPTIONS[architecture], tags={"source": "demo", "data": "synthetic"},
+            metrics={"final_train_loss": model.final_loss},
+            extra_files={"vocab.txt": VOCAB_PATH} if architecture == "sentiment_transformer" else {},
+        )
+        result = package_model(model.model, request, root, options, validation_inputs=validation.inputs)
+        set_stage_link(root, name, "production", DEMO_VERSION)
+        log.info("demo: %s v%s is production (%d variants, %d rejected)", name, DEMO_VERSION,
+                 len(result.version.metadata.artifacts), len(result.rejected))
+        registered[name] = result.version
+    return registered

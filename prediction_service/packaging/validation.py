@@ -1,0 +1,147 @@
+"""Numeric parity of each exported variant against the original PyTorch model.
+
+Errors are absolute, over every output element; per input row the largest error is kept so a
+failing report can name the rows that went worst. Classifiers also get the top-1 agreement rate.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..signature import ModelSignature
+from .runtime import Runner
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class VariantTolerance(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_abs_error: float = Field(gt=0)
+    """Largest allowed |variant - pytorch| over all output elements."""
+    mean_abs_error: float = Field(gt=0)
+    """Allowed mean |variant - pytorch|."""
+    min_top1_agreement: float | None = Field(None, ge=0, le=1)
+    """Classifiers: share of rows whose arg-max matches PyTorch (None = not checked)."""
+
+
+class Tolerances(BaseModel):
+    """Per-precision tolerances; override per model (``Tolerances(int8=VariantTolerance(...))``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fp32: VariantTolerance = VariantTolerance(max_abs_error=1e-4, mean_abs_error=1e-5, min_top1_agreement=1.0)
+    fp16: VariantTolerance = VariantTolerance(max_abs_error=1e-2, mean_abs_error=1e-3, min_top1_agreement=0.99)
+    int8: VariantTolerance = VariantTolerance(max_abs_error=0.2, mean_abs_error=0.02, min_top1_agreement=0.97)
+    worst_inputs: int = Field(5, ge=1)
+    """How many of the worst rows a report names."""
+
+    def for_precision(self, precision: Precision) -> VariantTolerance:
+        return getattr(self, precision)
+
+
+class WorstInput(BaseModel):
+    index: int
+    """Row of the validation set."""
+    max_abs_error: float
+    top1_agrees: bool | None = None
+
+
+class VariantValidation(BaseModel):
+    variant: str
+    format: str
+    precision: Precision
+    passed: bool
+    rows: int
+    max_abs_error: float
+    mean_abs_error: float
+    top1_agreement: float | None = None
+    tolerance: VariantTolerance
+    failures: list[str] = Field(default_factory=list)
+    """Which limits were exceeded, in words."""
+    worst_inputs: list[WorstInput] = Field(default_factory=list)
+
+
+def generate_inputs(signature: ModelSignature, rows: int, seed: int = 0, int_high: int = 2) -> dict[str, np.ndarray]:
+    """Random inputs matching the signature: standard normal floats, ints in ``[0, int_high)``.
+
+    An attention-mask input (named by ``signature.text``) gets prefix masks of random length.
+    Prefer real or model-zoo data when there is any: random data exercises less of the model.
+    """
+    rng = np.random.default_rng(seed)
+    mask_name = signature.text.attention_mask if signature.text else None
+    arrays: dict[str, np.ndarray] = {}
+    for spec in signature.inputs:
+        shape = (rows, *(d if d != -1 else 8 for d in spec.row_shape))
+        if spec.name == mask_name:
+            lengths = rng.integers(1, shape[-1] + 1, size=rows)
+            arrays[spec.name] = (np.arange(shape[-1])[None, :] < lengths[:, None]).astype(spec.dtype)
+        elif spec.dtype.startswith("float"):
+            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == "bool":
+            arrays[spec.name] = rng.random(shape) < 0.5
+        else:
+            arrays[spec.name] = rng.integers(0, int_high, size=shape).astype(spec.dtype)
+    return arrays
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], signature: ModelSignature,
+            variant: str, format: str, precision: Precision, tolerances: Tolerances) -> VariantValidation:
+    """Compare a variant's outputs with the reference outputs on the same rows."""
+    tolerance = tolerances.for_precision(precision)
+    rows = len(next(iter(reference.values())))
+    per_row = np.zeros(rows)
+    total, count = 0.0, 0
+    failures: list[str] = []
+    for spec in signature.outputs:
+        want = reference[spec.name].astype(np.float64)
+        got = np.asarray(candidate.get(spec.name), dtype=np.float64)
+        if got.shape != want.shape:
+            failures.append(f"output {spec.name!r} has shape {list(got.shape)}, expected {list(want.shape)}")
+            per_row[:] = np.inf
+            continue
+        error = np.abs(got - want)
+        error[~np.isfinite(error)] = np.inf
+        per_row = np.maximum(per_row, error.reshape(rows, -1).max(axis=1))
+        total += float(error.sum())
+        count += error.size
+    max_error = float(per_row.max()) if rows else 0.0
+    mean_error = total / count if count else float("inf")
+    agrees = _top1_agreement(reference, candidate, signature)
+    agreement = float(agrees.mean()) if agrees is not None else None
+
+    if max_error > tolerance.max_abs_error:
+        failures.append(f"max abs error {max_error:.3g} > {tolerance.max_abs_error:.3g}")
+    if mean_error > tolerance.mean_abs_error:
+        failures.append(f"mean abs error {mean_error:.3g} > {tolerance.mean_abs_error:.3g}")
+    if agreement is not None and tolerance.min_top1_agreement is not None and agreement < tolerance.min_top1_agreement:
+        failures.append(f"top-1 agreement {agreement:.3f} < {tolerance.min_top1_agreement:.3f}")
+    worst = np.argsort(-per_row, kind="stable")[: tolerances.worst_inputs]
+    return VariantValidation(
+        variant=variant, format=format, precision=precision, passed=not failures, rows=rows,
+        max_abs_error=max_error, mean_abs_error=mean_error, top1_agreement=agreement,
+        tolerance=tolerance, failures=failures,
+        worst_inputs=[WorstInput(index=int(i), max_abs_error=float(per_row[i]),
+                                 top1_agrees=None if agrees is None else bool(agrees[i])) for i in worst],
+    )
+
+
+def _top1_agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+                    signature: ModelSignature) -> np.ndarray | None:
+    """Per-row arg-max agreement on the first output, for classifiers only."""
+    if signature.task != "classification":
+        return None
+    name = signature.outputs[0].name
+    want, got = reference[name], candidate.get(name)
+    if got is None or np.shape(got) != want.shape:
+        return np.zeros(len(want), dtype=bool)
+    return want.reshape(len(want), -1).argmax(axis=1) == np.asarray(got).reshape(len(want), -1).argmax(axis=1)
+
+
+def validate_runner(runner: Runner, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                    signature: ModelSignature, variant: str, format: str, precision: Precision,
+                    tolerances: Tolerances) -> VariantValidation:
+    return compare(reference, runner.run(inputs), signature, variant, format, precision, tolerances)
