@@ -9,7 +9,7 @@ from pathlib import Path
 from ..packaging.pipeline import PackagingOptions, PackagingRequest, package_model
 from ..registry.layout import METADATA_FILE, RegistryLayout
 from ..registry.model_version import ModelVersion
-from ..registry.writer import set_stage_link
+from ..registry.store import ModelRegistry
 from .architectures import signature_for
 from .datasets import VOCAB_PATH, dataset_for
 from .training import TrainedModel, default_plans, train
@@ -59,7 +59,7 @@ def build_demo_registry(root: Path, force: bool = False, options: PackagingOptio
             extra_files={"vocab.txt": VOCAB_PATH} if architecture == "sentiment_transformer" else {},
         )
         result = package_model(model.model, request, root, options, validation_inputs=validation.inputs)
-        set_stage_link(root, name, "production", DEMO_VERSION)
+        ModelRegistry(root).promote(name, DEMO_VERSION, "production", actor="setup-demo")
         log.info("demo: %s v%s is production (%d variants, %d rejected)", name, DEMO_VERSION,
                  len(result.version.metadata.artifacts), len(result.rejected))
         registered[name] = result.version

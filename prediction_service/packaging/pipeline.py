@@ -23,7 +23,8 @@ from torch import nn
 from ..errors import Conflict, InvalidInput, ValidationFailed
 from ..registry.layout import METADATA_FILE, RegistryLayout
 from ..registry.model_version import ArtifactInfo, ModelVersion, ValidationReport, VersionMetadata
-from ..registry.writer import ArtifactSource, register_version
+from ..registry.store import ModelRegistry
+from ..registry.writer import ArtifactSource
 from ..signature import ModelSignature
 from .benchmark import BenchmarkResult, benchmark
 from .export import OnnxOptimization, TorchScriptMethod, export_onnx, export_torchscript, optimize_onnx
@@ -177,8 +178,12 @@ def _package(model: nn.Module, request: PackagingRequest, store: Path, options: 
 
 def register(store: Path, metadata: VersionMetadata, sources: list[ArtifactSource],
              extra_files: list[Path]) -> ModelVersion:
-    """The one place the pipeline writes to the registry."""
-    return register_version(store, metadata, sources, extra_files)
+    """The one place the pipeline writes to the registry (events recorded, signature smoke-checked)."""
+    return ModelRegistry(store).register(
+        metadata.name, metadata.version, sources, signature=metadata.signature, metrics=metadata.metrics,
+        tags=metadata.tags, description=metadata.description, architecture=metadata.architecture,
+        architecture_config=metadata.architecture_config, validation=metadata.validation,
+        extra_files=extra_files, benchmarks=metadata.benchmarks, actor="packaging")
 
 
 def _export_all(model: nn.Module, request: PackagingRequest, options: PackagingOptions,

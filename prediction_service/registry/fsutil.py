@@ -28,6 +28,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Readers see the old content or the new, never a torn file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; registry files are world-readable like the artifacts
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

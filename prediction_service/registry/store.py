@@ -103,6 +103,7 @@ class ModelRegistry:
         architecture_config: Mapping[str, Any] | None = None,
         validation: ValidationReport | None = None,
         extra_files: Sequence[Path] = (),
+        benchmarks: Mapping[str, Any] | None = None,
         actor: str = "unknown",
     ) -> ModelVersion:
         """Copy artifacts in as a new version (status ``none``).
@@ -137,7 +138,7 @@ class ModelRegistry:
             name=name, version=version, description=description, architecture=architecture,
             architecture_config=dict(architecture_config or {}), signature=signature,
             artifacts=[_placeholder_artifact()], metrics=dict(metrics or {}), tags=dict(tags or {}),
-            validation=validation,
+            validation=validation, benchmarks=dict(benchmarks or {}),
         )
         with self._locked(name):
             created = register_version(self.root, metadata, list(artifacts), list(extra_files))

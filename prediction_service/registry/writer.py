@@ -49,6 +49,8 @@ def register_version(
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=model_dir))
     try:
+        # mkdtemp makes 0700: a backend running as another user (Triton, TorchServe) must read versions.
+        staging.chmod(0o755)
         infos = []
         for source in artifacts:
             name = source.file_name or source.path.name
