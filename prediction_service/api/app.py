@@ -9,14 +9,18 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..adapters.factory import ServingAdapterFactory
+import os
+
 from ..dataplane import DataPlane
+from ..errors import NotFound
+from ..experiments import ExperimentService, ExperimentStore
 from ..model_manager import ModelManager
-from ..registry import RegistryReader
+from ..registry import ModelKey, ModelRegistry
 from ..settings import Settings
 from .auth import ApiKeyStore
 from .errors import install_error_handlers
 from .responses import FastJSONResponse
-from .routes import health, models, predict
+from .routes import experiments, health, models, predict, registry
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +28,10 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     adapter = ServingAdapterFactory.create(settings)  # an unknown type fails here, before serving
-    reader = RegistryReader(settings.model_store)
-    manager = ModelManager(settings, reader, adapter)
+    model_registry = ModelRegistry(settings.model_store)
+    reader = model_registry.reader
+    manager = ModelManager(settings, reader, adapter, on_event=_event_recorder(model_registry, adapter.name))
+    experiment_service = _experiment_service(settings, model_registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -49,10 +55,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.adapter = adapter
     app.state.reader = reader
     app.state.manager = manager
-    app.state.dataplane = DataPlane(settings, manager, adapter)
+    app.state.registry = model_registry
+    app.state.experiments = experiment_service
+    app.state.dataplane = DataPlane(settings, manager, adapter, experiments=experiment_service)
     app.state.shutting_down = False
     app.state.readiness_checks = []
     install_error_handlers(app)
-    for module in (predict, models, health):
+    for module in (predict, models, registry, experiments, health):
         app.include_router(module.router)
     return app
+
+
+def _event_recorder(model_registry: ModelRegistry, backend: str):
+    """Loads and unloads go to the registry's event log: who served what, from when."""
+    def record(event: str, key: ModelKey, details: dict) -> None:
+        details = {**details, "backend": backend, "pid": os.getpid()}
+        if event == "load":
+            model_registry.events.record_load(key.name, key.version, details=details)
+        elif event == "unload":
+            model_registry.events.record_unload(key.name, key.version, details=details)
+        else:
+            model_registry.events.record(event, key.name, key.version, actor="server", details=details)
+    return record
+
+
+def _experiment_service(settings: Settings, model_registry: ModelRegistry) -> ExperimentService:
+    path = settings.experiments.db_path or settings.state_dir / "experiments.sqlite3"
+
+    def version_exists(name: str, version: str) -> bool:
+        try:
+            model_registry.get(name, version)
+        except NotFound:
+            return False
+        return True
+
+    def promote(name: str, version: str) -> None:
+        model_registry.promote(name, version, "production", actor="experiment")
+
+    store = ExperimentStore(path, busy_timeout_ms=settings.experiments.busy_timeout_ms)
+    return ExperimentService(store=store, settings=settings.experiments, promoter=promote,
+                             version_exists=version_exists)

@@ -1,0 +1,67 @@
+"""A/B end to end against a real server: create, route traffic, feed outcomes, analyze, auto-promote."""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import httpx
+import pytest
+
+from prediction_service.registry import ModelRegistry
+from tests.support.models import CLASSIFIER_SIGNATURE, TinyClassifier, register_tiny
+from tests.support.server import running_server
+
+ADMIN = {"X-API-Key": "admin-secret"}
+READ = {"X-API-Key": "read-secret"}
+
+
+@pytest.mark.slow
+def test_experiment_auto_promotes_a_better_challenger_and_moves_production(tiny_store_template, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store_template, store, symlinks=True)
+    register_tiny(store, "tiny-classifier", "2.0.0", TinyClassifier(), CLASSIFIER_SIGNATURE, tmp_path / "w",
+                  stage=None)
+    env = {"API_KEYS": "admin-secret,read-secret:read"}
+    with running_server(store, env=env) as (base, _):
+        with httpx.Client(base_url=base, timeout=10) as http:
+            spec = {"model_name": "tiny-classifier", "champion_version": "1.0.0", "challenger_version": "2.0.0",
+                    "traffic_split": 0.5, "task": "classification", "auto_apply": True, "min_samples_per_arm": 60}
+            created = http.post("/v1/experiments", json=spec, headers=ADMIN)
+            assert created.status_code == 201, created.text
+            experiment_id = created.json()["id"]
+
+            rng = random.Random(7)
+            arms = {"champion": 0, "challenger": 0}
+            for i in range(400):
+                row = [rng.uniform(-1, 1) for _ in range(4)]
+                response = http.post("/v1/models/tiny-classifier/predict",
+                                     json={"instance": row, "routing_key": f"client-{i}"})
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert body["experiment_id"] == experiment_id and body["arm"] in arms
+                assert body["version"] == ("2.0.0" if body["arm"] == "challenger" else "1.0.0")
+                arms[body["arm"]] += 1
+                predicted = ["down", "flat", "up"].index(body["predictions"][0]["label"])
+                # ground truth: the challenger is right 90 % of the time, the champion 60 %
+                right = rng.random() < (0.9 if body["arm"] == "challenger" else 0.6)
+                actual = predicted if right else (predicted + 1) % 3
+                outcome = http.post(f"/v1/predictions/{body['request_id']}/outcome", json={"actual": actual},
+                                    headers=READ)
+                assert outcome.status_code in (200, 201), outcome.text
+            assert min(arms.values()) > 100  # a 50/50 split, give or take
+
+            again = http.post(f"/v1/predictions/{body['request_id']}/outcome", json={"actual": 0}, headers=READ)
+            assert again.status_code == 409
+
+            analysis = http.get(f"/v1/experiments/{experiment_id}/analyze", headers=READ)
+            assert analysis.status_code == 200, analysis.text
+            result = analysis.json()
+            assert result["decision"] == "promote", result
+            assert http.get(f"/v1/experiments/{experiment_id}", headers=READ).json()["status"] == "promoted"
+
+    registry = ModelRegistry(store)
+    assert registry.stages("tiny-classifier")["production"] == "2.0.0"
+    assert registry.get("tiny-classifier", "1.0.0").metadata.status == "archived"
+    assert any(e.event == "stage_change" and e.actor == "experiment"
+               for e in registry.model_events("tiny-classifier"))
