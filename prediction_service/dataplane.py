@@ -154,7 +154,7 @@ class DataPlane:
         if assignment is not None:
             await self._record_arm(context, assignment, received, error=False, outputs=outputs, target=target)
         record.outputs = outputs
-        loaded = next((m for m in self.adapter.loaded() if m.key == target.key), None)
+        loaded = self.adapter.loaded_model(target.key)
         provenance = _provenance(self.adapter.name, target, loaded)
         record.backend = provenance["backend"]
         return PredictionResult(

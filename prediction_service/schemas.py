@@ -16,10 +16,14 @@ class PredictRequest(BaseModel):
         {"text": ["Shares rally after strong earnings beat"]},
     ]})
 
-    inputs: dict[str, list[Any]] | None = Field(None, description="Batch: tensor name -> nested list with the batch dim first.")
-    instances: list[dict[str, list[Any]] | list[Any]] | None = Field(
-        None, description="Rows without the batch dim: {tensor: row} each, or bare rows for single-input models.")
-    instance: dict[str, list[Any]] | list[Any] | None = Field(None, description="One row (no batch dim).")
+    # Tensor payloads are typed Any on purpose: pydantic would walk every number of a 60x110 window;
+    # the signature check (numpy) validates them instead. The schema below still documents them.
+    inputs: Any = Field(None, description="Batch: tensor name -> nested list with the batch dim first.",
+                        json_schema_extra={"type": "object", "additionalProperties": {"type": "array"}})
+    instances: Any = Field(None, description="Rows without the batch dim: {tensor: row} each, or bare rows "
+                           "for single-input models.", json_schema_extra={"type": "array"})
+    instance: Any = Field(None, description="One row (no batch dim): {tensor: row}, or a bare row for "
+                          "single-input models.", json_schema_extra={"type": ["object", "array"]})
     text: list[str] | str | None = Field(None, description="Text for models with a tokenizer.")
     version: str | None = Field(None, description="Serve this exact version (wins over stage).", max_length=128)
     stage: str | None = Field(None, description="production (default) or staging.", max_length=32)
@@ -31,6 +35,13 @@ class PredictRequest(BaseModel):
         given = [f for f in ("inputs", "instances", "instance", "text") if getattr(self, f) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of inputs, instances, instance or text (got {given or 'none'})")
+        if self.inputs is not None and not (isinstance(self.inputs, dict)
+                                            and all(isinstance(v, list) for v in self.inputs.values())):
+            raise ValueError("inputs must be an object of tensor name -> array")
+        if self.instances is not None and not isinstance(self.instances, list):
+            raise ValueError("instances must be an array of rows")
+        if self.instance is not None and not isinstance(self.instance, (dict, list)):
+            raise ValueError("instance must be an object of tensor name -> row, or a row")
         return self
 
 

@@ -74,8 +74,11 @@ class ServingAdapter(ABC):
     def loaded(self) -> list[LoadedModel]:
         """Versions currently loaded."""
 
+    def loaded_model(self, key: ModelKey) -> LoadedModel | None:
+        return next((model for model in self.loaded() if model.key == key), None)
+
     def is_loaded(self, key: ModelKey) -> bool:
-        return any(model.key == key for model in self.loaded())
+        return self.loaded_model(key) is not None
 
     async def describe(self, key: ModelKey) -> dict[str, Any]:
         """Backend-side metadata and statistics for a loaded model (shown in GET /v1/models/{name})."""

@@ -103,6 +103,10 @@ class InProcessAdapter(ServingAdapter):
     def loaded(self) -> list[LoadedModel]:
         return [entry.model for entry in self._models.values()]
 
+    def loaded_model(self, key: ModelKey) -> LoadedModel | None:
+        entry = self._models.get(key)
+        return entry.model if entry is not None else None
+
     async def describe(self, key: ModelKey) -> dict:
         entry = self._models.get(key)
         if entry is None:

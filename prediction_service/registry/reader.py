@@ -1,10 +1,13 @@
 """Read path of the registry: list models and versions, resolve name + stage/version.
 
-Parsed metadata is cached by (path, mtime_ns, size), so the hot path costs a readlink and a stat.
+Parsed metadata is cached by (inode, mtime_ns, size). Stage resolution has a fast path for the
+request hot path: the validated link path is remembered per (name, stage), and a resolved version is
+reused while the link target and the metadata file's stamp are unchanged: one readlink and one stat.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -24,6 +27,8 @@ class RegistryReader:
         self.layout = RegistryLayout(root)
         self._cache: dict[Path, tuple[tuple[int, int, int], VersionMetadata]] = {}
         self._lock = threading.Lock()
+        self._links: dict[tuple[str, str], str] = {}
+        self._resolved: dict[tuple[str, str], tuple[str, tuple[int, int, int], ModelVersion]] = {}
 
     @property
     def root(self) -> Path:
@@ -65,20 +70,40 @@ class RegistryReader:
         """An explicit version wins; otherwise the stage (default production)."""
         if version is not None:
             return self.get(name, version)
-        stage = validate_stage(stage or "production")
+        stage = stage or "production"
+        fast = self._resolve_cached(name, stage)
+        if fast is not None:
+            return fast
+        stage = validate_stage(stage)
         target = self.layout.read_stage(name, stage)
         if target is None:
             if not self.layout.model_dir(name).is_dir():
                 raise ModelNotFound(f"model {name!r} is not registered", {"model": name})
             raise VersionNotFound(f"model {name!r} has no {stage} version", {"model": name, "stage": stage})
-        found = self.get(name, target)
-        return found.model_copy(update={"stage": stage})
+        found = self.get(name, target).model_copy(update={"stage": stage})
+        meta_path = os.path.join(found.path, METADATA_FILE)
+        with self._lock:
+            self._links[(name, stage)] = str(self.layout.stage_link(name, stage))
+            self._resolved[(name, stage)] = (f"v{target}", _stamp(meta_path), found)
+        return found
+
+    def _resolve_cached(self, name: str, stage: str) -> ModelVersion | None:
+        """The hot path; None sends the caller down the validating slow path."""
+        link = self._links.get((name, stage))
+        cached = self._resolved.get((name, stage))
+        if link is None or cached is None:
+            return None
+        try:
+            target = os.readlink(link)
+            if target != cached[0] or _stamp(os.path.join(cached[2].path, METADATA_FILE)) != cached[1]:
+                return None
+        except OSError:
+            return None
+        return cached[2]
 
     def _load(self, version_dir: Path) -> ModelVersion:
         meta_path = version_dir / METADATA_FILE
-        stat = meta_path.stat()
-        # The inode too: metadata is replaced (new inode) and two writes can share an mtime tick.
-        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        stamp = _stamp(meta_path)
         with self._lock:
             cached = self._cache.get(meta_path)
         if cached is None or cached[0] != stamp:
@@ -91,6 +116,12 @@ class RegistryReader:
         else:
             metadata = cached[1]
         return ModelVersion(path=version_dir, metadata=metadata)
+
+
+def _stamp(path: Path | str) -> tuple[int, int, int]:
+    # The inode too: metadata is replaced (new inode) and two writes can share an mtime tick.
+    stat = os.stat(path)
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _version_sort_key(version: str) -> tuple:
