@@ -48,3 +48,23 @@ async def client(settings):
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
             http.app = app
             yield http
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory) -> Path:
+    """The demo registry exactly as `setup-demo` builds it (three zoo models, v1.0.0 in production)."""
+    from prediction_service.modelzoo.demo import build_demo_registry
+
+    root = tmp_path_factory.mktemp("demo-store")
+    build_demo_registry(root)
+    return root
+
+
+@pytest.fixture
+async def demo_client(demo_store):
+    from prediction_service.api.app import create_app
+
+    app = create_app(Settings(model_store=demo_store))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            yield http
