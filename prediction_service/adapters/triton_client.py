@@ -14,12 +14,14 @@ import asyncio
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 import tritonclient.http.aio as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -31,6 +33,28 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MISSING_MODEL = re.compile(r"unknown model|is not found|not ready|no version is available|unavailable model", re.I)
 _GRPC_CONNECTION_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}
+
+
+def _grpc_channel_args() -> list[tuple[str, int]]:
+    """tritonclient's defaults plus a private subchannel pool.
+
+    gRPC shares subchannels between channels to the same target by default, so a "fresh" channel
+    would inherit the old one's reconnect backoff after Triton restarts and keep failing.
+    """
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
+class TritonUnreachable(BackendUnavailable):
+    """No connection to Triton (refused, reset, gRPC UNAVAILABLE)."""
 
 
 class TritonRequestFailed(BackendUnavailable):
@@ -119,8 +143,29 @@ class TritonConnection:
     async def _call(
         self, what: str, operation: Callable[[Client], Awaitable[T]], timeout: float, model: str | None = None
     ) -> T:
-        client, generation = self._current_client()
+        """Run ``operation`` on the shared client; a connection failure on a client that predates this
+        call (a pool or channel from before a Triton restart) is retried once on a fresh client."""
+        deadline = time.monotonic() + timeout
         details = {"backend": "triton", "url": self.url, "protocol": self.protocol, "operation": what}
+        while True:
+            client, generation, fresh = self._current_client()
+            try:
+                return await self._attempt(what, operation, client, deadline - time.monotonic(), model, details)
+            except TritonUnreachable as exc:
+                self._retire(generation)
+                if fresh or deadline - time.monotonic() <= 0:
+                    raise
+                log.info("retrying '%s' on a fresh connection: %s", what, exc.message)
+
+    async def _attempt(
+        self,
+        what: str,
+        operation: Callable[[Client], Awaitable[T]],
+        client: Client,
+        timeout: float,
+        model: str | None,
+        details: dict[str, str],
+    ) -> T:
         try:
             return await asyncio.wait_for(operation(client), timeout)
         except TimeoutError as exc:  # before OSError: TimeoutError is one
@@ -129,29 +174,29 @@ class TritonConnection:
             status = str(exc.status())
             message = exc.message() or str(exc)
             if status in _GRPC_CONNECTION_STATUSES:
-                self._retire(generation)
-                raise BackendUnavailable(f"cannot reach Triton at {self.url} ({self.protocol}): {message}",
-                                         details) from exc
+                raise TritonUnreachable(f"cannot reach Triton at {self.url} ({self.protocol}): {message}",
+                                        details) from exc
             if status == "StatusCode.DEADLINE_EXCEEDED":
                 raise BackendTimeout(f"Triton did not answer '{what}' in time: {message}", details) from exc
             error = TritonModelMissing if model and _MISSING_MODEL.search(message) else TritonRequestFailed
             raise error(f"Triton failed '{what}': {message}", {**details, "status": status}) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            self._retire(generation)
-            raise BackendUnavailable(
+            raise TritonUnreachable(
                 f"cannot reach Triton at {self.url} ({self.protocol}): {exc or type(exc).__name__}", details
             ) from exc
 
-    def _current_client(self) -> tuple[Client, int]:
-        if self._client is None:
+    def _current_client(self) -> tuple[Client, int, bool]:
+        """The shared client, its generation, and whether it was created just now."""
+        fresh = self._client is None
+        if fresh:
             self._client = self._new_client()
             self._generation += 1
-        return self._client, self._generation
+        return self._client, self._generation, fresh
 
     def _new_client(self) -> Client:
         s = self._settings
         if self.protocol == "grpc":
-            return grpcclient.InferenceServerClient(self.url, ssl=s.ssl)
+            return grpcclient.InferenceServerClient(self.url, ssl=s.ssl, channel_args=_grpc_channel_args())
         context = None
         if s.ssl:
             context = ssl.create_default_context()
