@@ -119,6 +119,8 @@ class LocalTriton:
         self._distribution = TritonDistribution.find()
         self._backend_cache = backend_cache
         self._process: subprocess.Popen[bytes] | None = None
+        # A unique shared-memory prefix: several servers on one host must not share python-backend regions.
+        self._shm_prefix = f"psvc_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
 
     @property
     def http_url(self) -> str:
@@ -137,14 +139,12 @@ class LocalTriton:
 
     def command(self) -> list[str]:
         backends = self._distribution.prepared_backends(self._backend_cache)
-        # A unique shared-memory prefix: several servers on one host must not share python-backend regions.
-        shm_prefix = f"psvc_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         return [
             str(self._distribution.binary),
             f"--model-repository={self.model_repository}",
             "--model-control-mode=explicit",
             f"--backend-directory={backends}",
-            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
             "--http-address=127.0.0.1",
             f"--http-port={self.http_port}",
             "--grpc-address=127.0.0.1",
@@ -215,6 +215,7 @@ class LocalTriton:
         except subprocess.TimeoutExpired:
             log.warning("tritonserver did not exit after SIGTERM; killing it")
             self._kill_group(process)
+            self._remove_shared_memory()
         log.info("tritonserver stopped")
 
     def kill(self) -> None:
@@ -222,6 +223,12 @@ class LocalTriton:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             self._kill_group(process)
+        self._remove_shared_memory()
+
+    def _remove_shared_memory(self) -> None:
+        """A killed server cannot unlink its python-backend regions; they carry our unique prefix."""
+        for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
+            region.unlink(missing_ok=True)
 
     @staticmethod
     def _kill_group(process: subprocess.Popen[bytes]) -> None:
