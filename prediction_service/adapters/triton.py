@@ -77,7 +77,7 @@ class TritonAdapter(ServingAdapter):
             if model is None:
                 return
             try:
-                await self._connection.unload_model(model.triton_name, self._triton.load_timeout_seconds)
+                await self._connection.unload_model(model.triton_name, self._triton.timeout_seconds)
             except (BackendUnavailable, BackendTimeout) as exc:
                 # A Triton that is down has nothing loaded once it restarts; the entry goes either way.
                 log.warning("could not unload %s from Triton: %s", model.triton_name, exc.message)
