@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from prediction_service.adapters.triton import TritonAdapter
-from prediction_service.adapters.triton_local import LocalTriton
+from prediction_service.adapters.triton_local import LocalTriton, TritonNotInstalled, free_port
 from prediction_service.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -23,6 +24,7 @@ from prediction_service.errors import (
 from prediction_service.registry import ModelKey, ModelVersion, VersionMetadata
 from prediction_service.registry.fsutil import sha256_file
 from prediction_service.registry.writer import ArtifactSource, register_version
+from prediction_service.settings import Settings, TritonSettings
 
 from .toy_models import PRICE_SIGNATURE, price_batch, register_price_version
 from .triton_fixtures import start_local_triton, triton_server, triton_settings  # noqa: F401 (fixture)
@@ -272,3 +274,33 @@ async def test_triton_death_fails_fast_and_restart_recovers(
         for process in (server, restarted):
             if process is not None:
                 process.stop()
+
+
+async def test_unreachable_triton_is_unavailable_not_a_hang(
+    registry: Path, price_version: ModelVersion, tmp_path: Path
+) -> None:
+    settings = Settings(model_store=registry, triton=TritonSettings(
+        server_url=f"127.0.0.1:{free_port()}", model_repository=tmp_path / "repo", timeout_seconds=60,
+    ))
+    adapter = TritonAdapter(settings)
+    try:
+        health = await adapter.health()
+        assert not health.healthy and "cannot reach Triton" in health.detail
+        with pytest.raises(BackendUnavailable, match="cannot reach Triton"):
+            await adapter.load(price_version)
+        assert adapter.loaded() == [] and list((tmp_path / "repo").iterdir()) == []
+    finally:
+        await adapter.close()
+
+
+def test_local_triton_reports_a_failed_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        try:
+            server = LocalTriton(tmp_path / "repo", http_port=taken.getsockname()[1])
+        except TritonNotInstalled as exc:
+            pytest.skip(f"tritonserver binary not available: {exc}")
+        with pytest.raises(RuntimeError, match="exited with code"):
+            server.start()
+    assert not server.running()
