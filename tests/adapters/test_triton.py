@@ -26,8 +26,8 @@ from prediction_service.registry.fsutil import sha256_file
 from prediction_service.registry.writer import ArtifactSource, register_version
 from prediction_service.settings import Settings, TritonSettings
 
-from .toy_models import PRICE_SIGNATURE, price_batch, register_price_version
-from .triton_fixtures import start_local_triton, triton_server, triton_settings  # noqa: F401 (fixture)
+from tests.support.triton_fixtures import shared_triton, start_local_triton, triton_settings  # noqa: F401 (fixture)
+from tests.support.triton_models import PRICE_SIGNATURE, price_batch, register_price_version
 
 pytestmark = pytest.mark.triton
 
@@ -67,8 +67,8 @@ def reference(version: ModelVersion, inputs: dict[str, np.ndarray]) -> np.ndarra
 
 
 @pytest.fixture(params=PROTOCOLS)
-async def adapter(request: pytest.FixtureRequest, triton_server: LocalTriton, registry: Path) -> AsyncIterator[TritonAdapter]:  # noqa: F811
-    adapter = TritonAdapter(triton_settings(triton_server, registry, use_grpc=request.param))
+async def adapter(request: pytest.FixtureRequest, shared_triton: LocalTriton, registry: Path) -> AsyncIterator[TritonAdapter]:  # noqa: F811
+    adapter = TritonAdapter(triton_settings(shared_triton, registry, use_grpc=request.param))
     yield adapter
     await adapter.close()
 
@@ -156,31 +156,31 @@ async def test_expired_deadline_is_refused(adapter: TritonAdapter, price_version
 
 
 async def test_unbatched_config_loads_and_serves(
-    triton_server: LocalTriton, registry: Path, price_version: ModelVersion  # noqa: F811
+    shared_triton: LocalTriton, registry: Path, price_version: ModelVersion  # noqa: F811
 ) -> None:
-    adapter = TritonAdapter(triton_settings(triton_server, registry, max_batch_size=0))
+    adapter = TritonAdapter(triton_settings(shared_triton, registry, max_batch_size=0))
     try:
         await adapter.load(price_version)
         batch = price_batch(rows=3)
         outputs = await adapter.predict(price_version.key, batch)
         np.testing.assert_allclose(outputs["prediction"], reference(price_version, batch), atol=1e-5, rtol=0)
-        config = httpclient.InferenceServerClient(triton_server.http_url).get_model_config("lstm-price__1.0.0")
+        config = httpclient.InferenceServerClient(shared_triton.http_url).get_model_config("lstm-price__1.0.0")
         assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
     finally:
         await adapter.close()
 
 
 async def test_batched_config_is_what_triton_runs(adapter: TritonAdapter, price_version: ModelVersion,
-                                                  triton_server: LocalTriton) -> None:  # noqa: F811
+                                                  shared_triton: LocalTriton) -> None:  # noqa: F811
     await adapter.load(price_version)
-    config = httpclient.InferenceServerClient(triton_server.http_url).get_model_config("lstm-price__1.0.0")
+    config = httpclient.InferenceServerClient(shared_triton.http_url).get_model_config("lstm-price__1.0.0")
     assert config["max_batch_size"] == 32 and config["backend"] == "python"
     assert config["dynamic_batching"]["preferred_batch_size"] == [16, 32]
     assert [i["dims"] for i in config["input"]] == [[6, 4], [1]]
 
 
 async def test_broken_artifact_fails_load_cleanly(
-    triton_server: LocalTriton, registry: Path, tmp_path: Path  # noqa: F811
+    shared_triton: LocalTriton, registry: Path, tmp_path: Path  # noqa: F811
 ) -> None:
     garbage = tmp_path / "model.onnx"
     garbage.write_bytes(b"not an onnx file")
@@ -189,7 +189,7 @@ async def test_broken_artifact_fails_load_cleanly(
         artifacts=[{"file": "model.onnx", "format": "onnx", "sha256": "0" * 64, "size_bytes": 0}],
     )
     version = register_version(registry, metadata, [ArtifactSource(garbage, "onnx")])
-    adapter = TritonAdapter(triton_settings(triton_server, registry))
+    adapter = TritonAdapter(triton_settings(shared_triton, registry))
     try:
         with pytest.raises(ModelLoadError):
             await adapter.load(version)
@@ -200,14 +200,14 @@ async def test_broken_artifact_fails_load_cleanly(
 
 
 async def test_slow_triton_raises_backend_timeout(
-    triton_server: LocalTriton, registry: Path, price_version: ModelVersion  # noqa: F811
+    shared_triton: LocalTriton, registry: Path, price_version: ModelVersion  # noqa: F811
 ) -> None:
-    adapter = TritonAdapter(triton_settings(triton_server, registry, timeout_seconds=0.5))
+    adapter = TritonAdapter(triton_settings(shared_triton, registry, timeout_seconds=0.5))
     try:
         await adapter.load(price_version)
         # Swap in a model that sleeps longer than the timeout, as an overloaded Triton would.
         (adapter.repository / "lstm-price__1.0.0" / "1" / "model.py").write_text(SLOW_MODEL)
-        httpclient.InferenceServerClient(triton_server.http_url).load_model("lstm-price__1.0.0")
+        httpclient.InferenceServerClient(shared_triton.http_url).load_model("lstm-price__1.0.0")
 
         with pytest.raises(BackendTimeout):
             await adapter.predict(price_version.key, price_batch(2))
@@ -269,6 +269,37 @@ async def test_triton_death_fails_fast_and_restart_recovers(
         outputs = await adapter.predict(price_version.key, batch)  # the same adapter, no new one
         np.testing.assert_allclose(outputs["prediction"], expected, atol=1e-5, rtol=0)
         assert (await adapter.health()).healthy
+    finally:
+        await adapter.close()
+        for process in (server, restarted):
+            if process is not None:
+                process.stop()
+
+
+async def test_health_reloads_models_a_restarted_triton_lost(
+    registry: Path, price_version: ModelVersion, tmp_path: Path
+) -> None:
+    server = start_local_triton(tmp_path / "repo")
+    adapter = TritonAdapter(triton_settings(server, registry))
+    restarted: LocalTriton | None = None
+    try:
+        await adapter.load(price_version)
+        server.kill()
+        assert not (await adapter.health()).healthy
+        restarted = start_local_triton(
+            server.model_repository, http_port=server.http_port, grpc_port=server.grpc_port,
+            metrics_port=server.metrics_port,
+        )
+        first = await adapter.health()
+        assert not first.healthy and "reloading" in first.detail  # Triton came back empty
+
+        async def healthy() -> None:
+            while not (await adapter.health()).healthy:
+                await asyncio.sleep(0.1)
+
+        await asyncio.wait_for(healthy(), 30)  # guards against a hang only
+        # Reloaded in the background, before any prediction asked for it.
+        assert httpclient.InferenceServerClient(restarted.http_url).is_model_ready("lstm-price__1.0.0")
     finally:
         await adapter.close()
         for process in (server, restarted):

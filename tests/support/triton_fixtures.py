@@ -1,6 +1,5 @@
-"""A real Triton Inference Server for the adapter tests: one per session (startup costs seconds).
-
-Imported by the test modules that need it (not a conftest, so other adapter tests do not pay for it)."""
+"""A real Triton Inference Server (nvidia-pytriton's tritonserver) shared for the session: startup costs
+seconds. Test modules import the fixture; the contract suite can list it in ``pytest_plugins``."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ from prediction_service.settings import Settings, TritonSettings
 
 
 def start_local_triton(repository: Path, **ports: int) -> LocalTriton:
+    """A started server, or a skip when the tritonserver binary is missing."""
     try:
         return LocalTriton(repository, **ports).start()
     except TritonNotInstalled as exc:
@@ -21,7 +21,7 @@ def start_local_triton(repository: Path, **ports: int) -> LocalTriton:
 
 
 @pytest.fixture(scope="session")
-def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
+def shared_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
     server = start_local_triton(tmp_path_factory.mktemp("triton") / "repo")
     yield server
     server.stop()

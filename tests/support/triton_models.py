@@ -1,4 +1,4 @@
-"""Small real ONNX models and registry versions for adapter tests and benchmarks.
+"""Small real ONNX models and registry versions for the Triton adapter tests and bench.
 
 The price model mimics a windowed predictor: ``features`` [batch, 6, 4] and ``scale`` [batch, 1]
 -> ``prediction`` [batch, 3] = tanh(flatten(features) @ W + b) * scale.
