@@ -6,8 +6,8 @@
 Starts the nvidia-pytriton tritonserver on free loopback ports unless --http-url points at a running one
 (then --repository must be that server's model repository). Registers the toy price model (ONNX,
 python backend + ONNX Runtime) in a temporary registry, loads it through the adapter, then runs a
-closed loop of --concurrency callers for --seconds per side (in ABBA order, half each time). Prints throughput, p50, p99 of each
-and the adapter/direct ratios, which show what the adapter costs on top of tritonclient.
+closed loop of --concurrency callers for --seconds per side (ABBA order, half each time). Prints
+throughput, p50, p99 of each and the adapter/direct ratios, which show what the adapter costs on top of tritonclient.
 """
 
 from __future__ import annotations

@@ -154,8 +154,7 @@ class TritonSettings(BaseSettings):
     load_timeout_seconds: float = Field(120.0, gt=0)
     """How long loading one model into Triton may take (load_model + readiness)."""
     backend_directory: Path | None = None
-    """Triton's --backend-directory, read to pick native backends (onnxruntime, pytorch) when present;
-    unset = the python backend running ONNX Runtime (what the nvidia-pytriton server can run)."""
+    """Triton's --backend-directory: native onnxruntime/pytorch backends there are used; unset = python backend."""
     max_queue_delay_microseconds: int = Field(500, ge=0)
     """Triton dynamic batcher: longest a request waits for others to join its batch."""
     instance_count: int = Field(1, ge=1)

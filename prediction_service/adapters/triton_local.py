@@ -158,7 +158,8 @@ class LocalTriton:
 
     def environment(self) -> dict[str, str]:
         env = os.environ.copy()
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(self._distribution.libs), env.get("LD_LIBRARY_PATH")) if p)
+        libs = [str(self._distribution.libs), env.get("LD_LIBRARY_PATH", "")]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
         # The stub embeds the system libpython of this version; give it this environment's packages.
         paths = [*site.getsitepackages(), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)

@@ -124,7 +124,11 @@ def render_config(model_name: str, signature: ModelSignature, options: TritonCon
             f"  max_queue_delay_microseconds: {options.max_queue_delay_microseconds}\n"
             "}"
         )
-    lines.append(f"instance_group [\n  {{\n    count: {options.instance_count}\n    kind: {options.instance_kind}\n  }}\n]")
+    lines.append(
+        "instance_group [\n"
+        f"  {{\n    count: {options.instance_count}\n    kind: {options.instance_kind}\n  }}\n"
+        "]"
+    )
     if options.platform is TritonPlatform.PYTHON_ONNX:
         lines.append(_parameter("onnx_file", ONNX_MODEL_FILE))
         lines.append(_parameter("intra_op_threads", str(options.intra_op_threads)))

@@ -67,7 +67,9 @@ def reference(version: ModelVersion, inputs: dict[str, np.ndarray]) -> np.ndarra
 
 
 @pytest.fixture(params=PROTOCOLS)
-async def adapter(request: pytest.FixtureRequest, shared_triton: LocalTriton, registry: Path) -> AsyncIterator[TritonAdapter]:  # noqa: F811
+async def adapter(
+    request: pytest.FixtureRequest, shared_triton: LocalTriton, registry: Path  # noqa: F811
+) -> AsyncIterator[TritonAdapter]:
     adapter = TritonAdapter(triton_settings(shared_triton, registry, use_grpc=request.param))
     yield adapter
     await adapter.close()
