@@ -162,6 +162,14 @@ class TritonSettings(BaseSettings):
     """max_batch_size in generated config.pbtxt files."""
     timeout_seconds: float = Field(5.0, gt=0)
     """Per-call timeout to Triton; past it the request fails with 504."""
+    load_timeout_seconds: float = Field(120.0, gt=0)
+    """How long loading one model into Triton may take (load_model + readiness)."""
+    backend_directory: Path | None = None
+    """Triton's --backend-directory: native onnxruntime/pytorch backends there are used; unset = python backend."""
+    max_queue_delay_microseconds: int = Field(500, ge=0)
+    """Triton dynamic batcher: longest a request waits for others to join its batch."""
+    instance_count: int = Field(1, ge=1)
+    """Model instances per entry (instance_group count, KIND_CPU)."""
 
 
 class TorchServeSettings(BaseSettings):

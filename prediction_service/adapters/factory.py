@@ -18,6 +18,7 @@ class ServingAdapterFactory:
         "simple": "prediction_service.adapters.simple:SimpleAdapter",
         "torchscript": "prediction_service.adapters.torchscript:TorchScriptAdapter",
         "torchserve": "prediction_service.adapters.torchserve:TorchServeAdapter",
+        "triton": "prediction_service.adapters.triton:TritonAdapter",
     }
 
     @classmethod

@@ -47,10 +47,36 @@ async def torchserve(settings: Settings, server) -> AsyncIterator[ServingAdapter
     await adapter.close()
 
 
+@asynccontextmanager
+async def triton(settings: Settings, server) -> AsyncIterator[ServingAdapter]:
+    from prediction_service.adapters.triton import TritonAdapter
+    from prediction_service.settings import TritonSettings
+
+    config = TritonSettings(server_url=server.http_url, server_grpc_url=server.grpc_url,
+                            model_repository=server.model_repository)
+    adapter = TritonAdapter(settings.model_copy(update={"triton": config}))
+    yield adapter
+    await adapter.close()
+
+
+@asynccontextmanager
+async def triton_grpc(settings: Settings, server) -> AsyncIterator[ServingAdapter]:
+    from prediction_service.adapters.triton import TritonAdapter
+    from prediction_service.settings import TritonSettings
+
+    config = TritonSettings(server_url=server.http_url, server_grpc_url=server.grpc_url,
+                            model_repository=server.model_repository, use_grpc=True)
+    adapter = TritonAdapter(settings.model_copy(update={"triton": config}))
+    yield adapter
+    await adapter.close()
+
+
 # name -> (context manager factory, fixture naming the real server it needs, or None)
 BACKENDS: dict[str, tuple[Callable, str | None]] = {
     "simple-onnx": (simple_onnx, None),
     "simple-torchscript": (simple_torchscript, None),
     "torchscript": (torchscript, None),
     "torchserve": (torchserve, "shared_torchserve"),
+    "triton-http": (triton, "shared_triton"),
+    "triton-grpc": (triton_grpc, "shared_triton"),
 }

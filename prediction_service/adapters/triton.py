@@ -1,0 +1,231 @@
+"""Serving through a real NVIDIA Triton Inference Server.
+
+``load`` writes a repository entry (config.pbtxt generated from the signature, the artifact, and
+for the python backend the ONNX Runtime ``model.py``) and loads it with explicit model control;
+``predict`` infers over HTTP or gRPC with one reused asyncio client. When Triton restarts (explicit
+model control starts empty) the adapter notices the missing model and loads it again: no restart of
+the service is needed.
+
+Caveat: Triton's model namespace is shared, so several service workers pointed at one Triton share
+entries: one worker's ``unload`` unloads the entry for all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendTimeout, BackendUnavailable, DeadlineExceeded, ModelLoadError, ModelNotFound
+from ..packaging.triton_config import TritonConfigOptions, TritonPlatform, choose_platform, render_config
+from ..packaging.triton_repository import entry_name, remove_entry, write_entry
+from ..registry import ModelKey, ModelVersion
+from ..settings import Settings
+from .base import AdapterHealth, LoadedModel, ServingAdapter
+from .triton_client import TritonConnection, TritonModelMissing, TritonRequestFailed
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class _TritonModel:
+    loaded: LoadedModel
+    triton_name: str
+    platform: TritonPlatform
+    output_names: list[str]
+
+
+class TritonAdapter(ServingAdapter):
+    name = "triton"
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._triton = settings.triton
+        self.repository = (self._triton.model_repository or settings.model_store / ".triton-repo").resolve()
+        self._connection = TritonConnection(self._triton)
+        self._models: dict[ModelKey, _TritonModel] = {}
+        self._locks: dict[ModelKey, asyncio.Lock] = {}
+        self._resync_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def load(self, version: ModelVersion) -> LoadedModel:
+        key = version.key
+        async with self._lock(key):
+            if key in self._models:
+                return self._models[key].loaded
+            model = await self._prepare_entry(version)
+            try:
+                await self._load_into_triton(model.triton_name)
+            except BaseException:
+                await asyncio.to_thread(remove_entry, self.repository, model.triton_name)
+                raise
+            self._models[key] = model
+            log.info("loaded %s into Triton as %s (%s)", key, model.triton_name, model.platform.value)
+            return model.loaded
+
+    async def unload(self, key: ModelKey) -> None:
+        async with self._lock(key):
+            model = self._models.pop(key, None)
+            if model is None:
+                return
+            try:
+                await self._connection.unload_model(model.triton_name, self._triton.timeout_seconds)
+            except (BackendUnavailable, BackendTimeout) as exc:
+                # A Triton that is down has nothing loaded once it restarts; the entry goes either way.
+                log.warning("could not unload %s from Triton: %s", model.triton_name, exc.message)
+            await asyncio.to_thread(remove_entry, self.repository, model.triton_name)
+            log.info("unloaded %s from Triton", key)
+
+    def loaded(self) -> list[LoadedModel]:
+        return [model.loaded for model in self._models.values()]
+
+    async def close(self) -> None:
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+        await super().close()
+        await self._connection.close()
+
+    # --- serving ------------------------------------------------------------------------------
+
+    async def predict(
+        self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        model = self._require(key)
+        try:
+            return await self._connection.infer(model.triton_name, inputs, model.output_names, self._timeout(deadline))
+        except TritonModelMissing:
+            log.warning("Triton lost %s (restarted?); loading it again", model.triton_name)
+            await self._reload(model)
+            return await self._connection.infer(model.triton_name, inputs, model.output_names, self._timeout(deadline))
+
+    async def health(self) -> AdapterHealth:
+        """Triton live and every model of this adapter ready in it.
+
+        Triton's own server readiness is reported but not required: with strict readiness one
+        model of someone else's (or one being unloaded) makes the whole server "not ready".
+        """
+        url = self._connection.url
+        extra: dict[str, Any] = {"url": url, "protocol": self._connection.protocol, "models": len(self._models)}
+        missing = []
+        try:
+            if not await self._connection.server_live(HEALTH_TIMEOUT_SECONDS):
+                return AdapterHealth(False, self.name, f"Triton at {url} is not live", extra)
+            extra["server_ready"] = await self._connection.server_ready(HEALTH_TIMEOUT_SECONDS)
+            for model in list(self._models.values()):
+                if not await self._connection.is_model_ready(model.triton_name, HEALTH_TIMEOUT_SECONDS):
+                    missing.append(model)
+        except (BackendUnavailable, BackendTimeout) as exc:
+            return AdapterHealth(False, self.name, exc.message, extra)
+        if missing:
+            self._start_resync(missing)
+            names = [m.triton_name for m in missing]
+            return AdapterHealth(False, self.name, f"reloading models Triton lost: {', '.join(names)}", extra)
+        return AdapterHealth(True, self.name, f"Triton at {url} ready", extra)
+
+    async def describe(self, key: ModelKey) -> dict[str, Any]:
+        model = self._require(key)
+        timeout = self._triton.timeout_seconds
+        return {
+            "backend": self.name,
+            "triton_model": model.triton_name,
+            "platform": model.platform.value,
+            "url": self._connection.url,
+            "protocol": self._connection.protocol,
+            "metadata": await self._connection.model_metadata(model.triton_name, timeout),
+            "statistics": await self._connection.inference_statistics(model.triton_name, timeout),
+        }
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _require(self, key: ModelKey) -> _TritonModel:
+        model = self._models.get(key)
+        if model is None:
+            raise ModelNotFound(f"model {key} is not loaded in Triton", {"model": key.name, "version": key.version})
+        return model
+
+    def _lock(self, key: ModelKey) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def _timeout(self, deadline: float | None) -> float:
+        timeout = self._triton.timeout_seconds
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded("the request deadline passed before Triton was called")
+            timeout = min(timeout, remaining)
+        return timeout
+
+    def _config_options(self, platform: TritonPlatform) -> TritonConfigOptions:
+        return TritonConfigOptions(
+            platform=platform,
+            max_batch_size=self._triton.max_batch_size,
+            max_queue_delay_microseconds=self._triton.max_queue_delay_microseconds,
+            instance_count=self._triton.instance_count,
+            intra_op_threads=self._settings.simple.intra_op_threads,
+        )
+
+    async def _prepare_entry(self, version: ModelVersion) -> _TritonModel:
+        formats = {artifact.format for artifact in version.metadata.artifacts}
+        try:
+            platform = choose_platform(self._triton.backend_directory, formats)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc), {"model": version.name, "version": version.version}) from exc
+        artifact = version.artifact((platform.artifact_format,), self._settings.serving_precision.value)
+        if artifact is None:  # choose_platform saw the format, so only a precision mismatch gets here
+            raise ModelLoadError(f"{version.key} has no {platform.artifact_format} artifact to serve")
+        name = entry_name(version.key)
+        config = render_config(name, version.signature, self._config_options(platform))
+        await asyncio.to_thread(
+            write_entry, self.repository, name, self._triton.default_model_version,
+            version.artifact_path(artifact), config, platform,
+        )
+        loaded = LoadedModel(
+            version=version, backend=self.name, artifact=artifact,
+            details={"triton_model": name, "platform": platform.value, "sha256": artifact.sha256},
+        )
+        return _TritonModel(loaded, name, platform, [spec.name for spec in version.signature.outputs])
+
+    async def _load_into_triton(self, name: str) -> None:
+        timeout = self._triton.load_timeout_seconds
+        try:
+            await self._connection.load_model(name, timeout)
+            ready = await self._connection.is_model_ready(name, self._triton.timeout_seconds)
+        except TritonRequestFailed as exc:  # Triton answered: the entry is bad (unreachable Triton propagates)
+            raise ModelLoadError(f"Triton could not load {name}: {exc.message}", exc.details) from exc
+        if not ready:
+            raise ModelLoadError(f"Triton loaded {name} but reports it not ready")
+
+    async def _reload(self, model: _TritonModel) -> None:
+        """Load ``model`` into Triton again unless a concurrent caller already did."""
+        async with self._lock(model.loaded.key):
+            if self._models.get(model.loaded.key) is not model:
+                raise ModelNotFound(f"model {model.loaded.key} was unloaded")
+            try:
+                if await self._connection.is_model_ready(model.triton_name, self._triton.timeout_seconds):
+                    return
+            except TritonModelMissing:
+                pass
+            if not (self.repository / model.triton_name).is_dir():  # the repository was wiped too
+                await self._prepare_entry(model.loaded.version)
+            await self._load_into_triton(model.triton_name)
+            log.info("reloaded %s into Triton", model.triton_name)
+
+    def _start_resync(self, models: list[_TritonModel]) -> None:
+        if self._resync_task is not None and not self._resync_task.done():
+            return
+
+        async def resync() -> None:
+            for model in models:
+                try:
+                    await self._reload(model)
+                except (BackendUnavailable, BackendTimeout, ModelLoadError, ModelNotFound) as exc:
+                    log.warning("reloading %s into Triton failed: %s", model.triton_name, exc.message)
+
+        self._resync_task = asyncio.get_running_loop().create_task(resync())
