@@ -23,6 +23,7 @@ from ..packaging.torchserve_mar import build_mar, mar_path, servable_artifact, s
 from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
 from .base import AdapterHealth, LoadedModel, ServingAdapter
+from .shared_tasks import SharedTasks
 from .torchserve_client import TorchServeClient
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class TorchServeAdapter(ServingAdapter):
         self._loaded: dict[ModelKey, LoadedModel] = {}
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         self._max_server_batch: dict[ModelKey, int] = {}
+        self._reregistrations = SharedTasks()
 
     def _lock(self, key: ModelKey) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -119,6 +121,7 @@ class TorchServeAdapter(ServingAdapter):
         return list(self._loaded.values())
 
     async def close(self) -> None:
+        self._reregistrations.cancel_all()
         try:
             await super().close()
         finally:
@@ -137,7 +140,8 @@ class TorchServeAdapter(ServingAdapter):
             answer = await self._infer(key, body, deadline)
         except ModelNotFound:
             # Loaded here but unknown to TorchServe: it restarted. Register again, retry once.
-            await self._reregister(model)
+            # Shared and shielded: an expiring request deadline must not cancel the registration.
+            await self._reregistrations.run(model.key, lambda: self._reregister(model))
             answer = await self._infer(key, body, deadline)
         return self._decode(model, answer)
 

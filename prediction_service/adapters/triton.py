@@ -26,6 +26,7 @@ from ..packaging.triton_repository import entry_name, remove_entry, write_entry
 from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
 from .base import AdapterHealth, LoadedModel, ServingAdapter
+from .shared_tasks import SharedTasks
 from .triton_client import TritonConnection, TritonModelMissing, TritonRequestFailed
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class TritonAdapter(ServingAdapter):
         self._models: dict[ModelKey, _TritonModel] = {}
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         self._resync_task: asyncio.Task[None] | None = None
-        self._reloads: dict[str, asyncio.Task] = {}
+        self._reloads = SharedTasks()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -90,6 +91,7 @@ class TritonAdapter(ServingAdapter):
     async def close(self) -> None:
         if self._resync_task is not None:
             self._resync_task.cancel()
+        self._reloads.cancel_all()
         await super().close()
         await self._connection.close()
 
@@ -104,7 +106,7 @@ class TritonAdapter(ServingAdapter):
         except TritonModelMissing:
             log.warning("Triton lost %s (restarted?); loading it again", model.triton_name)
             # Shielded and shared: a caller whose deadline expires must not cancel the reload for everyone.
-            await asyncio.shield(self._reload_shared(model))
+            await self._reloads.run(model.triton_name, lambda: self._reload(model))
             return await self._connection.infer(model.triton_name, inputs, model.output_names, self._timeout(deadline))
 
     async def health(self) -> AdapterHealth:
@@ -218,14 +220,6 @@ class TritonAdapter(ServingAdapter):
                 await self._prepare_entry(model.loaded.version)
             await self._load_into_triton(model.triton_name)
             log.info("reloaded %s into Triton", model.triton_name)
-
-    def _reload_shared(self, model: _TritonModel) -> asyncio.Task:
-        task = self._reloads.get(model.triton_name)
-        if task is None or task.done():
-            task = asyncio.get_running_loop().create_task(self._reload(model))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if nobody waits
-            self._reloads[model.triton_name] = task
-        return task
 
     def _start_resync(self, models: list[_TritonModel]) -> None:
         if self._resync_task is not None and not self._resync_task.done():
