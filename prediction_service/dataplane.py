@@ -9,7 +9,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .adapters.base import ServingAdapter
-from .errors import (DeadlineExceeded, InvalidInput, ModelNotFound, Overloaded, PredictionServiceError,
+from .errors import (DeadlineExceeded, InvalidInput, ModelNotFound, PredictionServiceError,
                      ServiceUnavailable)
 from .model_manager import ModelManager
 from .registry import ModelVersion, validate_name

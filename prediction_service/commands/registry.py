@@ -98,8 +98,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ---- handlers ----------------------------------------------------------------------------------
 
 def _register(args: argparse.Namespace) -> Any:
-    from ..registry.writer import ArtifactSource
-
     artifacts = [_artifact(spec) for spec in args.artifact]
     signature = None
     if args.signature:
@@ -289,4 +287,3 @@ def _run(handler):
         print(json.dumps(_jsonable(data), indent=2) if args.json else text)
         return 0
     return run
-

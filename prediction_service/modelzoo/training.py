@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..torch_threads import torch_threads
 from .architectures import build_model
 from .datasets import Dataset, dataset_for, default_tokenizer
 
@@ -50,16 +49,6 @@ def default_plans() -> dict[str, TrainingPlan]:
     }
 
 
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _loss(model: nn.Module, architecture: str, inputs: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
     if architecture == "lstm_price":
         # Learn the deviation from "no change": targets sit near 1.0.
@@ -69,7 +58,7 @@ def _loss(model: nn.Module, architecture: str, inputs: list[torch.Tensor], targe
 
 def train(plan: TrainingPlan, threads: int = 1) -> TrainedModel:
     started = time.perf_counter()
-    with _torch_threads(threads):
+    with torch_threads(threads):
         torch.manual_seed(plan.seed)
         data: Dataset = dataset_for(plan.architecture, plan.train_rows, seed=plan.seed, config=plan.config)
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in data.inputs.values()]

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,10 +22,11 @@ from torch import nn
 
 from ..errors import Conflict, InvalidInput, ValidationFailed
 from ..registry.layout import METADATA_FILE, RegistryLayout
-from ..registry.model_version import ArtifactInfo, ModelVersion, ValidationReport, VersionMetadata
+from ..registry.model_version import ModelVersion, ValidationReport, VersionMetadata
 from ..registry.store import ModelRegistry
 from ..registry.writer import ArtifactSource
 from ..signature import ModelSignature
+from ..torch_threads import torch_threads
 from .benchmark import BenchmarkResult, benchmark
 from .export import OnnxOptimization, TorchScriptMethod, export_onnx, export_torchscript, optimize_onnx
 from .runtime import OnnxRunner, Runner, TorchModuleRunner, TorchScriptRunner
@@ -111,7 +112,7 @@ def package_model(model: nn.Module, request: PackagingRequest, store: Path,
     work_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{request.name}-{request.version}-", dir=work_root))
     try:
-        with _torch_threads(options.threads):
+        with torch_threads(options.threads):
             return _package(model.eval(), request, store, options, validation_inputs, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -167,7 +168,7 @@ def _package(model: nn.Module, request: PackagingRequest, store: Path, options: 
     metadata = VersionMetadata(
         name=request.name, version=request.version, description=request.description,
         architecture=request.architecture, architecture_config=request.architecture_config,
-        signature=signature, artifacts=[_placeholder_artifact()], metrics=request.metrics, tags=request.tags,
+        signature=signature, metrics=request.metrics, tags=request.tags,
         validation=report, benchmarks={key: b.model_dump(mode="json") for key, b in benchmarks.items()},
     )
     sources = [ArtifactSource(v.path, v.format, v.precision, v.file_name) for v in accepted]
@@ -277,18 +278,3 @@ def _stage_extra_files(request: PackagingRequest, work: Path) -> list[Path]:
         shutil.copyfile(source, staged_dir / file_name)
         staged.append(staged_dir / file_name)
     return staged
-
-
-def _placeholder_artifact() -> ArtifactInfo:
-    """The writer replaces the artifact list with what it copied (with hashes); the model needs one to build."""
-    return ArtifactInfo(file="pending", format="onnx", sha256="0" * 64, size_bytes=0)
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

@@ -29,7 +29,7 @@ from .events import EVENTS_FILE, EventLog, RegistryEvent
 from .fsutil import atomic_symlink, atomic_write_bytes, fsync_dir
 from .layout import METADATA_FILE, RegistryLayout, validate_file_name, validate_name
 from .lifecycle import STAGE_OF_STATUS, check_transition
-from .model_version import ArtifactInfo, ModelVersion, ValidationReport, VersionMetadata
+from .model_version import ModelVersion, ValidationReport, VersionMetadata
 from .reader import RegistryReader
 from .reconcile import Repair, read_metadata, reconcile_model, write_status
 from .signature_inference import infer_signature, smoke_test
@@ -137,7 +137,7 @@ class ModelRegistry:
         metadata = VersionMetadata(
             name=name, version=version, description=description, architecture=architecture,
             architecture_config=dict(architecture_config or {}), signature=signature,
-            artifacts=[_placeholder_artifact()], metrics=dict(metrics or {}), tags=dict(tags or {}),
+            metrics=dict(metrics or {}), tags=dict(tags or {}),
             validation=validation, benchmarks=dict(benchmarks or {}),
         )
         with self._locked(name):
@@ -309,11 +309,6 @@ def _check_artifact(source: ArtifactSource) -> None:
         raise InvalidInput(f"unknown precision {source.precision!r}; valid: {', '.join(_PRECISIONS)}")
     if not Path(source.path).is_file():
         raise InvalidInput(f"artifact {Path(source.path).name} does not exist or is not a file")
-
-
-def _placeholder_artifact() -> ArtifactInfo:
-    """register_version replaces ``artifacts`` with what it copied; the schema needs one entry meanwhile."""
-    return ArtifactInfo(file="pending", format="onnx", sha256="0" * 64, size_bytes=0)
 
 
 def _validation_summary(metadata: VersionMetadata) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from prediction_service.adapters.base import ServingAdapter
 from prediction_service.adapters.simple import SimpleAdapter
-from prediction_service.settings import Precision, Settings
+from prediction_service.settings import Settings
 
 
 @asynccontextmanager
@@ -47,28 +47,18 @@ async def torchserve(settings: Settings, server) -> AsyncIterator[ServingAdapter
     await adapter.close()
 
 
-@asynccontextmanager
-async def triton(settings: Settings, server) -> AsyncIterator[ServingAdapter]:
-    from prediction_service.adapters.triton import TritonAdapter
-    from prediction_service.settings import TritonSettings
+def triton(use_grpc: bool):
+    @asynccontextmanager
+    async def start(settings: Settings, server) -> AsyncIterator[ServingAdapter]:
+        from prediction_service.adapters.triton import TritonAdapter
+        from prediction_service.settings import TritonSettings
 
-    config = TritonSettings(server_url=server.http_url, server_grpc_url=server.grpc_url,
-                            model_repository=server.model_repository)
-    adapter = TritonAdapter(settings.model_copy(update={"triton": config}))
-    yield adapter
-    await adapter.close()
-
-
-@asynccontextmanager
-async def triton_grpc(settings: Settings, server) -> AsyncIterator[ServingAdapter]:
-    from prediction_service.adapters.triton import TritonAdapter
-    from prediction_service.settings import TritonSettings
-
-    config = TritonSettings(server_url=server.http_url, server_grpc_url=server.grpc_url,
-                            model_repository=server.model_repository, use_grpc=True)
-    adapter = TritonAdapter(settings.model_copy(update={"triton": config}))
-    yield adapter
-    await adapter.close()
+        config = TritonSettings(server_url=server.http_url, server_grpc_url=server.grpc_url,
+                                model_repository=server.model_repository, use_grpc=use_grpc)
+        adapter = TritonAdapter(settings.model_copy(update={"triton": config}))
+        yield adapter
+        await adapter.close()
+    return start
 
 
 # name -> (context manager factory, fixture naming the real server it needs, or None)
@@ -77,6 +67,6 @@ BACKENDS: dict[str, tuple[Callable, str | None]] = {
     "simple-torchscript": (simple_torchscript, None),
     "torchscript": (torchscript, None),
     "torchserve": (torchserve, "shared_torchserve"),
-    "triton-http": (triton, "shared_triton"),
-    "triton-grpc": (triton_grpc, "shared_triton"),
+    "triton-http": (triton(use_grpc=False), "shared_triton"),
+    "triton-grpc": (triton(use_grpc=True), "shared_triton"),
 }

@@ -8,7 +8,6 @@ import sys
 import time
 
 import aiohttp
-import httpx
 import pytest
 
 from prediction_service.registry.writer import set_stage_link
