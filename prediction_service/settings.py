@@ -109,6 +109,10 @@ class AuditSettings(BaseSettings):
     """Longest a record waits in memory before it is written."""
     max_backlog: int = Field(50_000, ge=1)
     """Records held in memory at most; past it new ones are dropped and counted."""
+    required_for_readiness: bool = False
+    """When true, a failing audit writer makes /health/ready answer 503 (for deployments where an
+    unaudited prediction is worse than none). Default: the failure shows in the readiness detail and
+    in metrics, but serving continues: a full audit disk should not take every replica out of rotation."""
 
 
 class ExperimentSettings(BaseSettings):
