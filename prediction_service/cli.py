@@ -9,6 +9,7 @@ import sys
 
 COMMAND_MODULES = [
     "prediction_service.commands.serve",
+    "prediction_service.commands.audit",
 ]
 
 
