@@ -1,0 +1,46 @@
+"""Overload against the real server (uvicorn subprocess): excess work is shed fast, and it recovers."""
+
+from __future__ import annotations
+
+import statistics
+
+import httpx
+
+from tests.ops.load import drive
+from tests.support.server import start_server
+
+ROW = [1.0, 2.0, 3.0, 4.0]
+
+
+async def test_overload_is_shed_fast_and_the_server_recovers(ops_store_template, tmp_path):
+    server = start_server(ops_store_template, tmp_path, env={
+        "LIMIT_MAX_IN_FLIGHT": "6", "BATCH_MAX_QUEUE_SIZE": "2", "BATCH_MAX_BATCH_SIZE": "1",
+        "BATCH_CONCURRENT_BATCHES": "1", "SIMPLE_INTRA_OP_THREADS": "1", "AUDIT_ENABLED": "false",
+    })
+    try:
+        url = f"{server.url}/v1/models/slow-regressor/predict"
+        outcomes = await drive(url, {"instance": ROW}, concurrency=24, seconds=3.0)
+
+        statuses = [o.status for o in outcomes]
+        assert None not in statuses, [o.error for o in outcomes if o.status is None][:5]
+        assert set(statuses) <= {200, 429, 503}, set(statuses)
+        accepted = [o.latency_s for o in outcomes if o.status == 200]
+        shed = [o.latency_s for o in outcomes if o.status in (429, 503)]
+        assert accepted and len(shed) > len(accepted), (len(accepted), len(shed))
+        # shed answers come back without waiting for the model: much faster than the accepted ones
+        accepted_median, shed_median = statistics.median(accepted), statistics.median(shed)
+        print(f"accepted {len(accepted)} median {accepted_median * 1000:.1f} ms; "
+              f"shed {len(shed)} median {shed_median * 1000:.1f} ms")
+        assert shed_median * 3 < accepted_median
+
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            recovered = [(await http.post("/v1/models/slow-regressor/predict", json={"instance": ROW})).status_code
+                         for _ in range(5)]
+            assert recovered == [200] * 5
+            assert (await http.get("/health/ready")).status_code == 200
+            stats = (await http.get("/v1/stats")).json()
+            assert stats["requests_by_status"].get("429", 0) > 0  # shed by the queue, counted in metrics
+            metrics = (await http.get("/metrics")).text
+            assert "prediction_batcher_shed_total" in metrics
+    finally:
+        server.stop()
