@@ -246,6 +246,7 @@ class ServiceMetrics:
         total = sum(by_status.values())
         latency = self.window.summary()
         return {
+            "worker_pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "requests_total": total,
             "requests_by_status": dict(sorted(by_status.items())),
