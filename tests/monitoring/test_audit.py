@@ -119,6 +119,11 @@ async def test_every_prediction_is_audited_through_the_api(tiny_store):
     lookup = reader.which_version("tiny-regressor", started)
     first = lookup.served[0] if lookup.served else lookup.after  # the second may have ended before the first one
     assert (first.version, first.stage) == ("1.0.0", "production")
+    at = started.strftime("%Y-%m-%dT%H:%M:%SZ")
+    out = subprocess.run([sys.executable, "-m", "prediction_service", "audit", "--model", "tiny-regressor",
+                          "--at", at, "--store", str(tiny_store)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "version 1.0.0 (stage production)" in out.stdout
 
 
 async def test_a_failing_audit_disk_never_stops_serving_and_recovers(tiny_store, tmp_path):

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ops.load import drive
 from tests.support.server import start_server
 
 ROW = [1.0, 2.0, 3.0, 4.0]
+
+
+def _queue_depth(metrics_text: str) -> float:
+    return sum(sample.value for family in text_string_to_metric_families(metrics_text) for sample in family.samples
+               if sample.name == "prediction_queue_depth" and sample.labels["model"] == "slow-regressor:1.0.0")
 
 
 async def test_overload_is_shed_fast_and_the_server_recovers(ops_store_template, tmp_path):
@@ -19,7 +26,14 @@ async def test_overload_is_shed_fast_and_the_server_recovers(ops_store_template,
     })
     try:
         url = f"{server.url}/v1/models/slow-regressor/predict"
-        outcomes = await drive(url, {"instance": ROW}, concurrency=24, seconds=3.0)
+        burst = asyncio.create_task(drive(url, {"instance": ROW}, concurrency=24, seconds=3.0))
+        depths = []  # the queue-depth gauge, read at scrape time during the burst
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            for _ in range(5):
+                await asyncio.sleep(0.4)
+                depths.append(_queue_depth((await http.get("/metrics")).text))
+        outcomes = await burst
+        assert max(depths) >= 1, depths
 
         statuses = [o.status for o in outcomes]
         assert None not in statuses, [o.error for o in outcomes if o.status is None][:5]
