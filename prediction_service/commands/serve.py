@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             port=args.port or settings.server.port,
             workers=workers,
             log_level=args.log_level,
-            timeout_graceful_shutdown=int(settings.server.shutdown_grace_seconds),
+            timeout_graceful_shutdown=settings.server.shutdown_grace_seconds,  # type: ignore[arg-type]
             access_log=False,
         )
     finally:

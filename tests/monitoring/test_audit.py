@@ -51,7 +51,8 @@ def test_records_are_written_in_batches_with_payloads_per_mode(tmp_path, mode):
     import sqlite3
     with sqlite3.connect(tmp_path / "a.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        rows = conn.execute("SELECT ts, model, version, status, inputs, outputs FROM predictions ORDER BY id").fetchall()
+        rows = conn.execute(
+            "SELECT ts, model, version, status, inputs, outputs FROM predictions ORDER BY id").fetchall()
     assert len(rows) == 20 and rows[0][:4] == ("2023-11-14T22:13:20.000Z", "m", "1.0.0", 200)
     inputs = rows[0][4]
     if mode == "none":
