@@ -42,6 +42,9 @@ class ServerSettings(BaseSettings):
     """Worker processes (uvicorn). Shared state lives on disk and in SQLite, so any count is safe."""
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     """On SIGTERM: how long in-flight requests may take to finish before the process exits."""
+    shutdown_drain_seconds: float = Field(0.0, ge=0, le=300)
+    """On SIGTERM: keep serving this long with readiness already false (so load balancers stop routing
+    here) before uvicorn stops accepting. 0 = stop accepting at once."""
 
 
 class SimpleSettings(BaseSettings):

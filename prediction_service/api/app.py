@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, metrics_registry: CollectorRegi
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         log.info("starting: adapter=%s store=%s", adapter.name, settings.model_store)
-        with readiness_on_signal(app):
+        with readiness_on_signal(app, settings.server.shutdown_drain_seconds):
             if audit is not None:
                 audit.start()
             await manager.start()

@@ -1,5 +1,5 @@
-"""SIGTERM under load (real uvicorn subprocess): readiness goes false, accepted requests finish, the audit
-log is flushed, exit code 0."""
+"""SIGTERM under load (real uvicorn subprocess): readiness goes false while the server still serves (drain
+period), then accepted requests finish, the audit log is flushed, exit code 0."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ async def _probe_readiness(url: str, until: float) -> list[int]:
 
 async def test_sigterm_mid_traffic_drops_no_accepted_request(ops_store_template, tmp_path):
     server = start_server(ops_store_template, tmp_path, env={
-        "SERVER_SHUTDOWN_GRACE_SECONDS": "15", "BATCH_MAX_BATCH_SIZE": "4", "BATCH_CONCURRENT_BATCHES": "1",
+        "SERVER_SHUTDOWN_GRACE_SECONDS": "15", "SERVER_SHUTDOWN_DRAIN_SECONDS": "0.6", "BATCH_MAX_BATCH_SIZE": "4", "BATCH_CONCURRENT_BATCHES": "1",
         "SIMPLE_INTRA_OP_THREADS": "1", "AUDIT_FLUSH_INTERVAL_MS": "50",
     })
     url = f"{server.url}/v1/models/slow-regressor/predict"
@@ -48,13 +48,15 @@ async def test_sigterm_mid_traffic_drops_no_accepted_request(ops_store_template,
     log = server.log()
     assert exit_code == 0, log[-3000:]
     assert "readiness is now false" in log
-    assert 200 not in readiness, readiness  # once SIGTERM arrived, never ready again
+    assert readiness and set(readiness) == {503}, readiness  # once SIGTERM arrived, never ready again
 
     responses = [o for o in outcomes if o.status is not None]
     statuses = {o.status for o in responses}
     assert statuses <= {200, 503}, statuses
     in_flight_at_sigterm = [o for o in responses if o.sent_at < terminated_at < o.sent_at + o.latency_s]
     assert in_flight_at_sigterm and all(o.status == 200 for o in in_flight_at_sigterm)
+    # during the drain period new predictions are still served (readiness already says go away)
+    assert [o for o in responses if o.status == 200 and terminated_at + 0.1 < o.sent_at < terminated_at + 0.5]
 
     audited = AuditReader(server.store / ".state" / "audit.sqlite3").request_ids()
     ok = [o.request_id for o in responses if o.status == 200]
