@@ -136,7 +136,7 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
             raise InvalidInput(f"input {spec.name!r} overflows {spec.dtype}", {"input": spec.name})
     with np.errstate(over="ignore"):
         result = np.ascontiguousarray(array, dtype=spec.dtype)
-    if result.dtype.kind == "f" and kind != "b" and not np.isfinite(result).all():
+    if result.dtype.kind == "f" and result.dtype != array.dtype and not np.isfinite(result).all():
         # finite in JSON (float64) but past the declared dtype's range, e.g. 1e308 -> float32 inf
         raise InvalidInput(f"input {spec.name!r} overflows {spec.dtype}", {"input": spec.name})
     return result
