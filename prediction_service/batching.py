@@ -190,7 +190,9 @@ class DynamicBatcher:
             now = time.monotonic()
             live = []
             for item in batch:
-                if item.future.done():  # caller gave up (cancelled)
+                if item.future.done():  # caller gave up: its deadline timer fired, or it went away
+                    if item.deadline is not None and now >= item.deadline:
+                        self._expired += 1
                     continue
                 if item.deadline is not None and now >= item.deadline:
                     self._expired += 1

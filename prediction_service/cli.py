@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "prediction_service.commands.package",
     "prediction_service.commands.setup_demo",
     "prediction_service.commands.triton_local",
+    "prediction_service.commands.audit",
 ]
 
 

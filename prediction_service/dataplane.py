@@ -103,8 +103,11 @@ class DataPlane:
 
     async def predict(self, name: str, request: PredictRequest, context: RequestContext) -> PredictionResult:
         if self.in_flight >= self.settings.limits.max_in_flight:
-            raise ServiceUnavailable(f"server busy: {self.in_flight} predictions in flight",
-                                     {"max_in_flight": self.settings.limits.max_in_flight})
+            busy = ServiceUnavailable(f"server busy: {self.in_flight} predictions in flight",
+                                      {"max_in_flight": self.settings.limits.max_in_flight})
+            self._notify(PredictionRecord(context, name, None, request.stage, None, None, 0.0,
+                                          int(busy.status), busy.code))
+            raise busy
         self.in_flight += 1
         started = time.perf_counter()
         record = PredictionRecord(context, name, None, request.stage, None, None, 0.0, 200)
@@ -119,11 +122,14 @@ class DataPlane:
         finally:
             self.in_flight -= 1
             record.latency_ms = (time.perf_counter() - started) * 1000.0
-            for observer in self.observers:
-                try:
-                    observer.observe(record)
-                except Exception:  # noqa: BLE001 - observers never fail a prediction
-                    log.exception("prediction observer failed")
+            self._notify(record)
+
+    def _notify(self, record: PredictionRecord) -> None:
+        for observer in self.observers:
+            try:
+                observer.observe(record)
+            except Exception:  # noqa: BLE001 - observers never fail a prediction
+                log.exception("prediction observer failed")
 
     async def _predict(self, name: str, request: PredictRequest, context: RequestContext,
                        record: PredictionRecord, received: float) -> PredictionResult:

@@ -220,8 +220,9 @@ class ModelManager:
             await asyncio.sleep(0.01)
         if any(version.key == key for version in self._routes.values()):
             return  # came back into a stage while draining
+        started = time.perf_counter()
         await self.adapter.unload(key)
-        self._emit("unload", key, {"reason": "left its stage"})
+        self._emit("unload", key, {"reason": "left its stage", "seconds": round(time.perf_counter() - started, 4)})
 
     def _read_generation(self, name: str) -> bytes:
         try:

@@ -7,6 +7,7 @@ Tests build settings directly: ``Settings(model_store=tmp, batching=BatchingSett
 
 from __future__ import annotations
 
+import textwrap
 from enum import Enum
 from pathlib import Path
 
@@ -43,6 +44,9 @@ class ServerSettings(BaseSettings):
     """Worker processes (uvicorn). Shared state lives on disk and in SQLite, so any count is safe."""
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     """On SIGTERM: how long in-flight requests may take to finish before the process exits."""
+    shutdown_drain_seconds: float = Field(0.0, ge=0, le=300)
+    """On SIGTERM: keep serving this long with readiness already false (so load balancers stop routing
+    here) before uvicorn stops accepting. 0 = stop accepting at once."""
 
 
 class SimpleSettings(BaseSettings):
@@ -112,6 +116,10 @@ class AuditSettings(BaseSettings):
     """Longest a record waits in memory before it is written."""
     max_backlog: int = Field(50_000, ge=1)
     """Records held in memory at most; past it new ones are dropped and counted."""
+    required_for_readiness: bool = False
+    """When true, a failing audit writer makes /health/ready answer 503 (for deployments where an
+    unaudited prediction is worse than none). Default: the failure shows in the readiness detail and
+    in metrics, but serving continues: a full audit disk should not take every replica out of rotation."""
 
 
 class ExperimentSettings(BaseSettings):
@@ -265,7 +273,8 @@ def example_env() -> str:
                 continue
             default = field.get_default(call_default_factory=True)
             value = default.value if isinstance(default, Enum) else ("" if default is None else default)
-            lines.append(f"# {field.description or ''}".rstrip())
+            description = " ".join((field.description or "").split())  # docstrings may span lines
+            lines.extend(f"# {line}" for line in textwrap.wrap(description, 100) or [""])
             lines.append(f"{(prefix + name).upper()}={value}")
         lines.append("")
 

@@ -134,7 +134,12 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
         info = np.iinfo(spec.dtype)
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise InvalidInput(f"input {spec.name!r} overflows {spec.dtype}", {"input": spec.name})
-    return np.ascontiguousarray(array, dtype=spec.dtype)
+    with np.errstate(over="ignore"):
+        result = np.ascontiguousarray(array, dtype=spec.dtype)
+    if result.dtype.kind == "f" and result.dtype != array.dtype and not np.isfinite(result).all():
+        # finite in JSON (float64) but past the declared dtype's range, e.g. 1e308 -> float32 inf
+        raise InvalidInput(f"input {spec.name!r} overflows {spec.dtype}", {"input": spec.name})
+    return result
 
 
 def _check_shape(spec: TensorSpec, array: np.ndarray) -> None:

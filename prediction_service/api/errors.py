@@ -7,10 +7,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from .responses import FastJSONResponse as ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import PredictionServiceError
+from .responses import FastJSONResponse as ORJSONResponse
+
+REQUEST_ID_HEADER = "X-Request-Id"
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,15 @@ def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PredictionServiceError)
-    async def _domain(_: Request, exc: PredictionServiceError) -> ORJSONResponse:
+    async def _domain(request: Request, exc: PredictionServiceError) -> ORJSONResponse:
         if int(exc.status) >= 500:
             log.warning("%s: %s", exc.code, exc.message)
-        return error_response(exc)
+        response = error_response(exc)
+        # A failed prediction is in the audit log under this id: the caller gets it to quote.
+        request_id = getattr(request.state, "request_id", None)
+        if request_id is not None:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:

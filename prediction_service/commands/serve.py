@@ -1,9 +1,22 @@
-"""``serve``: run the REST API with uvicorn."""
+"""``serve``: run the REST API with uvicorn.
+
+More than one worker: metrics go through prometheus_client's multiprocess mode, in a fresh
+``PROMETHEUS_MULTIPROC_DIR`` (a new temporary directory, or the one given, emptied) so counters never
+carry over from an earlier run. SIGTERM: readiness turns false, uvicorn stops accepting, in-flight
+requests finish (``SERVER_SHUTDOWN_GRACE_SECONDS``), the audit log flushes, and the process exits 0.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,9 +29,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import os
+def _fresh_multiprocess_dir() -> Path | None:
+    """Workers share metric files here; start empty so old runs' counts do not leak in.
+    Returns the directory to delete at exit (None when the operator chose it)."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return None
+    path = Path(tempfile.mkdtemp(prefix="prediction-service-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)  # inherited by the worker processes
+    return path
 
+
+def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..settings import Settings
@@ -27,14 +53,23 @@ def run(args: argparse.Namespace) -> int:
         os.environ["MODEL_STORE"] = args.store  # workers are separate processes: pass it by env
     settings = Settings()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        "prediction_service.api.app:create_app",
-        factory=True,
-        host=args.host or settings.server.host,
-        port=args.port or settings.server.port,
-        workers=args.workers or settings.server.workers,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=int(settings.server.shutdown_grace_seconds),
-        access_log=False,
-    )
+    workers = args.workers or settings.server.workers
+    temporary_metrics_dir = _fresh_multiprocess_dir() if workers > 1 else None
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this handler in
+    # place that is a no-op, so a drained SIGTERM ends with exit code 0 instead of death by signal.
+    signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM handled: graceful shutdown complete"))
+    try:
+        uvicorn.run(
+            "prediction_service.api.app:create_app",
+            factory=True,
+            host=args.host or settings.server.host,
+            port=args.port or settings.server.port,
+            workers=workers,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=settings.server.shutdown_grace_seconds,  # type: ignore[arg-type]
+            access_log=False,
+        )
+    finally:
+        if temporary_metrics_dir is not None:
+            shutil.rmtree(temporary_metrics_dir, ignore_errors=True)
     return 0

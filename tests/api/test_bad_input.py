@@ -125,3 +125,53 @@ async def test_bad_deadline_header(client):
 async def test_unknown_route_and_method(client):
     _error(await client.get("/v1/nothing-here"), 404, "not_found")
     _error(await client.get(PREDICT), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("payload", [
+    {"instance": "1,2,3,4"},
+    {"inputs": {"x": "abcd"}},
+    {"instance": ["1", "2", "3", "4"]},
+    {"inputs": {"x": [["1.0", "2.0", "3.0", "4.0"]]}},
+    {"instance": [1.0, 2.0, "3", 4.0]},
+    {"instance": [1.0, 2.0, 3.0, {"a": 1}]},
+    {"instances": ["1234"]},
+    {"instance": {"x": "1234"}},
+    {"instance": [1e308, 1.0, 1.0, 1.0]},  # finite in JSON, inf as float32
+])
+async def test_strings_and_out_of_range_where_numbers_go(client, payload):
+    error = _error(await client.post(PREDICT, json=payload), 422, "invalid_input")
+    assert error["message"]
+    await _still_serving(client)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("version", "1.0.0\x00"), ("version", "1.0.0\n"), ("version", "1.0.0\u202e"), ("version", "\x1b[31m1.0.0"),
+    ("stage", "production\n"), ("stage", "prod\u202euction"), ("stage", "production\x00"), ("stage", "\x7f"),
+])
+async def test_control_characters_in_version_and_stage(client, field, value):
+    error = _error(await client.post(PREDICT, json={"instance": ROW, field: value}), 400, "invalid_name")
+    assert value not in error["message"] or value.isprintable()  # echoed escaped, never raw
+    await _still_serving(client)
+
+
+@pytest.mark.parametrize("name", ["tiny-regressor%0A", "%1B%5B31m", "tiny%7Fregressor", "tiny%E2%80%8Bregressor",
+                                  "%C2%85", "tiny-regressor%00"])
+async def test_control_characters_in_model_names(client, name):
+    response = await client.post(f"/v1/models/{name}/predict", json={"instance": ROW})
+    assert response.status_code in (400, 404), response.text
+    assert response.json()["error"]["code"] in ("invalid_name", "model_not_found", "not_found")
+    assert (await client.post(f"/v1/models/{name}/reload")).status_code in (400, 404)
+    await _still_serving(client)
+
+
+@pytest.mark.parametrize("routing_key", ["\x00", "\u202eevil", "\x1b[31mred", "a\nb", "\ud7ff\ufeff", "x" * 256])
+async def test_control_characters_in_routing_keys_are_inert(client, routing_key):
+    response = await client.post(PREDICT, json={"instance": ROW, "routing_key": routing_key})
+    assert response.status_code == 200, response.text  # an opaque key: hashed for A/B routing, never parsed
+    assert response.json()["version"] == "1.0.0"
+
+
+@pytest.mark.parametrize("routing_key", ["x" * 257, 5, ["a"], {"k": 1}])
+async def test_bad_routing_keys_are_refused(client, routing_key):
+    _error(await client.post(PREDICT, json={"instance": ROW, "routing_key": routing_key}), 422, "invalid_input")
+    await _still_serving(client)

@@ -68,3 +68,33 @@ def register_tiny(root: Path, name: str, version: str, module: nn.Module, signat
     if stage:
         set_stage_link(root, name, stage, version)
     return registered
+
+
+class SlowRegressor(nn.Module):
+    """Same signature as TinyRegressor, but every row runs ``steps`` 64x256x256 matmuls: a model whose run
+    takes long enough (tens of ms on one thread) for queues to form under load."""
+
+    def __init__(self, steps: int = 40):
+        super().__init__()
+        torch.manual_seed(0)
+        self.steps = steps
+        self.project = nn.Parameter(torch.randn(4, 256) * 0.1)
+        self.mix = nn.Parameter(torch.randn(256, 256) * 0.05)
+
+    def forward(self, x):
+        hidden = (x @ self.project).unsqueeze(1).expand(-1, 64, -1)
+        for _ in range(self.steps):
+            hidden = torch.tanh(hidden @ self.mix)
+        return hidden.mean(dim=(1, 2)).unsqueeze(1)
+
+
+def register_slow(root: Path, work: Path, name: str = "slow-regressor", steps: int = 40):
+    """A TorchScript (scripted: the loop stays a loop) slow model, staged to production."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"{name}.pt"
+    torch.jit.save(torch.jit.script(SlowRegressor(steps).eval()), str(path))
+    meta = VersionMetadata(name=name, version="1.0.0", signature=REGRESSOR_SIGNATURE,
+                           validation=ValidationReport(passed=True, kind="smoke"))
+    registered = register_version(root, meta, [ArtifactSource(path, "torchscript")])
+    set_stage_link(root, name, "production", "1.0.0")
+    return registered

@@ -1,14 +1,17 @@
-"""Start the real service (uvicorn via the CLI) in a subprocess on a free loopback port."""
+"""Start the real server (``python -m prediction_service serve``) in a subprocess on a free loopback port."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,37 +25,80 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    port: int
+    store: Path
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM the server (what a process manager does) and return its exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop the server and its workers whatever state they are in."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def launch(store: Path, env: dict[str, str] | None = None, workers: int = 1, log_path: Path | None = None,
+           ready_timeout: float = 60.0, log_level: str = "warning") -> ServerProcess:
+    """Serve ``store`` as it is; returns once /health/ready says ready."""
+    port = free_port()
+    log_path = log_path or store.parent / f"server-{port}.log"
+    full_env = {**os.environ, "MODEL_STORE": str(store), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                **(env or {})}
+    if "PROMETHEUS_MULTIPROC_DIR" not in (env or {}):
+        full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve makes its own for several workers
+    with open(log_path, "wb") as log_file:
+        # Own session: stop() can signal uvicorn's worker processes too.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prediction_service", "serve", "--store", str(store), "--port", str(port),
+             "--workers", str(workers), "--log-level", log_level],
+            cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    server = ServerProcess(process, port, store, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/health/ready", timeout=1.0).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server not ready after {ready_timeout} s:\n{server.log()[-3000:]}")
+
+
+def start_server(store_template: Path, work: Path, env: dict[str, str] | None = None, workers: int = 1,
+                 ready_timeout: float = 60.0) -> ServerProcess:
+    """Copy the registry into ``work`` and serve the copy (tests that change the store keep the template)."""
+    store = work / "store"
+    shutil.copytree(store_template, store, symlinks=True)
+    return launch(store, env={"STAGE_POLL_INTERVAL_SECONDS": "0.5", **(env or {})}, workers=workers,
+                  log_path=work / "server.log", ready_timeout=ready_timeout, log_level="info")
+
+
 @contextmanager
 def running_server(store: Path, env: dict[str, str] | None = None, workers: int = 1, log_path: Path | None = None,
-                   ready_timeout: float = 60.0):
-    port = free_port()
-    full_env = {**os.environ, "MODEL_STORE": str(store), "PYTHONPATH": str(REPO), **(env or {})}
-    log_path = log_path or store.parent / f"server-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prediction_service", "serve", "--store", str(store), "--port", str(port),
-             "--workers", str(workers), "--log-level", "warning"],
-            cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+                   ready_timeout: float = 60.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    server = launch(store, env=env, workers=workers, log_path=log_path, ready_timeout=ready_timeout)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in {ready_timeout}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield base, proc
+        yield server.url, server.process
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        server.stop()

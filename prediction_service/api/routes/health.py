@@ -27,4 +27,6 @@ async def ready(request: Request) -> FastJSONResponse:
         reasons.extend(check())
     body = {"status": "ready" if not reasons else "not_ready", "backend": health.backend,
             "backend_detail": health.detail, "reasons": reasons}
+    for detail in getattr(state, "readiness_details", []):  # reported, never flips readiness
+        body.update(detail())
     return FastJSONResponse(body, status_code=200 if not reasons else 503)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from ...registry import validate_name
 from ...schemas import ModelDetail, ModelSummary
-from ..deps import require_admin
+from ..deps import require_admin, require_read
 from ..responses import FastJSONResponse
 
 router = APIRouter(tags=["models"])
@@ -20,13 +20,15 @@ def _summary(request: Request, name: str) -> dict:
     return {"name": name, "versions": versions, "stages": reader.stages(name), "loaded_versions": loaded}
 
 
-@router.get("/v1/models", response_model=list[ModelSummary], summary="Registered models, their stages and what is loaded")
+@router.get("/v1/models", response_model=list[ModelSummary], summary="Registered models, their stages and what is loaded",
+            dependencies=[Depends(require_read)])
 async def list_models(request: Request) -> FastJSONResponse:
     names = request.app.state.reader.model_names()
     return FastJSONResponse([_summary(request, name) for name in names])
 
 
-@router.get("/v1/models/{name}", response_model=ModelDetail, summary="One model: versions, signature, serving state")
+@router.get("/v1/models/{name}", response_model=ModelDetail, summary="One model: versions, signature, serving state",
+            dependencies=[Depends(require_read)])
 async def get_model(name: str, request: Request) -> FastJSONResponse:
     validate_name(name)
     reader, adapter, manager = request.app.state.reader, request.app.state.adapter, request.app.state.manager

@@ -12,12 +12,12 @@ from ...errors import InvalidInput
 from ...schemas import PredictRequest, PredictResponse
 from ..body import read_json
 from ..deps import get_settings, require_predict
+from ..errors import REQUEST_ID_HEADER
 from ..responses import FastJSONResponse
 
 router = APIRouter(tags=["predict"])
 
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
-REQUEST_ID_HEADER = "X-Request-Id"
 
 
 @router.post(
@@ -41,6 +41,7 @@ async def predict(name: str, request: Request, api_key=Depends(require_predict))
                            {"errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]}) from exc
     context = RequestContext(deadline=_deadline(request, settings.limits.default_deadline_ms),
                              api_key_id=api_key.key_id if api_key else None)
+    request.state.request_id = context.request_id
     result = await request.app.state.dataplane.predict(name, payload, context)
     return FastJSONResponse(result.as_dict(), headers={REQUEST_ID_HEADER: result.request_id})
 

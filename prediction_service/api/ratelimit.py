@@ -1,0 +1,60 @@
+"""Per-caller rate limiting: one token bucket per API key id (or client address when no key).
+
+A bucket holds up to ``rate`` tokens (one second of burst) and refills at ``rate`` per second; a
+request takes one token or is refused with 429 and a Retry-After saying when the next token comes.
+Buckets live in a bounded LRU (idle callers are forgotten), per worker process: with N uvicorn
+workers a caller can reach N x ``RATE_LIMIT_PER_SECOND`` in the worst case.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+
+from ..errors import RateLimited
+
+MAX_TRACKED_CALLERS = 100_000
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    def __init__(self, rate_per_second: float, on_limited: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.rate = rate_per_second
+        self.capacity = max(1.0, rate_per_second)
+        self._buckets: LRUCache = LRUCache(MAX_TRACKED_CALLERS)
+        self._on_limited = on_limited
+        self._clock = clock
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def check(self, caller: str, endpoint: str) -> None:
+        """Take a token for ``caller`` or raise RateLimited."""
+        if not self.enabled:
+            return
+        now = self._clock()
+        bucket = self._buckets.get(caller)
+        if bucket is None:
+            bucket = self._buckets[caller] = _Bucket(self.capacity, now)
+        bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return
+        if self._on_limited is not None:
+            self._on_limited(endpoint)
+        wait_s = (1.0 - bucket.tokens) / self.rate
+        raise RateLimited(f"rate limit of {self.rate:g} requests/s exceeded",
+                          {"limit_per_second": self.rate, "retry_after_s": round(wait_s, 3)},
+                          retry_after_s=max(1.0, math.ceil(wait_s)))

@@ -1,0 +1,62 @@
+"""SIGTERM / SIGINT flip readiness before uvicorn starts its graceful shutdown.
+
+uvicorn installs its own signal handlers before the app's lifespan starts; ``readiness_on_signal``
+wraps them so the first signal sets ``app.state.shutting_down`` (``/health/ready`` answers 503 from
+then on), keeps serving for ``drain_seconds`` (``SERVER_SHUTDOWN_DRAIN_SECONDS``: time for load
+balancers to notice), then hands over to uvicorn, which stops accepting, lets in-flight requests finish
+(``SERVER_SHUTDOWN_GRACE_SECONDS``) and runs the lifespan shutdown (audit flush). A second signal
+during the drain hands over at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def readiness_on_signal(app: FastAPI, drain_seconds: float = 0.0) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals can only be handled in the main thread (e.g. an app run by a test client)
+        return
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+
+    def hand_over(sig: int, frame) -> None:
+        handler = previous[sig]
+        if callable(handler):
+            handler(sig, frame)
+        elif handler == signal.SIG_DFL:  # nobody else handles it: behave as if we were not here
+            signal.signal(sig, handler)
+            signal.raise_signal(sig)
+
+    def handle(sig: int, frame) -> None:
+        first = not app.state.shutting_down
+        app.state.shutting_down = True
+        if first and drain_seconds > 0 and callable(previous[sig]):
+            log.info("received %s: readiness is now false; serving %.1f s more before draining",
+                     signal.Signals(sig).name, drain_seconds)
+            timer = threading.Timer(drain_seconds, hand_over, args=(sig, None))
+            timer.daemon = True
+            timer.start()
+            return
+        if first:
+            log.info("received %s: readiness is now false; draining", signal.Signals(sig).name)
+        hand_over(sig, frame)
+
+    for sig in SIGNALS:
+        signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is handle:
+                signal.signal(sig, handler)

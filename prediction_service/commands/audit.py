@@ -1,0 +1,57 @@
+"""``audit``: which version(s) of a model served at a given second, from the prediction audit log."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import datetime
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("audit", help="which model version served at an instant (audit log)")
+    parser.add_argument("--model", required=True, help="model name")
+    parser.add_argument("--at", required=True, type=_instant,
+                        help="UTC instant, ISO-8601, e.g. 2026-11-22T14:32:05Z (no offset = UTC)")
+    parser.add_argument("--store", help="model registry root (default MODEL_STORE); the log is <store>/.state/")
+    parser.add_argument("--db", help="audit database (default AUDIT_DB_PATH or <store>/.state/audit.sqlite3)")
+    parser.set_defaults(func=run)
+
+
+def _instant(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 instant: {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..monitoring.audit import AuditReader, audit_db_path
+    from ..settings import Settings
+
+    if args.store:
+        os.environ["MODEL_STORE"] = args.store
+    path = Path(args.db) if args.db else audit_db_path(Settings())
+    try:
+        reader = AuditReader(path)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}")
+        return 2
+    lookup = reader.which_version(args.model, args.at)
+    second = lookup.second.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if lookup.served:
+        print(f"{args.model} at {second}:")
+        for served in lookup.served:
+            extra = f" arm={served.arm}" if served.arm else ""
+            print(f"  version {served.version} (stage {served.stage or '-'}{extra}): {served.requests} "
+                  f"predictions, {served.first} .. {served.last}")
+        return 0
+    print(f"{args.model} at {second}: no predictions in that second")
+    if lookup.before is not None:
+        print(f"  last before: version {lookup.before.version} (stage {lookup.before.stage or '-'}) "
+              f"at {lookup.before.ts}, request {lookup.before.request_id}")
+    if lookup.after is not None:
+        print(f"  first after: version {lookup.after.version} (stage {lookup.after.stage or '-'}) "
+              f"at {lookup.after.ts}, request {lookup.after.request_id}")
+    return 0 if lookup.before or lookup.after else 1

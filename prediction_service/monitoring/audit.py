@@ -1,0 +1,295 @@
+"""Prediction audit log: every prediction, by a batched background writer, into SQLite (WAL).
+
+The request path only calls ``observe(record)``, which appends the record to a bounded deque (no
+hashing, no I/O: those happen in the writer thread). Past ``max_backlog`` waiting records new ones are
+dropped and counted. The writer wakes every ``flush_interval_ms`` (or when a batch is full) and writes
+up to ``batch_size`` records per transaction. When the disk fails, the batch is kept and retried with
+backoff while the service keeps serving; backlog, drops and the last error show in metrics and in the
+readiness detail. ``close()`` flushes what is left (bounded by a timeout).
+
+Every worker process has its own writer; they share the database file (WAL, busy timeout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+
+from ..settings import AuditSettings, Settings
+
+if TYPE_CHECKING:
+    from ..dataplane import PredictionRecord
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_BACKOFF_S = 5.0
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,            -- UTC ISO-8601, when the request arrived
+    ts_epoch REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT,
+    stage TEXT,
+    arm TEXT,
+    experiment_id TEXT,
+    latency_ms REAL NOT NULL,
+    status INTEGER NOT NULL,
+    error_code TEXT,
+    backend TEXT,
+    api_key_id TEXT,
+    inputs TEXT,                 -- NULL, sha256 hex, or JSON (AUDIT_RECORD_PAYLOADS)
+    outputs TEXT
+);
+CREATE INDEX IF NOT EXISTS predictions_model_time ON predictions (model, ts_epoch);
+CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id);
+"""
+INSERT = ("INSERT INTO predictions (ts, ts_epoch, request_id, model, version, stage, arm, experiment_id, "
+          "latency_ms, status, error_code, backend, api_key_id, inputs, outputs) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def audit_db_path(settings: Settings) -> Path:
+    return settings.audit.db_path or settings.state_dir / "audit.sqlite3"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def _payload(arrays: dict[str, np.ndarray] | None, mode: str) -> str | None:
+    if arrays is None or mode == "none":
+        return None
+    if mode == "full":
+        return orjson.dumps(arrays, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_SORT_KEYS).decode()
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _row(record: PredictionRecord, mode: str) -> tuple:
+    at = record.context.received_at
+    return (datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"), at,
+            record.context.request_id, record.model, record.version, record.stage, record.arm,
+            record.experiment_id, round(record.latency_ms, 3), record.status, record.error_code, record.backend,
+            record.context.api_key_id, _payload(record.inputs, mode), _payload(record.outputs, mode))
+
+
+@dataclass(frozen=True)
+class AuditStats:
+    backlog: int
+    written: int
+    dropped: int
+    write_errors: int
+    last_error: str | None
+    failing: bool
+    """The last write attempt failed (records wait in memory until the disk works again)."""
+
+
+class AuditLog:
+    """Bounded in-memory queue + one writer thread. ``observe`` is a ``DataPlane`` observer."""
+
+    def __init__(self, settings: AuditSettings, path: Path):
+        self.settings = settings
+        self.path = path
+        self._queue: deque[PredictionRecord] = deque()
+        self._pending: list[PredictionRecord] = []  # the batch being written (kept across failed attempts)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._written = self._dropped = self._write_errors = 0
+        self._last_error: str | None = None
+        self._failing = False
+        self._flush_timeout_s = 5.0
+
+    # ---- request path -----------------------------------------------------------------------------
+
+    def observe(self, record: PredictionRecord) -> None:
+        if len(self._queue) + len(self._pending) >= self.settings.max_backlog:
+            self._dropped += 1
+            return
+        self._queue.append(record)
+        if len(self._queue) >= self.settings.batch_size:
+            self._wake.set()
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+        log.info("audit log: %s (payloads: %s)", self.path, self.settings.record_payloads)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued (giving up after ``timeout_s`` if the disk keeps failing)."""
+        if self._thread is None:
+            return
+        self._flush_timeout_s = timeout_s
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s + 1.0)
+        self._thread = None
+        left = len(self._queue) + len(self._pending)
+        if left:
+            self._dropped += left
+            log.error("audit log closed with %d records unwritten: %s", left, self._last_error)
+        else:
+            log.info("audit log flushed: %d records written", self._written)
+
+    def stats(self) -> AuditStats:
+        return AuditStats(len(self._queue) + len(self._pending), self._written, self._dropped,
+                          self._write_errors, self._last_error, self._failing)
+
+    def problems(self) -> list[str]:
+        stats = self.stats()
+        if not stats.failing:
+            return []
+        return [f"audit log failing ({stats.last_error}); {stats.backlog} records waiting, {stats.dropped} dropped"]
+
+    # ---- writer thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        interval = self.settings.flush_interval_ms / 1000.0
+        failures = 0
+        give_up_at: float | None = None
+        while True:
+            if self._stop.is_set() and give_up_at is None:
+                give_up_at = time.monotonic() + self._flush_timeout_s
+            if not self._pending:
+                take = min(self.settings.batch_size, len(self._queue))
+                self._pending = [self._queue.popleft() for _ in range(take)]
+            if self._pending:
+                try:
+                    conn = conn or _connect(self.path)
+                    self._write(conn, self._pending)
+                except (sqlite3.Error, OSError) as exc:
+                    failures += 1
+                    self._write_errors += 1
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                    self._failing = True
+                    if failures == 1 or failures % 20 == 0:
+                        log.error("audit write failed (%d in a row): %s", failures, self._last_error)
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    if give_up_at is not None and time.monotonic() >= give_up_at:
+                        break
+                    backoff = min(MAX_RETRY_BACKOFF_S, interval * 2 ** min(failures, 10))
+                    if self._stop.is_set():
+                        time.sleep(min(backoff, 0.1))  # flushing on close: retry until give_up_at
+                    else:
+                        self._stop.wait(backoff)
+                    continue
+                self._written += len(self._pending)
+                self._pending = []
+                failures, self._failing = 0, False
+                if len(self._queue) >= self.settings.batch_size:
+                    continue
+            elif self._stop.is_set():
+                break
+            if not self._stop.is_set():
+                self._wake.wait(interval)
+                self._wake.clear()
+        if conn is not None:
+            conn.close()
+
+    def _write(self, conn: sqlite3.Connection, records: list[PredictionRecord]) -> None:
+        rows = [_row(record, self.settings.record_payloads) for record in records]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(INSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+# ---- reading -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServedVersion:
+    version: str | None
+    stage: str | None
+    arm: str | None
+    requests: int
+    first: str
+    last: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    ts: str
+    request_id: str
+    version: str | None
+    stage: str | None
+    arm: str | None
+    status: int
+
+
+@dataclass(frozen=True)
+class VersionLookup:
+    model: str
+    second: datetime
+    served: list[ServedVersion]
+    """Versions that answered requests that arrived within that second (UTC)."""
+    before: AuditEntry | None
+    """The last prediction before that second (what was serving, when nothing arrived in it)."""
+    after: AuditEntry | None
+
+
+class AuditReader:
+    def __init__(self, path: Path):
+        if not path.is_file():
+            raise FileNotFoundError(f"no audit log at {path}")
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0)
+
+    def which_version(self, model: str, at: datetime) -> VersionLookup:
+        """Which version(s) served ``model`` during the second containing ``at`` (naive = UTC)."""
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+        second = at.replace(microsecond=0)
+        start = second.timestamp()
+        end = (second + timedelta(seconds=1)).timestamp()
+        ok = "status = 200 AND version IS NOT NULL"
+        with self._connect() as conn:
+            served = [ServedVersion(*row) for row in conn.execute(
+                f"SELECT version, stage, arm, COUNT(*), MIN(ts), MAX(ts) FROM predictions "
+                f"WHERE model = ? AND ts_epoch >= ? AND ts_epoch < ? AND {ok} "
+                f"GROUP BY version, stage, arm ORDER BY MIN(ts_epoch)", (model, start, end))]
+            columns = "ts, request_id, version, stage, arm, status"
+            before = conn.execute(f"SELECT {columns} FROM predictions WHERE model = ? AND ts_epoch < ? AND {ok} "
+                                  f"ORDER BY ts_epoch DESC LIMIT 1", (model, start)).fetchone()
+            after = conn.execute(f"SELECT {columns} FROM predictions WHERE model = ? AND ts_epoch >= ? AND {ok} "
+                                 f"ORDER BY ts_epoch ASC LIMIT 1", (model, end)).fetchone()
+        return VersionLookup(model, second, served, AuditEntry(*before) if before else None,
+                             AuditEntry(*after) if after else None)
+
+    def request_ids(self) -> set[str]:
+        with self._connect() as conn:
+            return {row[0] for row in conn.execute("SELECT request_id FROM predictions")}
+
+    def count(self) -> int:
+        with self._connect() as conn:
+            return conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]

@@ -1,0 +1,265 @@
+"""Prometheus metrics of the service, defined against a ``CollectorRegistry`` passed in.
+
+One ``ServiceMetrics`` per app. It is fed by the hooks the service already has:
+
+- ``observe(record)``: a ``DataPlane`` observer, called after every prediction (success or domain error);
+- ``observe_batch(model, rows)``: the in-process adapter's ``batch_observer``;
+- ``on_model_event(event, key, details)``: the ``ModelManager`` event hook (load / load_failed / unload);
+- ``refresh(...)``: at scrape time, gauges that are read rather than counted (queue depth per model,
+  models loaded, in-flight, audit backlog, process memory / CPU via psutil).
+
+Several uvicorn workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set (``serve`` sets up a fresh one for
+more than one worker), prometheus_client writes every value to per-process files and ``exposition()``
+merges them, so any worker answers ``/metrics`` for all. Gauges say how workers combine
+(``livesum`` for queue depth, memory, backlog; ``livemax`` for models loaded). Read-at-scrape gauges
+are refreshed by the answering worker at scrape time and by every worker once a second
+(``run_refresher``), so a scrape sees other workers' values at most a second old.
+
+``/v1/stats`` percentiles come from a bounded window of this worker's most recent predictions
+(``LatencyWindow``, 10 000 by default), not from the histograms: exact for recent traffic, O(window)
+per call, and per worker. Request counts there come from the (merged) counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from ..dataplane import PredictionRecord
+    from ..registry import ModelKey
+    from .audit import AuditStats
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+UNRESOLVED = "_unresolved"
+"""Model label of predictions that never resolved to a version (unknown names stay out of label values)."""
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    count: int
+    mean_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+class LatencyWindow:
+    """The latencies of the last ``size`` predictions of this worker (successes only)."""
+
+    def __init__(self, size: int = 10_000):
+        self._values: deque[float] = deque(maxlen=size)
+
+    def add(self, latency_ms: float) -> None:
+        self._values.append(latency_ms)
+
+    def summary(self) -> LatencySummary:
+        if not self._values:
+            return LatencySummary(0, None, None, None, None)
+        values = np.fromiter(self._values, dtype=np.float64)
+        p50, p95, p99 = np.percentile(values, [50, 95, 99])
+        return LatencySummary(len(values), round(float(values.mean()), 3), round(float(p50), 3),
+                              round(float(p95), 3), round(float(p99), 3))
+
+
+class _CumulativeFeed:
+    """Turns cumulative numbers read from elsewhere (batcher stats, audit stats) into counter increments."""
+
+    def __init__(self, counter: Counter):
+        self._counter = counter
+        self._seen: dict[tuple[str, ...], float] = {}
+
+    def update(self, value: float, *labels: str) -> None:
+        previous = self._seen.get(labels, 0.0)
+        if value < previous:  # the source restarted (model reloaded): count from its new zero
+            previous = 0.0
+        if value > previous:
+            (self._counter.labels(*labels) if labels else self._counter).inc(value - previous)
+        self._seen[labels] = value
+
+
+class ServiceMetrics:
+    def __init__(self, registry: CollectorRegistry, latency_window: int = 10_000):
+        self.registry = registry
+        self.started_at = time.time()
+        self.window = LatencyWindow(latency_window)
+        self._process = psutil.Process()
+        self._queued_models: set[str] = set()
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, list(labels), registry=registry)
+
+        def gauge(name: str, doc: str, mode: str, labels: Iterable[str] = ()) -> Gauge:
+            return Gauge(name, doc, list(labels), registry=registry, multiprocess_mode=mode)
+
+        self.requests = counter("prediction_requests_total", "Predictions answered, by HTTP status.",
+                                ("model", "version", "status"))
+        self.errors = counter("prediction_errors_total", "Failed predictions by error code.", ("model", "code"))
+        self.latency = Histogram("prediction_latency_seconds", "Prediction latency inside the service.",
+                                 ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch_rows = Histogram("prediction_batch_rows", "Rows per model run (dynamic batching).",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=registry)
+        self.queue_depth = gauge("prediction_queue_depth", "Requests waiting for a model run, per model version.",
+                                 "livesum", ("model",))
+        self.in_flight = gauge("prediction_in_flight", "Predictions in progress.", "livesum")
+        self.models_loaded = gauge("prediction_models_loaded", "Model versions loaded (max over workers).",
+                                   "livemax")
+        self.model_loads = counter("prediction_model_loads_total", "Model loads by result.", ("model", "result"))
+        self.load_seconds = Histogram("prediction_model_load_seconds", "Time to load a model version.",
+                                      ["model"], buckets=LOAD_BUCKETS, registry=registry)
+        self.unload_seconds = Histogram("prediction_model_unload_seconds", "Time to drain and unload a version.",
+                                        ["model"], buckets=LOAD_BUCKETS, registry=registry)
+        self.batcher_expired = counter("prediction_batcher_expired_total",
+                                       "Requests dropped by the batcher because their deadline passed.", ("model",))
+        self.batcher_shed = counter("prediction_batcher_shed_total",
+                                    "Requests refused because the model's queue was full.", ("model",))
+        self.rate_limited = counter("prediction_rate_limited_total", "Requests refused by the rate limiter.",
+                                    ("endpoint",))
+        self.audit_backlog = gauge("prediction_audit_backlog", "Audit records waiting to be written.", "livesum")
+        self.audit_written = counter("prediction_audit_written_total", "Audit records written.")
+        self.audit_dropped = counter("prediction_audit_dropped_total", "Audit records dropped (backlog full).")
+        self.audit_write_errors = counter("prediction_audit_write_errors_total", "Failed audit writes.")
+        self.rss = gauge("prediction_process_resident_memory_bytes", "Resident memory (sum over workers).", "livesum")
+        self.cpu = gauge("prediction_process_cpu_seconds", "CPU time used (sum over workers).", "livesum")
+        self.uptime = gauge("prediction_uptime_seconds", "Seconds since this worker started.", "livemax")
+        self._expired_feed = _CumulativeFeed(self.batcher_expired)
+        self._shed_feed = _CumulativeFeed(self.batcher_shed)
+        self._written_feed = _CumulativeFeed(self.audit_written)
+        self._dropped_feed = _CumulativeFeed(self.audit_dropped)
+        self._write_error_feed = _CumulativeFeed(self.audit_write_errors)
+
+    # ---- hooks ----------------------------------------------------------------------------------
+
+    def observe(self, record: PredictionRecord) -> None:
+        resolved = record.version is not None
+        model = record.model if resolved else UNRESOLVED
+        version = record.version or ""
+        self.requests.labels(model, version, str(record.status)).inc()
+        if record.error_code is not None:
+            self.errors.labels(model, record.error_code).inc()
+        if resolved:
+            self.latency.labels(model, version).observe(record.latency_ms / 1000.0)
+        if record.status == 200:
+            self.window.add(record.latency_ms)
+
+    def observe_batch(self, model: str, rows: int) -> None:
+        self.batch_rows.labels(model).observe(rows)
+
+    def on_model_event(self, event: str, key: ModelKey, details: dict) -> None:
+        if event == "load":
+            self.model_loads.labels(key.name, "ok").inc()
+            if "seconds" in details:
+                self.load_seconds.labels(key.name).observe(float(details["seconds"]))
+        elif event == "load_failed":
+            self.model_loads.labels(key.name, "failed").inc()
+        elif event == "unload" and "seconds" in details:
+            self.unload_seconds.labels(key.name).observe(float(details["seconds"]))
+
+    def observe_rate_limited(self, endpoint: str) -> None:
+        self.rate_limited.labels(endpoint).inc()
+
+    # ---- scrape time ------------------------------------------------------------------------------
+
+    async def refresh(self, adapter: Any, in_flight: int = 0, audit: AuditStats | None = None) -> None:
+        """Read the gauges that are states rather than events."""
+        loaded = adapter.loaded()
+        self.models_loaded.set(len(loaded))
+        self.in_flight.set(in_flight)
+        queue_depths = getattr(adapter, "queue_depths", None)
+        depths: dict[str, int] = queue_depths() if queue_depths is not None else {}
+        for model in self._queued_models - set(depths):
+            self.queue_depth.labels(model).set(0)  # unloaded since the last scrape
+        for model, depth in depths.items():
+            self.queue_depth.labels(model).set(depth)
+        self._queued_models = set(depths)
+        for model in loaded:
+            stats = await adapter.describe(model.key)
+            if "expired" in stats:
+                self._expired_feed.update(stats["expired"], str(model.key))
+            if "shed" in stats:
+                self._shed_feed.update(stats["shed"], str(model.key))
+        if audit is not None:
+            self.audit_backlog.set(audit.backlog)
+            self._written_feed.update(audit.written)
+            self._dropped_feed.update(audit.dropped)
+            self._write_error_feed.update(audit.write_errors)
+        with self._process.oneshot():
+            self.rss.set(self._process.memory_info().rss)
+            times = self._process.cpu_times()
+            self.cpu.set(times.user + times.system)
+        self.uptime.set(time.time() - self.started_at)
+
+    async def run_refresher(self, refresh, interval_s: float = 1.0) -> None:
+        """Keep read-at-scrape gauges fresh in every worker (multiprocess mode)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await refresh()
+            except Exception:  # noqa: BLE001 - metrics must never take the worker down
+                log.exception("metrics refresh failed")
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """The registry to expose: this one, or all workers' values merged in multiprocess mode."""
+        if multiprocess_dir() is None:
+            return self.registry
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return merged
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.exposition_registry()), CONTENT_TYPE_LATEST
+
+    def stats(self) -> dict[str, Any]:
+        by_status: dict[str, int] = {}
+        loaded = rss = 0.0
+        for family in self.exposition_registry().collect():
+            for sample in family.samples:
+                if sample.name == "prediction_requests_total":
+                    status = sample.labels["status"]
+                    by_status[status] = by_status.get(status, 0) + int(sample.value)
+                elif sample.name == "prediction_models_loaded":
+                    loaded = max(loaded, sample.value)
+                elif sample.name == "prediction_process_resident_memory_bytes":
+                    rss += sample.value
+        total = sum(by_status.values())
+        latency = self.window.summary()
+        return {
+            "worker_pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "requests_total": total,
+            "requests_by_status": dict(sorted(by_status.items())),
+            "success_rate": round(by_status.get("200", 0) / total, 6) if total else None,
+            "latency_ms": {"window": latency.count, "mean": latency.mean_ms, "p50": latency.p50_ms,
+                           "p95": latency.p95_ms, "p99": latency.p99_ms,
+                           "scope": "this worker's most recent successful predictions"},
+            "models_loaded": int(loaded),
+            "process_resident_memory_bytes": int(rss),
+        }
+
+
+def mark_worker_dead() -> None:
+    """Drop this worker's live gauges from the merged view (multiprocess mode)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())

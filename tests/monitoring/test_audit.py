@@ -1,0 +1,167 @@
+"""The prediction audit log: written off the request path, queryable by instant, survives a failing disk."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from prediction_service.api.app import create_app
+from prediction_service.dataplane import PredictionRecord, RequestContext
+from prediction_service.monitoring.audit import AuditLog, AuditReader
+from prediction_service.settings import AuditSettings, Settings
+
+ROW = [1.0, 2.0, 3.0, 4.0]
+PREDICT = "/v1/models/tiny-regressor/predict"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def record(at: float, version: str = "1.0.0", stage: str = "production", status: int = 200) -> PredictionRecord:
+    context = RequestContext(received_at=at)
+    return PredictionRecord(context, "m", version, stage, None, None, 1.5, status,
+                            inputs={"x": np.arange(4, dtype=np.float32).reshape(1, 4)},
+                            outputs={"y": np.array([[3.0]], dtype=np.float32)})
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("mode", ["none", "hash", "full"])
+def test_records_are_written_in_batches_with_payloads_per_mode(tmp_path, mode):
+    log = AuditLog(AuditSettings(record_payloads=mode, batch_size=7, flush_interval_ms=20), tmp_path / "a.db")
+    log.start()
+    for i in range(20):
+        log.observe(record(1_700_000_000.0 + i))
+    wait_for(lambda: log.stats().written == 20)
+    log.close()
+    import sqlite3
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        rows = conn.execute(
+            "SELECT ts, model, version, status, inputs, outputs FROM predictions ORDER BY id").fetchall()
+    assert len(rows) == 20 and rows[0][:4] == ("2023-11-14T22:13:20.000Z", "m", "1.0.0", 200)
+    inputs = rows[0][4]
+    if mode == "none":
+        assert inputs is None
+    elif mode == "hash":
+        expected = hashlib.sha256(b"x|<f4|(1, 4)|" + np.arange(4, dtype=np.float32).tobytes()).hexdigest()
+        assert inputs == expected
+    else:
+        assert json.loads(inputs) == {"x": [[0.0, 1.0, 2.0, 3.0]]} and json.loads(rows[0][5]) == {"y": [[3.0]]}
+
+
+def test_backlog_is_bounded_and_drops_are_counted(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the audit directory should be")
+    log = AuditLog(AuditSettings(max_backlog=5, flush_interval_ms=10), blocker / "audit.sqlite3")
+    log.start()
+    for i in range(12):
+        log.observe(record(1_700_000_000.0 + i))
+    wait_for(lambda: log.stats().write_errors > 0)
+    stats = log.stats()
+    assert stats.backlog == 5 and stats.dropped == 7 and stats.failing and stats.last_error
+    log.close(timeout_s=0.2)
+    assert log.stats().dropped == 12  # closed with the disk still broken: what was left is counted too
+
+
+def test_which_version_and_cli(tmp_path):
+    db = tmp_path / "audit.sqlite3"
+    log = AuditLog(AuditSettings(flush_interval_ms=10), db)
+    log.start()
+    base = datetime(2026, 11, 22, 14, 32, 5, tzinfo=UTC).timestamp()
+    log.observe(record(base - 30.0, "1.0.0"))           # long before
+    log.observe(record(base + 0.10, "1.0.0"))           # in the second: the old version
+    log.observe(record(base + 0.20, "1.0.0", status=422))  # errors do not count as serving
+    log.observe(record(base + 0.60, "2.0.0"))           # in the second: promoted mid-second
+    log.observe(record(base + 0.70, "2.0.0"))
+    log.observe(record(base + 40.0, "2.0.0"))
+    log.close()
+    lookup = AuditReader(db).which_version("m", datetime(2026, 11, 22, 14, 32, 5, 900000))
+    assert [(s.version, s.requests) for s in lookup.served] == [("1.0.0", 1), ("2.0.0", 2)]
+    assert lookup.before.version == "1.0.0" and lookup.after.version == "2.0.0"
+
+    def cli(at: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "prediction_service", "audit", "--model", "m", "--at", at,
+                               "--db", str(db)], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    out = cli("2026-11-22T14:32:05Z")
+    assert out.returncode == 0, out.stderr
+    assert "version 1.0.0" in out.stdout and "version 2.0.0" in out.stdout and "2 predictions" in out.stdout
+    quiet = cli("2026-11-22T14:32:20Z")  # nothing in that second: says what served before and after
+    assert "no predictions" in quiet.stdout and "last before: version 2.0.0" in quiet.stdout
+
+
+async def test_every_prediction_is_audited_through_the_api(tiny_store):
+    settings = Settings(model_store=tiny_store, audit=AuditSettings(flush_interval_ms=20))
+    app = create_app(settings, metrics_registry=CollectorRegistry())
+    started = datetime.now(UTC)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            responses = await asyncio.gather(*(http.post(PREDICT, json={"instance": ROW}) for _ in range(15)))
+            await http.post(PREDICT, json={"instance": ROW, "stage": "staging"})
+    # lifespan exit flushed the writer
+    ids = {r.json()["request_id"] for r in responses}
+    reader = AuditReader(tiny_store / ".state" / "audit.sqlite3")
+    assert ids <= reader.request_ids() and reader.count() == 16
+    lookup = reader.which_version("tiny-regressor", started)
+    first = lookup.served[0] if lookup.served else lookup.after  # the second may have ended before the first one
+    assert (first.version, first.stage) == ("1.0.0", "production")
+    at = started.strftime("%Y-%m-%dT%H:%M:%SZ")
+    out = subprocess.run([sys.executable, "-m", "prediction_service", "audit", "--model", "tiny-regressor",
+                          "--at", at, "--store", str(tiny_store)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "version 1.0.0 (stage production)" in out.stdout
+
+
+async def test_a_failing_audit_disk_never_stops_serving_and_recovers(tiny_store, tmp_path):
+    blocker = tmp_path / "audit-dir"
+    blocker.write_text("not a directory")
+    settings = Settings(model_store=tiny_store,
+                        audit=AuditSettings(db_path=blocker / "audit.sqlite3", flush_interval_ms=10, max_backlog=8))
+    app = create_app(settings, metrics_registry=CollectorRegistry())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            for _ in range(12):
+                assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 200
+            await asyncio.to_thread(wait_for, lambda: app.state.audit.stats().write_errors > 0)
+            ready = await http.get("/health/ready")
+            # reported, but by default not a reason to leave the load balancer (AUDIT_REQUIRED_FOR_READINESS)
+            assert ready.status_code == 200
+            assert ready.json()["audit"]["failing"] is True and ready.json()["audit"]["dropped"] == 4
+            metrics = (await http.get("/metrics")).text
+            assert "prediction_audit_dropped_total 4.0" in metrics and "prediction_audit_backlog 8.0" in metrics
+            # the disk comes back: the backlog is written
+            blocker.unlink()
+            blocker.mkdir()
+            await asyncio.to_thread(wait_for, lambda: app.state.audit.stats().written == 8)
+            assert (await http.get("/health/ready")).json()["audit"]["failing"] is False
+    assert AuditReader(blocker / "audit.sqlite3").count() == 8
+
+
+async def test_audit_failure_can_be_made_a_readiness_condition(tiny_store, tmp_path):
+    blocker = tmp_path / "audit-dir"
+    blocker.write_text("not a directory")
+    settings = Settings(model_store=tiny_store, audit=AuditSettings(
+        db_path=blocker / "audit.sqlite3", flush_interval_ms=10, required_for_readiness=True))
+    app = create_app(settings, metrics_registry=CollectorRegistry())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 200
+            await asyncio.to_thread(wait_for, lambda: app.state.audit.stats().write_errors > 0)
+            ready = await http.get("/health/ready")
+            assert ready.status_code == 503 and any("audit" in r for r in ready.json()["reasons"])
+        app.state.audit.close(timeout_s=0.1)
