@@ -61,14 +61,17 @@ def create_app(settings: Settings | None = None, metrics_registry: CollectorRegi
             # Everything allocated so far (torch, onnx, loaded models) lives for the whole process: move it
             # out of the collector's reach so full collections stop pausing the event loop for tens of ms.
             gc.freeze()
-            refresher = None
+            background = []
             if multiprocess_dir() is not None:  # other workers answer scrapes too: keep our gauges fresh
-                refresher = asyncio.get_running_loop().create_task(metrics.run_refresher(refresh_metrics))
+                background.append(asyncio.create_task(metrics.run_refresher(refresh_metrics)))
+            if settings.experiments.auto_apply_interval_seconds > 0:
+                background.append(asyncio.create_task(
+                    _apply_experiment_decisions(experiment_service, settings.experiments.auto_apply_interval_seconds)))
             yield
             # uvicorn has stopped accepting and waited for in-flight requests (bounded by the grace period)
             app.state.shutting_down = True
-            if refresher is not None:
-                refresher.cancel()
+            for task in background:
+                task.cancel()
             await manager.stop()
             await adapter.close()
             if audit is not None:
@@ -138,6 +141,16 @@ def _experiment_service(settings: Settings, model_registry: ModelRegistry) -> Ex
     store = ExperimentStore(path, busy_timeout_ms=settings.experiments.busy_timeout_ms)
     return ExperimentService(store=store, settings=settings.experiments, promoter=promote,
                              version_exists=version_exists)
+
+
+async def _apply_experiment_decisions(service: ExperimentService, interval_s: float) -> None:
+    """auto_apply without anyone calling analyze: PROMOTE / ROLLBACK lands within one interval."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(service.apply_due_decisions)
+        except Exception:  # noqa: BLE001 - keep the schedule going (SQLite busy, a promotion refused, ...)
+            log.exception("auto-apply of experiment decisions failed")
 
 
 def _all(*callbacks):

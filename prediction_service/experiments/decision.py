@@ -51,11 +51,12 @@ def _opt(value: float) -> float | None:
 
 
 def compare(metric: str, champion: np.ndarray, champion_times: np.ndarray, challenger: np.ndarray,
-            challenger_times: np.ndarray, ctx: DecisionContext, min_effect: float,
+            challenger_times: np.ndarray, ctx: DecisionContext, min_effect: float | None,
             tau: float | None = None) -> Comparison:
     """One metric's test as configured (Welch / cluster-robust, fixed / mSPRT) plus effect sizes.
 
-    ``min_effect`` sizes the power calculation and, unless ``tau`` is given, the mSPRT mixture."""
+    ``min_effect`` sizes the power calculation and, unless ``tau`` is given, the mSPRT mixture; None for a
+    metric no rule acts on (no sample size to plan for)."""
     alpha = ctx.thresholds.alpha
     n_a, mean_a, var_a = stats.summarize(champion)
     n_b, mean_b, var_b = stats.summarize(challenger)
@@ -68,7 +69,7 @@ def compare(metric: str, champion: np.ndarray, champion_times: np.ndarray, chall
     else:
         result = stats.welch(champion, challenger, alpha)
     if ctx.mode is ExperimentMode.SEQUENTIAL:
-        result = stats.msprt_from_test(result, tau=max(tau or min_effect, 1e-9), alpha=alpha)
+        result = stats.msprt_from_test(result, tau=max(tau or min_effect or 0.0, 1e-9), alpha=alpha)
     return Comparison(
         metric=metric, method=result.method, champion=mean_a, challenger=mean_b,
         difference=_opt(result.difference),
@@ -76,8 +77,8 @@ def compare(metric: str, champion: np.ndarray, champion_times: np.ndarray, chall
         cohens_d=stats.cohens_d(var_a, var_b, float(result.difference)),
         ci_low=_opt(result.ci_low), ci_high=_opt(result.ci_high), statistic=_opt(result.statistic),
         df=_opt(result.df), p_value=_opt(result.p_value),
-        samples_needed_per_arm=stats.samples_still_needed(n_a, var_a, n_b, var_b, min_effect, alpha,
-                                                          ctx.thresholds.power, ctx.traffic_split),
+        samples_needed_per_arm=None if min_effect is None else stats.samples_still_needed(
+            n_a, var_a, n_b, var_b, min_effect, alpha, ctx.thresholds.power, ctx.traffic_split),
     )
 
 
@@ -110,7 +111,7 @@ def decide(champion: ArmData, challenger: ArmData, ctx: DecisionContext) -> Deci
                       tau=th.msprt_tau * scale if th.msprt_tau else None)
     pnl_a, pnl_a_t = champion.pnl_values()
     pnl_b, pnl_b_t = challenger.pnl_values()
-    pnl = compare("pnl", pnl_a, pnl_a_t, pnl_b, pnl_b_t, ctx, min_effect=1e-9) if pnl_a.size and pnl_b.size \
+    pnl = compare("pnl", pnl_a, pnl_a_t, pnl_b, pnl_b_t, ctx, min_effect=None) if pnl_a.size and pnl_b.size \
         else None
 
     result = DecisionResult(decision=Decision.CONTINUE, reasons=[], primary=primary, latency=latency,

@@ -191,6 +191,23 @@ class ExperimentService:
                         arms={arm: arm_metrics(data[arm], experiment.task, periods) for arm in Arm},
                         decision=result.decision, reasons=result.reasons, comparisons=comparisons, applied=applied)
 
+    def apply_due_decisions(self) -> list[Analysis]:
+        """Analyse every running auto_apply experiment (acting on its decision); returns the ones applied.
+
+        Run on a schedule by every worker: the compare-and-set in ``_apply`` makes one of them win."""
+        applied = []
+        for experiment in self.store.list_experiments(status=ExperimentStatus.RUNNING):
+            if not experiment.auto_apply:
+                continue
+            try:
+                analysis = self.analyze(experiment.id)
+            except Exception:  # noqa: BLE001 - one broken experiment must not stop the others
+                log.exception("auto-apply analysis of experiment %s failed", experiment.id)
+                continue
+            if analysis.applied:
+                applied.append(analysis)
+        return applied
+
     def _apply(self, experiment: Experiment, decision: Decision, reason: str) -> bool:
         """Acts on a decision once (compare-and-set on the status, so one worker wins)."""
         if decision is Decision.CONTINUE:

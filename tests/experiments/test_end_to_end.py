@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 
 import httpx
 import pytest
@@ -16,39 +17,61 @@ ADMIN = {"X-API-Key": "admin-secret"}
 READ = {"X-API-Key": "read-secret"}
 
 
-@pytest.mark.slow
-def test_experiment_auto_promotes_a_better_challenger_and_moves_production(tiny_store_template, tmp_path):
+def _store_with_challenger(tiny_store_template, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(tiny_store_template, store, symlinks=True)
     register_tiny(store, "tiny-classifier", "2.0.0", TinyClassifier(), CLASSIFIER_SIGNATURE, tmp_path / "w",
                   stage=None)
-    env = {"API_KEYS": "admin-secret,read-secret:read"}
+    return store
+
+
+def _create(http: httpx.Client) -> str:
+    spec = {"model_name": "tiny-classifier", "champion_version": "1.0.0", "challenger_version": "2.0.0",
+            "traffic_split": 0.5, "task": "classification", "auto_apply": True, "min_samples_per_arm": 60}
+    created = http.post("/v1/experiments", json=spec, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def _predict_and_report(http: httpx.Client, rng: random.Random, i: int) -> dict:
+    """One prediction and its outcome: the challenger is right 90 % of the time, the champion 60 %."""
+    row = [rng.uniform(-1, 1) for _ in range(4)]
+    response = http.post("/v1/models/tiny-classifier/predict", json={"instance": row, "routing_key": f"client-{i}"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    if body.get("arm") is None:
+        return body  # no experiment (any more)
+    assert body["version"] == ("2.0.0" if body["arm"] == "challenger" else "1.0.0")
+    predicted = ["down", "flat", "up"].index(body["predictions"][0]["label"])
+    right = rng.random() < (0.9 if body["arm"] == "challenger" else 0.6)
+    actual = predicted if right else (predicted + 1) % 3
+    outcome = http.post(f"/v1/predictions/{body['request_id']}/outcome", json={"actual": actual}, headers=READ)
+    assert outcome.status_code in (200, 201), outcome.text
+    return body
+
+
+def _assert_promoted_in_registry(store) -> None:
+    registry = ModelRegistry(store)
+    assert registry.stages("tiny-classifier")["production"] == "2.0.0"
+    assert registry.get("tiny-classifier", "1.0.0").metadata.status == "archived"
+    assert any(e.event == "stage_change" and e.actor == "experiment"
+               for e in registry.model_events("tiny-classifier"))
+
+
+@pytest.mark.slow
+def test_experiment_auto_promotes_a_better_challenger_and_moves_production(tiny_store_template, tmp_path):
+    store = _store_with_challenger(tiny_store_template, tmp_path)
+    # no background schedule: the decision is applied by the analyze call below
+    env = {"API_KEYS": "admin-secret,read-secret:read", "EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS": "0"}
     with running_server(store, env=env) as (base, _):
         with httpx.Client(base_url=base, timeout=10) as http:
-            spec = {"model_name": "tiny-classifier", "champion_version": "1.0.0", "challenger_version": "2.0.0",
-                    "traffic_split": 0.5, "task": "classification", "auto_apply": True, "min_samples_per_arm": 60}
-            created = http.post("/v1/experiments", json=spec, headers=ADMIN)
-            assert created.status_code == 201, created.text
-            experiment_id = created.json()["id"]
-
+            experiment_id = _create(http)
             rng = random.Random(7)
             arms = {"champion": 0, "challenger": 0}
             for i in range(400):
-                row = [rng.uniform(-1, 1) for _ in range(4)]
-                response = http.post("/v1/models/tiny-classifier/predict",
-                                     json={"instance": row, "routing_key": f"client-{i}"})
-                assert response.status_code == 200, response.text
-                body = response.json()
+                body = _predict_and_report(http, rng, i)
                 assert body["experiment_id"] == experiment_id and body["arm"] in arms
-                assert body["version"] == ("2.0.0" if body["arm"] == "challenger" else "1.0.0")
                 arms[body["arm"]] += 1
-                predicted = ["down", "flat", "up"].index(body["predictions"][0]["label"])
-                # ground truth: the challenger is right 90 % of the time, the champion 60 %
-                right = rng.random() < (0.9 if body["arm"] == "challenger" else 0.6)
-                actual = predicted if right else (predicted + 1) % 3
-                outcome = http.post(f"/v1/predictions/{body['request_id']}/outcome", json={"actual": actual},
-                                    headers=READ)
-                assert outcome.status_code in (200, 201), outcome.text
             assert min(arms.values()) > 100  # a 50/50 split, give or take
 
             again = http.post(f"/v1/predictions/{body['request_id']}/outcome", json={"actual": 0}, headers=READ)
@@ -59,9 +82,32 @@ def test_experiment_auto_promotes_a_better_challenger_and_moves_production(tiny_
             result = analysis.json()
             assert result["decision"] == "promote", result
             assert http.get(f"/v1/experiments/{experiment_id}", headers=READ).json()["status"] == "promoted"
+    _assert_promoted_in_registry(store)
 
-    registry = ModelRegistry(store)
-    assert registry.stages("tiny-classifier")["production"] == "2.0.0"
-    assert registry.get("tiny-classifier", "1.0.0").metadata.status == "archived"
-    assert any(e.event == "stage_change" and e.actor == "experiment"
-               for e in registry.model_events("tiny-classifier"))
+
+@pytest.mark.slow
+def test_auto_apply_promotes_on_its_schedule_without_an_analyze_call(tiny_store_template, tmp_path):
+    store = _store_with_challenger(tiny_store_template, tmp_path)
+    env = {"API_KEYS": "admin-secret,read-secret:read", "EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS": "0.3",
+           "EXPERIMENT_ROUTE_CACHE_TTL_SECONDS": "0.1"}
+    with running_server(store, env=env, workers=2) as (base, _):
+        with httpx.Client(base_url=base, timeout=10) as http:
+            experiment_id = _create(http)
+            rng = random.Random(11)
+            served_after = None
+            for i in range(3000):  # bounded: the decision needs ~120 scored predictions per arm at most
+                body = _predict_and_report(http, rng, i)
+                if body.get("arm") is None:
+                    served_after = body
+                    break
+            assert served_after is not None, "the experiment never ended"
+            assert http.get(f"/v1/experiments/{experiment_id}", headers=READ).json()["status"] == "promoted"
+            # production traffic moves to the promoted challenger in every worker (once each has loaded it)
+            for _ in range(100):
+                versions = {http.post("/v1/models/tiny-classifier/predict", json={"instance": [0.1, 0.2, 0.3, 0.4]}
+                                      ).json()["version"] for _ in range(20)}
+                if versions == {"2.0.0"}:
+                    break
+                time.sleep(0.1)
+            assert versions == {"2.0.0"}, versions
+    _assert_promoted_in_registry(store)

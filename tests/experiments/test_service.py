@@ -167,7 +167,7 @@ def test_stop_seen_by_another_worker_after_ttl(db_path, promoter):
 def test_analyze_end_to_end_promotes_and_applies(make_service, promoter: RecordingPromoter):
     service = make_service(min_samples_per_arm=100)
     exp = service.create(spec(auto_apply=True))
-    serve(service, 200, challenger_accuracy=0.95, seed=1)
+    serve(service, 150, challenger_accuracy=0.95, seed=1)  # one arm is always under 100
     early = service.analyze(exp.id)
     assert early.decision is Decision.CONTINUE and "insufficient samples" in early.reasons[0]
     serve(service, 800, challenger_accuracy=0.95, seed=2, prefix="s")

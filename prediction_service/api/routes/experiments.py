@@ -7,9 +7,10 @@ admin keys would let them promote models. An outcome can only annotate a predict
 served (request ids are unguessable) and only once (409 after that), so a read key cannot steer
 experiments beyond the data it legitimately owns.
 
-``GET /v1/experiments/{id}/analyze`` is read-scoped but, for an experiment created with ``auto_apply``,
-applies a PROMOTE / ROLLBACK decision it reaches: the admin who set auto_apply authorised exactly that,
-and any worker's analysis would apply it the same way (compare-and-set, once).
+An experiment created with ``auto_apply`` has its PROMOTE / ROLLBACK decision applied by every worker's
+background schedule (EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS). ``GET /v1/experiments/{id}/analyze`` is
+read-scoped and applies such a decision too when it reaches one first: the admin who set auto_apply
+authorised exactly that, and whoever analyses first applies it the same way (compare-and-set, once).
 """
 
 from __future__ import annotations
