@@ -23,6 +23,7 @@ from ..packaging.torchserve_mar import build_mar, mar_path, servable_artifact, s
 from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
 from .base import AdapterHealth, LoadedModel, ServingAdapter
+from .leases import BackendLeases, lease_root
 from .shared_tasks import SharedTasks
 from .torchserve_client import TorchServeClient
 
@@ -41,6 +42,7 @@ class TorchServeAdapter(ServingAdapter):
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         self._max_server_batch: dict[ModelKey, int] = {}
         self._reregistrations = SharedTasks()
+        self._leases = BackendLeases(lease_root(settings, "torchserve", self.model_store))
 
     def _lock(self, key: ModelKey) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -52,7 +54,10 @@ class TorchServeAdapter(ServingAdapter):
             if key in self._loaded:
                 return self._loaded[key]
             artifact = servable_artifact(version, self.settings.serving_precision.value)
-            await self._register(version)
+            served = served_model_name(key)
+            async with self._leases.locked(served):  # other workers may register or drop the same model
+                await self._register(version)
+                self._leases.acquire(served)
             model = LoadedModel(version=version, backend=self.name, artifact=artifact,
                                 details={"served_name": served_model_name(key)})
             self._loaded[key] = model
@@ -106,15 +111,20 @@ class TorchServeAdapter(ServingAdapter):
                 return
             self._max_server_batch.pop(key, None)
             served = served_model_name(key)
-            try:
-                await self.client.checked("DELETE", "management", f"/models/{served}", what=f"unregistering {key}",
-                                          timeout=self.config.register_timeout_seconds)
-            except ModelNotFound:
-                pass  # TorchServe restarted and never knew it: nothing to release there
-            except BackendUnavailable as exc:
-                # A TorchServe that is down holds no model (snapshots are off), so there is nothing to undo.
-                logger.warning("could not unregister %s from TorchServe (%s); removing it locally", key, exc.message)
-            mar_path(self.model_store, key).unlink(missing_ok=True)
+            async with self._leases.locked(served):
+                if not self._leases.release(served):
+                    logger.info("released %s; TorchServe keeps it for the other workers holding it", key)
+                    return
+                try:
+                    await self.client.checked("DELETE", "management", f"/models/{served}",
+                                              what=f"unregistering {key}", timeout=self.config.register_timeout_seconds)
+                except ModelNotFound:
+                    pass  # TorchServe restarted and never knew it: nothing to release there
+                except BackendUnavailable as exc:
+                    # A TorchServe that is down holds no model (snapshots are off), so there is nothing to undo.
+                    logger.warning("could not unregister %s from TorchServe (%s); removing it locally", key,
+                                   exc.message)
+                mar_path(self.model_store, key).unlink(missing_ok=True)
             logger.info("unloaded %s", key)
 
     def loaded(self) -> list[LoadedModel]:
@@ -170,7 +180,8 @@ class TorchServeAdapter(ServingAdapter):
             if await self._known_remotely(key):
                 return  # another request re-registered it meanwhile
             logger.warning("TorchServe no longer knows %s (restarted?); registering it again", key)
-            await self._register(model.version)
+            async with self._leases.locked(served_model_name(key)):
+                await self._register(model.version)
 
     async def _known_remotely(self, key: ModelKey) -> bool:
         try:

@@ -26,6 +26,7 @@ from ..packaging.triton_repository import entry_name, remove_entry, write_entry
 from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
 from .base import AdapterHealth, LoadedModel, ServingAdapter
+from .leases import BackendLeases, lease_root
 from .shared_tasks import SharedTasks
 from .triton_client import TritonConnection, TritonModelMissing, TritonRequestFailed
 
@@ -54,6 +55,7 @@ class TritonAdapter(ServingAdapter):
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         self._resync_task: asyncio.Task[None] | None = None
         self._reloads = SharedTasks()
+        self._leases = BackendLeases(lease_root(settings, "triton", self.repository))
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -62,12 +64,16 @@ class TritonAdapter(ServingAdapter):
         async with self._lock(key):
             if key in self._models:
                 return self._models[key].loaded
-            model = await self._prepare_entry(version)
-            try:
-                await self._load_into_triton(model.triton_name)
-            except BaseException:
-                await asyncio.to_thread(remove_entry, self.repository, model.triton_name)
-                raise
+            name = entry_name(key)
+            async with self._leases.locked(name):  # other workers may load or unload the same entry
+                model = await self._prepare_entry(version)
+                try:
+                    await self._load_into_triton(model.triton_name)
+                except BaseException:
+                    if not self._leases.holders(name):
+                        await asyncio.to_thread(remove_entry, self.repository, model.triton_name)
+                    raise
+                self._leases.acquire(name)
             self._models[key] = model
             log.info("loaded %s into Triton as %s (%s)", key, model.triton_name, model.platform.value)
             return model.loaded
@@ -77,12 +83,16 @@ class TritonAdapter(ServingAdapter):
             model = self._models.pop(key, None)
             if model is None:
                 return
-            try:
-                await self._connection.unload_model(model.triton_name, self._triton.timeout_seconds)
-            except (BackendUnavailable, BackendTimeout) as exc:
-                # A Triton that is down has nothing loaded once it restarts; the entry goes either way.
-                log.warning("could not unload %s from Triton: %s", model.triton_name, exc.message)
-            await asyncio.to_thread(remove_entry, self.repository, model.triton_name)
+            async with self._leases.locked(model.triton_name):
+                if not self._leases.release(model.triton_name):
+                    log.info("released %s; Triton keeps it for the other workers holding it", key)
+                    return
+                try:
+                    await self._connection.unload_model(model.triton_name, self._triton.timeout_seconds)
+                except (BackendUnavailable, BackendTimeout) as exc:
+                    # A Triton that is down has nothing loaded once it restarts; the entry goes either way.
+                    log.warning("could not unload %s from Triton: %s", model.triton_name, exc.message)
+                await asyncio.to_thread(remove_entry, self.repository, model.triton_name)
             log.info("unloaded %s from Triton", key)
 
     def loaded(self) -> list[LoadedModel]:
@@ -216,9 +226,10 @@ class TritonAdapter(ServingAdapter):
                     return
             except TritonModelMissing:
                 pass
-            if not (self.repository / model.triton_name).is_dir():  # the repository was wiped too
-                await self._prepare_entry(model.loaded.version)
-            await self._load_into_triton(model.triton_name)
+            async with self._leases.locked(model.triton_name):
+                if not (self.repository / model.triton_name).is_dir():  # the repository was wiped too
+                    await self._prepare_entry(model.loaded.version)
+                await self._load_into_triton(model.triton_name)
             log.info("reloaded %s into Triton", model.triton_name)
 
     def _start_resync(self, models: list[_TritonModel]) -> None:

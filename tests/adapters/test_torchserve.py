@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,7 @@ from prediction_service.errors import (
     ModelNotFound,
     Overloaded,
 )
-from prediction_service.packaging.torchserve_mar import mar_path
+from prediction_service.packaging.torchserve_mar import mar_path, served_model_name
 from prediction_service.registry import ModelKey
 from tests.support.torchserve_fixtures import _require_torchserve, torchserve_settings
 from tests.support.torchserve_models import FEATURES, SEQ_LEN, build_scripted_model, register_tiny
@@ -212,3 +213,26 @@ async def test_full_job_queue_is_overloaded(tiny_registry, tmp_path):
                 assert_matches(result, reference(scripted, features))
         finally:
             await adapter.close()
+
+
+async def test_a_model_two_workers_share_stays_registered_until_the_last_lets_go(tiny_registry, shared_torchserve):
+    root, version, scripted = tiny_registry
+    settings = torchserve_settings(root, shared_torchserve)
+    worker_a, worker_b = TorchServeAdapter(settings), TorchServeAdapter(settings)
+    try:
+        await worker_a.load(version)
+        await worker_b.load(version)
+        await worker_a.unload(version.key)  # e.g. worker a's LRU evicted it
+        assert mar_path(shared_torchserve.model_store, version.key).is_file()
+        assert (await worker_b.describe(version.key))["status"] == "READY"
+        features = rows(2, seed=5)
+        assert_matches(await worker_b.predict(version.key, {"features": features}), reference(scripted, features))
+
+        await worker_b.unload(version.key)
+        assert not mar_path(shared_torchserve.model_store, version.key).exists()
+        served = served_model_name(version.key)
+        async with httpx.AsyncClient(base_url=shared_torchserve.management_url) as management:
+            assert (await management.get(f"/models/{served}")).status_code == 404
+    finally:
+        await worker_a.close()
+        await worker_b.close()

@@ -337,3 +337,30 @@ def test_local_triton_reports_a_failed_start(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="exited with code"):
             server.start()
     assert not server.running()
+
+
+async def test_a_model_two_workers_share_stays_loaded_until_the_last_lets_go(
+    shared_triton: LocalTriton, registry: Path, price_version: ModelVersion
+) -> None:
+    settings = triton_settings(shared_triton, registry)
+    worker_a, worker_b = TritonAdapter(settings), TritonAdapter(settings)
+    client = httpclient.InferenceServerClient(shared_triton.http_url)
+    try:
+        loaded = await worker_a.load(price_version)
+        await worker_b.load(price_version)
+        name = loaded.details["triton_model"]
+
+        await worker_a.unload(price_version.key)  # e.g. worker a's LRU evicted it
+        assert client.is_model_ready(name), "worker a pulled the model from under worker b"
+        assert (worker_b.repository / name).is_dir()
+        batch = price_batch(rows=3)
+        got = await worker_b.predict(price_version.key, batch)
+        np.testing.assert_allclose(got["prediction"], reference(price_version, batch), rtol=1e-5, atol=1e-5)
+
+        await worker_b.unload(price_version.key)
+        assert not client.is_model_ready(name)
+        assert not (worker_b.repository / name).exists()
+    finally:
+        client.close()
+        await worker_a.close()
+        await worker_b.close()
