@@ -165,7 +165,9 @@ class TritonSettings(BaseSettings):
     ssl: bool = False
     """Use TLS to reach Triton."""
     insecure: bool = False
-    """With TLS: skip certificate verification (development only)."""
+    """With TLS over HTTP: skip certificate verification (development only; gRPC always verifies)."""
+    ca_certificates: Path | None = None
+    """With TLS: PEM file of the CA(s) that signed Triton's certificate (a private CA); default: system CAs."""
     model_repository: Path | None = None
     """Triton's model repository directory; default <MODEL_STORE>/.triton-repo."""
     default_model_version: str = "1"

@@ -196,10 +196,12 @@ class TritonConnection:
     def _new_client(self) -> Client:
         s = self._settings
         if self.protocol == "grpc":
-            return grpcclient.InferenceServerClient(self.url, ssl=s.ssl, channel_args=_grpc_channel_args())
+            roots = str(s.ca_certificates) if s.ssl and s.ca_certificates else None
+            return grpcclient.InferenceServerClient(self.url, ssl=s.ssl, root_certificates=roots,
+                                                    channel_args=_grpc_channel_args())
         context = None
         if s.ssl:
-            context = ssl.create_default_context()
+            context = ssl.create_default_context(cafile=str(s.ca_certificates) if s.ca_certificates else None)
             if s.insecure:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE

@@ -94,6 +94,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class GrpcTls:
+    """Serve gRPC over TLS with this certificate chain and key (PEM). Triton's HTTP endpoint has no TLS."""
+
+    certificate: Path
+    private_key: Path
+
+
 class LocalTriton:
     """Starts and stops one tritonserver process. ``with LocalTriton(repo) as triton: ...``"""
 
@@ -108,6 +116,7 @@ class LocalTriton:
         backend_cache: Path = DEFAULT_BACKEND_CACHE,
         startup_timeout: float = 60.0,
         exit_timeout: int = 5,
+        grpc_tls: GrpcTls | None = None,
     ):
         self.model_repository = Path(model_repository).resolve()
         self.http_port = http_port or free_port()
@@ -116,6 +125,7 @@ class LocalTriton:
         self.log_path = Path(log_path) if log_path else self.model_repository.parent / "tritonserver.log"
         self.startup_timeout = startup_timeout
         self.exit_timeout = exit_timeout
+        self.grpc_tls = grpc_tls
         self._distribution = TritonDistribution.find()
         self._backend_cache = backend_cache
         self._process: subprocess.Popen[bytes] | None = None
@@ -154,7 +164,14 @@ class LocalTriton:
             f"--exit-timeout-secs={self.exit_timeout}",
             "--strict-readiness=false",  # server readiness must not hinge on any one model
             "--log-verbose=0",
+            *self._tls_flags(),
         ]
+
+    def _tls_flags(self) -> list[str]:
+        if self.grpc_tls is None:
+            return []
+        return ["--grpc-use-ssl=true", f"--grpc-server-cert={self.grpc_tls.certificate.resolve()}",
+                f"--grpc-server-key={self.grpc_tls.private_key.resolve()}"]
 
     def environment(self) -> dict[str, str]:
         env = os.environ.copy()

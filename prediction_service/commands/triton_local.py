@@ -21,20 +21,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Triton model repository (default: TRITON_MODEL_REPOSITORY or <MODEL_STORE>/.triton-repo)",
     )
     parser.add_argument("--log-file", type=Path, default=None, help="server log (default: beside the repository)")
+    parser.add_argument("--grpc-cert", type=Path, default=None,
+                        help="serve gRPC over TLS with this PEM certificate chain (with --grpc-key)")
+    parser.add_argument("--grpc-key", type=Path, default=None, help="PEM private key for --grpc-cert")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..adapters.triton_local import LocalTriton, TritonNotInstalled
+    from ..adapters.triton_local import GrpcTls, LocalTriton, TritonNotInstalled
     from ..settings import Settings
 
+    if (args.grpc_cert is None) != (args.grpc_key is None):
+        print("error: --grpc-cert and --grpc-key go together", file=sys.stderr)
+        return 2
+    for path in (args.grpc_cert, args.grpc_key):
+        if path is not None and not path.is_file():
+            print(f"error: {path} is not a file", file=sys.stderr)
+            return 2
+    tls = GrpcTls(args.grpc_cert, args.grpc_key) if args.grpc_cert else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     repository = args.model_repository or settings.triton.model_repository or settings.model_store / ".triton-repo"
     try:
         server = LocalTriton(
             repository, http_port=args.http_port, grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port, log_path=args.log_file,
+            metrics_port=args.metrics_port, log_path=args.log_file, grpc_tls=tls,
         )
     except TritonNotInstalled as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -49,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, "
             f"repository {server.model_repository}, log {server.log_path}\n"
             f"Serve through it with SERVING_ADAPTER_TYPE=triton TRITON_SERVER_URL={server.http_url} "
-            f"TRITON_SERVER_GRPC_URL={server.grpc_url} TRITON_MODEL_REPOSITORY={server.model_repository}",
+            f"TRITON_SERVER_GRPC_URL={server.grpc_url} TRITON_MODEL_REPOSITORY={server.model_repository}"
+            + (" TRITON_USE_GRPC=true TRITON_SSL=true TRITON_CA_CERTIFICATES=<your CA file>" if tls else ""),
             flush=True,
         )
         try:

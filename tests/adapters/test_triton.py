@@ -186,10 +186,7 @@ async def test_broken_artifact_fails_load_cleanly(
 ) -> None:
     garbage = tmp_path / "model.onnx"
     garbage.write_bytes(b"not an onnx file")
-    metadata = VersionMetadata(
-        name="broken", version="1.0.0", signature=PRICE_SIGNATURE,
-        artifacts=[{"file": "model.onnx", "format": "onnx", "sha256": "0" * 64, "size_bytes": 0}],
-    )
+    metadata = VersionMetadata(name="broken", version="1.0.0", signature=PRICE_SIGNATURE)
     version = register_version(registry, metadata, [ArtifactSource(garbage, "onnx")])
     adapter = TritonAdapter(triton_settings(shared_triton, registry))
     try:

@@ -50,8 +50,5 @@ def build_scripted_model(work_dir: Path, seed: int = 0) -> tuple[torch.jit.Scrip
 def register_tiny(registry_root: Path, artifact: Path, *, name: str = "tiny-lstm", version: str = "1.0.0",
                   fmt: str = "torchscript") -> ModelVersion:
     metadata = VersionMetadata(
-        name=name, version=version, signature=tiny_signature(), architecture="tiny-lstm",
-        # placeholder: register_version replaces artifacts with what it copied (sha256, size)
-        artifacts=[{"file": "model.pt", "format": fmt, "sha256": "0" * 64, "size_bytes": 0}],
-    )
+        name=name, version=version, signature=tiny_signature(), architecture="tiny-lstm")
     return register_version(registry_root, metadata, [ArtifactSource(artifact, fmt, file_name="model.pt")])

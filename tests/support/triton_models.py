@@ -63,11 +63,8 @@ def register_price_version(registry: Path, name: str, version: str, work_dir: Pa
     """Build the ONNX file and register it as a real registry version."""
     work_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = build_price_onnx(work_dir / f"{name}-{version}.onnx", seed)
-    # register_version replaces the placeholder artifact with the copied file's real sha256 and size.
-    metadata = VersionMetadata(
-        name=name, version=version, signature=PRICE_SIGNATURE, description="toy price model",
-        artifacts=[{"file": "model.onnx", "format": "onnx", "sha256": "0" * 64, "size_bytes": 0}],
-    )
+    # register_version fills in the artifact list from the copied file (real sha256 and size).
+    metadata = VersionMetadata(name=name, version=version, signature=PRICE_SIGNATURE, description="toy price model")
     return register_version(registry, metadata, [ArtifactSource(onnx_path, "onnx", file_name="model.onnx")])
 
 
