@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     workers = args.workers or settings.server.workers
-    temporary_metrics_dir = _fresh_multiprocess_dir() if workers > 1 else None
+    # One worker keeps metrics in memory unless the operator named a directory (then it is prepared too).
+    multiprocess = workers > 1 or bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    temporary_metrics_dir = _fresh_multiprocess_dir() if multiprocess else None
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this handler in
     # place that is a no-op, so a drained SIGTERM ends with exit code 0 instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM handled: graceful shutdown complete"))

@@ -39,3 +39,29 @@ async def test_metrics_are_merged_across_workers(tiny_store_template, tmp_path):
         assert server.terminate() == 0
     finally:
         server.stop()
+
+
+async def test_one_worker_with_an_operator_given_metrics_dir(tiny_store_template, tmp_path):
+    """A named PROMETHEUS_MULTIPROC_DIR is created if missing and emptied of an earlier run's files."""
+    metrics_dir = tmp_path / "metrics" / "not-yet-there"
+    server = start_server(tiny_store_template, tmp_path / "first", env={
+        "AUDIT_ENABLED": "false", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            for _ in range(3):
+                assert (await http.post("/v1/models/tiny-regressor/predict", json={"instance": ROW})).status_code == 200
+            assert _requests_total((await http.get("/metrics")).text) == 3.0
+        assert list(metrics_dir.glob("*.db")), "a single worker should write to the named directory"
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+
+    # a restart on the same directory (a pod's volume survives the container) starts counting from zero
+    server = start_server(tiny_store_template, tmp_path / "second", env={
+        "AUDIT_ENABLED": "false", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            assert (await http.post("/v1/models/tiny-regressor/predict", json={"instance": ROW})).status_code == 200
+            assert _requests_total((await http.get("/metrics")).text) == 1.0
+    finally:
+        server.stop()
