@@ -11,11 +11,12 @@ from ...dataplane import RequestContext
 from ...errors import InvalidInput
 from ...schemas import PredictRequest, PredictResponse
 from ..body import read_json
+from ..direct_route import DirectRoute
 from ..deps import get_settings, require_predict
 from ..errors import REQUEST_ID_HEADER
 from ..responses import FastJSONResponse
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], route_class=DirectRoute)  # the hot path: see direct_route.py
 
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
 
