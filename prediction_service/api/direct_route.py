@@ -3,8 +3,9 @@
 On ``POST /v1/models/{name}/predict`` under load, solving dependencies (cache keys, security-scheme
 checks, cookie parsing) took about an eighth of the event loop's time (py-spy during
 ``bench/serve_bench.py``). The predict endpoint needs only its path parameters, the request and
-``async def dep(request)`` checks, and returns a Response itself, so this route supplies those directly. OpenAPI is generated from the
-endpoint's signature as for any route. Anything else in the signature is refused at import time.
+``async def dep(request)`` checks, and returns a Response itself, so this route supplies those
+directly. OpenAPI is generated from the endpoint's signature as for any route. Anything else in the
+signature is refused when the route is defined.
 """
 
 from __future__ import annotations
