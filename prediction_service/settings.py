@@ -149,8 +149,8 @@ class ExperimentSettings(BaseSettings):
     """SQLite busy_timeout: how long a writer waits for another process's lock."""
     auto_apply_interval_seconds: float = Field(10.0, ge=0)
     """How often each worker analyses running auto_apply experiments and acts on a PROMOTE / ROLLBACK
-    decision. 0 = only when someone calls analyze. Prefer mode=sequential (mSPRT) for auto_apply: a fixed-sample test
-    checked on a schedule is peeking."""
+    decision. 0 = only when someone calls analyze. Prefer mode=sequential (mSPRT) for auto_apply: a
+    fixed-sample test checked on a schedule is peeking."""
 
 
 class TritonSettings(BaseSettings):
