@@ -1,4 +1,5 @@
-"""``audit``: which version(s) of a model served at a given second, from the prediction audit log."""
+"""``audit``: from the prediction audit log, which version(s) of a model served at a given second, or
+what happened to one request (by the ``X-Request-Id`` every response carries, failed ones included)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from datetime import datetime
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("audit", help="which model version served at an instant (audit log)")
-    parser.add_argument("--model", required=True, help="model name")
-    parser.add_argument("--at", required=True, type=_instant,
-                        help="UTC instant, ISO-8601, e.g. 2026-11-22T14:32:05Z (no offset = UTC)")
+    parser = subparsers.add_parser("audit", help="which model version served at an instant, or one request (audit log)")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--at", type=_instant, help="UTC instant, ISO-8601, e.g. 2026-11-22T14:32:05Z (no offset = UTC);"
+                                                   " needs --model")
+    query.add_argument("--request-id", help="one request, by the X-Request-Id its response carried")
+    parser.add_argument("--model", help="model name (with --at)")
     parser.add_argument("--store", help="model registry root (default MODEL_STORE); the log is <store>/.state/")
     parser.add_argument("--db", help="audit database (default AUDIT_DB_PATH or <store>/.state/audit.sqlite3)")
     parser.set_defaults(func=run)
@@ -38,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}")
         return 2
+    if args.request_id:
+        return _show_request(reader, args.request_id)
+    if not args.model:
+        print("error: --at needs --model")
+        return 2
     lookup = reader.which_version(args.model, args.at)
     second = lookup.second.strftime("%Y-%m-%dT%H:%M:%SZ")
     if lookup.served:
@@ -55,3 +63,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"  first after: version {lookup.after.version} (stage {lookup.after.stage or '-'}) "
               f"at {lookup.after.ts}, request {lookup.after.request_id}")
     return 0 if lookup.before or lookup.after else 1
+
+
+def _show_request(reader, request_id: str) -> int:
+    entry = reader.request(request_id)
+    if entry is None:
+        print(f"request {request_id}: not in the audit log")
+        return 1
+    fields = {"time": entry.ts, "model": entry.model, "version": entry.version, "stage": entry.stage,
+              "arm": entry.arm, "status": entry.status, "error": entry.error_code, "latency_ms": entry.latency_ms,
+              "backend": entry.backend}
+    print(f"request {request_id}:")
+    for name, value in fields.items():
+        if value is not None:
+            print(f"  {name:<10} {value}")
+    return 0

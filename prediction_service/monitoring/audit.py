@@ -247,6 +247,20 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class RequestEntry:
+    ts: str
+    request_id: str
+    model: str
+    version: str | None
+    stage: str | None
+    arm: str | None
+    status: int
+    error_code: str | None
+    latency_ms: float
+    backend: str | None
+
+
+@dataclass(frozen=True)
 class VersionLookup:
     model: str
     second: datetime
@@ -285,6 +299,14 @@ class AuditReader:
                                  f"ORDER BY ts_epoch ASC LIMIT 1", (model, end)).fetchone()
         return VersionLookup(model, second, served, AuditEntry(*before) if before else None,
                              AuditEntry(*after) if after else None)
+
+    def request(self, request_id: str) -> RequestEntry | None:
+        """One prediction by its request id (indexed)."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT ts, request_id, model, version, stage, arm, status, error_code, latency_ms, "
+                               "backend FROM predictions WHERE request_id = ? ORDER BY id LIMIT 1",
+                               (request_id,)).fetchone()
+        return RequestEntry(*row) if row else None
 
     def request_ids(self) -> set[str]:
         with self._connect() as conn:

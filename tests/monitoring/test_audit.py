@@ -127,6 +127,30 @@ async def test_every_prediction_is_audited_through_the_api(tiny_store):
     assert "version 1.0.0 (stage production)" in out.stdout
 
 
+async def test_a_failed_request_is_found_by_the_id_its_error_response_carried(tiny_store):
+    settings = Settings(model_store=tiny_store, audit=AuditSettings(flush_interval_ms=20))
+    app = create_app(settings, metrics_registry=CollectorRegistry())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            failed = await http.post(PREDICT, json={"instance": [1.0, 2.0, 3.0]})  # wrong shape
+            served = await http.post(PREDICT, json={"instance": ROW, "stage": "staging"})
+    assert failed.status_code == 422 and served.status_code == 200
+    failed_id = failed.headers["X-Request-Id"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "prediction_service", "audit", *args, "--store", str(tiny_store)],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    out = cli("--request-id", failed_id)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "status     422" in out.stdout and "model      tiny-regressor" in out.stdout
+    out = cli("--request-id", served.headers["X-Request-Id"])
+    assert "version    2.0.0" in out.stdout and "stage      staging" in out.stdout and "status     200" in out.stdout
+    missing = cli("--request-id", "no-such-request")
+    assert missing.returncode == 1 and "not in the audit log" in missing.stdout
+    assert cli("--at", "2026-11-22T14:32:05Z").returncode == 2  # --at needs --model
+
+
 async def test_a_failing_audit_disk_never_stops_serving_and_recovers(tiny_store, tmp_path):
     blocker = tmp_path / "audit-dir"
     blocker.write_text("not a directory")
