@@ -130,11 +130,19 @@ class TorchServeClient:
         return body
 
     async def ping(self) -> tuple[bool, str]:
-        try:
-            status, body = await self.request("GET", "inference", "/ping", what="health check",
-                                              timeout=self.settings.health_timeout_seconds)
-        except (BackendUnavailable, BackendTimeout) as exc:
-            return False, exc.message
+        attempts = self.settings.health_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                status, body = await self.request("GET", "inference", "/ping", what="health check",
+                                                  timeout=self.settings.health_timeout_seconds)
+                break
+            except BackendUnavailable as exc:
+                return False, exc.message
+            except BackendTimeout as exc:
+                # TorchServe drops a /ping that races a model unregistration (see health_attempts).
+                if attempt == attempts:
+                    return False, f"{exc.message} (asked {attempts}x)"
+                logger.info("TorchServe /ping unanswered (attempt %d of %d); asking again", attempt, attempts)
         if status != 200:
             return False, f"/ping answered {status}: {_message(body)}"
         healthy = _message(body).startswith("Healthy") or b'"Healthy"' in body

@@ -236,3 +236,19 @@ async def test_a_model_two_workers_share_stays_registered_until_the_last_lets_go
     finally:
         await worker_a.close()
         await worker_b.close()
+
+
+async def test_health_stays_true_while_models_are_unregistered(adapter, tiny_registry):
+    """TorchServe 0.12 never answers a /ping that arrives during an unregistration (an NPE in its
+    ModelManager.workerStatus); readiness must not flip to 'down' because of it."""
+    _, version, _ = tiny_registry
+    for _ in range(3):
+        await adapter.load(version)
+        unload = asyncio.create_task(adapter.unload(version.key))
+        checks = []
+        while not unload.done():  # health checks race the DELETE, as a readiness probe can
+            checks.append(asyncio.create_task(adapter.health()))
+            await asyncio.sleep(0.001)
+        await unload
+        results = await asyncio.gather(*checks)
+        assert checks and all(h.healthy for h in results), [h.detail for h in results if not h.healthy]
