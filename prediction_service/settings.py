@@ -116,6 +116,11 @@ class AuditSettings(BaseSettings):
     """Longest a record waits in memory before it is written."""
     max_backlog: int = Field(50_000, ge=1)
     """Records held in memory at most; past it new ones are dropped and counted."""
+    retention_days: float | None = Field(None, gt=0)
+    """Records older than this are deleted by the writer, a few thousand rows per transaction. Unset: kept
+    forever (trading record-keeping rules often ask for years; size the disk for it)."""
+    prune_interval_seconds: float = Field(300.0, gt=0)
+    """How often each worker's writer looks for records past the retention."""
     required_for_readiness: bool = False
     """When true, a failing audit writer makes /health/ready answer 503 (for deployments where an
     unaudited prediction is worse than none). Default: the failure shows in the readiness detail and

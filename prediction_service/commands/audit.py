@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
                   f"predictions, {served.first} .. {served.last}")
         return 0
     print(f"{args.model} at {second}: no predictions in that second")
+    oldest = reader.oldest()
+    if lookup.before is None and oldest is not None and oldest > second:
+        print(f"  the audit log starts at {oldest}; older records may have been deleted by AUDIT_RETENTION_DAYS")
     if lookup.before is not None:
         print(f"  last before: version {lookup.before.version} (stage {lookup.before.stage or '-'}) "
               f"at {lookup.before.ts}, request {lookup.before.request_id}")

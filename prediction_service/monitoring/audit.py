@@ -5,7 +5,8 @@ hashing, no I/O: those happen in the writer thread). Past ``max_backlog`` waitin
 dropped and counted. The writer wakes every ``flush_interval_ms`` (or when a batch is full) and writes
 up to ``batch_size`` records per transaction. When the disk fails, the batch is kept and retried with
 backoff while the service keeps serving; backlog, drops and the last error show in metrics and in the
-readiness detail. ``close()`` flushes what is left (bounded by a timeout).
+readiness detail. ``close()`` flushes what is left (bounded by a timeout). With ``retention_days`` set,
+the same thread deletes records past the retention in small chunks, between batches.
 
 Every worker process has its own writer; they share the database file (WAL, busy timeout).
 """
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RETRY_BACKOFF_S = 5.0
+PRUNE_CHUNK_ROWS = 5000  # rows per DELETE: keeps the write lock short for the other workers' writers
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     id INTEGER PRIMARY KEY,
@@ -55,6 +57,7 @@ CREATE TABLE IF NOT EXISTS predictions (
 );
 CREATE INDEX IF NOT EXISTS predictions_model_time ON predictions (model, ts_epoch);
 CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id);
+CREATE INDEX IF NOT EXISTS predictions_time ON predictions (ts_epoch);  -- retention and oldest()
 """
 INSERT = ("INSERT INTO predictions (ts, ts_epoch, request_id, model, version, stage, arm, experiment_id, "
           "latency_ms, status, error_code, backend, api_key_id, inputs, outputs) "
@@ -104,6 +107,8 @@ class AuditStats:
     last_error: str | None
     failing: bool
     """The last write attempt failed (records wait in memory until the disk works again)."""
+    pruned: int = 0
+    """Records this worker deleted because they were past AUDIT_RETENTION_DAYS."""
 
 
 class AuditLog:
@@ -117,10 +122,11 @@ class AuditLog:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._written = self._dropped = self._write_errors = 0
+        self._written = self._dropped = self._write_errors = self._pruned = 0
         self._last_error: str | None = None
         self._failing = False
         self._flush_timeout_s = 5.0
+        self.prune_chunk_rows = PRUNE_CHUNK_ROWS
 
     # ---- request path -----------------------------------------------------------------------------
 
@@ -157,7 +163,7 @@ class AuditLog:
 
     def stats(self) -> AuditStats:
         return AuditStats(len(self._queue) + len(self._pending), self._written, self._dropped,
-                          self._write_errors, self._last_error, self._failing)
+                          self._write_errors, self._last_error, self._failing, self._pruned)
 
     def problems(self) -> list[str]:
         stats = self.stats()
@@ -172,6 +178,7 @@ class AuditLog:
         interval = self.settings.flush_interval_ms / 1000.0
         failures = 0
         give_up_at: float | None = None
+        next_prune = time.monotonic()
         while True:
             if self._stop.is_set() and give_up_at is None:
                 give_up_at = time.monotonic() + self._flush_timeout_s
@@ -207,11 +214,36 @@ class AuditLog:
                     continue
             elif self._stop.is_set():
                 break
+            if self.settings.retention_days is not None and not self._stop.is_set() \
+                    and time.monotonic() >= next_prune:
+                more = False
+                try:
+                    conn = conn or _connect(self.path)
+                    more = self._prune_chunk(conn)
+                except (sqlite3.Error, OSError) as exc:  # the next interval tries again; writes matter more
+                    log.warning("audit retention: prune failed: %s: %s", type(exc).__name__, exc)
+                next_prune = time.monotonic() + (0.0 if more else self.settings.prune_interval_seconds)
+                if more:
+                    continue  # the next chunk after the next batch: pruning never starves writing
             if not self._stop.is_set():
                 self._wake.wait(interval)
                 self._wake.clear()
         if conn is not None:
             conn.close()
+
+    def _prune_chunk(self, conn: sqlite3.Connection) -> bool:
+        """Delete up to ``prune_chunk_rows`` records past the retention; True when more may be left."""
+        assert self.settings.retention_days is not None
+        cutoff = time.time() - self.settings.retention_days * 86400.0
+        deleted = conn.execute(
+            "DELETE FROM predictions WHERE id IN "
+            "(SELECT id FROM predictions WHERE ts_epoch < ? ORDER BY ts_epoch LIMIT ?)",
+            (cutoff, self.prune_chunk_rows)).rowcount
+        if deleted:
+            self._pruned += deleted
+            log.info("audit retention: deleted %d records older than %s", deleted,
+                     datetime.fromtimestamp(cutoff, UTC).isoformat(timespec="seconds"))
+        return deleted == self.prune_chunk_rows
 
     def _write(self, conn: sqlite3.Connection, records: list[PredictionRecord]) -> None:
         rows = [_row(record, self.settings.record_payloads) for record in records]
@@ -307,6 +339,12 @@ class AuditReader:
                                "backend FROM predictions WHERE request_id = ? ORDER BY id LIMIT 1",
                                (request_id,)).fetchone()
         return RequestEntry(*row) if row else None
+
+    def oldest(self) -> str | None:
+        """Time of the oldest record kept (older ones may have been pruned by the retention)."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT ts FROM predictions ORDER BY ts_epoch LIMIT 1").fetchone()
+        return row[0] if row else None
 
     def request_ids(self) -> set[str]:
         with self._connect() as conn:

@@ -141,6 +141,7 @@ class ServiceMetrics:
         self.audit_written = counter("prediction_audit_written_total", "Audit records written.")
         self.audit_dropped = counter("prediction_audit_dropped_total", "Audit records dropped (backlog full).")
         self.audit_write_errors = counter("prediction_audit_write_errors_total", "Failed audit writes.")
+        self.audit_pruned = counter("prediction_audit_pruned_total", "Audit records deleted past the retention.")
         self.rss = gauge("prediction_process_resident_memory_bytes", "Resident memory (sum over workers).", "livesum")
         self.cpu = gauge("prediction_process_cpu_seconds", "CPU time used (sum over workers).", "livesum")
         self.uptime = gauge("prediction_uptime_seconds", "Seconds since this worker started.", "livemax")
@@ -149,6 +150,7 @@ class ServiceMetrics:
         self._written_feed = _CumulativeFeed(self.audit_written)
         self._dropped_feed = _CumulativeFeed(self.audit_dropped)
         self._write_error_feed = _CumulativeFeed(self.audit_write_errors)
+        self._pruned_feed = _CumulativeFeed(self.audit_pruned)
 
     # ---- hooks ----------------------------------------------------------------------------------
 
@@ -205,6 +207,7 @@ class ServiceMetrics:
             self._written_feed.update(audit.written)
             self._dropped_feed.update(audit.dropped)
             self._write_error_feed.update(audit.write_errors)
+            self._pruned_feed.update(audit.pruned)
         with self._process.oneshot():
             self.rss.set(self._process.memory_info().rss)
             times = self._process.cpu_times()

@@ -105,6 +105,40 @@ def test_which_version_and_cli(tmp_path):
     assert "no predictions" in quiet.stdout and "last before: version 2.0.0" in quiet.stdout
 
 
+
+def test_retention_deletes_old_records_in_chunks_and_keeps_recent_ones(tmp_path):
+    db = tmp_path / "audit.sqlite3"
+    log = AuditLog(AuditSettings(retention_days=1, prune_interval_seconds=0.05, flush_interval_ms=10), db)
+    log.prune_chunk_rows = 7  # several chunks, so the "more left" path runs
+    now = time.time()
+    log.start()
+    for i in range(30):
+        log.observe(record(now - 3 * 86400 + i))  # three days old
+    recent = [now - 60 + i for i in range(5)]
+    for at in recent:
+        log.observe(record(at))
+    wait_for(lambda: log.stats().pruned == 30)
+    log.close()
+    reader = AuditReader(db)
+    assert reader.count() == 5 and log.stats().written == 35
+    assert reader.oldest() == datetime.fromtimestamp(recent[0], UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+    quiet = subprocess.run([sys.executable, "-m", "prediction_service", "audit", "--model", "m", "--db", str(db),
+                            "--at", datetime.fromtimestamp(now - 2 * 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "audit log starts at" in quiet.stdout and "AUDIT_RETENTION_DAYS" in quiet.stdout
+
+
+def test_without_retention_nothing_is_deleted(tmp_path):
+    log = AuditLog(AuditSettings(prune_interval_seconds=0.01, flush_interval_ms=10), tmp_path / "audit.sqlite3")
+    log.start()
+    for i in range(10):
+        log.observe(record(1_000_000_000.0 + i))  # 2001
+    wait_for(lambda: log.stats().written == 10)
+    time.sleep(0.1)  # several prune intervals
+    log.close()
+    assert AuditReader(tmp_path / "audit.sqlite3").count() == 10 and log.stats().pruned == 0
+
 async def test_every_prediction_is_audited_through_the_api(tiny_store):
     settings = Settings(model_store=tiny_store, audit=AuditSettings(flush_interval_ms=20))
     app = create_app(settings, metrics_registry=CollectorRegistry())
