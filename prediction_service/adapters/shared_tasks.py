@@ -12,13 +12,17 @@ class SharedTasks:
     def __init__(self) -> None:
         self._tasks: dict[Hashable, asyncio.Task] = {}
 
-    async def run(self, key: Hashable, start: Callable[[], Awaitable[None]]) -> None:
+    def start(self, key: Hashable, start: Callable[[], Awaitable[None]]) -> asyncio.Task:
+        """The task running for ``key``, started with ``start()`` when none is; never waits."""
         task = self._tasks.get(key)
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(start())
             task.add_done_callback(_retrieve)
             self._tasks[key] = task
-        await asyncio.shield(task)
+        return task
+
+    async def run(self, key: Hashable, start: Callable[[], Awaitable[None]]) -> None:
+        await asyncio.shield(self.start(key, start))
 
     def cancel_all(self) -> None:
         for task in self._tasks.values():

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..errors import BackendUnavailable, Conflict, DeadlineExceeded, ModelLoadError, ModelNotFound
+from ..errors import BackendTimeout, BackendUnavailable, Conflict, DeadlineExceeded, ModelLoadError, ModelNotFound
 from ..packaging.torchserve_mar import build_mar, mar_path, servable_artifact, served_model_name
 from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
@@ -183,6 +183,12 @@ class TorchServeAdapter(ServingAdapter):
             async with self._leases.locked(served_model_name(key)):
                 await self._register(model.version)
 
+    async def _reregister_logged(self, model: LoadedModel) -> None:
+        try:
+            await self._reregister(model)
+        except (BackendUnavailable, BackendTimeout, ModelLoadError, ModelNotFound, Conflict) as exc:
+            logger.warning("registering %s again in TorchServe failed: %s", model.key, exc.message)
+
     async def _known_remotely(self, key: ModelKey) -> bool:
         try:
             await self._describe_remote(key)
@@ -211,13 +217,40 @@ class TorchServeAdapter(ServingAdapter):
 
     # --- introspection ---------------------------------------------------------------------
     async def health(self) -> AdapterHealth:
-        healthy, detail = await self.client.ping()
-        return AdapterHealth(healthy=healthy, backend=self.name, detail=detail,
-                             extra={"inference_url": self.client.inference_url, "models": len(self._loaded)})
+        """TorchServe answers /ping and knows every model of this adapter, with a READY worker.
 
-    async def _describe_remote(self, key: ModelKey) -> dict[str, Any]:
+        A model TorchServe lost (it restarted) is registered again in the background, so readiness
+        comes back without waiting for a request to find the gap.
+        """
+        extra = {"inference_url": self.client.inference_url, "models": len(self._loaded)}
+        healthy, detail = await self.client.ping()
+        if not healthy:
+            return AdapterHealth(False, self.name, detail, extra)
+        lost, not_ready = [], []
+        try:
+            for model in list(self._loaded.values()):
+                try:
+                    remote = await self._describe_remote(model.key, timeout=self.config.health_timeout_seconds)
+                except ModelNotFound:
+                    if model.key in self._loaded:  # not merely unloaded by this adapter meanwhile
+                        lost.append(model)
+                    continue
+                if not any(w.get("status") == "READY" for w in remote.get("workers", [])):
+                    not_ready.append(served_model_name(model.key))
+        except (BackendUnavailable, BackendTimeout) as exc:
+            return AdapterHealth(False, self.name, exc.message, extra)
+        for model in lost:
+            self._reregistrations.start(model.key, lambda model=model: self._reregister_logged(model))
+        if lost:
+            names = ", ".join(served_model_name(m.key) for m in lost)
+            return AdapterHealth(False, self.name, f"registering models TorchServe lost: {names}", extra)
+        if not_ready:
+            return AdapterHealth(False, self.name, f"no READY TorchServe worker for {', '.join(not_ready)}", extra)
+        return AdapterHealth(True, self.name, detail, extra)
+
+    async def _describe_remote(self, key: ModelKey, timeout: float | None = None) -> dict[str, Any]:
         body = await self.client.checked("GET", "management", f"/models/{served_model_name(key)}",
-                                         what=f"describing {key}", timeout=self.config.timeout_seconds)
+                                         what=f"describing {key}", timeout=timeout or self.config.timeout_seconds)
         document = orjson.loads(body)
         return document[0] if isinstance(document, list) and document else document
 

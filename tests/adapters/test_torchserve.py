@@ -149,7 +149,8 @@ async def test_token_auth_with_real_key_file(tiny_registry, tmp_path):
             await adapter.close()
 
 
-async def test_recovers_after_torchserve_restart(tiny_registry, tmp_path):
+@pytest.mark.parametrize("noticed_by", ["health check", "request"])
+async def test_recovers_after_torchserve_restart(tiny_registry, tmp_path, noticed_by):
     _require_torchserve()
     root, version, scripted = tiny_registry
     server = LocalTorchServe(tmp_path / "store", tmp_path / "work", token_auth=False).start()
@@ -181,11 +182,24 @@ async def test_recovers_after_torchserve_restart(tiny_registry, tmp_path):
             await adapter.predict(version.key, {"features": features})
         assert not (await adapter.health()).healthy
 
-        # Same ports, same model store, but a TorchServe that knows no model: the adapter re-registers.
+        # Same ports, same model store, but a TorchServe that knows no model.
         restarted = LocalTorchServe(server.model_store, tmp_path / "work2", ports=server.ports, token_auth=False)
         await asyncio.to_thread(restarted.start)
         server = restarted
-        assert (await adapter.health()).healthy
+        if noticed_by == "request":  # the request registers the model again and is answered
+            assert_matches(await adapter.predict(version.key, {"features": features}), want)
+            assert (await adapter.health()).healthy
+            return
+        # The health check notices, reports not ready and registers it again before any request needs it.
+        first = await adapter.health()
+        assert not first.healthy and "lost" in first.detail, first.detail
+        deadline = time.monotonic() + 60  # a hang guard only
+        while not (await adapter.health()).healthy:
+            assert time.monotonic() < deadline, "the adapter never registered the lost model again"
+            await asyncio.sleep(0.2)
+        async with httpx.AsyncClient(base_url=server.management_url) as management:
+            remote = (await management.get(f"/models/{served_model_name(version.key)}")).json()
+        assert any(w["status"] == "READY" for w in remote[0]["workers"])
         assert_matches(await adapter.predict(version.key, {"features": features}), want)
         assert (await adapter.describe(version.key))["status"] == "READY"
     finally:
