@@ -1,0 +1,237 @@
+"""Async Python client for the prediction API (aiohttp), for the trading systems that call the service.
+
+One pooled aiohttp session per client. Every call has a time budget (``timeout_s``): the server is told
+about it (``X-Request-Deadline-Ms``, a little less than what is left, so its clear 504 arrives before
+the client gives up) and drops the work once it expires. Retries stay inside the budget and only happen
+when the server cannot have acted on the request, or when acting twice is harmless:
+
+- 429 and 503 (refused before any work): after ``Retry-After`` (if it fits the budget and
+  ``max_retry_after_s``) or an exponential, jittered backoff;
+- connection refused: always; other connection failures (reset, server gone mid-request): only for
+  idempotent calls (predictions, reads), never for an outcome report, which must not be scored twice.
+
+Errors come back as ``PredictionServiceError`` with the server's ``code``, ``message``, ``details`` and
+the ``X-Request-Id`` of the failed attempt (``audit --request-id`` finds it).
+
+    async with PredictionClient(ClientSettings("http://127.0.0.1:8000", timeout_s=0.05)) as client:
+        prediction = await client.predict("lstm-price", instance={"ohlcv": window})
+        print(prediction.version, prediction.predictions[0])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+REQUEST_ID_HEADER = "X-Request-Id"
+DEADLINE_HEADER = "X-Request-Deadline-Ms"
+API_KEY_HEADER = "X-API-Key"
+RETRY_STATUSES = frozenset({429, 503})
+SERVER_DEADLINE_SHARE = 0.9
+"""Share of the remaining budget sent as the server's deadline: its 504 beats the client's own timeout."""
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    base_url: str
+    """e.g. http://127.0.0.1:8000"""
+    api_key: str | None = None
+    """Sent as X-API-Key (needed for predictions only when the server sets PREDICT_REQUIRES_KEY)."""
+    timeout_s: float = 1.0
+    """Budget of one call, retries included."""
+    retries: int = 2
+    """Attempts after the first, within the budget."""
+    backoff_s: float = 0.02
+    """First backoff; doubled each retry, with jitter."""
+    max_backoff_s: float = 0.5
+    max_retry_after_s: float = 2.0
+    """A Retry-After longer than this is not waited for: the error goes back to the caller."""
+    max_connections: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+
+
+class PredictionServiceError(Exception):
+    """A call that failed: the server's error (``status`` set) or a transport failure (``status`` None)."""
+
+    def __init__(self, code: str, message: str, *, status: int | None = None, details: dict | None = None,
+                 request_id: str | None = None, attempts: int = 1):
+        super().__init__(f"{code}: {message}" + (f" (HTTP {status})" if status else ""))
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details or {}
+        self.request_id = request_id
+        self.attempts = attempts
+
+    @property
+    def retryable(self) -> bool:
+        """Whether trying again later may succeed (overload, unavailable, timeouts)."""
+        return self.status in RETRY_STATUSES or self.status == 504 or self.code in ("unavailable", "timeout")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    version: str
+    stage: str | None
+    arm: str | None
+    experiment_id: str | None
+    request_id: str
+    inference_time_ms: float
+    outputs: dict[str, list[Any]]
+    predictions: list[Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Prediction:
+        return cls(model=body["model"], version=body["version"], stage=body.get("stage"), arm=body.get("arm"),
+                   experiment_id=body.get("experiment_id"), request_id=body["request_id"],
+                   inference_time_ms=body["inference_time_ms"], outputs=body["outputs"],
+                   predictions=body["predictions"], provenance=body.get("provenance") or {})
+
+
+class PredictionClient:
+    def __init__(self, settings: ClientSettings):
+        self.settings = settings
+        self._base = settings.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> PredictionClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:  # created inside the running loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.settings.max_connections),
+                json_serialize=lambda obj: orjson.dumps(obj).decode())
+        return self._session
+
+    # ---- API ----------------------------------------------------------------------------------------
+
+    async def predict(self, model: str, *, instance: Any = None, instances: list | None = None,
+                      inputs: dict[str, list] | None = None, text: str | list[str] | None = None,
+                      version: str | None = None, stage: str | None = None, routing_key: str | None = None,
+                      timeout_s: float | None = None) -> Prediction:
+        """One of ``instance`` (a row), ``instances`` (rows), ``inputs`` (tensors, batch first) or ``text``."""
+        payloads = {"instance": instance, "instances": instances, "inputs": inputs, "text": text}
+        body: dict[str, Any] = {k: v for k, v in payloads.items() if v is not None}
+        if len(body) != 1:
+            raise ValueError(f"give exactly one of {', '.join(payloads)} (got {sorted(body) or 'none'})")
+        for name, value in (("version", version), ("stage", stage), ("routing_key", routing_key)):
+            if value is not None:
+                body[name] = value
+        answer = await self._call("POST", f"/v1/models/{model}/predict", body, idempotent=True,
+                                  timeout_s=timeout_s, send_deadline=True)
+        return Prediction.from_json(answer)
+
+    async def record_outcome(self, request_id: str, actual: float, pnl: float | None = None,
+                             timeout_s: float | None = None) -> dict[str, Any]:
+        """Report what really happened for a prediction served under an A/B experiment."""
+        body: dict[str, Any] = {"actual": actual} if pnl is None else {"actual": actual, "pnl": pnl}
+        return await self._call("POST", f"/v1/predictions/{request_id}/outcome", body, idempotent=False,
+                                timeout_s=timeout_s)
+
+    async def models(self) -> list[dict[str, Any]]:
+        return await self._call("GET", "/v1/models", None, idempotent=True)
+
+    async def model(self, name: str) -> dict[str, Any]:
+        return await self._call("GET", f"/v1/models/{name}", None, idempotent=True)
+
+    async def ready(self) -> bool:
+        try:
+            await self._call("GET", "/health/ready", None, idempotent=True, retry=False)
+        except PredictionServiceError:
+            return False
+        return True
+
+    # ---- transport ----------------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None, *, idempotent: bool,
+                    timeout_s: float | None = None, send_deadline: bool = False, retry: bool = True) -> Any:
+        settings = self.settings
+        budget_end = time.monotonic() + (timeout_s or settings.timeout_s)
+        max_attempts = 1 + (settings.retries if retry else 0)
+        headers = {API_KEY_HEADER: settings.api_key} if settings.api_key else {}
+        data = orjson.dumps(body) if body is not None else None
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        for attempt in range(1, max_attempts + 1):
+            remaining = budget_end - time.monotonic()
+            if send_deadline:
+                headers[DEADLINE_HEADER] = f"{max(1.0, remaining * 1000 * SERVER_DEADLINE_SHARE):.0f}"
+            try:
+                async with self._client().request(method, self._base + path, data=data, headers=headers,
+                                                   timeout=aiohttp.ClientTimeout(total=remaining)) as response:
+                    status, raw = response.status, await response.read()
+                    retry_after = response.headers.get("Retry-After")
+                    request_id = response.headers.get(REQUEST_ID_HEADER)
+            except (TimeoutError, asyncio.TimeoutError) as exc:
+                raise PredictionServiceError("timeout", f"no answer from {path} within the budget",
+                                             attempts=attempt) from exc
+            except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
+                error = PredictionServiceError("unavailable", f"cannot connect to {self._base}: {exc}",
+                                               attempts=attempt)
+                wait = self._backoff(attempt)
+            except aiohttp.ClientError as exc:  # sent, then the connection broke: maybe processed
+                error = PredictionServiceError("unavailable", f"connection to {self._base} failed: {exc}",
+                                               attempts=attempt)
+                if not idempotent:
+                    raise error from exc
+                wait = self._backoff(attempt)
+            else:
+                if 200 <= status < 300:
+                    return orjson.loads(raw) if raw else None
+                error = _server_error(status, raw, request_id, attempt)
+                if status not in RETRY_STATUSES:
+                    raise error
+                wait = self._retry_after(retry_after, attempt)
+                if wait is None:
+                    raise error
+            if attempt == max_attempts or time.monotonic() + wait >= budget_end:
+                raise error
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.settings.max_backoff_s, self.settings.backoff_s * 2 ** (attempt - 1))
+        return ceiling * (0.5 + random.random() / 2)  # jitter: callers shed together must not return together
+
+    def _retry_after(self, header: str | None, attempt: int) -> float | None:
+        if header is None:
+            return self._backoff(attempt)
+        try:
+            seconds = float(header)
+        except ValueError:  # an HTTP date: not something this server sends
+            return self._backoff(attempt)
+        return seconds if seconds <= self.settings.max_retry_after_s else None
+
+
+def _server_error(status: int, raw: bytes, request_id: str | None, attempt: int) -> PredictionServiceError:
+    try:
+        error = orjson.loads(raw)["error"]
+        code, message, details = str(error["code"]), str(error["message"]), error.get("details") or {}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        code, message, details = f"http_{status}", raw[:200].decode("utf-8", "replace"), {}
+    return PredictionServiceError(code, message, status=status, details=details, request_id=request_id,
+                                  attempts=attempt)

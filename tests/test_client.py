@@ -1,0 +1,101 @@
+"""PredictionClient against the real server (uvicorn subprocess on loopback)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from prediction_service.client import ClientSettings, PredictionClient, PredictionServiceError
+from tests.support.server import free_port, running_server
+
+ROW = [1.0, 2.0, 3.0, 4.0]
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_store_template, tmp_path_factory):
+    import shutil
+
+    store = tmp_path_factory.mktemp("client") / "store"
+    shutil.copytree(tiny_store_template, store, symlinks=True)
+    with running_server(store) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def limited_server_url(tiny_store_template, tmp_path_factory):
+    import shutil
+
+    store = tmp_path_factory.mktemp("client-limited") / "store"
+    shutil.copytree(tiny_store_template, store, symlinks=True)
+    with running_server(store, env={"RATE_LIMIT_PER_SECOND": "0.5"}) as (url, _):
+        yield url
+
+
+async def test_predictions_match_the_rest_api(server_url):
+    direct = httpx.post(f"{server_url}/v1/models/tiny-regressor/predict", json={"instances": [ROW, ROW[::-1]]}).json()
+    async with PredictionClient(ClientSettings(server_url)) as client:
+        batch = await client.predict("tiny-regressor", instances=[ROW, ROW[::-1]])
+        one = await client.predict("tiny-regressor", instance=ROW)
+        pinned = await client.predict("tiny-regressor", instance=ROW, version="2.0.0")
+        assert await client.ready()
+        names = {m["name"] for m in await client.models()}
+        detail = await client.model("tiny-classifier")
+    assert (batch.model, batch.version, batch.stage) == ("tiny-regressor", "1.0.0", "production")
+    assert batch.predictions == direct["predictions"] and batch.outputs == direct["outputs"]
+    assert batch.request_id and batch.request_id != direct["request_id"] and batch.provenance["sha256"]
+    assert one.predictions == direct["predictions"][:1]
+    assert pinned.version == "2.0.0" and pinned.predictions[0] == pytest.approx(2 * one.predictions[0])
+    assert {"tiny-regressor", "tiny-classifier"} <= names and detail["name"] == "tiny-classifier"
+
+
+async def test_server_errors_come_back_typed_and_are_not_retried(server_url):
+    async with PredictionClient(ClientSettings(server_url, retries=3)) as client:
+        with pytest.raises(PredictionServiceError) as unknown:
+            await client.predict("no-such-model", instance=ROW)
+        with pytest.raises(PredictionServiceError) as bad_shape:
+            await client.predict("tiny-regressor", instance=[1.0, 2.0])
+        with pytest.raises(PredictionServiceError) as no_prediction:
+            await client.record_outcome("never-served", actual=1.0)
+    assert (unknown.value.status, unknown.value.code, unknown.value.attempts) == (404, "model_not_found", 1)
+    assert unknown.value.request_id and not unknown.value.retryable
+    assert bad_shape.value.status == 422 and bad_shape.value.attempts == 1
+    assert no_prediction.value.status == 404 and no_prediction.value.attempts == 1
+    with pytest.raises(ValueError, match="exactly one"):
+        await PredictionClient(ClientSettings(server_url)).predict("tiny-regressor", instance=ROW, text="x")
+
+
+async def test_429_is_waited_out_within_the_budget(limited_server_url):
+    """RATE_LIMIT_PER_SECOND=0.5: one token per caller, the next 2 s later; Retry-After says so."""
+    impatient = PredictionClient(ClientSettings(limited_server_url, retries=0))
+    unwilling = PredictionClient(ClientSettings(limited_server_url, retries=3, timeout_s=8, max_retry_after_s=1))
+    patient = PredictionClient(ClientSettings(limited_server_url, retries=3, timeout_s=8, max_retry_after_s=3))
+    try:
+        await impatient.predict("tiny-regressor", instance=ROW)
+        with pytest.raises(PredictionServiceError) as refused:
+            await impatient.predict("tiny-regressor", instance=ROW)
+        assert refused.value.status == 429 and refused.value.retryable and refused.value.attempts == 1
+        with pytest.raises(PredictionServiceError) as too_long:  # Retry-After (2 s) > max_retry_after_s
+            await unwilling.predict("tiny-regressor", instance=ROW)
+        assert too_long.value.status == 429 and too_long.value.attempts == 1
+        served = await patient.predict("tiny-regressor", instance=ROW)  # waits for the next token
+        assert served.version == "1.0.0"
+    finally:
+        for client in (impatient, unwilling, patient):
+            await client.close()
+
+
+async def test_connection_refused_is_retried_then_reported():
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    async with PredictionClient(ClientSettings(url, retries=2, timeout_s=5, backoff_s=0.01)) as client:
+        with pytest.raises(PredictionServiceError) as refused:
+            await client.predict("tiny-regressor", instance=ROW)
+        assert not await client.ready()
+    assert refused.value.code == "unavailable" and refused.value.status is None
+    assert refused.value.attempts == 3 and refused.value.retryable
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="base_url"):
+        ClientSettings("127.0.0.1:8000")
+    with pytest.raises(ValueError, match="timeout_s"):
+        ClientSettings("http://127.0.0.1:8000", timeout_s=0)
