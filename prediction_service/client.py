@@ -33,6 +33,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
 API_KEY_HEADER = "X-API-Key"
 RETRY_STATUSES = frozenset({429, 503})
+MAX_DEADLINE_MS = 600_000  # the most the server accepts
 SERVER_DEADLINE_SHARE = 0.9
 """Share of the remaining budget sent as the server's deadline: its 504 beats the client's own timeout."""
 
@@ -123,8 +124,7 @@ class PredictionClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:  # created inside the running loop
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.settings.max_connections),
-                json_serialize=lambda obj: orjson.dumps(obj).decode())
+                connector=aiohttp.TCPConnector(limit=self.settings.max_connections))
         return self._session
 
     # ---- API ----------------------------------------------------------------------------------------
@@ -179,7 +179,8 @@ class PredictionClient:
         for attempt in range(1, max_attempts + 1):
             remaining = budget_end - time.monotonic()
             if send_deadline:
-                headers[DEADLINE_HEADER] = f"{max(1.0, remaining * 1000 * SERVER_DEADLINE_SHARE):.0f}"
+                deadline_ms = min(MAX_DEADLINE_MS, max(1.0, remaining * 1000 * SERVER_DEADLINE_SHARE))
+                headers[DEADLINE_HEADER] = f"{deadline_ms:.0f}"
             try:
                 async with self._client().request(method, self._base + path, data=data, headers=headers,
                                                    timeout=aiohttp.ClientTimeout(total=remaining)) as response:
