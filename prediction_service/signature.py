@@ -80,6 +80,22 @@ class ModelSignature(BaseModel):
                 return spec
         raise KeyError(name)
 
+    def synthetic_inputs(self, rows: int, seed: int = 0, dynamic_dim: int = 4) -> dict[str, np.ndarray]:
+        """Deterministic inputs of this signature (smoke tests, warm-up): normal floats, ones for integer
+        ids/masks, True for bools. A dynamic batch dim gets ``rows``, other dynamic dims ``dynamic_dim``."""
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        for spec in self.inputs:
+            batch = rows if spec.shape[0] == -1 else spec.shape[0]
+            shape = (batch, *(dynamic_dim if d == -1 else d for d in spec.shape[1:]))
+            if spec.dtype.startswith("float"):
+                arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            elif spec.dtype == "bool":
+                arrays[spec.name] = np.ones(shape, dtype=bool)
+            else:
+                arrays[spec.name] = np.ones(shape, dtype=spec.dtype)
+        return arrays
+
     def validate_inputs(self, raw: dict[str, Any], max_rows: int | None = None) -> dict[str, np.ndarray]:
         """Turn request data into arrays of the declared dtype and shape, or raise InvalidInput."""
         expected = {s.name for s in self.inputs}

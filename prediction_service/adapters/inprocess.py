@@ -18,6 +18,7 @@ from ..registry import ArtifactInfo, ModelKey, ModelVersion
 from ..registry.fsutil import sha256_file
 from ..settings import Settings
 from .base import AdapterHealth, LoadedModel, ServingAdapter
+from ..warmup import WarmupFailed, WarmupReport, warm_up
 from .runtimes import Runtime, open_runtime
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,10 @@ class InProcessAdapter(ServingAdapter):
             artifact = self.choose_artifact(version)
             loop = asyncio.get_running_loop()
             runtime = await loop.run_in_executor(self._executor, self._open, version, artifact)
-            model = LoadedModel(version=version, backend=self.name, artifact=artifact,
-                                details={"format": runtime.format})
+            details: dict = {"format": runtime.format}
+            if self.settings.warmup.enabled:
+                details["warmup"] = (await self._warm_up(key, runtime, version)).as_dict()
+            model = LoadedModel(version=version, backend=self.name, artifact=artifact, details=details)
             batcher = DynamicBatcher(
                 self._runner(runtime),
                 max_batch_size=min(self.settings.batching.max_batch_size, version.signature.max_batch_size),
@@ -151,6 +154,19 @@ class InProcessAdapter(ServingAdapter):
         if sha256_file(path) != artifact.sha256:
             raise ModelLoadError(f"artifact {artifact.file} of {version.key} does not match its recorded sha256")
         return self.open_runtime(version, artifact)
+
+    async def _warm_up(self, key: ModelKey, runtime: Runtime, version: ModelVersion) -> WarmupReport:
+        loop = asyncio.get_running_loop()
+        try:
+            report = await loop.run_in_executor(self._executor, warm_up, runtime.run, version.signature,
+                                                self.settings.warmup)
+        except WarmupFailed as exc:
+            runtime.close()
+            raise ModelLoadError(f"{key}: {exc}", {"model": key.name, "version": key.version,
+                                                   "warmup_rows": exc.rows}) from exc
+        log.info("warmed up %s: %d runs in %.0f ms (first %.1f ms, last %.1f ms)", key, report.runs,
+                 report.seconds * 1000, report.first_run_ms, report.last_run_ms)
+        return report
 
     def _runner(self, runtime: Runtime):
         async def run(inputs):

@@ -99,24 +99,9 @@ def _check_against_graph(signature: ModelSignature, graph_signature: ModelSignat
         raise ValidationFailed("the signature does not match the ONNX graph", {"problems": problems})
 
 
-def _concrete_shape(spec: TensorSpec) -> tuple[int, ...]:
-    batch = SMOKE_BATCH if spec.shape[0] == -1 else spec.shape[0]
-    return (batch, *(SMOKE_DYNAMIC_DIM if d == -1 else d for d in spec.shape[1:]))
-
-
 def smoke_inputs(signature: ModelSignature, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic inputs of the signature: normal floats, ones for integer ids/masks, True for bools."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for spec in signature.inputs:
-        shape = _concrete_shape(spec)
-        if spec.dtype.startswith("float"):
-            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype == "bool":
-            arrays[spec.name] = np.ones(shape, dtype=bool)
-        else:
-            arrays[spec.name] = np.ones(shape, dtype=spec.dtype)
-    return arrays
+    """Deterministic inputs of the signature (see ModelSignature.synthetic_inputs)."""
+    return signature.synthetic_inputs(SMOKE_BATCH, seed=seed, dynamic_dim=SMOKE_DYNAMIC_DIM)
 
 
 def smoke_test(onnx_path: Path, signature: ModelSignature) -> ValidationReport:
