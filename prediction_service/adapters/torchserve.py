@@ -69,7 +69,7 @@ class TorchServeAdapter(ServingAdapter):
         archive = mar_path(self.model_store, key)
         if not archive.is_file():
             await asyncio.to_thread(build_mar, version, self.model_store,
-                                    precision=self.settings.serving_precision.value)
+                                    precision=self.settings.serving_precision.value, warmup=self.settings.warmup)
         logger.info("registering %s in TorchServe as %s", key, served)
         params = {
             "url": archive.name, "model_name": served,

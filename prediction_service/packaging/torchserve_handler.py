@@ -13,6 +13,9 @@ Wire format (one HTTP request = one element of TorchServe's batch), ``Content-Ty
 TorchServe hands the handler every request of a server-side batch at once; the handler stacks the
 rows of all valid requests into one tensor per input, runs the model once, and splits the outputs
 back per request. A malformed request gets its own 400 without failing the others.
+When the archive carries ``warmup.npz``, ``initialize`` runs those batches first (TorchScript optimizes
+a graph over its first runs), so the worker reports ready only once it is warm; a batch that fails
+fails the worker's start.
 TorchScript runs with one intra-op thread per worker (``PS_TORCH_THREADS`` in the worker's
 environment changes it): TorchServe scales with workers, and small models gain little from threads.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import numpy as np
 import torch
@@ -30,6 +34,7 @@ from ts.torch_handler.base_handler import BaseHandler
 logger = logging.getLogger(__name__)
 
 SIGNATURE_FILE = "signature.json"
+WARMUP_FILE = "warmup.npz"
 _JSON = "application/json"
 
 
@@ -59,8 +64,24 @@ class BatchingTensorHandler(BaseHandler):
             raise ValueError(f"unsupported artifact format {self.model_format!r}")
         self.input_specs = self.signature["inputs"]
         self.output_specs = self.signature["outputs"]
+        self._warm_up(os.path.join(model_dir, WARMUP_FILE), int(self.signature.get("warmup_iterations", 0)))
         self.initialized = True
         logger.info("loaded %s (%s)", artifact, self.model_format)
+
+    def _warm_up(self, path: str, iterations: int) -> None:
+        if iterations < 1 or not os.path.exists(path):
+            return
+        batches: dict[str, dict[str, np.ndarray]] = {}
+        with np.load(path, allow_pickle=False) as stored:
+            for key in stored.files:
+                batch, name = key.split("__", 1)
+                batches.setdefault(batch, {})[name] = stored[key]
+        started = time.perf_counter()
+        for batch in batches.values():
+            for _ in range(iterations):
+                self._run(batch)
+        logger.info("warmed up: %d batches x %d runs in %.0f ms", len(batches), iterations,
+                    (time.perf_counter() - started) * 1000)
 
     def handle(self, data, context):
         self.context = context

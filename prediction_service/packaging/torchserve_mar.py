@@ -1,7 +1,8 @@
 """Build a TorchServe ``.mar`` from a registry ModelVersion.
 
 The archive holds the version's TorchScript (preferred) or ONNX artifact, the batching handler
-(``torchserve_handler.py``) and ``signature.json`` (tensor names, dtypes, shapes, artifact format).
+(``torchserve_handler.py``), ``signature.json`` (tensor names, dtypes, shapes, artifact format) and,
+with warm-up on, ``warmup.npz``: synthetic batches each worker runs before it reports ready.
 Only files from the registry go in: the artifact's sha256 is checked against metadata.json first.
 The archive is written under a temporary directory inside the model store and renamed into place,
 so TorchServe never sees half a file.
@@ -17,14 +18,19 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from ..errors import ModelLoadError
 from ..registry import ArtifactInfo, ModelKey, ModelVersion
 from ..registry.fsutil import sha256_file
+from ..settings import WarmupSettings
+from ..warmup import warmup_batches
 
 logger = logging.getLogger(__name__)
 
 HANDLER_FILE = Path(__file__).with_name("torchserve_handler.py")
 SIGNATURE_FILE = "signature.json"
+WARMUP_FILE = "warmup.npz"
 SERVABLE_FORMATS = ("torchscript", "onnx")
 ARCHIVE_MODEL_VERSION = "1.0"
 """TorchServe's own version field; the registry version is part of the served name instead."""
@@ -60,7 +66,7 @@ def servable_artifact(version: ModelVersion, precision: str = "fp32") -> Artifac
     return artifact
 
 
-def signature_document(version: ModelVersion, artifact: ArtifactInfo) -> dict:
+def signature_document(version: ModelVersion, artifact: ArtifactInfo, warmup_iterations: int = 0) -> dict:
     """What the handler needs to know, as plain JSON."""
     signature = version.signature
     return {
@@ -70,7 +76,16 @@ def signature_document(version: ModelVersion, artifact: ArtifactInfo) -> dict:
         "artifact_file": artifact.file,
         "inputs": [spec.model_dump(mode="json") for spec in signature.inputs],
         "outputs": [spec.model_dump(mode="json") for spec in signature.outputs],
+        "warmup_iterations": warmup_iterations,
     }
+
+
+def write_warmup_batches(version: ModelVersion, warmup: WarmupSettings, path: Path) -> None:
+    """The warm-up batches as ``b<index>__<input name>`` arrays (numpy's npz: loads without pickles)."""
+    arrays = {f"b{index}__{name}": array
+              for index, batch in enumerate(warmup_batches(version.signature, warmup))
+              for name, array in batch.items()}
+    np.savez(path, **arrays)
 
 
 def build_mar(
@@ -79,8 +94,10 @@ def build_mar(
     *,
     precision: str = "fp32",
     archive_format: Literal["default", "no-archive"] = "default",
+    warmup: WarmupSettings | None = None,
 ) -> Path:
-    """Write ``<model_store>/<served name>.mar`` (a directory for ``no-archive``) and return its path."""
+    """Write ``<model_store>/<served name>.mar`` (a directory for ``no-archive``) and return its path.
+    With ``warmup`` enabled, every worker runs the warm-up batches before it reports ready."""
     from model_archiver.model_archiver_config import ModelArchiverConfig
     from model_archiver.model_packaging import generate_model_archive
 
@@ -92,8 +109,14 @@ def build_mar(
     logger.info("building %s from %s (%s)", target.name, artifact.file, artifact.format)
     work = Path(tempfile.mkdtemp(prefix=f".{served}.", suffix=".build", dir=model_store))
     try:
+        warming = warmup is not None and warmup.enabled
         signature_path = work / SIGNATURE_FILE
-        signature_path.write_text(json.dumps(signature_document(version, artifact), indent=2), encoding="utf-8")
+        document = signature_document(version, artifact, warmup.iterations if warming else 0)
+        signature_path.write_text(json.dumps(document, indent=2), encoding="utf-8")
+        extra_files = [str(signature_path)]
+        if warming:
+            write_warmup_batches(version, warmup, work / WARMUP_FILE)
+            extra_files.append(str(work / WARMUP_FILE))
         export_dir = work / "out"
         export_dir.mkdir()
         config = ModelArchiverConfig(
@@ -101,7 +124,7 @@ def build_mar(
             handler=str(HANDLER_FILE),
             version=ARCHIVE_MODEL_VERSION,
             serialized_file=str(version.artifact_path(artifact)),
-            extra_files=str(signature_path),
+            extra_files=",".join(extra_files),
             export_path=str(export_dir),
             archive_format=archive_format,
             force=True,

@@ -78,6 +78,22 @@ async def test_load_predict_unload(adapter, tiny_registry, shared_torchserve):
     await adapter.unload(version.key)  # unknown key: no-op
 
 
+async def test_workers_warm_up_before_they_report_ready(adapter, tiny_registry, shared_torchserve):
+    _, version, scripted = tiny_registry
+    served = served_model_name(version.key)
+
+    def warm_ups() -> int:
+        log = shared_torchserve.log_dir / "model_log.log"
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        return sum(served in line and "warmed up: 2 batches x 3 runs" in line for line in lines)
+
+    before = warm_ups()
+    await adapter.load(version)  # registration returns once the worker is ready, warm-up included
+    assert warm_ups() > before
+    features = rows(3, seed=21)
+    assert_matches(await adapter.predict(version.key, {"features": features}), reference(scripted, features))
+
+
 async def test_concurrent_predicts_are_batched_server_side(adapter, tiny_registry):
     _, version, scripted = tiny_registry
     await adapter.load(version)

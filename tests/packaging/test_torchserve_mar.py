@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 
+import numpy as np
 import pytest
 
 from prediction_service.errors import ModelLoadError
 from prediction_service.packaging.torchserve_mar import build_mar, served_model_name
+from prediction_service.settings import WarmupSettings
 from tests.support.torchserve_models import build_scripted_model, register_tiny
 
 pytestmark = pytest.mark.torchserve
@@ -37,6 +40,21 @@ def test_mar_holds_artifact_handler_and_signature(tmp_path, artifact):
     assert signature["inputs"][0]["shape"] == [-1, 8, 4]
     assert [s["name"] for s in signature["outputs"]] == ["prediction", "hidden"]
     assert [p.name for p in (tmp_path / "store").iterdir()] == [mar.name]  # no build leftovers
+
+
+def test_warmup_batches_travel_in_the_archive(tmp_path, artifact):
+    version = register_tiny(tmp_path / "registry", artifact)
+    mar = build_mar(version, tmp_path / "store", warmup=WarmupSettings(batch_sizes="1,8", iterations=2))
+    with zipfile.ZipFile(mar) as archive:
+        signature = json.loads(archive.read("signature.json"))
+        batches = np.load(io.BytesIO(archive.read("warmup.npz")), allow_pickle=False)
+        shapes = {key: batches[key].shape for key in batches.files}
+    assert signature["warmup_iterations"] == 2
+    assert shapes == {"b0__features": (1, 8, 4), "b1__features": (8, 8, 4)}
+    cold = build_mar(version, tmp_path / "cold", warmup=WarmupSettings(enabled=False))
+    with zipfile.ZipFile(cold) as archive:
+        assert "warmup.npz" not in archive.namelist()
+        assert json.loads(archive.read("signature.json"))["warmup_iterations"] == 0
 
 
 def test_no_archive_format_writes_a_directory(tmp_path, artifact):
