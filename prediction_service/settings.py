@@ -77,7 +77,8 @@ class WarmupSettings(BaseSettings):
     model_config = _section("WARMUP_")
 
     enabled: bool = True
-    """Run a freshly loaded version on synthetic inputs before it takes traffic (startup and hot reload).
+    """Run a freshly loaded version on synthetic inputs before it takes traffic (startup and hot reload):
+    in process on the runtime, in each TorchServe worker's initialize, in Triton through model_warmup.
     TorchScript's profiling executor optimizes a graph on its first runs: cold, the first request takes
     6-8x the warm latency (~30 ms for the first model of a process); warmed, 1.4-2x (bench/warmup_bench.py)."""
     batch_sizes: str = "1,8"

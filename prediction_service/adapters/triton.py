@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendTimeout, BackendUnavailable, DeadlineExceeded, ModelLoadError, ModelNotFound
-from ..packaging.triton_config import TritonConfigOptions, TritonPlatform, choose_platform, render_config
+from ..packaging.triton_config import (TritonConfigOptions, TritonPlatform, choose_platform, render_config,
+                                       warmup_files)
 from ..packaging.triton_repository import entry_name, remove_entry, write_entry
 from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
@@ -177,12 +178,15 @@ class TritonAdapter(ServingAdapter):
         return timeout
 
     def _config_options(self, platform: TritonPlatform) -> TritonConfigOptions:
+        warmup = self._settings.warmup
         return TritonConfigOptions(
             platform=platform,
             max_batch_size=self._triton.max_batch_size,
             max_queue_delay_microseconds=self._triton.max_queue_delay_microseconds,
             instance_count=self._triton.instance_count,
             intra_op_threads=self._settings.simple.intra_op_threads,
+            warmup_batch_sizes=tuple(warmup.batch_size_list) if warmup.enabled else (),
+            warmup_iterations=warmup.iterations,
         )
 
     async def _prepare_entry(self, version: ModelVersion) -> _TritonModel:
@@ -195,10 +199,12 @@ class TritonAdapter(ServingAdapter):
         if artifact is None:  # choose_platform saw the format, so only a precision mismatch gets here
             raise ModelLoadError(f"{version.key} has no {platform.artifact_format} artifact to serve")
         name = entry_name(version.key)
-        config = render_config(name, version.signature, self._config_options(platform))
+        options = self._config_options(platform)
+        config = render_config(name, version.signature, options)
         await asyncio.to_thread(
             write_entry, self.repository, name, self._triton.default_model_version,
             version.artifact_path(artifact), config, platform,
+            warmup_files(version.signature) if options.warmup_batch_sizes else None,
         )
         loaded = LoadedModel(
             version=version, backend=self.name, artifact=artifact,

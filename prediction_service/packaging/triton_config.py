@@ -23,6 +23,9 @@ from ..signature import ModelSignature, TensorSpec
 PYTHON_MODEL_FILE = "model.py"
 ONNX_MODEL_FILE = "model.onnx"
 TORCHSCRIPT_MODEL_FILE = "model.pt"
+WARMUP_DIR = "warmup"
+WARMUP_DYNAMIC_DIM = 4
+"""Size given to dynamic non-batch dims in warm-up data (Triton's warm-up shapes are fixed)."""
 
 
 class TritonPlatform(str, Enum):
@@ -66,6 +69,9 @@ class TritonConfigOptions(BaseModel):
     instance_kind: str = Field("KIND_CPU", pattern="^KIND_(CPU|GPU|AUTO)$")
     intra_op_threads: int = Field(1, ge=0)
     """Threads per ONNX Runtime run in the python backend (0 = runtime default)."""
+    warmup_batch_sizes: tuple[int, ...] = ()
+    """Batch sizes Triton runs (model_warmup) before it reports the model ready; empty = none."""
+    warmup_iterations: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _preferred_within_max(self) -> "TritonConfigOptions":
@@ -132,7 +138,46 @@ def render_config(model_name: str, signature: ModelSignature, options: TritonCon
     if options.platform is TritonPlatform.PYTHON_ONNX:
         lines.append(_parameter("onnx_file", ONNX_MODEL_FILE))
         lines.append(_parameter("intra_op_threads", str(options.intra_op_threads)))
+    if options.warmup_batch_sizes and max_batch > 0:
+        lines.append(_warmup_block(signature, options, max_batch))
     return "\n".join(lines) + "\n"
+
+
+def warmup_files(signature: ModelSignature) -> dict[str, bytes]:
+    """``<entry>/warmup/<file>`` contents: one row per input, raw and row-major (Triton repeats it per
+    batch element). The rows are the same synthetic inputs the in-process warm-up uses."""
+    row = signature.synthetic_inputs(1, dynamic_dim=WARMUP_DYNAMIC_DIM)
+    return {_warmup_file(index): row[spec.name][0].tobytes() for index, spec in enumerate(signature.inputs)}
+
+
+def _warmup_file(index: int) -> str:
+    return f"input_{index}"  # not the tensor name: it becomes a file name
+
+
+def _warmup_block(signature: ModelSignature, options: TritonConfigOptions, max_batch: int) -> str:
+    entries = []
+    for size in sorted({min(size, max_batch) for size in options.warmup_batch_sizes}):
+        inputs = []
+        for index, spec in enumerate(signature.inputs):
+            dims = [WARMUP_DYNAMIC_DIM if d == -1 else d for d in spec.row_shape] or [1]
+            inputs.append(
+                "    inputs {\n"
+                f'      key: "{spec.name}"\n'
+                "      value: {\n"
+                f"        data_type: {TRITON_DTYPES[spec.dtype]}\n"
+                f"        dims: [ {', '.join(str(d) for d in dims)} ]\n"
+                f'        input_data_file: "{_warmup_file(index)}"\n'
+                "      }\n"
+                "    }"
+            )
+        entries.append(
+            "  {\n"
+            f'    name: "batch_{size}"\n'
+            f"    batch_size: {size}\n" + "\n".join(inputs) + "\n"
+            f"    count: {options.warmup_iterations}\n"
+            "  }"
+        )
+    return "model_warmup [\n" + ",\n".join(entries) + "\n]"
 
 
 def _tensor_block(kind: str, specs: list[TensorSpec], batched: bool) -> str:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..registry import ModelKey
-from .triton_config import PYTHON_MODEL_FILE, TritonPlatform
+from .triton_config import PYTHON_MODEL_FILE, WARMUP_DIR, TritonPlatform
 
 CONFIG_FILE = "config.pbtxt"
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
@@ -35,8 +35,10 @@ def write_entry(
     artifact: Path,
     config_text: str,
     platform: TritonPlatform,
+    warmup_files: dict[str, bytes] | None = None,
 ) -> Path:
-    """(Re)write the entry ``name``: config, the artifact under Triton's expected file name, model.py if needed."""
+    """(Re)write the entry ``name``: config, the artifact under Triton's expected file name, model.py if
+    needed, and the data files the config's model_warmup names (``warmup/``)."""
     repository.mkdir(parents=True, exist_ok=True)
     final = repository / name
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repository))
@@ -47,6 +49,10 @@ def write_entry(
         _link_or_copy(artifact, version_path / platform.model_file)
         if platform is TritonPlatform.PYTHON_ONNX:
             shutil.copyfile(PYTHON_MODEL_TEMPLATE, version_path / PYTHON_MODEL_FILE)
+        if warmup_files:
+            (staging / WARMUP_DIR).mkdir()
+            for file_name, data in warmup_files.items():
+                (staging / WARMUP_DIR / file_name).write_bytes(data)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)

@@ -24,7 +24,7 @@ from prediction_service.errors import (
 from prediction_service.registry import ModelKey, ModelVersion, VersionMetadata
 from prediction_service.registry.fsutil import sha256_file
 from prediction_service.registry.writer import ArtifactSource, register_version
-from prediction_service.settings import Settings, TritonSettings
+from prediction_service.settings import Settings, TritonSettings, WarmupSettings
 
 from tests.support.triton_fixtures import start_local_triton, triton_settings
 from tests.support.triton_models import PRICE_SIGNATURE, price_batch, register_price_version
@@ -113,6 +113,21 @@ async def test_concurrent_predicts_each_get_their_own_rows(adapter: TritonAdapte
         np.testing.assert_allclose(result["prediction"], reference(price_version, batch), atol=1e-5, rtol=0)
     stats = (await adapter.describe(price_version.key))["statistics"]["model_stats"][0]
     assert int(stats["inference_count"]) >= sum(b["scale"].shape[0] for b in batches)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_triton_runs_the_warmup_before_the_model_is_ready(
+    shared_triton: LocalTriton, registry: Path, price_version: ModelVersion, enabled: bool
+) -> None:
+    warmup = WarmupSettings(enabled=enabled, batch_sizes="1,8", iterations=2)
+    adapter = TritonAdapter(triton_settings(shared_triton, registry).model_copy(update={"warmup": warmup}))
+    try:
+        await adapter.load(price_version)  # returns once Triton says ready, model_warmup included
+        stats = (await adapter.describe(price_version.key))["statistics"]["model_stats"][0]
+        runs = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
+        assert runs == ({1: 2, 8: 2} if enabled else {})
+    finally:
+        await adapter.close()
 
 
 async def test_describe_reports_triton_metadata(adapter: TritonAdapter, price_version: ModelVersion) -> None:

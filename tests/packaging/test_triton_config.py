@@ -13,6 +13,7 @@ from prediction_service.packaging.triton_config import (
     TritonPlatform,
     choose_platform,
     render_config,
+    warmup_files,
 )
 from prediction_service.signature import ModelSignature, TensorSpec
 
@@ -94,6 +95,19 @@ def test_native_platforms_set_platform_not_backend(platform: TritonPlatform, exp
 
     assert config.platform == expected and config.backend == ""
     assert "onnx_file" not in config.parameters
+
+
+def test_warmup_entries_name_data_files_that_match_their_dims() -> None:
+    options = TritonConfigOptions(max_batch_size=32, warmup_batch_sizes=(1, 8, 64), warmup_iterations=3)
+    config = parse(render_config("m__1", SIGNATURE, options))
+    assert [(w.name, w.batch_size, w.count) for w in config.model_warmup] == [
+        ("batch_1", 1, 3), ("batch_8", 8, 3), ("batch_16", 16, 3)]  # 64 capped by the signature's max
+    files = warmup_files(SIGNATURE)
+    for warm in config.model_warmup:
+        features, tokens = warm.inputs["features"], warm.inputs["token_ids"]
+        assert list(features.dims) == [60, 5] and list(tokens.dims) == [4]  # dynamic dim -> 4
+        assert len(files[features.input_data_file]) == 60 * 5 * 4 and len(files[tokens.input_data_file]) == 4 * 8
+    assert not parse(render_config("m__1", SIGNATURE, TritonConfigOptions(max_batch_size=32))).model_warmup
 
 
 def test_preferred_sizes_beyond_max_are_refused() -> None:
