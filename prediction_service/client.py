@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
+
+from .schemas import PredictResponse
 
 REQUEST_ID_HEADER = "X-Request-Id"
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
@@ -83,27 +85,6 @@ class PredictionServiceError(Exception):
         return self.status in RETRY_STATUSES or self.status == 504 or self.code in ("unavailable", "timeout")
 
 
-@dataclass(frozen=True)
-class Prediction:
-    model: str
-    version: str
-    stage: str | None
-    arm: str | None
-    experiment_id: str | None
-    request_id: str
-    inference_time_ms: float
-    outputs: dict[str, list[Any]]
-    predictions: list[Any]
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> Prediction:
-        return cls(model=body["model"], version=body["version"], stage=body.get("stage"), arm=body.get("arm"),
-                   experiment_id=body.get("experiment_id"), request_id=body["request_id"],
-                   inference_time_ms=body["inference_time_ms"], outputs=body["outputs"],
-                   predictions=body["predictions"], provenance=body.get("provenance") or {})
-
-
 class PredictionClient:
     def __init__(self, settings: ClientSettings):
         self.settings = settings
@@ -132,7 +113,7 @@ class PredictionClient:
     async def predict(self, model: str, *, instance: Any = None, instances: list | None = None,
                       inputs: dict[str, list] | None = None, text: str | list[str] | None = None,
                       version: str | None = None, stage: str | None = None, routing_key: str | None = None,
-                      timeout_s: float | None = None) -> Prediction:
+                      timeout_s: float | None = None) -> PredictResponse:
         """One of ``instance`` (a row), ``instances`` (rows), ``inputs`` (tensors, batch first) or ``text``."""
         payloads = {"instance": instance, "instances": instances, "inputs": inputs, "text": text}
         body: dict[str, Any] = {k: v for k, v in payloads.items() if v is not None}
@@ -143,7 +124,7 @@ class PredictionClient:
                 body[name] = value
         answer = await self._call("POST", f"/v1/models/{model}/predict", body, idempotent=True,
                                   timeout_s=timeout_s, send_deadline=True)
-        return Prediction.from_json(answer)
+        return PredictResponse.model_validate(answer)
 
     async def record_outcome(self, request_id: str, actual: float, pnl: float | None = None,
                              timeout_s: float | None = None) -> dict[str, Any]:

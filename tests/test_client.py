@@ -42,7 +42,7 @@ async def test_predictions_match_the_rest_api(server_url):
         detail = await client.model("tiny-classifier")
     assert (batch.model, batch.version, batch.stage) == ("tiny-regressor", "1.0.0", "production")
     assert batch.predictions == direct["predictions"] and batch.outputs == direct["outputs"]
-    assert batch.request_id and batch.request_id != direct["request_id"] and batch.provenance["sha256"]
+    assert batch.request_id and batch.request_id != direct["request_id"] and batch.provenance.sha256
     assert one.predictions == direct["predictions"][:1]
     assert pinned.version == "2.0.0" and pinned.predictions[0] == pytest.approx(2 * one.predictions[0])
     assert {"tiny-regressor", "tiny-classifier"} <= names and detail["name"] == "tiny-classifier"
