@@ -10,7 +10,7 @@ when the server cannot have acted on the request, or when acting twice is harmle
 - connection refused: always; other connection failures (reset, server gone mid-request): only for
   idempotent calls (predictions, reads), never for an outcome report, which must not be scored twice.
 
-Errors come back as ``PredictionServiceError`` with the server's ``code``, ``message``, ``details`` and
+Errors come back as ``ServiceCallError`` with the server's ``code``, ``message``, ``details`` and
 the ``X-Request-Id`` of the failed attempt (``audit --request-id`` finds it).
 
     async with PredictionClient(ClientSettings("http://127.0.0.1:8000", timeout_s=0.05)) as client:
@@ -66,7 +66,7 @@ class ClientSettings:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
 
 
-class PredictionServiceError(Exception):
+class ServiceCallError(Exception):
     """A call that failed: the server's error (``status`` set) or a transport failure (``status`` None)."""
 
     def __init__(self, code: str, message: str, *, status: int | None = None, details: dict | None = None,
@@ -142,7 +142,7 @@ class PredictionClient:
     async def ready(self) -> bool:
         try:
             await self._call("GET", "/health/ready", None, idempotent=True, retry=False)
-        except PredictionServiceError:
+        except ServiceCallError:
             return False
         return True
 
@@ -169,14 +169,14 @@ class PredictionClient:
                     retry_after = response.headers.get("Retry-After")
                     request_id = response.headers.get(REQUEST_ID_HEADER)
             except (TimeoutError, asyncio.TimeoutError) as exc:
-                raise PredictionServiceError("timeout", f"no answer from {path} within the budget",
+                raise ServiceCallError("timeout", f"no answer from {path} within the budget",
                                              attempts=attempt) from exc
             except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
-                error = PredictionServiceError("unavailable", f"cannot connect to {self._base}: {exc}",
+                error = ServiceCallError("unavailable", f"cannot connect to {self._base}: {exc}",
                                                attempts=attempt)
                 wait = self._backoff(attempt)
             except aiohttp.ClientError as exc:  # sent, then the connection broke: maybe processed
-                error = PredictionServiceError("unavailable", f"connection to {self._base} failed: {exc}",
+                error = ServiceCallError("unavailable", f"connection to {self._base} failed: {exc}",
                                                attempts=attempt)
                 if not idempotent:
                     raise error from exc
@@ -209,11 +209,11 @@ class PredictionClient:
         return seconds if seconds <= self.settings.max_retry_after_s else None
 
 
-def _server_error(status: int, raw: bytes, request_id: str | None, attempt: int) -> PredictionServiceError:
+def _server_error(status: int, raw: bytes, request_id: str | None, attempt: int) -> ServiceCallError:
     try:
         error = orjson.loads(raw)["error"]
         code, message, details = str(error["code"]), str(error["message"]), error.get("details") or {}
     except (orjson.JSONDecodeError, KeyError, TypeError):
         code, message, details = f"http_{status}", raw[:200].decode("utf-8", "replace"), {}
-    return PredictionServiceError(code, message, status=status, details=details, request_id=request_id,
+    return ServiceCallError(code, message, status=status, details=details, request_id=request_id,
                                   attempts=attempt)

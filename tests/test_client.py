@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from prediction_service.client import ClientSettings, PredictionClient, PredictionServiceError
+from prediction_service.client import ClientSettings, PredictionClient, ServiceCallError
 from tests.support.server import free_port, running_server
 
 ROW = [1.0, 2.0, 3.0, 4.0]
@@ -50,11 +50,11 @@ async def test_predictions_match_the_rest_api(server_url):
 
 async def test_server_errors_come_back_typed_and_are_not_retried(server_url):
     async with PredictionClient(ClientSettings(server_url, retries=3)) as client:
-        with pytest.raises(PredictionServiceError) as unknown:
+        with pytest.raises(ServiceCallError) as unknown:
             await client.predict("no-such-model", instance=ROW)
-        with pytest.raises(PredictionServiceError) as bad_shape:
+        with pytest.raises(ServiceCallError) as bad_shape:
             await client.predict("tiny-regressor", instance=[1.0, 2.0])
-        with pytest.raises(PredictionServiceError) as no_prediction:
+        with pytest.raises(ServiceCallError) as no_prediction:
             await client.record_outcome("never-served", actual=1.0)
     assert (unknown.value.status, unknown.value.code, unknown.value.attempts) == (404, "model_not_found", 1)
     assert unknown.value.request_id and not unknown.value.retryable
@@ -71,10 +71,10 @@ async def test_429_is_waited_out_within_the_budget(limited_server_url):
     patient = PredictionClient(ClientSettings(limited_server_url, retries=3, timeout_s=8, max_retry_after_s=3))
     try:
         await impatient.predict("tiny-regressor", instance=ROW)
-        with pytest.raises(PredictionServiceError) as refused:
+        with pytest.raises(ServiceCallError) as refused:
             await impatient.predict("tiny-regressor", instance=ROW)
         assert refused.value.status == 429 and refused.value.retryable and refused.value.attempts == 1
-        with pytest.raises(PredictionServiceError) as too_long:  # Retry-After (2 s) > max_retry_after_s
+        with pytest.raises(ServiceCallError) as too_long:  # Retry-After (2 s) > max_retry_after_s
             await unwilling.predict("tiny-regressor", instance=ROW)
         assert too_long.value.status == 429 and too_long.value.attempts == 1
         served = await patient.predict("tiny-regressor", instance=ROW)  # waits for the next token
@@ -87,7 +87,7 @@ async def test_429_is_waited_out_within_the_budget(limited_server_url):
 async def test_connection_refused_is_retried_then_reported():
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     async with PredictionClient(ClientSettings(url, retries=2, timeout_s=5, backoff_s=0.01)) as client:
-        with pytest.raises(PredictionServiceError) as refused:
+        with pytest.raises(ServiceCallError) as refused:
             await client.predict("tiny-regressor", instance=ROW)
         assert not await client.ready()
     assert refused.value.code == "unavailable" and refused.value.status is None
