@@ -96,13 +96,18 @@ async def test_stop(client):
 async def test_outcome_and_analyze(client, service: ExperimentService):
     exp = await create(client)
     rng = np.random.default_rng(0)
+    # Arms come from hashing the (random) experiment id: give each arm exactly 70 % correct outcomes so
+    # that no assignment can make one arm look significantly worse (random outcomes did, in ~alpha/2 of runs).
+    actual, per_arm = {}, {"champion": 0, "challenger": 0}
     for i in range(200):
         assignment = service.route("sentiment", f"k{i}")
         service.record_prediction(f"req-{i}", assignment, float(rng.normal(5, 1)), False,
                                   np.array([[0.2, 0.8]]))
+        actual[i] = int(per_arm[assignment.arm.value] % 10 < 7)  # class 1 is what the model predicted
+        per_arm[assignment.arm.value] += 1
     for i in range(200):
-        response = await client.post(f"/v1/predictions/req-{i}/outcome", json={"actual": int(rng.random() < 0.7),
-                                                                              "pnl": 1.0}, headers=READ)
+        response = await client.post(f"/v1/predictions/req-{i}/outcome", json={"actual": actual[i], "pnl": 1.0},
+                                     headers=READ)
         assert response.status_code == 201, response.text
     assert response.json()["request_id"] == "req-199" and response.json()["correct"] in (True, False)
 
