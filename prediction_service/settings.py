@@ -271,6 +271,9 @@ class Settings(BaseSettings):
     """Comma-separated stages whose versions load at startup; readiness waits for them."""
     stage_poll_interval_seconds: float = Field(1.0, gt=0)
     """How often each worker checks stage links for changes (hot reload by other processes)."""
+    backend_lease_ttl_seconds: float = Field(600.0, gt=0)
+    """A shared Triton/TorchServe model is unloaded by the last worker holding it. Holders on other hosts
+    are known by heartbeat (every third of this); one silent for this long is taken for gone."""
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     simple: SimpleSettings = Field(default_factory=SimpleSettings)

@@ -56,7 +56,7 @@ class TritonAdapter(ServingAdapter):
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         self._resync_task: asyncio.Task[None] | None = None
         self._reloads = SharedTasks()
-        self._leases = BackendLeases(lease_root(settings, "triton", self.repository))
+        self._leases = BackendLeases(lease_root(settings, "triton", self.repository), settings.backend_lease_ttl_seconds)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -103,8 +103,11 @@ class TritonAdapter(ServingAdapter):
         if self._resync_task is not None:
             self._resync_task.cancel()
         self._reloads.cancel_all()
-        await super().close()
-        await self._connection.close()
+        try:
+            await super().close()
+        finally:
+            self._leases.close()
+            await self._connection.close()
 
     # --- serving ------------------------------------------------------------------------------
 
