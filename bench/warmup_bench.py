@@ -80,8 +80,8 @@ async def main() -> None:
                 first = statistics.median(r[1] for r in runs)
                 worst = max(r[1] for r in runs)
                 steady = statistics.median(r[2] for r in runs)
-                print(f"{runtime:<24}{name:<24}{'on' if enabled else 'off':<9}{first:>10.2f}{worst:>13.2f}{steady:>12.2f}"
-                      f"{first / steady:>13.1f}x{load:>10.0f}", flush=True)
+                print(f"{runtime:<24}{name:<24}{'on' if enabled else 'off':<9}{first:>10.2f}{worst:>13.2f}"
+                      f"{steady:>12.2f}{first / steady:>13.1f}x{load:>10.0f}", flush=True)
     print(f"\nmedians of {args.repeats} fresh loads; warm-up = {WarmupSettings().batch_sizes} rows x "
           f"{WarmupSettings().iterations} runs; batch-1 requests straight to the adapter (no HTTP)")
 

@@ -42,7 +42,8 @@ class TorchServeAdapter(ServingAdapter):
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         self._max_server_batch: dict[ModelKey, int] = {}
         self._reregistrations = SharedTasks()
-        self._leases = BackendLeases(lease_root(settings, "torchserve", self.model_store), settings.backend_lease_ttl_seconds)
+        self._leases = BackendLeases(lease_root(settings, "torchserve", self.model_store),
+                                     settings.backend_lease_ttl_seconds)
 
     def _lock(self, key: ModelKey) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())

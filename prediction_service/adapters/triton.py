@@ -56,7 +56,8 @@ class TritonAdapter(ServingAdapter):
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         self._resync_task: asyncio.Task[None] | None = None
         self._reloads = SharedTasks()
-        self._leases = BackendLeases(lease_root(settings, "triton", self.repository), settings.backend_lease_ttl_seconds)
+        self._leases = BackendLeases(lease_root(settings, "triton", self.repository),
+                                     settings.backend_lease_ttl_seconds)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
