@@ -2,9 +2,10 @@
 
 First runs are slow: TorchScript's profiling executor records shapes and optimizes the graph over its
 first calls (a cold first request takes 6-8x the warm latency, ~30 ms for the first model of a process),
-and runtimes allocate per new batch shape.
-The in-process adapters run this on the model's runtime, off the batcher, before the model is visible
-to requests, so neither the first request after a hot reload nor the batch metrics see it.
+and runtimes allocate per new batch shape. The in-process adapters run these batches on the model's
+runtime, off the batcher, before the model is visible to requests, so neither the first request after
+a hot reload nor the batch metrics see them. TorchServe workers (``warmup.npz`` in the .mar) and Triton
+(``model_warmup`` in config.pbtxt) run the same batches before they report the model ready.
 """
 
 from __future__ import annotations

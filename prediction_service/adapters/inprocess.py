@@ -17,8 +17,8 @@ from ..errors import ModelLoadError, ModelNotFound
 from ..registry import ArtifactInfo, ModelKey, ModelVersion
 from ..registry.fsutil import sha256_file
 from ..settings import Settings
-from .base import AdapterHealth, LoadedModel, ServingAdapter
 from ..warmup import WarmupFailed, WarmupReport, warm_up
+from .base import AdapterHealth, LoadedModel, ServingAdapter
 from .runtimes import Runtime, open_runtime
 
 log = logging.getLogger(__name__)
