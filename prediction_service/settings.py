@@ -248,11 +248,7 @@ class TorchServeSettings(BaseSettings):
     register_timeout_seconds: float = Field(120.0, gt=0)
     """Longest a model registration (worker start-up included) may take."""
     health_timeout_seconds: float = Field(1.0, gt=0)
-    """Timeout of one /ping health check attempt."""
-    health_attempts: int = Field(2, ge=1)
-    """/ping attempts before TorchServe counts as unhealthy. Only a timeout is retried: TorchServe 0.12
-    never answers a /ping that arrives while a model is being unregistered (NullPointerException in
-    ModelManager.workerStatus), so one unanswered ping is not a dead backend; a refused connection is."""
+    """Timeout of each management API call of the health check."""
 
 
 class Settings(BaseSettings):

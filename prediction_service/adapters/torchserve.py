@@ -219,13 +219,14 @@ class TorchServeAdapter(ServingAdapter):
 
     # --- introspection ---------------------------------------------------------------------
     async def health(self) -> AdapterHealth:
-        """TorchServe answers /ping and knows every model of this adapter, with a READY worker.
+        """TorchServe answers (management API, see TorchServeClient.alive) and knows every model of this
+        adapter, with a READY worker.
 
         A model TorchServe lost (it restarted) is registered again in the background, so readiness
         comes back without waiting for a request to find the gap.
         """
         extra = {"inference_url": self.client.inference_url, "models": len(self._loaded)}
-        healthy, detail = await self.client.ping()
+        healthy, detail = await self.client.alive()
         if not healthy:
             return AdapterHealth(False, self.name, detail, extra)
         lost, not_ready = [], []

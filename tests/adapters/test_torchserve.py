@@ -269,8 +269,8 @@ async def test_a_model_two_workers_share_stays_registered_until_the_last_lets_go
 
 
 async def test_health_stays_true_while_models_are_unregistered(adapter, tiny_registry):
-    """TorchServe 0.12 never answers a /ping that arrives during an unregistration (an NPE in its
-    ModelManager.workerStatus); readiness must not flip to 'down' because of it."""
+    """TorchServe 0.12 never answers a /ping that arrives during an unregistration (an NPE on the emptied
+    model entry); readiness must not flip to 'down' because of it. A /ping-based check fails here."""
     _, version, _ = tiny_registry
     for _ in range(3):
         await adapter.load(version)
