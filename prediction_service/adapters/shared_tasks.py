@@ -1,15 +1,21 @@
 """One background task per key, awaited through a shield: when a remote backend lost a model, the first
-request starts the reload, later requests join it, and a caller whose deadline expires cancels only
-its own wait, never the reload everyone else needs."""
+request (or health check) starts the reload, later requests join it, and a caller whose deadline expires
+cancels only its own wait, never the reload everyone else needs."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Hashable
+from functools import partial
+
+log = logging.getLogger(__name__)
 
 
 class SharedTasks:
-    def __init__(self) -> None:
+    def __init__(self, what: str) -> None:
+        self._what = what
+        """What the tasks do, for the log line of a failed one (e.g. "reload into Triton")."""
         self._tasks: dict[Hashable, asyncio.Task] = {}
 
     def start(self, key: Hashable, start: Callable[[], Awaitable[None]]) -> asyncio.Task:
@@ -17,7 +23,7 @@ class SharedTasks:
         task = self._tasks.get(key)
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(start())
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(partial(_report, self._what, key))
             self._tasks[key] = task
         return task
 
@@ -29,7 +35,8 @@ class SharedTasks:
             task.cancel()
 
 
-def _retrieve(task: asyncio.Task) -> None:
-    # Mark the exception retrieved even when every waiter gave up (no "never retrieved" noise).
-    if not task.cancelled():
-        task.exception()
+def _report(what: str, key: Hashable, task: asyncio.Task) -> None:
+    # Retrieving the exception here also spares "exception never retrieved" noise when every waiter gave
+    # up; logging it matters when nobody waited (a health check started the task in the background).
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s of %s failed: %s", what, key, task.exception())

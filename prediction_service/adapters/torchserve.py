@@ -41,7 +41,7 @@ class TorchServeAdapter(ServingAdapter):
         self._loaded: dict[ModelKey, LoadedModel] = {}
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         self._max_server_batch: dict[ModelKey, int] = {}
-        self._reregistrations = SharedTasks()
+        self._reregistrations = SharedTasks("registration in TorchServe")
         self._leases = BackendLeases(lease_root(settings, "torchserve", self.model_store),
                                      settings.backend_lease_ttl_seconds)
 
@@ -185,12 +185,6 @@ class TorchServeAdapter(ServingAdapter):
             async with self._leases.locked(served_model_name(key)):
                 await self._register(model.version)
 
-    async def _reregister_logged(self, model: LoadedModel) -> None:
-        try:
-            await self._reregister(model)
-        except (BackendUnavailable, BackendTimeout, ModelLoadError, ModelNotFound, Conflict) as exc:
-            logger.warning("registering %s again in TorchServe failed: %s", model.key, exc.message)
-
     async def _known_remotely(self, key: ModelKey) -> bool:
         try:
             await self._describe_remote(key)
@@ -243,7 +237,7 @@ class TorchServeAdapter(ServingAdapter):
         except (BackendUnavailable, BackendTimeout) as exc:
             return AdapterHealth(False, self.name, exc.message, extra)
         for model in lost:
-            self._reregistrations.start(model.key, lambda model=model: self._reregister_logged(model))
+            self._reregistrations.start(model.key, lambda model=model: self._reregister(model))
         if lost:
             names = ", ".join(served_model_name(m.key) for m in lost)
             return AdapterHealth(False, self.name, f"registering models TorchServe lost: {names}", extra)

@@ -54,8 +54,7 @@ class TritonAdapter(ServingAdapter):
         self._connection = TritonConnection(self._triton)
         self._models: dict[ModelKey, _TritonModel] = {}
         self._locks: dict[ModelKey, asyncio.Lock] = {}
-        self._resync_task: asyncio.Task[None] | None = None
-        self._reloads = SharedTasks()
+        self._reloads = SharedTasks("reload into Triton")
         self._leases = BackendLeases(lease_root(settings, "triton", self.repository),
                                      settings.backend_lease_ttl_seconds)
 
@@ -101,8 +100,6 @@ class TritonAdapter(ServingAdapter):
         return [model.loaded for model in self._models.values()]
 
     async def close(self) -> None:
-        if self._resync_task is not None:
-            self._resync_task.cancel()
         self._reloads.cancel_all()
         try:
             await super().close()
@@ -143,7 +140,8 @@ class TritonAdapter(ServingAdapter):
         except (BackendUnavailable, BackendTimeout) as exc:
             return AdapterHealth(False, self.name, exc.message, extra)
         if missing:
-            self._start_resync(missing)
+            for model in missing:  # the same task a request that finds the model missing would join
+                self._reloads.start(model.triton_name, lambda model=model: self._reload(model))
             names = [m.triton_name for m in missing]
             return AdapterHealth(False, self.name, f"reloading models Triton lost: {', '.join(names)}", extra)
         return AdapterHealth(True, self.name, f"Triton at {url} ready", extra)
@@ -241,16 +239,3 @@ class TritonAdapter(ServingAdapter):
                     await self._prepare_entry(model.loaded.version)
                 await self._load_into_triton(model.triton_name)
             log.info("reloaded %s into Triton", model.triton_name)
-
-    def _start_resync(self, models: list[_TritonModel]) -> None:
-        if self._resync_task is not None and not self._resync_task.done():
-            return
-
-        async def resync() -> None:
-            for model in models:
-                try:
-                    await self._reload(model)
-                except (BackendUnavailable, BackendTimeout, ModelLoadError, ModelNotFound) as exc:
-                    log.warning("reloading %s into Triton failed: %s", model.triton_name, exc.message)
-
-        self._resync_task = asyncio.get_running_loop().create_task(resync())
