@@ -29,13 +29,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .schemas import PredictResponse
+from .schemas import API_KEY_HEADER, DEADLINE_HEADER, MAX_DEADLINE_MS, REQUEST_ID_HEADER, PredictResponse
 
-REQUEST_ID_HEADER = "X-Request-Id"
-DEADLINE_HEADER = "X-Request-Deadline-Ms"
-API_KEY_HEADER = "X-API-Key"
 RETRY_STATUSES = frozenset({429, 503})
-MAX_DEADLINE_MS = 600_000  # the most the server accepts
 SERVER_DEADLINE_SHARE = 0.9
 """Share of the remaining budget sent as the server's deadline: its 504 beats the client's own timeout."""
 

@@ -6,6 +6,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Wire names the server and prediction_service.client share.
+REQUEST_ID_HEADER = "X-Request-Id"
+DEADLINE_HEADER = "X-Request-Deadline-Ms"
+API_KEY_HEADER = "X-API-Key"
+MAX_DEADLINE_MS = 600_000
+
 
 class PredictRequest(BaseModel):
     """Exactly one of ``inputs`` (a batch, batch dim first), ``instances`` (a list of rows),

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from ..errors import Forbidden, Unauthorized
-
-API_KEY_HEADER = "X-API-Key"
+from ..schemas import API_KEY_HEADER
 
 
 class Scope(IntEnum):

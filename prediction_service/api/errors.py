@@ -10,9 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import PredictionServiceError
+from ..schemas import REQUEST_ID_HEADER
 from .responses import FastJSONResponse as ORJSONResponse
-
-REQUEST_ID_HEADER = "X-Request-Id"
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,13 @@ from pydantic import ValidationError
 
 from ...dataplane import RequestContext
 from ...errors import InvalidInput
-from ...schemas import PredictRequest, PredictResponse
+from ...schemas import DEADLINE_HEADER, MAX_DEADLINE_MS, REQUEST_ID_HEADER, PredictRequest, PredictResponse
 from ..body import read_json
 from ..direct_route import DirectRoute
 from ..deps import get_settings, require_predict
-from ..errors import REQUEST_ID_HEADER
 from ..responses import FastJSONResponse
 
 router = APIRouter(tags=["predict"], route_class=DirectRoute)  # the hot path: see direct_route.py
-
-DEADLINE_HEADER = "X-Request-Deadline-Ms"
 
 
 @router.post(
@@ -53,6 +50,6 @@ def _deadline(request: Request, default_ms: float) -> float:
         budget_ms = float(raw) if raw is not None else default_ms
     except ValueError:
         raise InvalidInput(f"{DEADLINE_HEADER} must be a number of milliseconds") from None
-    if not 0 < budget_ms <= 600_000:
-        raise InvalidInput(f"{DEADLINE_HEADER} must be in (0, 600000]")
+    if not 0 < budget_ms <= MAX_DEADLINE_MS:
+        raise InvalidInput(f"{DEADLINE_HEADER} must be in (0, {MAX_DEADLINE_MS}]")
     return time.monotonic() + budget_ms / 1000.0
