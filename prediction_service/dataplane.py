@@ -1,6 +1,9 @@
-"""The protocol-agnostic request flow: resolve -> route (A/B) -> validate -> run -> shape the result.
+"""The protocol-agnostic request flow on numpy tensors: admit -> resolve -> route (A/B) -> pre-process and
+validate -> run -> provenance. Model metadata and readiness come from here too, for every front door.
 
-REST routes call ``DataPlane.predict``; a second protocol would be a second thin router over it.
+Every front door (REST /v1, Open Inference Protocol REST and gRPC) decodes its wire format into
+``dict[str, np.ndarray]`` + ``Selector`` and encodes the ``InferenceResult``; none of them imports another,
+and nothing here imports FastAPI or protobuf.
 """
 
 from __future__ import annotations
@@ -8,55 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
-from .adapters.base import ServingAdapter
-from .errors import (DeadlineExceeded, InvalidInput, ModelNotFound, PredictionServiceError,
-                     ServiceUnavailable)
+from .adapters.base import LoadedModel, ServingAdapter
+from .errors import DeadlineExceeded, ModelNotFound, PredictionServiceError, ServiceUnavailable
+from .inference import (InferenceResult, ModelMetadata, PredictionObserver, PredictionRecord, Provenance,
+                        Readiness, RequestContext, Selector, TensorMetadata, TEXT_INPUT)
 from .model_manager import ModelManager
+from .processing import ModelProcessing
 from .registry import ModelVersion, validate_name
-from .schemas import PredictRequest
 from .settings import Settings
-from .signature import ModelSignature
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class RequestContext:
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    deadline: float | None = None
-    """time.monotonic() instant after which the work is dropped."""
-    received_at: float = field(default_factory=time.time)
-    api_key_id: str | None = None
-
-
-@dataclass
-class PredictionRecord:
-    """What observers (metrics, audit log, experiments) learn about each prediction, after it is answered."""
-
-    context: RequestContext
-    model: str
-    version: str | None
-    stage: str | None
-    arm: str | None
-    experiment_id: str | None
-    latency_ms: float
-    status: int
-    error_code: str | None = None
-    inputs: dict[str, np.ndarray] | None = None
-    outputs: dict[str, np.ndarray] | None = None
-    backend: str | None = None
-
-
-class PredictionObserver(Protocol):
-    def observe(self, record: PredictionRecord) -> None: ...
+ReadinessCheck = Callable[[], list[str]]
+"""Extra readiness conditions (e.g. the audit log): the reasons it is not ready, empty when it is."""
 
 
 class ExperimentRouter(Protocol):
@@ -68,28 +40,6 @@ class ExperimentRouter(Protocol):
                           prediction: np.ndarray | None = None) -> None: ...
 
 
-@dataclass
-class PredictionResult:
-    model: str
-    version: str
-    stage: str | None
-    arm: str | None
-    experiment_id: str | None
-    request_id: str
-    inference_time_ms: float
-    outputs: dict[str, np.ndarray]
-    predictions: list[Any]
-    provenance: dict[str, str]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model, "version": self.version, "stage": self.stage, "arm": self.arm,
-            "experiment_id": self.experiment_id, "request_id": self.request_id,
-            "inference_time_ms": self.inference_time_ms, "outputs": self.outputs,
-            "predictions": self.predictions, "provenance": self.provenance,
-        }
-
-
 class DataPlane:
     def __init__(self, settings: Settings, manager: ModelManager, adapter: ServingAdapter,
                  experiments: ExperimentRouter | None = None,
@@ -99,20 +49,27 @@ class DataPlane:
         self.adapter = adapter
         self.experiments = experiments
         self.observers: list[PredictionObserver] = list(observers or [])
+        self.readiness_checks: list[ReadinessCheck] = []
+        self.readiness_details: list[Callable[[], dict[str, Any]]] = []
+        """Reported beside readiness, never flipping it."""
+        self.shutting_down = False
         self.in_flight = 0
 
-    async def predict(self, name: str, request: PredictRequest, context: RequestContext) -> PredictionResult:
+    # ---- inference ----------------------------------------------------------------------------------
+
+    async def infer(self, name: str, selector: Selector, inputs: dict[str, Any],
+                    context: RequestContext) -> InferenceResult:
         if self.in_flight >= self.settings.limits.max_in_flight:
             busy = ServiceUnavailable(f"server busy: {self.in_flight} predictions in flight",
                                       {"max_in_flight": self.settings.limits.max_in_flight})
-            self._notify(PredictionRecord(context, name, None, request.stage, None, None, 0.0,
+            self._notify(PredictionRecord(context, name, None, selector.stage, None, None, 0.0,
                                           int(busy.status), busy.code))
             raise busy
         self.in_flight += 1
         started = time.perf_counter()
-        record = PredictionRecord(context, name, None, request.stage, None, None, 0.0, 200)
+        record = PredictionRecord(context, name, None, selector.stage, None, None, 0.0, 200)
         try:
-            return await self._predict(name, request, context, record, started)
+            return await self._infer(name, selector, inputs, context, record, started)
         except PredictionServiceError as exc:
             record.status, record.error_code = int(exc.status), exc.code
             raise
@@ -131,12 +88,12 @@ class DataPlane:
             except Exception:  # noqa: BLE001 - observers never fail a prediction
                 log.exception("prediction observer failed")
 
-    async def _predict(self, name: str, request: PredictRequest, context: RequestContext,
-                       record: PredictionRecord, received: float) -> PredictionResult:
+    async def _infer(self, name: str, selector: Selector, inputs: dict[str, Any], context: RequestContext,
+                     record: PredictionRecord, received: float) -> InferenceResult:
         validate_name(name)
-        version, stage, assignment = request.version, request.stage, None
+        version, stage, assignment = selector.version, selector.stage, None
         if version is None and stage is None and self.experiments is not None:
-            assignment = self.experiments.route(name, request.routing_key)
+            assignment = self.experiments.route(name, selector.routing_key)
             if assignment is not None:
                 version = assignment.version
         target = await self.manager.resolve(name, version=version, stage=stage)
@@ -145,7 +102,8 @@ class DataPlane:
         if assignment is not None:
             record.arm, record.experiment_id = assignment.arm.value, assignment.experiment_id
         record.version, record.stage = target.version, served_stage
-        arrays = self._inputs(target, request)
+        processing = ModelProcessing(target)
+        arrays = processing.preprocess(inputs, self.settings.limits.max_batch_rows)
         record.inputs = arrays
         started = time.perf_counter()
         try:
@@ -159,15 +117,14 @@ class DataPlane:
         if assignment is not None:
             await self._record_arm(context, assignment, received, error=False, outputs=outputs, target=target)
         record.outputs = outputs
-        loaded = self.adapter.loaded_model(target.key)
-        provenance = _provenance(self.adapter.name, target, loaded)
-        record.backend = provenance["backend"]
-        return PredictionResult(
+        provenance = _provenance(self.adapter.name, self.adapter.loaded_model(target.key))
+        record.backend = provenance.backend
+        return InferenceResult(
             model=name, version=target.version, stage=served_stage,
             arm=assignment.arm.value if assignment else None,
             experiment_id=assignment.experiment_id if assignment else None,
             request_id=context.request_id, inference_time_ms=round(elapsed_ms, 3), outputs=outputs,
-            predictions=_predictions(target.signature, outputs), provenance=provenance,
+            provenance=provenance, processing=processing,
         )
 
     async def _run(self, target: ModelVersion, arrays: dict[str, np.ndarray], deadline: float | None):
@@ -198,82 +155,69 @@ class DataPlane:
         stages = self.manager.reader.stages(version.name)
         return next((stage for stage, v in stages.items() if v == version.version), None)
 
-    def _inputs(self, target: ModelVersion, request: PredictRequest) -> dict[str, np.ndarray]:
+    # ---- metadata and readiness ---------------------------------------------------------------------
+
+    def model_version(self, name: str, version: str | None = None) -> ModelVersion:
+        """``version``, or what production serves, or the newest version when nothing is in production."""
+        validate_name(name)
+        reader = self.manager.reader
+        if version is not None:
+            return reader.get(name, version)
+        served = self.manager.routes(name).get("production") or reader.stages(name).get("production")
+        if served is not None:
+            return reader.get(name, served)
+        versions = reader.versions(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} has no versions", {"model": name})
+        return versions[-1]
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        target = self.model_version(name, version)
         signature = target.signature
-        max_rows = self.settings.limits.max_batch_rows
-        if request.text is not None:
-            return signature.validate_inputs(_tokenize(target, request.text, max_rows), max_rows)
-        if request.inputs is not None:
-            raw = request.inputs
-        else:
-            rows = [request.instance] if request.instance is not None else request.instances
-            if not rows:
-                raise InvalidInput("empty batch: instances is empty")
-            if len(rows) > max_rows:
-                raise InvalidInput(f"{len(rows)} instances exceed the limit of {max_rows}",
-                                   {"rows": len(rows), "max_rows": max_rows})
-            raw = _stack_instances(signature, rows)
-        return signature.validate_inputs(raw, max_rows)
+        loaded = self.adapter.loaded_model(target.key)
+        artifact = loaded.artifact if loaded is not None else _preferred_artifact(target)
+        text = signature.text
+        return ModelMetadata(
+            name=name, version=target.version,
+            versions=tuple(v.version for v in self.manager.reader.versions(name)),
+            stage=self._stage_of(target), platform=artifact.format if artifact else "",
+            backend=loaded.backend if loaded is not None else self.adapter.name,
+            inputs=tuple(TensorMetadata.of(spec) for spec in signature.inputs),
+            outputs=tuple(TensorMetadata.of(spec) for spec in signature.outputs),
+            max_batch_size=signature.max_batch_size, task=signature.task,
+            labels=tuple(signature.labels) if signature.labels else None,
+            text_input=TensorMetadata(TEXT_INPUT, "object", (-1,)) if text is not None else None,
+            loaded=loaded is not None,
+        )
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether a request for ``name`` (at ``version``, else production) would run without a load."""
+        return not self.shutting_down and self.adapter.is_loaded(self.model_version(name, version).key)
+
+    def server_live(self) -> bool:
+        return True
+
+    async def server_ready(self) -> Readiness:
+        if self.shutting_down:
+            return Readiness(False, ("shutting down",), self.adapter.name, "")
+        health = await self.adapter.health()
+        _, problems = self.manager.ready()
+        reasons = ([] if health.healthy else [f"backend {health.backend}: {health.detail}"]) + problems
+        for check in self.readiness_checks:
+            reasons.extend(check())
+        details: dict[str, Any] = {}
+        for detail in self.readiness_details:
+            details.update(detail())
+        return Readiness(not reasons, tuple(reasons), health.backend, health.detail, details)
 
 
-def _stack_instances(signature: ModelSignature, rows: list[Any]) -> dict[str, Any]:
-    names = [spec.name for spec in signature.inputs]
-    if all(isinstance(row, dict) for row in rows):
-        for row in rows:
-            if set(row) != set(names):
-                raise InvalidInput("instance keys do not match the model's inputs",
-                                   {"expected": names, "got": sorted(row)})
-        return {name: [row[name] for row in rows] for name in names}
-    if any(isinstance(row, dict) for row in rows):
-        raise InvalidInput("mix of keyed and bare instances")
-    if len(names) != 1:
-        raise InvalidInput(f"this model has {len(names)} inputs: give instances as {{name: row}} objects",
-                           {"expected": names})
-    return {names[0]: rows}
+def _preferred_artifact(version: ModelVersion):
+    artifacts = version.metadata.artifacts
+    return artifacts[0] if artifacts else None
 
 
-def _tokenize(target: ModelVersion, text: list[str] | str, max_rows: int) -> dict[str, np.ndarray]:
-    spec = target.signature.text
-    if spec is None:
-        raise InvalidInput(f"model {target.name} does not take text; send inputs/instances",
-                           {"inputs": [s.name for s in target.signature.inputs]})
-    texts = [text] if isinstance(text, str) else text
-    if not texts:
-        raise InvalidInput("empty batch: text is empty")
-    if len(texts) > max_rows:
-        raise InvalidInput(f"{len(texts)} texts exceed the limit of {max_rows}", {"rows": len(texts)})
-    tokenizer = _tokenizer(target.path / spec.tokenizer)
-    ids, mask = tokenizer.encode_batch(texts, spec.max_length, truncate=False)
-    arrays = {spec.input_ids: ids}
-    if spec.attention_mask:
-        arrays[spec.attention_mask] = mask
-    return arrays
-
-
-@lru_cache(maxsize=32)
-def _tokenizer(path: Path):
-    from .modelzoo.tokenizer import Tokenizer
-
-    return Tokenizer.from_file(path)
-
-
-def _provenance(backend: str, target: ModelVersion, loaded) -> dict[str, str]:
-    artifact = loaded.artifact if loaded is not None else None
-    return {
-        "backend": loaded.backend if loaded is not None else backend,
-        "artifact": artifact.file if artifact else "",
-        "format": artifact.format if artifact else "",
-        "precision": artifact.precision if artifact else "",
-        "sha256": artifact.sha256 if artifact else "",
-    }
-
-
-def _predictions(signature: ModelSignature, outputs: dict[str, np.ndarray]) -> list[Any]:
-    first = outputs[signature.outputs[0].name]
-    if signature.task == "classification" and signature.labels and first.ndim == 2 \
-            and first.shape[1] == len(signature.labels):
-        labels = signature.labels
-        return [{"label": labels[int(np.argmax(row))],
-                 "scores": {label: float(score) for label, score in zip(labels, row)}} for row in first]
-    rows = first.reshape(first.shape[0], -1)
-    return [float(row[0]) if row.size == 1 else row.tolist() for row in rows]
+def _provenance(backend: str, loaded: LoadedModel | None) -> Provenance:
+    if loaded is None:
+        return Provenance(backend, "", "", "", "")
+    artifact = loaded.artifact
+    return Provenance(loaded.backend, artifact.file, artifact.format, artifact.precision, artifact.sha256)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,24 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class QueueStats:
+    """A loaded model's batching queue, as the adapter counts it locally (cumulative counters)."""
+
+    queue_depth: int
+    batches: int
+    requests: int
+    mean_batch_rows: float
+    shed: int
+    """Requests refused because the queue was full."""
+    expired: int
+    """Requests dropped because their deadline passed while queued."""
+
+
+BatchObserver = Callable[[str, int], None]
+"""Called with (model name, rows) for every batch a model runs."""
+
+
+@dataclass(frozen=True)
 class AdapterHealth:
     healthy: bool
     backend: str
@@ -47,6 +66,8 @@ class ServingAdapter(ABC):
     """Loads registry versions into a backend and runs predictions on them."""
 
     name: str = "abstract"
+    batch_observer: BatchObserver | None = None
+    """Set by the service to feed the batch-size histogram; adapters that batch locally call it."""
 
     @abstractmethod
     async def load(self, version: ModelVersion) -> LoadedModel:
@@ -79,6 +100,11 @@ class ServingAdapter(ABC):
 
     def is_loaded(self, key: ModelKey) -> bool:
         return self.loaded_model(key) is not None
+
+    def queue_stats(self) -> dict[ModelKey, QueueStats]:
+        """Batching statistics of the models this adapter queues locally. Cheap and local: called on every
+        metrics scrape, so it never calls a remote backend (whose queues it does not own)."""
+        return {}
 
     async def describe(self, key: ModelKey) -> dict[str, Any]:
         """Backend-side metadata and statistics for a loaded model (shown in GET /v1/models/{name})."""

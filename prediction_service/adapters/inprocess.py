@@ -18,7 +18,7 @@ from ..registry import ArtifactInfo, ModelKey, ModelVersion
 from ..registry.fsutil import sha256_file
 from ..settings import Settings
 from ..warmup import WarmupFailed, WarmupReport, warm_up
-from .base import AdapterHealth, LoadedModel, ServingAdapter
+from .base import AdapterHealth, LoadedModel, QueueStats, ServingAdapter
 from .runtimes import Runtime, open_runtime
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,6 @@ class InProcessAdapter(ServingAdapter):
         self._load_locks: dict[ModelKey, asyncio.Lock] = {}
         self._background: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
-        self.batch_observer = None
-        """Optional ``callable(model_name, rows)`` told the size of every batch run (metrics)."""
 
     # ---- contract -----------------------------------------------------------------------------
 
@@ -114,10 +112,10 @@ class InProcessAdapter(ServingAdapter):
         entry = self._models.get(key)
         if entry is None:
             return {}
-        stats = entry.batcher.stats
-        return {"runtime": entry.runtime.format, "queue_depth": entry.batcher.queue_depth,
-                "batches": stats.batches, "requests": stats.requests,
-                "mean_batch_rows": round(stats.mean_batch_rows, 2), "shed": stats.shed, "expired": stats.expired}
+        stats = self._queue_stats(entry)
+        return {"runtime": entry.runtime.format, "queue_depth": stats.queue_depth, "batches": stats.batches,
+                "requests": stats.requests, "mean_batch_rows": round(stats.mean_batch_rows, 2),
+                "shed": stats.shed, "expired": stats.expired}
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -127,8 +125,14 @@ class InProcessAdapter(ServingAdapter):
             await asyncio.gather(*self._background, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def queue_depths(self) -> dict[str, int]:
-        return {str(key): entry.batcher.queue_depth for key, entry in self._models.items()}
+    def queue_stats(self) -> dict[ModelKey, QueueStats]:
+        return {key: self._queue_stats(entry) for key, entry in list(self._models.items())}
+
+    @staticmethod
+    def _queue_stats(entry: _Entry) -> QueueStats:
+        stats = entry.batcher.stats
+        return QueueStats(entry.batcher.queue_depth, stats.batches, stats.requests, stats.mean_batch_rows,
+                          stats.shed, stats.expired)
 
     # ---- extension points -----------------------------------------------------------------------
 

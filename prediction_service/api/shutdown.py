@@ -1,9 +1,10 @@
 """SIGTERM / SIGINT flip readiness before uvicorn starts its graceful shutdown.
 
 uvicorn installs its own signal handlers before the app's lifespan starts; ``readiness_on_signal``
-wraps them so the first signal sets ``app.state.shutting_down`` (``/health/ready`` answers 503 from
+wraps them so the first signal sets ``service.shutting_down`` (readiness answers 503 on every door from
 then on), keeps serving for ``drain_seconds`` (``SERVER_SHUTDOWN_DRAIN_SECONDS``: time for load
-balancers to notice), then hands over to uvicorn, which stops accepting, lets in-flight requests finish
+balancers to notice), then calls ``on_drain`` (the gRPC door stops taking calls and lets in-flight ones
+finish) and hands over to uvicorn, which stops accepting, lets in-flight requests finish
 (``SERVER_SHUTDOWN_GRACE_SECONDS``) and runs the lifespan shutdown (audit flush). A second signal
 during the drain hands over at once.
 """
@@ -13,10 +14,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from fastapi import FastAPI
+from ..service import Service
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +25,20 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextmanager
-def readiness_on_signal(app: FastAPI, drain_seconds: float = 0.0) -> Iterator[None]:
+def readiness_on_signal(service: Service, drain_seconds: float = 0.0,
+                        on_drain: Callable[[], None] | None = None) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signals can only be handled in the main thread (e.g. an app run by a test client)
         return
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
 
+    drained = False
+
     def hand_over(sig: int, frame) -> None:
+        nonlocal drained
+        if on_drain is not None and not drained:
+            drained = True
+            on_drain()
         handler = previous[sig]
         if callable(handler):
             handler(sig, frame)
@@ -39,8 +47,8 @@ def readiness_on_signal(app: FastAPI, drain_seconds: float = 0.0) -> Iterator[No
             signal.raise_signal(sig)
 
     def handle(sig: int, frame) -> None:
-        first = not app.state.shutting_down
-        app.state.shutting_down = True
+        first = not service.shutting_down
+        service.shutting_down = True
         if first and drain_seconds > 0 and callable(previous[sig]):
             log.info("received %s: readiness is now false; serving %.1f s more before draining",
                      signal.Signals(sig).name, drain_seconds)

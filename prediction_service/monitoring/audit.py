@@ -30,7 +30,7 @@ import orjson
 from ..settings import AuditSettings, Settings
 
 if TYPE_CHECKING:
-    from ..dataplane import PredictionRecord
+    from ..inference import PredictionRecord
 
 log = logging.getLogger(__name__)
 

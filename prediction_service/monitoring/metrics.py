@@ -38,7 +38,8 @@ from prometheus_client import multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from ..dataplane import PredictionRecord
+    from ..adapters.base import ServingAdapter
+    from ..inference import PredictionRecord
     from ..registry import ModelKey
     from .audit import AuditStats
 
@@ -184,24 +185,19 @@ class ServiceMetrics:
 
     # ---- scrape time ------------------------------------------------------------------------------
 
-    async def refresh(self, adapter: Any, in_flight: int = 0, audit: AuditStats | None = None) -> None:
+    async def refresh(self, adapter: ServingAdapter, in_flight: int = 0, audit: AuditStats | None = None) -> None:
         """Read the gauges that are states rather than events."""
         loaded = adapter.loaded()
         self.models_loaded.set(len(loaded))
         self.in_flight.set(in_flight)
-        queue_depths = getattr(adapter, "queue_depths", None)
-        depths: dict[str, int] = queue_depths() if queue_depths is not None else {}
-        for model in self._queued_models - set(depths):
+        stats = {str(key): queue for key, queue in adapter.queue_stats().items()}
+        for model in self._queued_models - set(stats):
             self.queue_depth.labels(model).set(0)  # unloaded since the last scrape
-        for model, depth in depths.items():
-            self.queue_depth.labels(model).set(depth)
-        self._queued_models = set(depths)
-        for model in loaded:
-            stats = await adapter.describe(model.key)
-            if "expired" in stats:
-                self._expired_feed.update(stats["expired"], str(model.key))
-            if "shed" in stats:
-                self._shed_feed.update(stats["shed"], str(model.key))
+        for model, queue in stats.items():
+            self.queue_depth.labels(model).set(queue.queue_depth)
+            self._expired_feed.update(queue.expired, model)
+            self._shed_feed.update(queue.shed, model)
+        self._queued_models = set(stats)
         if audit is not None:
             self.audit_backlog.set(audit.backlog)
             self._written_feed.update(audit.written)

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from prediction_service.api.app import create_app
-from prediction_service.api.ratelimit import RateLimiter
+from prediction_service.ratelimit import RateLimiter
 from prediction_service.errors import RateLimited
 from prediction_service.settings import AuditSettings, SecuritySettings, Settings
 

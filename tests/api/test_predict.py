@@ -59,7 +59,7 @@ async def test_concurrent_requests_each_get_their_own_answer(client):
                                        for r in rows))
     got = [r.json()["predictions"][0] for r in responses]
     assert got == [pytest.approx(1.0 + i) for i in range(40)]
-    adapter = client.app.state.adapter
+    adapter = client.app.state.service.adapter
     key = next(m.key for m in adapter.loaded() if m.key.name == "tiny-regressor" and m.key.version == "1.0.0")
     stats = await adapter.describe(key)
     assert stats["requests"] >= 40 and stats["batches"] < stats["requests"]  # merged into fewer runs

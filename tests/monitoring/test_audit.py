@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from prediction_service.api.app import create_app
-from prediction_service.dataplane import PredictionRecord, RequestContext
+from prediction_service.inference import PredictionRecord, RequestContext
 from prediction_service.monitoring.audit import AuditLog, AuditReader
 from prediction_service.settings import AuditSettings, Settings
 
@@ -195,7 +195,7 @@ async def test_a_failing_audit_disk_never_stops_serving_and_recovers(tiny_store,
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             for _ in range(12):
                 assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 200
-            await asyncio.to_thread(wait_for, lambda: app.state.audit.stats().write_errors > 0)
+            await asyncio.to_thread(wait_for, lambda: app.state.service.audit.stats().write_errors > 0)
             ready = await http.get("/health/ready")
             # reported, but by default not a reason to leave the load balancer (AUDIT_REQUIRED_FOR_READINESS)
             assert ready.status_code == 200
@@ -205,7 +205,7 @@ async def test_a_failing_audit_disk_never_stops_serving_and_recovers(tiny_store,
             # the disk comes back: the backlog is written
             blocker.unlink()
             blocker.mkdir()
-            await asyncio.to_thread(wait_for, lambda: app.state.audit.stats().written == 8)
+            await asyncio.to_thread(wait_for, lambda: app.state.service.audit.stats().written == 8)
             assert (await http.get("/health/ready")).json()["audit"]["failing"] is False
     assert AuditReader(blocker / "audit.sqlite3").count() == 8
 
@@ -219,7 +219,7 @@ async def test_audit_failure_can_be_made_a_readiness_condition(tiny_store, tmp_p
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 200
-            await asyncio.to_thread(wait_for, lambda: app.state.audit.stats().write_errors > 0)
+            await asyncio.to_thread(wait_for, lambda: app.state.service.audit.stats().write_errors > 0)
             ready = await http.get("/health/ready")
             assert ready.status_code == 503 and any("audit" in r for r in ready.json()["reasons"])
-        app.state.audit.close(timeout_s=0.1)
+        app.state.service.audit.close(timeout_s=0.1)

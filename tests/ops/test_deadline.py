@@ -30,7 +30,7 @@ async def test_expired_request_gets_504_and_never_reaches_the_model(ops_store):
             assert (await occupying).status_code == 200
             assert (await http.post(SLOW, json={"instance": ROW})).status_code == 200  # still serving
 
-            stats = await app.state.adapter.describe(ModelKey("slow-regressor", "1.0.0"))
+            stats = await app.state.service.adapter.describe(ModelKey("slow-regressor", "1.0.0"))
             assert stats["expired"] == 1
             assert stats["requests"] == 2 and stats["batches"] == 2  # the model ran for the other two only
             metrics = (await http.get("/metrics")).text

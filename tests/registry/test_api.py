@@ -9,11 +9,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from prediction_service.api.auth import ApiKeyStore
 from prediction_service.api.errors import install_error_handlers
 from prediction_service.api.routes.registry import router
-from prediction_service.registry import ModelRegistry
-from prediction_service.settings import Settings
+from prediction_service.service import Service
+from prediction_service.settings import SecuritySettings, Settings
 
 ADMIN = {"X-API-Key": "admin-secret"}
 READ = {"X-API-Key": "read-secret"}
@@ -22,9 +21,8 @@ READ = {"X-API-Key": "read-secret"}
 @pytest.fixture
 async def client(tmp_path):
     app = FastAPI()
-    app.state.settings = Settings(model_store=tmp_path / "store")
-    app.state.registry = ModelRegistry(tmp_path / "store")
-    app.state.api_keys = ApiKeyStore("admin-secret,read-secret:read")
+    app.state.service = Service(Settings(model_store=tmp_path / "store",
+                                         security=SecuritySettings(api_keys="admin-secret,read-secret:read")))
     install_error_handlers(app)
     app.include_router(router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:

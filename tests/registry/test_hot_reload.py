@@ -90,8 +90,8 @@ async def test_reload_endpoint_switches_now_and_keeps_old_on_failure(client, tin
     # a broken new target: the old version keeps serving and the failure is reported
     broken = tiny_store / "tiny-regressor" / "v1.0.0" / "model.onnx"
     broken.write_bytes(b"not onnx")
-    manager = client.app.state.manager
-    await client.app.state.adapter.unload(("tiny-regressor", "1.0.0"))
+    manager = client.app.state.service.manager
+    await client.app.state.service.adapter.unload(("tiny-regressor", "1.0.0"))
     set_stage_link(tiny_store, "tiny-regressor", "production", "1.0.0")
     reloaded = (await client.post("/v1/models/tiny-regressor/reload")).json()
     assert reloaded["serving"]["production"] == "2.0.0"
@@ -102,13 +102,13 @@ async def test_reload_endpoint_switches_now_and_keeps_old_on_failure(client, tin
 
 
 async def test_watcher_picks_up_link_change_and_unloads_the_old_version(client, tiny_store):
-    adapter = client.app.state.adapter
+    adapter = client.app.state.service.adapter
     assert (await client.post("/v1/models/tiny-regressor/predict", json={"instance": ROW})).json()["version"] == "1.0.0"
     set_stage_link(tiny_store, "tiny-regressor", "production", "2.0.0")
     for _ in range(100):
         await asyncio.sleep(0.05)
         loaded = {m.key.version for m in adapter.loaded() if m.key.name == "tiny-regressor"}
-        if client.app.state.manager.routes("tiny-regressor").get("production") == "2.0.0" and "1.0.0" not in loaded:
+        if client.app.state.service.manager.routes("tiny-regressor").get("production") == "2.0.0" and "1.0.0" not in loaded:
             break
-    assert client.app.state.manager.routes("tiny-regressor")["production"] == "2.0.0"
+    assert client.app.state.service.manager.routes("tiny-regressor")["production"] == "2.0.0"
     assert "1.0.0" not in {m.key.version for m in adapter.loaded() if m.key.name == "tiny-regressor"}

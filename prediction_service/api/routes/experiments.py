@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...experiments.models import Analysis, Experiment, ExperimentSpec, ExperimentStatus, OutcomeRecord
 from ...experiments.service import ExperimentService
-from ..deps import require_admin, require_read
+from ..deps import get_service, require_admin, require_read
 
 router = APIRouter(tags=["experiments"])
 
@@ -41,7 +41,7 @@ class StopRequest(BaseModel):
 
 
 def _service(request: Request) -> ExperimentService:
-    return request.app.state.experiments
+    return get_service(request).experiments
 
 
 @router.post("/v1/experiments", status_code=status.HTTP_201_CREATED, response_model=Experiment,

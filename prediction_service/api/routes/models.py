@@ -6,15 +6,15 @@ from fastapi import APIRouter, Depends, Request
 
 from ...registry import validate_name
 from ...schemas import ModelDetail, ModelSummary
-from ..deps import require_admin, require_read
+from ..deps import get_service, require_admin, require_read
 from ..responses import FastJSONResponse
 
 router = APIRouter(tags=["models"])
 
 
 def _summary(request: Request, name: str) -> dict:
-    reader = request.app.state.reader
-    adapter = request.app.state.adapter
+    service = get_service(request)
+    reader, adapter = service.reader, service.adapter
     versions = [v.version for v in reader.versions(name)]
     loaded = sorted(m.key.version for m in adapter.loaded() if m.key.name == name)
     return {"name": name, "versions": versions, "stages": reader.stages(name), "loaded_versions": loaded}
@@ -23,7 +23,7 @@ def _summary(request: Request, name: str) -> dict:
 @router.get("/v1/models", response_model=list[ModelSummary], summary="Registered models, their stages and what is loaded",
             dependencies=[Depends(require_read)])
 async def list_models(request: Request) -> FastJSONResponse:
-    names = request.app.state.reader.model_names()
+    names = get_service(request).reader.model_names()
     return FastJSONResponse([_summary(request, name) for name in names])
 
 
@@ -31,12 +31,12 @@ async def list_models(request: Request) -> FastJSONResponse:
             dependencies=[Depends(require_read)])
 async def get_model(name: str, request: Request) -> FastJSONResponse:
     validate_name(name)
-    reader, adapter, manager = request.app.state.reader, request.app.state.adapter, request.app.state.manager
+    service = get_service(request)
+    reader, adapter, manager = service.reader, service.adapter, service.manager
     summary = _summary(request, name)
     versions = reader.versions(name)
     served = manager.routes(name)
-    current = reader.resolve(name, version=served.get("production") or summary["stages"].get("production")
-                             or versions[-1].version)
+    current = service.dataplane.model_version(name)
     backend = {}
     for model in adapter.loaded():
         if model.key.name == name:
@@ -61,6 +61,6 @@ async def get_model(name: str, request: Request) -> FastJSONResponse:
              dependencies=[Depends(require_admin)])
 async def reload_model(name: str, request: Request) -> FastJSONResponse:
     validate_name(name)
-    manager = request.app.state.manager
+    manager = get_service(request).manager
     serving = await manager.reload(name)
     return FastJSONResponse({"model": name, "serving": serving, "load_failures": manager.failures(name)})

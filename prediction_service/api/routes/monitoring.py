@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from ..deps import get_service
 from ..responses import FastJSONResponse
 
 router = APIRouter(tags=["monitoring"])
@@ -17,17 +18,17 @@ router = APIRouter(tags=["monitoring"])
 @router.get("/metrics", summary="Prometheus metrics (all workers merged in multiprocess mode)",
             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request) -> Response:
-    await request.app.state.refresh_metrics()
-    body, content_type = request.app.state.metrics.exposition()
+    service = get_service(request)
+    await service.refresh_metrics()
+    body, content_type = service.metrics.exposition()
     return Response(body, media_type=content_type)
 
 
 @router.get("/v1/stats", summary="Success rate, latency percentiles, uptime, models loaded, requests by status")
 async def stats(request: Request) -> FastJSONResponse:
-    state = request.app.state
-    await state.refresh_metrics()
-    body = state.metrics.stats()
-    audit = getattr(state, "audit", None)
-    if audit is not None:
-        body["audit"] = vars(audit.stats())
+    service = get_service(request)
+    await service.refresh_metrics()
+    body = service.metrics.stats()
+    if service.audit is not None:
+        body["audit"] = vars(service.audit.stats())
     return FastJSONResponse(body)

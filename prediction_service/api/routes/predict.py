@@ -1,19 +1,17 @@
-"""POST /v1/models/{name}/predict."""
+"""POST /v1/models/{name}/predict: parse (v1 codec) -> data plane -> encode."""
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Depends, Request
-from pydantic import ValidationError
 
-from ...dataplane import RequestContext
-from ...errors import InvalidInput
-from ...schemas import DEADLINE_HEADER, MAX_DEADLINE_MS, REQUEST_ID_HEADER, PredictRequest, PredictResponse
+from ...inference import RequestContext
+from ...schemas import REQUEST_ID_HEADER, PredictRequest, PredictResponse
 from ..body import read_json
+from ..deadline import request_deadline
+from ..deps import get_service, require_predict
 from ..direct_route import DirectRoute
-from ..deps import get_settings, require_predict
 from ..responses import FastJSONResponse
+from ..v1_codec import decode_predict, encode_result
 
 router = APIRouter(tags=["predict"], route_class=DirectRoute)  # the hot path: see direct_route.py
 
@@ -30,26 +28,11 @@ router = APIRouter(tags=["predict"], route_class=DirectRoute)  # the hot path: s
                504: {"description": "Deadline exceeded"}},
 )
 async def predict(name: str, request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
-    settings = get_settings(request)
-    body = await read_json(request, settings.limits)
-    try:
-        payload = PredictRequest.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidInput("request does not match the predict schema",
-                           {"errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]}) from exc
-    context = RequestContext(deadline=_deadline(request, settings.limits.default_deadline_ms),
+    service = get_service(request)
+    limits = service.settings.limits
+    selector, inputs = decode_predict(await read_json(request, limits), limits.max_batch_rows)
+    context = RequestContext(deadline=request_deadline(request.headers, limits.default_deadline_ms),
                              api_key_id=api_key.key_id if api_key else None)
     request.state.request_id = context.request_id
-    result = await request.app.state.dataplane.predict(name, payload, context)
-    return FastJSONResponse(result.as_dict(), headers={REQUEST_ID_HEADER: result.request_id})
-
-
-def _deadline(request: Request, default_ms: float) -> float:
-    raw = request.headers.get(DEADLINE_HEADER)
-    try:
-        budget_ms = float(raw) if raw is not None else default_ms
-    except ValueError:
-        raise InvalidInput(f"{DEADLINE_HEADER} must be a number of milliseconds") from None
-    if not 0 < budget_ms <= MAX_DEADLINE_MS:
-        raise InvalidInput(f"{DEADLINE_HEADER} must be in (0, {MAX_DEADLINE_MS}]")
-    return time.monotonic() + budget_ms / 1000.0
+    result = await service.dataplane.infer(name, selector, inputs, context)
+    return FastJSONResponse(encode_result(result), headers={REQUEST_ID_HEADER: result.request_id})

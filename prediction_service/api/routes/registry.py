@@ -26,8 +26,8 @@ from ...registry.model_version import ValidationReport, VersionMetadata
 from ...registry.store import STATE_DIR, ModelRegistry
 from ...registry.writer import ArtifactSource
 from ...signature import ModelSignature
-from ..auth import ApiKey
-from ..deps import get_settings, require_admin, require_read
+from ...auth import ApiKey
+from ..deps import get_service, get_settings, require_admin, require_read
 
 router = APIRouter(prefix="/v1/registry", tags=["registry"])
 
@@ -80,7 +80,7 @@ class ProductionAt(BaseModel):
 
 
 def _registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+    return get_service(request).registry
 
 
 def _actor(key: ApiKey | None) -> str:

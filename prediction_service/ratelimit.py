@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from ..errors import RateLimited
+from .errors import RateLimited
 
 MAX_TRACKED_CALLERS = 100_000
 

@@ -11,8 +11,8 @@ import hmac
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..errors import Forbidden, Unauthorized
-from ..schemas import API_KEY_HEADER
+from .errors import Forbidden, Unauthorized
+from .schemas import API_KEY_HEADER
 
 
 class Scope(IntEnum):

@@ -1,0 +1,61 @@
+"""The /v1 JSON API's codec: a PredictRequest body -> (Selector, tensors); an InferenceResult -> its JSON.
+
+``inputs`` (a batch), ``instances`` (rows), ``instance`` (one row) or ``text`` become the tensors the data
+plane takes. Rows are stacked here; the data plane validates them against the signature.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import InvalidInput
+from ..inference import SOLE_INPUT, TEXT_INPUT, InferenceResult, Selector
+from ..schemas import PredictRequest
+
+
+def decode_predict(body: Any, max_rows: int) -> tuple[Selector, dict[str, Any]]:
+    try:
+        request = PredictRequest.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidInput("request does not match the predict schema",
+                           {"errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]}) from exc
+    selector = Selector(request.version, request.stage, request.routing_key)
+    if request.text is not None:
+        texts = [request.text] if isinstance(request.text, str) else request.text
+        if not texts:
+            raise InvalidInput("empty batch: text is empty")
+        return selector, {TEXT_INPUT: texts}
+    if request.inputs is not None:
+        return selector, request.inputs
+    rows = [request.instance] if request.instance is not None else request.instances
+    if not rows:
+        raise InvalidInput("empty batch: instances is empty")
+    if len(rows) > max_rows:  # before numpy sees them: a huge batch costs nothing
+        raise InvalidInput(f"{len(rows)} instances exceed the limit of {max_rows}",
+                           {"rows": len(rows), "max_rows": max_rows})
+    return selector, _stack_instances(rows)
+
+
+def _stack_instances(rows: list[Any]) -> dict[str, Any]:
+    if all(isinstance(row, dict) for row in rows):
+        names = list(rows[0])
+        for row in rows:
+            if set(row) != set(names):
+                raise InvalidInput("instance keys differ between rows", {"expected": sorted(names),
+                                                                         "got": sorted(row)})
+        return {name: [row[name] for row in rows] for name in names}
+    if any(isinstance(row, dict) for row in rows):
+        raise InvalidInput("mix of keyed and bare instances")
+    return {SOLE_INPUT: rows}
+
+
+def encode_result(result: InferenceResult) -> dict[str, Any]:
+    """orjson serialises the numpy outputs directly (OPT_SERIALIZE_NUMPY in responses.py)."""
+    return {
+        "model": result.model, "version": result.version, "stage": result.stage, "arm": result.arm,
+        "experiment_id": result.experiment_id, "request_id": result.request_id,
+        "inference_time_ms": result.inference_time_ms, "outputs": result.outputs,
+        "predictions": result.predictions, "provenance": result.provenance.as_dict(),
+    }

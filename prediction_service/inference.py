@@ -1,0 +1,146 @@
+"""The typed objects every front door and observer shares: what a request asks for and what it got.
+
+No FastAPI, no protobuf: the REST v1 codec, the Open Inference Protocol codecs (REST and gRPC), the
+data plane and the observers (metrics, audit log, experiments) all import from here, so none of them
+has to import another to learn a type.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .processing import ModelProcessing
+    from .signature import TensorSpec
+
+TEXT_INPUT = "text"
+"""Name of the BYTES/string input that text models accept; the server tokenizes it (processing.py)."""
+SOLE_INPUT = ""
+"""Name a codec gives a tensor when the caller did not name it (bare rows for a single-input model)."""
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which version serves: an exact ``version`` wins over a ``stage``; with neither, production, or the
+    arm an A/B experiment on the model picks (sticky by ``routing_key`` when given)."""
+
+    version: str | None = None
+    stage: str | None = None
+    routing_key: str | None = None
+
+
+@dataclass
+class RequestContext:
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    deadline: float | None = None
+    """time.monotonic() instant after which the work is dropped."""
+    received_at: float = field(default_factory=time.time)
+    api_key_id: str | None = None
+    protocol: str = "v1"
+    """Front door that took the request: v1, oip-rest or oip-grpc (metrics and audit label)."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a prediction, down to the artifact's bytes."""
+
+    backend: str
+    artifact: str
+    format: str
+    precision: str
+    sha256: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"backend": self.backend, "artifact": self.artifact, "format": self.format,
+                "precision": self.precision, "sha256": self.sha256}
+
+
+@dataclass
+class InferenceResult:
+    model: str
+    version: str
+    stage: str | None
+    arm: str | None
+    experiment_id: str | None
+    request_id: str
+    inference_time_ms: float
+    outputs: dict[str, np.ndarray]
+    provenance: Provenance
+    processing: "ModelProcessing"
+
+    @cached_property
+    def predictions(self) -> list[Any]:
+        """Per row: the value (regression) or {label, scores} (classification); shaped on demand by the
+        model's post-processing, so protocols that send raw tensors never pay for it."""
+        return self.processing.predictions(self.outputs)
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    name: str
+    dtype: str
+    """numpy dtype name (float32, int64, bool, object for text)."""
+    shape: tuple[int, ...]
+    """Batch dimension first; -1 = dynamic."""
+
+    @classmethod
+    def of(cls, spec: "TensorSpec") -> "TensorMetadata":
+        return cls(spec.name, spec.dtype, tuple(spec.shape))
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """A model version as every protocol describes it."""
+
+    name: str
+    version: str
+    versions: tuple[str, ...]
+    stage: str | None
+    platform: str
+    """Artifact format that serves it (onnx, torchscript, pytorch)."""
+    backend: str
+    inputs: tuple[TensorMetadata, ...]
+    outputs: tuple[TensorMetadata, ...]
+    max_batch_size: int
+    task: str
+    labels: tuple[str, ...] | None
+    text_input: TensorMetadata | None
+    """The string input the server tokenizes, for text models (in addition to the tensor inputs)."""
+    loaded: bool
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reasons: tuple[str, ...]
+    backend: str
+    backend_detail: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PredictionRecord:
+    """What observers (metrics, audit log, experiments) learn about each prediction, after it is answered."""
+
+    context: RequestContext
+    model: str
+    version: str | None
+    stage: str | None
+    arm: str | None
+    experiment_id: str | None
+    latency_ms: float
+    status: int
+    error_code: str | None = None
+    inputs: dict[str, np.ndarray] | None = None
+    outputs: dict[str, np.ndarray] | None = None
+    backend: str | None = None
+
+
+class PredictionObserver(Protocol):
+    def observe(self, record: PredictionRecord) -> None: ...

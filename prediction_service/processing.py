@@ -1,0 +1,110 @@
+"""Per-model pre- and post-processing, chosen from what the model version declares in its signature.
+
+Pre-processing turns what a caller sends into the model's tensors: a text model (``signature.text``)
+takes strings in a ``text`` input and the server tokenizes them with the tokenizer shipped in the version;
+a single-input model takes an unnamed tensor. Post-processing shapes raw outputs into per-row predictions
+(labels and scores for classifiers) for protocols that answer with them. Only fixed, shipped steps run
+here: nothing from the registry is executed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInput
+from .inference import SOLE_INPUT, TEXT_INPUT
+from .registry import ModelVersion
+from .signature import ModelSignature
+
+
+class ModelProcessing:
+    """The processing steps of one model version."""
+
+    def __init__(self, version: ModelVersion):
+        self.signature: ModelSignature = version.signature
+        self.path = version.path
+        self.name = version.name
+
+    def preprocess(self, inputs: dict[str, Any], max_rows: int | None) -> dict[str, np.ndarray]:
+        """Caller tensors -> validated model tensors (dtype, shape, finiteness, row limits)."""
+        if TEXT_INPUT in inputs and TEXT_INPUT not in self._input_names:
+            if self.signature.text is None:
+                raise InvalidInput(f"model {self.name} does not take text; send its tensors",
+                                   {"inputs": self._input_names})
+            if len(inputs) != 1:
+                raise InvalidInput(f"send {TEXT_INPUT!r} alone, or the model's tensors",
+                                   {"got": sorted(inputs)})
+            inputs = self._tokenize(inputs[TEXT_INPUT], max_rows)
+        elif SOLE_INPUT in inputs:
+            inputs = self._name_sole_input(inputs)
+        return self.signature.validate_inputs(inputs, max_rows)
+
+    def predictions(self, outputs: dict[str, np.ndarray]) -> list[Any]:
+        signature = self.signature
+        first = outputs[signature.outputs[0].name]
+        if signature.task == "classification" and signature.labels and first.ndim == 2 \
+                and first.shape[1] == len(signature.labels):
+            labels = signature.labels
+            return [{"label": labels[int(np.argmax(row))],
+                     "scores": {label: float(score) for label, score in zip(labels, row)}} for row in first]
+        rows = first.reshape(first.shape[0], -1)
+        return [float(row[0]) if row.size == 1 else row.tolist() for row in rows]
+
+    @property
+    def _input_names(self) -> list[str]:
+        return [spec.name for spec in self.signature.inputs]
+
+    def _name_sole_input(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        names = self._input_names
+        if len(inputs) != 1:
+            raise InvalidInput("mix of named and unnamed inputs", {"expected": names})
+        if len(names) != 1:
+            raise InvalidInput(f"this model has {len(names)} inputs: name each one "
+                               "(instances as {name: row} objects)", {"expected": names})
+        return {names[0]: inputs[SOLE_INPUT]}
+
+    def _tokenize(self, texts: Any, max_rows: int | None) -> dict[str, np.ndarray]:
+        spec = self.signature.text
+        assert spec is not None
+        items = _strings(texts)
+        if not items:
+            raise InvalidInput("empty batch: text is empty")
+        if max_rows is not None and len(items) > max_rows:
+            raise InvalidInput(f"{len(items)} texts exceed the limit of {max_rows}", {"rows": len(items)})
+        ids, mask = _tokenizer(self.path / spec.tokenizer).encode_batch(items, spec.max_length, truncate=False)
+        arrays = {spec.input_ids: ids}
+        if spec.attention_mask:
+            arrays[spec.attention_mask] = mask
+        return arrays
+
+
+def _strings(texts: Any) -> list[str]:
+    """A batch of texts: str / bytes items of a list or a 1-d array (OIP BYTES arrive as bytes)."""
+    if isinstance(texts, np.ndarray):
+        if texts.ndim > 1 and any(d != 1 for d in texts.shape[1:]):
+            raise InvalidInput(f"{TEXT_INPUT!r} must be one string per row", {"shape": list(texts.shape)})
+        texts = texts.reshape(-1).tolist()
+    elif isinstance(texts, (str, bytes)):
+        texts = [texts]
+    items = []
+    for index, item in enumerate(texts):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"text {index} is not UTF-8", {"index": index}) from None
+        if not isinstance(item, str):
+            raise InvalidInput(f"text {index} is not a string", {"index": index})
+        items.append(item)
+    return items
+
+
+@lru_cache(maxsize=32)
+def _tokenizer(path: Path):
+    from .modelzoo.tokenizer import Tokenizer
+
+    return Tokenizer.from_file(path)

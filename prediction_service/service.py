@@ -1,0 +1,169 @@
+"""Service: the per-worker objects every front door uses, built once from Settings; ``start()`` / ``stop()``.
+
+The FastAPI app and the gRPC server both take a Service; neither builds or looks up its parts by name.
+Admission (API key + rate limit) lives here too, so every door checks callers the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+
+from prometheus_client import CollectorRegistry
+
+from .adapters.base import ServingAdapter
+from .adapters.factory import ServingAdapterFactory
+from .auth import ApiKey, ApiKeyStore, Scope
+from .dataplane import DataPlane
+from .errors import NotFound
+from .experiments import ExperimentService, ExperimentStore
+from .model_manager import ModelManager
+from .monitoring.audit import AuditLog, audit_db_path
+from .monitoring.metrics import ServiceMetrics, mark_worker_dead, multiprocess_dir
+from .ratelimit import RateLimiter
+from .registry import ModelKey, ModelRegistry
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings, metrics_registry: CollectorRegistry | None = None):
+        """``metrics_registry``: where the Prometheus metrics are defined (tests pass their own)."""
+        self.settings = settings
+        self.adapter: ServingAdapter = ServingAdapterFactory.create(settings)  # unknown type fails here
+        self.registry = ModelRegistry(settings.model_store)
+        self.reader = self.registry.reader
+        self.metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
+        self.manager = ModelManager(settings, self.reader, self.adapter,
+                                    on_event=_all(self.metrics.on_model_event, self._record_model_event))
+        self.adapter.batch_observer = self.metrics.observe_batch
+        self.experiments = _experiment_service(settings, self.registry)
+        self.audit = AuditLog(settings.audit, audit_db_path(settings)) if settings.audit.enabled else None
+        self.dataplane = DataPlane(settings, self.manager, self.adapter, experiments=self.experiments,
+                                   observers=[self.metrics])
+        if self.audit is not None:
+            self.dataplane.observers.append(self.audit)
+            audit = self.audit
+            self.dataplane.readiness_details.append(lambda: {"audit": vars(audit.stats())})
+            if settings.audit.required_for_readiness:
+                self.dataplane.readiness_checks.append(audit.problems)
+        self.api_keys = ApiKeyStore(settings.security.api_keys)
+        self.rate_limiter = RateLimiter(settings.security.rate_limit_per_second,
+                                        on_limited=self.metrics.observe_rate_limited)
+        self._background: list[asyncio.Task] = []
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        log.info("starting: adapter=%s store=%s", self.adapter.name, self.settings.model_store)
+        if self.audit is not None:
+            self.audit.start()
+        await self.manager.start()
+        # Everything allocated so far (torch, onnx, loaded models) lives for the whole process: move it out
+        # of the collector's reach so full collections stop pausing the event loop for tens of ms.
+        gc.freeze()
+        if multiprocess_dir() is not None:  # other workers answer scrapes too: keep our gauges fresh
+            self._background.append(asyncio.create_task(self.metrics.run_refresher(self.refresh_metrics)))
+        interval = self.settings.experiments.auto_apply_interval_seconds
+        if interval > 0:
+            self._background.append(asyncio.create_task(_apply_experiment_decisions(self.experiments, interval)))
+
+    async def stop(self) -> None:
+        """After the front doors have drained: stop background work, unload, flush the audit log."""
+        self.shutting_down = True
+        for task in self._background:
+            task.cancel()
+        await self.manager.stop()
+        await self.adapter.close()
+        if self.audit is not None:
+            self.audit.close(timeout_s=max(1.0, self.settings.server.shutdown_grace_seconds))
+        mark_worker_dead()
+
+    @property
+    def shutting_down(self) -> bool:
+        """True from the first SIGTERM: readiness is false on every door while they drain."""
+        return self.dataplane.shutting_down
+
+    @shutting_down.setter
+    def shutting_down(self, value: bool) -> None:
+        self.dataplane.shutting_down = value
+
+    async def refresh_metrics(self) -> None:
+        await self.metrics.refresh(self.adapter, self.dataplane.in_flight,
+                                   self.audit.stats() if self.audit else None)
+
+    # ---- admission ---------------------------------------------------------------------------------
+
+    def authorize(self, presented_key: str | None, caller: str, scope: Scope, endpoint: str) -> ApiKey | None:
+        """Check the key for ``scope`` (Unauthorized / Forbidden) and take a rate-limit token (RateLimited)."""
+        key = self.api_keys.authenticate(presented_key, scope)
+        self._take_token(key, caller, endpoint)
+        return key
+
+    def authorize_predict(self, presented_key: str | None, caller: str) -> ApiKey | None:
+        """Predictions are open unless PREDICT_REQUIRES_KEY=true; then any valid key."""
+        key = None
+        if self.settings.security.predict_requires_key:
+            key = self.api_keys.authenticate(presented_key, Scope.READ)
+        self._take_token(key, caller, "predict")
+        return key
+
+    def _take_token(self, key: ApiKey | None, caller: str, endpoint: str) -> None:
+        # After authentication, so unknown keys cannot fill buckets; by key id, else by client address.
+        if self.rate_limiter.enabled:
+            self.rate_limiter.check(f"key:{key.key_id}" if key is not None else f"addr:{caller}", endpoint)
+
+    # ---- model events ------------------------------------------------------------------------------
+
+    def _record_model_event(self, event: str, key: ModelKey, details: dict) -> None:
+        """Loads and unloads go to the registry's event log: who served what, from when."""
+        details = {**details, "backend": self.adapter.name, "pid": os.getpid()}
+        events = self.registry.events
+        if event == "load":
+            events.record_load(key.name, key.version, details=details)
+        elif event == "unload":
+            events.record_unload(key.name, key.version, details=details)
+        else:
+            events.record(event, key.name, key.version, actor="server", details=details)
+
+
+def _experiment_service(settings: Settings, model_registry: ModelRegistry) -> ExperimentService:
+    path = settings.experiments.db_path or settings.state_dir / "experiments.sqlite3"
+
+    def version_exists(name: str, version: str) -> bool:
+        try:
+            model_registry.get(name, version)
+        except NotFound:
+            return False
+        return True
+
+    def promote(name: str, version: str) -> None:
+        model_registry.promote(name, version, "production", actor="experiment")
+
+    store = ExperimentStore(path, busy_timeout_ms=settings.experiments.busy_timeout_ms)
+    return ExperimentService(store=store, settings=settings.experiments, promoter=promote,
+                             version_exists=version_exists)
+
+
+async def _apply_experiment_decisions(service: ExperimentService, interval_s: float) -> None:
+    """auto_apply without anyone calling analyze: PROMOTE / ROLLBACK lands within one interval."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(service.apply_due_decisions)
+        except Exception:  # noqa: BLE001 - keep the schedule going (SQLite busy, a promotion refused, ...)
+            log.exception("auto-apply of experiment decisions failed")
+
+
+def _all(*callbacks):
+    """One model-event hook that fans out to several listeners (metrics, the registry's event log)."""
+    def call(event: str, key: ModelKey, details: dict) -> None:
+        for callback in callbacks:
+            try:
+                callback(event, key, details)
+            except Exception:  # noqa: BLE001 - a listener never fails a load or unload
+                log.exception("model event listener failed")
+    return call
