@@ -1,6 +1,7 @@
 """API keys: parsed once into sha256 digests with a scope; compared in constant time.
 
-``API_KEYS="k1,k2:read"`` -> k1 is admin, k2 read-only. No keys configured = no auth.
+``API_KEYS="k1,k2:read,k3:outcome"`` -> k1 is admin, k2 read-only, k3 read plus reporting A/B outcomes
+for any prediction (the system that reports fills and P&L). No keys configured = no auth.
 A missing or unknown key is 401; a read key on an admin endpoint is 403.
 """
 
@@ -17,7 +18,9 @@ from .schemas import API_KEY_HEADER
 
 class Scope(IntEnum):
     READ = 1
-    ADMIN = 2
+    OUTCOME = 2
+    """read, and outcomes for any prediction (others post outcomes only for their own predictions)."""
+    ADMIN = 3
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,14 @@ class ApiKeyStore:
                 continue
             raw, _, scope_name = item.partition(":")
             scope_name = (scope_name or "admin").lower()
-            if scope_name not in ("read", "admin"):
-                raise ValueError(f"API_KEYS: unknown scope {scope_name!r} (use :read or :admin)")
+            if scope_name not in ("read", "outcome", "admin"):
+                raise ValueError(f"API_KEYS: unknown scope {scope_name!r} (use :read, :outcome or :admin)")
             digest = _digest(raw)
-            self.keys.append(ApiKey(digest, Scope[scope_name.upper()], digest.hex()[:8]))
+            key = ApiKey(digest, Scope[scope_name.upper()], digest.hex()[:8])
+            if any(k.key_id == key.key_id and k.digest != digest for k in self.keys):
+                # key ids attribute predictions to their caller (A/B outcomes): two keys must not share one
+                raise ValueError("API_KEYS: two keys share a key id (first 8 hex chars of sha256); replace one")
+            self.keys.append(key)
 
     @property
     def enabled(self) -> bool:

@@ -17,7 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from .adapters.base import LoadedModel, ServingAdapter
-from .errors import DeadlineExceeded, ModelNotFound, PredictionServiceError, ServiceUnavailable
+from .auth import Scope
+from .errors import (DeadlineExceeded, Forbidden, ModelNotFound, Overloaded, PredictionServiceError,
+                     ServiceUnavailable, Unauthorized)
 from .inference import (InferenceResult, ModelMetadata, PredictionObserver, PredictionRecord, Provenance,
                         Readiness, RequestContext, Selector, TensorMetadata, TEXT_INPUT)
 from .model_manager import ModelManager
@@ -26,6 +28,9 @@ from .registry import ModelVersion, validate_name
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+CLIENT_CLOSED_REQUEST = 499
+"""Status recorded for a request its caller cancelled (nginx's convention; never sent)."""
 
 ReadinessCheck = Callable[[], list[str]]
 """Extra readiness conditions (e.g. the audit log): the reasons it is not ready, empty when it is."""
@@ -57,13 +62,30 @@ class DataPlane:
 
     # ---- inference ----------------------------------------------------------------------------------
 
+    def admit(self, name: str, context: RequestContext) -> None:
+        """Refuse at once, from the model name alone, when this worker is full (503) or the queue of the
+        version production serves is (429): front doors call it before they read or decode a body, so
+        a refusal costs next to nothing. ``infer`` checks again once the request is decoded."""
+        refusal = self._refusal(name)
+        if refusal is not None:
+            self.refuse(name, context, refusal)
+            raise refusal
+
+    def _refusal(self, name: str) -> PredictionServiceError | None:
+        limit = self.settings.limits.max_in_flight
+        if self.in_flight >= limit:
+            return ServiceUnavailable(f"server busy: {self.in_flight} predictions in flight", {"max_in_flight": limit})
+        key = self.manager.production_key(name)
+        if key is not None and self.adapter.queue_full(key):
+            return Overloaded(f"queue for {key} is full", {"model": name, "version": key.version})
+        return None
+
     async def infer(self, name: str, selector: Selector, inputs: dict[str, Any],
                     context: RequestContext) -> InferenceResult:
-        if self.in_flight >= self.settings.limits.max_in_flight:
-            busy = ServiceUnavailable(f"server busy: {self.in_flight} predictions in flight",
-                                      {"max_in_flight": self.settings.limits.max_in_flight})
-            self._notify(PredictionRecord(context, name, None, selector.stage, None, None, 0.0,
-                                          int(busy.status), busy.code))
+        limit = self.settings.limits.max_in_flight
+        if self.in_flight >= limit:
+            busy = ServiceUnavailable(f"server busy: {self.in_flight} predictions in flight", {"max_in_flight": limit})
+            self.refuse(name, context, busy)
             raise busy
         self.in_flight += 1
         started = time.perf_counter()
@@ -73,6 +95,9 @@ class DataPlane:
         except PredictionServiceError as exc:
             record.status, record.error_code = int(exc.status), exc.code
             raise
+        except asyncio.CancelledError:  # the caller went away (disconnect, gRPC cancellation)
+            record.status, record.error_code = CLIENT_CLOSED_REQUEST, "cancelled"
+            raise
         except Exception:
             record.status, record.error_code = 500, "internal_error"
             raise
@@ -80,6 +105,11 @@ class DataPlane:
             self.in_flight -= 1
             record.latency_ms = (time.perf_counter() - started) * 1000.0
             self._notify(record)
+
+    def refuse(self, name: str, context: RequestContext, error: PredictionServiceError) -> None:
+        """A request a front door refused before inference (bad body, bad header): metrics and the
+        audit log count it like any other failed prediction."""
+        self._notify(PredictionRecord(context, name, None, None, None, None, 0.0, int(error.status), error.code))
 
     def _notify(self, record: PredictionRecord) -> None:
         for observer in self.observers:
@@ -92,18 +122,24 @@ class DataPlane:
                      record: PredictionRecord, received: float) -> InferenceResult:
         validate_name(name)
         version, stage, assignment = selector.version, selector.stage, None
+        if version is not None:
+            self._check_version_access(name, version, context)
         if version is None and stage is None and self.experiments is not None:
             assignment = self.experiments.route(name, selector.routing_key)
             if assignment is not None:
                 version = assignment.version
-        target = await self.manager.resolve(name, version=version, stage=stage)
+        target = await self.manager.resolve(name, version=version, stage=stage,
+                                            caller_chose=selector.version is not None)
         # A version asked for explicitly (or by an experiment) still reports the stage it holds, if any.
         served_stage = target.stage if target.stage is not None else self._stage_of(target)
         if assignment is not None:
             record.arm, record.experiment_id = assignment.arm.value, assignment.experiment_id
         record.version, record.stage = target.version, served_stage
-        processing = ModelProcessing(target)
-        arrays = processing.preprocess(inputs, self.settings.limits.max_batch_rows)
+        processing = ModelProcessing(target, self.settings.limits)
+        if processing.takes_text(inputs):  # tokenizing a batch of texts is CPU work: off the event loop
+            arrays = await asyncio.to_thread(processing.preprocess, inputs)
+        else:
+            arrays = processing.preprocess(inputs)
         record.inputs = arrays
         started = time.perf_counter()
         try:
@@ -149,7 +185,25 @@ class DataPlane:
         prediction = outputs[target.signature.outputs[0].name] if outputs is not None else None
         latency_ms = (time.perf_counter() - received) * 1000.0
         await asyncio.to_thread(self.experiments.record_prediction, context.request_id, assignment, latency_ms,
-                                error, prediction)
+                                error, prediction, api_key_id=context.api_key_id)
+
+    def _check_version_access(self, name: str, version: str, context: RequestContext) -> None:
+        """Any caller may pick a stage; an explicit version needs SECURITY's version_selection_scope, an
+        archived one admin (when API keys are configured)."""
+        security = self.settings.security
+        if not security.api_keys:
+            return
+        archived = self.manager.reader.get(name, version).metadata.status == "archived"
+        needed = Scope.ADMIN if archived else {"any": None, "read": Scope.READ,
+                                               "admin": Scope.ADMIN}[security.version_selection_scope]
+        if needed is None:
+            return
+        what = "an archived version" if archived else "an explicit version"
+        if context.scope is None:
+            raise Unauthorized(f"asking for {what} needs an API key ({needed.name.lower()} scope); "
+                               "or ask for a stage")
+        if context.scope < needed:
+            raise Forbidden(f"asking for {what} needs {needed.name.lower()} scope")
 
     def _stage_of(self, version: ModelVersion) -> str | None:
         stages = self.manager.reader.stages(version.name)

@@ -18,15 +18,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from .adapters.base import LoadedModel, ServingAdapter
-from .errors import ModelLoadError, ModelNotFound, PredictionServiceError
+from .errors import ModelLoadError, Overloaded, PredictionServiceError, RateLimited
 from .registry import ModelKey, ModelVersion, RegistryReader
-from .registry.fsutil import atomic_write_bytes
+from .ratelimit import RateLimiter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-RELOAD_FILE = ".reload-generation"
 LOAD_RETRY_SECONDS = 5.0
+"""Backoff after a failed load; doubles with each failure in a row, up to LOAD_RETRY_MAX_SECONDS."""
+LOAD_RETRY_MAX_SECONDS = 300.0
 DRAIN_TIMEOUT_SECONDS = 30.0
 
 ModelEventHook = Callable[[str, ModelKey, dict], None]
@@ -36,6 +37,12 @@ ModelEventHook = Callable[[str, ModelKey, dict], None]
 class LoadFailure:
     error: str
     at: float
+    attempts: int = 1
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds after ``at`` before the next attempt."""
+        return min(LOAD_RETRY_MAX_SECONDS, LOAD_RETRY_SECONDS * 2 ** (self.attempts - 1))
 
 
 class ModelManager:
@@ -52,14 +59,17 @@ class ModelManager:
         self._generations: dict[str, bytes] = {}
         self._watcher: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
+        per_minute = settings.limits.version_loads_per_minute
+        self._version_loads = RateLimiter(per_minute / 60.0, burst=max(1.0, per_minute))
         self.started = False
+        adapter.unload_observer = self._unloaded_by_adapter
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load every version a preload stage points to; then watch links for changes."""
         for name in self.reader.model_names():
-            self._generations[name] = self._read_generation(name)
+            self._generations[name] = self.reader.reload_generation(name)
             for stage in self.settings.preload_stage_list:
                 try:
                     await self.resolve(name, stage=stage)
@@ -91,11 +101,14 @@ class ModelManager:
 
     # ---- request path -------------------------------------------------------------------------------
 
-    async def resolve(self, name: str, version: str | None = None, stage: str | None = None) -> ModelVersion:
-        """The version to serve, loaded. An explicit version wins over a stage."""
+    async def resolve(self, name: str, version: str | None = None, stage: str | None = None,
+                      caller_chose: bool = False) -> ModelVersion:
+        """The version to serve, loaded. An explicit version wins over a stage. ``caller_chose``: the
+        version came from the request (not an experiment arm): its load counts against the budget."""
         if version is not None:
             target = self.reader.get(name, version)
-            await self.ensure_loaded(target)
+            # Loads of versions no stage serves are bounded: they must not thrash memory or CPU.
+            await self.ensure_loaded(target, budgeted=caller_chose and not self._pinned(target.key))
             return target
         stage = stage or "production"
         target = self.reader.resolve(name, stage=stage)
@@ -113,9 +126,34 @@ class ModelManager:
 
     def _set_route(self, name: str, stage: str, version: ModelVersion) -> None:
         old = self._routes.get((name, stage))
-        self._routes[(name, stage)] = version
-        if old is not None and old.key != version.key:
+        self._routes[(name, stage)] = version  # the newest metadata object, even for the same key
+        if old is not None and old.key == version.key:
+            return  # the common case, once per request: the route did not move
+        self._pin()
+        if old is not None:
             self._retire_if_unused(old.key)
+
+    def _pin(self) -> None:
+        """What a preload stage serves is pinned: no cache bound or idle timeout unloads it."""
+        self.adapter.pin(frozenset(v.key for (_, stage), v in self._routes.items()
+                                   if stage in self.settings.preload_stage_list))
+
+    def _take_load_token(self, key: ModelKey) -> None:
+        try:
+            self._version_loads.check("loads", "version_load")
+        except RateLimited as exc:
+            raise Overloaded(f"too many loads of versions outside a stage in this worker (limit "
+                             f"{self.settings.limits.version_loads_per_minute:g}/min); ask for a stage or retry "
+                             "later", {"model": key.name, "version": key.version},
+                             retry_after_s=exc.retry_after_s) from None
+
+    def production_key(self, name: str) -> ModelKey | None:
+        """The version this worker serves as ``name``'s production, if it has resolved it yet."""
+        route = self._routes.get((name, "production"))
+        return route.key if route is not None else None
+
+    def _pinned(self, key: ModelKey) -> bool:
+        return any(v.key == key for v in self._routes.values())
 
     @asynccontextmanager
     async def serving(self, version: ModelVersion) -> AsyncIterator[None]:
@@ -126,15 +164,21 @@ class ModelManager:
         finally:
             self._inflight[version.key] -= 1
 
-    async def ensure_loaded(self, version: ModelVersion) -> LoadedModel | None:
+    async def ensure_loaded(self, version: ModelVersion, budgeted: bool = False) -> LoadedModel | None:
+        """Load ``version`` unless loaded (one load per key however many wait). ``budgeted``: a new load
+        takes a token from the per-worker budget for versions outside a stage (429 when empty)."""
         key = version.key
         if self.adapter.is_loaded(key):
             return None
         failure = self._failures.get(key)
-        if failure is not None and time.monotonic() - failure.at < LOAD_RETRY_SECONDS:
-            raise ModelLoadError(f"{key} failed to load: {failure.error}", {"model": key.name, "version": key.version})
+        if failure is not None and time.monotonic() - failure.at < failure.retry_after:
+            raise ModelLoadError(f"{key} failed to load: {failure.error}",
+                                 {"model": key.name, "version": key.version,
+                                  "retry_in_s": round(failure.at + failure.retry_after - time.monotonic(), 1)})
         task = self._loading.get(key)
         if task is None:  # one load per key, however many requests wait for it
+            if budgeted:
+                self._take_load_token(key)
             task = asyncio.get_running_loop().create_task(self._load(version))
             self._loading[key] = task
             task.add_done_callback(lambda _t, k=key: self._loading.pop(k, None))
@@ -144,10 +188,16 @@ class ModelManager:
         started = time.perf_counter()
         try:
             loaded = await self.adapter.load(version)
-        except PredictionServiceError as exc:
-            self._failures[version.key] = LoadFailure(exc.message, time.monotonic())
-            self._emit("load_failed", version.key, {"error": exc.message})
-            raise ModelLoadError(f"{version.key} failed to load: {exc.message}", exc.details) from exc
+        except Exception as exc:  # noqa: BLE001 - any load failure is a failed load, with backoff
+            message = exc.message if isinstance(exc, PredictionServiceError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, PredictionServiceError):
+                log.exception("loading %s failed", version.key)
+            previous = self._failures.get(version.key)
+            self._failures[version.key] = LoadFailure(message, time.monotonic(),
+                                                      previous.attempts + 1 if previous else 1)
+            self._emit("load_failed", version.key, {"error": message})
+            details = exc.details if isinstance(exc, PredictionServiceError) else {}
+            raise ModelLoadError(f"{version.key} failed to load: {message}", details) from exc
         self._failures.pop(version.key, None)
         self._emit("load", version.key, {"seconds": round(time.perf_counter() - started, 4),
                                          "backend": loaded.backend, "artifact": loaded.artifact.file})
@@ -157,12 +207,7 @@ class ModelManager:
 
     async def reload(self, name: str) -> dict[str, str | None]:
         """Re-read ``name``'s stage links now and tell other workers (generation file)."""
-        self.reader.layout.model_dir(name)
-        if name not in self.reader.model_names():
-            raise ModelNotFound(f"model {name!r} is not registered", {"model": name})
-        path = self.reader.layout.model_dir(name) / RELOAD_FILE
-        generation = str(time.time_ns()).encode()
-        atomic_write_bytes(path, generation)
+        generation = self.reader.request_reload(name)
         self._generations[name] = generation
         self._failures = {k: v for k, v in self._failures.items() if k.name != name}
         return await self._sync_model(name)
@@ -178,13 +223,25 @@ class ModelManager:
             await asyncio.sleep(self.settings.stage_poll_interval_seconds)
             try:
                 for name in self.reader.model_names():
-                    generation = self._read_generation(name)
+                    generation = self.reader.reload_generation(name)
                     if generation != self._generations.get(name):
                         self._generations[name] = generation
                         self._failures = {k: v for k, v in self._failures.items() if k.name != name}
                     await self._sync_model(name)
+                await self._reload_missing()
             except Exception:  # noqa: BLE001 - the watcher must outlive any one bad model
                 log.exception("stage watcher pass failed")
+
+    async def _reload_missing(self) -> None:
+        """A pinned version the backend lost (restart, crash) comes back without waiting for traffic;
+        readiness reports it until then. ensure_loaded applies the failure backoff."""
+        for (name, stage), version in list(self._routes.items()):
+            if stage in self.settings.preload_stage_list and not self.adapter.is_loaded(version.key):
+                try:
+                    await self.ensure_loaded(version)
+                    log.info("reloaded %s/%s (%s): it was no longer loaded", name, stage, version.version)
+                except PredictionServiceError as exc:
+                    log.debug("reload of %s/%s deferred: %s", name, stage, exc.message)
 
     async def _sync_model(self, name: str) -> dict[str, str | None]:
         stages = set(self.settings.preload_stage_list) | {s for (m, s) in self._routes if m == name}
@@ -224,11 +281,8 @@ class ModelManager:
         await self.adapter.unload(key)
         self._emit("unload", key, {"reason": "left its stage", "seconds": round(time.perf_counter() - started, 4)})
 
-    def _read_generation(self, name: str) -> bytes:
-        try:
-            return (self.reader.layout.model_dir(name) / RELOAD_FILE).read_bytes()
-        except FileNotFoundError:
-            return b""
+    def _unloaded_by_adapter(self, key: ModelKey, reason: str) -> None:
+        self._emit("unload", key, {"reason": reason})
 
     def _emit(self, event: str, key: ModelKey, details: dict) -> None:
         log.info("model %s %s %s", event, key, details)

@@ -15,22 +15,29 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInput
+from .errors import InvalidInput, PayloadTooLarge
 from .inference import SOLE_INPUT, TEXT_INPUT
 from .registry import ModelVersion
+from .settings import LimitSettings
 from .signature import ModelSignature
 
 
 class ModelProcessing:
     """The processing steps of one model version."""
 
-    def __init__(self, version: ModelVersion):
+    def __init__(self, version: ModelVersion, limits: LimitSettings):
         self.signature: ModelSignature = version.signature
         self.path = version.path
         self.name = version.name
+        self.limits = limits
 
-    def preprocess(self, inputs: dict[str, Any], max_rows: int | None) -> dict[str, np.ndarray]:
+    def takes_text(self, inputs: dict[str, Any]) -> bool:
+        """Whether ``inputs`` is text this model tokenizes (worth running off the event loop)."""
+        return TEXT_INPUT in inputs and self.signature.text is not None and TEXT_INPUT not in self._input_names
+
+    def preprocess(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """Caller tensors -> validated model tensors (dtype, shape, finiteness, row limits)."""
+        max_rows = self.limits.max_batch_rows
         if TEXT_INPUT in inputs and TEXT_INPUT not in self._input_names:
             if self.signature.text is None:
                 raise InvalidInput(f"model {self.name} does not take text; send its tensors",
@@ -67,14 +74,20 @@ class ModelProcessing:
                                "(instances as {name: row} objects)", {"expected": names})
         return {names[0]: inputs[SOLE_INPUT]}
 
-    def _tokenize(self, texts: Any, max_rows: int | None) -> dict[str, np.ndarray]:
+    def _tokenize(self, texts: Any, max_rows: int) -> dict[str, np.ndarray]:
         spec = self.signature.text
         assert spec is not None
         items = _strings(texts)
         if not items:
             raise InvalidInput("empty batch: text is empty")
-        if max_rows is not None and len(items) > max_rows:
+        if len(items) > max_rows:
             raise InvalidInput(f"{len(items)} texts exceed the limit of {max_rows}", {"rows": len(items)})
+        max_chars = spec.max_length * self.limits.max_text_chars_per_token
+        for index, text in enumerate(items):
+            if len(text) > max_chars:  # refused before tokenizing: a huge text costs nothing
+                raise PayloadTooLarge(f"text {index} has {len(text)} characters; this model reads at most "
+                                      f"{spec.max_length} tokens ({max_chars} characters)",
+                                      {"index": index, "chars": len(text), "max_chars": max_chars})
         ids, mask = _tokenizer(self.path / spec.tokenizer).encode_batch(items, spec.max_length, truncate=False)
         arrays = {spec.input_ids: ids}
         if spec.attention_mask:

@@ -28,9 +28,10 @@ class _Bucket:
 
 class RateLimiter:
     def __init__(self, rate_per_second: float, on_limited: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, burst: float | None = None):
+        """``burst``: bucket size (default one second of the rate, at least 1)."""
         self.rate = rate_per_second
-        self.capacity = max(1.0, rate_per_second)
+        self.capacity = burst if burst is not None else max(1.0, rate_per_second)
         self._buckets: LRUCache = LRUCache(MAX_TRACKED_CALLERS)
         self._on_limited = on_limited
         self._clock = clock

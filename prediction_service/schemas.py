@@ -72,12 +72,6 @@ class PredictResponse(BaseModel):
     provenance: Provenance
 
 
-class TensorInfo(BaseModel):
-    name: str
-    dtype: str
-    shape: list[int]
-
-
 class ModelSummary(BaseModel):
     name: str
     versions: list[str]

@@ -19,6 +19,7 @@ from .auth import ApiKey, ApiKeyStore, Scope
 from .dataplane import DataPlane
 from .errors import NotFound
 from .experiments import ExperimentService, ExperimentStore
+from .inference import RequestContext
 from .model_manager import ModelManager
 from .monitoring.audit import AuditLog, audit_db_path
 from .monitoring.metrics import ServiceMetrics, mark_worker_dead, multiprocess_dir
@@ -33,7 +34,7 @@ class Service:
     def __init__(self, settings: Settings, metrics_registry: CollectorRegistry | None = None):
         """``metrics_registry``: where the Prometheus metrics are defined (tests pass their own)."""
         self.settings = settings
-        self.adapter: ServingAdapter = ServingAdapterFactory.create(settings)  # unknown type fails here
+        self.adapter: ServingAdapter = ServingAdapterFactory.create(settings)  # names checked by Settings
         self.registry = ModelRegistry(settings.model_store)
         self.reader = self.registry.reader
         self.metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
@@ -104,12 +105,18 @@ class Service:
         return key
 
     def authorize_predict(self, presented_key: str | None, caller: str) -> ApiKey | None:
-        """Predictions are open unless PREDICT_REQUIRES_KEY=true; then any valid key."""
+        """Predictions are open unless PREDICT_REQUIRES_KEY=true; then any valid key. A key presented
+        anyway is checked (an invalid one is 401): its scope may allow picking explicit versions."""
         key = None
-        if self.settings.security.predict_requires_key:
+        if self.settings.security.predict_requires_key or presented_key:
             key = self.api_keys.authenticate(presented_key, Scope.READ)
         self._take_token(key, caller, "predict")
         return key
+
+    def request_context(self, key: ApiKey | None, deadline: float | None, protocol: str) -> RequestContext:
+        """The context a front door hands the data plane for an admitted caller."""
+        return RequestContext(deadline=deadline, api_key_id=key.key_id if key else None,
+                              scope=key.scope if key else None, protocol=protocol)
 
     def _take_token(self, key: ApiKey | None, caller: str, endpoint: str) -> None:
         # After authentication, so unknown keys cannot fill buckets; by key id, else by client address.

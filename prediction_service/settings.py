@@ -10,9 +10,12 @@ from __future__ import annotations
 import textwrap
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .artifacts import PRECISIONS
 
 
 def _section(prefix: str) -> SettingsConfigDict:
@@ -27,10 +30,8 @@ class AdapterType(str, Enum):
     TRITON = "triton"
 
 
-class Precision(str, Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
+# Members come from artifacts.PRECISIONS (FP32 = "fp32", ...): the setting offers exactly what artifacts can be.
+Precision = Enum("Precision", {precision.upper(): precision for precision in PRECISIONS}, type=str)
 
 
 class ServerSettings(BaseSettings):
@@ -40,6 +41,9 @@ class ServerSettings(BaseSettings):
     """Bind address. Loopback by default; set 0.0.0.0 only behind a trusted network boundary."""
     port: int = Field(8000, ge=1, le=65535)
     """TCP port of the REST API."""
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol gRPC API (inference.GRPCInferenceService, as Triton serves it;
+    every worker binds it). 0 = no gRPC door."""
     workers: int = Field(1, ge=1, le=64)
     """Worker processes (uvicorn). Shared state lives on disk and in SQLite, so any count is safe."""
     shutdown_grace_seconds: float = Field(10.0, ge=0)
@@ -117,6 +121,12 @@ class LimitSettings(BaseSettings):
     """Predictions in progress per worker; past it new ones get 503 at once."""
     default_deadline_ms: float = Field(1000.0, gt=0)
     """Per-request deadline unless the X-Request-Deadline-Ms header sets one; expired work is dropped."""
+    version_loads_per_minute: float = Field(30.0, ge=0)
+    """Loads of versions that no stage serves (explicit ``version`` requests), per worker; past it such
+    requests get 429 so they cannot thrash the pinned stage versions. 0 = unbounded."""
+    max_text_chars_per_token: int = Field(16, ge=1)
+    """Text inputs longer than the model's max tokens x this many characters are refused (413) before
+    tokenization, so a huge text costs nothing."""
 
 
 class SecuritySettings(BaseSettings):
@@ -128,6 +138,9 @@ class SecuritySettings(BaseSettings):
     """When true, predictions need an API key too (any scope)."""
     rate_limit_per_second: float = Field(0.0, ge=0)
     """Per-key request rate limit (token bucket); 0 disables it."""
+    version_selection_scope: Literal["any", "read", "admin"] = "read"
+    """With API keys configured: the key scope needed to ask for an explicit ``version`` (any caller may
+    pick a stage). ``any`` lets anonymous callers pick versions. Archived versions always need admin."""
 
 
 class AuditSettings(BaseSettings):
@@ -163,18 +176,27 @@ class ExperimentSettings(BaseSettings):
     """SQLite file for experiments and outcomes; default <MODEL_STORE>/.state/experiments.sqlite3."""
     min_samples_per_arm: int = Field(100, ge=2)
     """Outcomes each arm needs before any PROMOTE/ROLLBACK decision."""
+    min_units_per_arm: int = Field(30, ge=2)
+    """PROMOTE needs this many independent units in each arm: distinct routing keys (a request without a
+    key is one), and time buckets with variance=cluster. Few keys cannot show a model effect."""
     alpha: float = Field(0.05, gt=0, lt=1)
     """Significance level."""
-    power: float = Field(0.8, gt=0, lt=1)
-    """Power used to report the samples still needed."""
-    promote_min_accuracy_gain: float = 0.02
-    """PROMOTE needs at least this accuracy gain (fraction: 0.02 = 2 points)."""
+    power: float = Field(0.8, gt=0.5, lt=1)
+    """Power the planned sample size gives the PROMOTE rule at target_accuracy_gain."""
+    promote_min_accuracy_gain: float = Field(0.01, ge=0, lt=1)
+    """PROMOTE needs the estimated gain at least this (the margin; fraction: 0.01 = 1 point), and significance."""
+    target_accuracy_gain: float = Field(0.02, gt=0, lt=1)
+    """The true gain sample sizes are planned for (and the sequential test's mixture scale): must exceed
+    promote_min_accuracy_gain, or no size has the power (an estimate lands beyond its truth half the time)."""
     max_latency_degradation_ms: float = 2.0
-    """PROMOTE needs less latency degradation than this; more than this means ROLLBACK."""
+    """PROMOTE needs less latency degradation than this; more than this (significantly) means ROLLBACK."""
     rollback_error_rate_increase: float = 0.5
     """ROLLBACK when the challenger's error rate exceeds the champion's by this fraction (0.5 = +50 %)."""
-    rollback_accuracy_drop: float = 0.05
-    """ROLLBACK when accuracy drops by more than this (fraction)."""
+    rollback_accuracy_drop: float = Field(0.02, ge=0, lt=1)
+    """ROLLBACK when the estimated accuracy drops by more than this (fraction) and significantly."""
+    anonymous_outcomes_auto_apply: bool = False
+    """Let a read key post outcomes for predictions made without a key in auto_apply experiments. Off: such
+    outcomes need a key with outcome (or admin) scope, or a read key cannot steer production."""
     route_cache_ttl_seconds: float = Field(1.0, ge=0)
     """How long a worker caches "which experiment runs for this model" before re-reading SQLite."""
     sharpe_periods_per_year: float = Field(252.0, gt=0)
@@ -183,8 +205,16 @@ class ExperimentSettings(BaseSettings):
     """SQLite busy_timeout: how long a writer waits for another process's lock."""
     auto_apply_interval_seconds: float = Field(10.0, ge=0)
     """How often each worker analyses running auto_apply experiments and acts on a PROMOTE / ROLLBACK
-    decision. 0 = only when someone calls analyze. Prefer mode=sequential (mSPRT) for auto_apply: a
-    fixed-sample test checked on a schedule is peeking."""
+    decision. 0 = only when someone calls analyze. Sequential (mSPRT) experiments may be analysed at any
+    time; a fixed-horizon one decides once, at its planned_outcomes."""
+
+    @model_validator(mode="after")
+    def _target_beyond_margin(self) -> "ExperimentSettings":
+        if self.target_accuracy_gain <= self.promote_min_accuracy_gain:
+            raise ValueError(f"EXPERIMENT_TARGET_ACCURACY_GAIN ({self.target_accuracy_gain}) must exceed "
+                             f"EXPERIMENT_PROMOTE_MIN_ACCURACY_GAIN ({self.promote_min_accuracy_gain}): sample "
+                             "sizes are planned for a true gain beyond the promotion margin")
+        return self
 
 
 class TritonSettings(BaseSettings):

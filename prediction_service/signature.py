@@ -24,6 +24,8 @@ _SAFE_CASTS: dict[str, tuple[str, ...]] = {
     "int32": ("int64", "int32"),
     "bool": ("bool",),
 }
+_DTYPES = {name: np.dtype(name) for name in _SAFE_CASTS}
+_SAFE_DTYPES = {name: frozenset(np.dtype(source) for source in sources) for name, sources in _SAFE_CASTS.items()}
 
 
 class TensorSpec(BaseModel):
@@ -80,20 +82,34 @@ class ModelSignature(BaseModel):
                 return spec
         raise KeyError(name)
 
-    def synthetic_inputs(self, rows: int, seed: int = 0, dynamic_dim: int = 4) -> dict[str, np.ndarray]:
-        """Deterministic inputs of this signature (smoke tests, warm-up): normal floats, ones for integer
-        ids/masks, True for bools. A dynamic batch dim gets ``rows``, other dynamic dims ``dynamic_dim``."""
+    def synthetic_inputs(self, rows: int, seed: int = 0, dynamic_dim: int = 4,
+                         int_high: int | None = None) -> dict[str, np.ndarray]:
+        """Deterministic inputs of this signature, the one generator for smoke runs, warm-up, compiling
+        and validation. A dynamic batch dim gets ``rows``, other dynamic dims ``dynamic_dim``; floats
+        are standard normal.
+
+        Without ``int_high``, integer ids/masks are ones and bools True: values every model accepts.
+        With it (numeric validation, which should exercise more of the model): integers are drawn from
+        ``[0, int_high)``, bools at random, and the attention mask named by ``text`` gets prefix masks of
+        random length. Prefer real or model-zoo data when there is any.
+        """
         rng = np.random.default_rng(seed)
+        mask_name = self.text.attention_mask if self.text and int_high is not None else None
         arrays = {}
         for spec in self.inputs:
             batch = rows if spec.shape[0] == -1 else spec.shape[0]
             shape = (batch, *(dynamic_dim if d == -1 else d for d in spec.shape[1:]))
-            if spec.dtype.startswith("float"):
+            if spec.name == mask_name:
+                lengths = rng.integers(1, shape[-1] + 1, size=batch)
+                arrays[spec.name] = (np.arange(shape[-1])[None, :] < lengths[:, None]).astype(spec.dtype)
+            elif spec.dtype.startswith("float"):
                 arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-            elif spec.dtype == "bool":
-                arrays[spec.name] = np.ones(shape, dtype=bool)
-            else:
+            elif int_high is None:
                 arrays[spec.name] = np.ones(shape, dtype=spec.dtype)
+            elif spec.dtype == "bool":
+                arrays[spec.name] = rng.random(shape) < 0.5
+            else:
+                arrays[spec.name] = rng.integers(0, int_high, size=shape).astype(spec.dtype)
         return arrays
 
     def validate_inputs(self, raw: dict[str, Any], max_rows: int | None = None) -> dict[str, np.ndarray]:
@@ -139,23 +155,31 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
             f"input {spec.name!r} must be numeric ({spec.dtype}); got non-numeric or ragged data",
             {"input": spec.name, "expected_dtype": spec.dtype},
         )
-    if array.dtype.name not in _SAFE_CASTS[spec.dtype]:
+    if array.dtype not in _SAFE_DTYPES[spec.dtype]:
         raise InvalidInput(
             f"input {spec.name!r} has dtype {array.dtype.name}, expected {spec.dtype}",
             {"input": spec.name, "expected_dtype": spec.dtype, "got_dtype": array.dtype.name},
         )
-    if kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput(f"input {spec.name!r} contains NaN or Inf", {"input": spec.name})
-    if spec.dtype.startswith("int") and kind == "i":
-        info = np.iinfo(spec.dtype)
-        if array.size and (array.min() < info.min or array.max() > info.max):
+    target = _DTYPES[spec.dtype]
+    if target.kind == "f":
+        # One finiteness pass, on the cast result: NaN/Inf stay non-finite through the cast, and a finite
+        # value past the target's range (1e308 -> float32) becomes inf. Which of the two it was is only
+        # worked out on the error path.
+        if array.dtype == target:
+            result = np.ascontiguousarray(array)
+        else:
+            with np.errstate(over="ignore"):
+                result = np.ascontiguousarray(array, dtype=target)
+        if not np.isfinite(result).all():
+            if kind == "f" and not np.isfinite(array).all():
+                raise InvalidInput(f"input {spec.name!r} contains NaN or Inf", {"input": spec.name})
             raise InvalidInput(f"input {spec.name!r} overflows {spec.dtype}", {"input": spec.name})
-    with np.errstate(over="ignore"):
-        result = np.ascontiguousarray(array, dtype=spec.dtype)
-    if result.dtype.kind == "f" and result.dtype != array.dtype and not np.isfinite(result).all():
-        # finite in JSON (float64) but past the declared dtype's range, e.g. 1e308 -> float32 inf
-        raise InvalidInput(f"input {spec.name!r} overflows {spec.dtype}", {"input": spec.name})
-    return result
+        return result
+    if target.kind == "i" and kind == "i" and array.dtype.itemsize > target.itemsize and array.size:
+        info = np.iinfo(target)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(f"input {spec.name!r} overflows {spec.dtype}", {"input": spec.name})
+    return np.ascontiguousarray(array, dtype=target)
 
 
 def _check_shape(spec: TensorSpec, array: np.ndarray) -> None:

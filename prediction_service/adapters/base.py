@@ -52,6 +52,8 @@ class QueueStats:
 
 BatchObserver = Callable[[str, int], None]
 """Called with (model name, rows) for every batch a model runs."""
+UnloadObserver = Callable[[ModelKey, str], None]
+"""Called with (key, reason) when the adapter unloads a version on its own (cache bound, idle timeout)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class ServingAdapter(ABC):
     name: str = "abstract"
     batch_observer: BatchObserver | None = None
     """Set by the service to feed the batch-size histogram; adapters that batch locally call it."""
+    unload_observer: UnloadObserver | None = None
+    """Set by the service so unloads the adapter decides itself reach the registry's event log."""
 
     @abstractmethod
     async def load(self, version: ModelVersion) -> LoadedModel:
@@ -100,6 +104,15 @@ class ServingAdapter(ABC):
 
     def is_loaded(self, key: ModelKey) -> bool:
         return self.loaded_model(key) is not None
+
+    def pin(self, keys: frozenset[ModelKey]) -> None:
+        """The versions a stage serves: no cache bound or idle timeout may unload them. Adapters that
+        never unload on their own (remote backends) ignore it."""
+
+    def queue_full(self, key: ModelKey) -> bool:
+        """Whether a request for ``key`` would be shed by a full local queue (admission asks before it
+        reads a body). Cheap and local; remote backends answer False and shed remotely."""
+        return False
 
     def queue_stats(self) -> dict[ModelKey, QueueStats]:
         """Batching statistics of the models this adapter queues locally. Cheap and local: called on every

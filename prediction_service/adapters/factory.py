@@ -1,10 +1,14 @@
-"""``SERVING_ADAPTER_TYPE`` -> adapter class. Only adapters that really work are registered."""
+"""``SERVING_ADAPTER_TYPE`` -> adapter class.
+
+The names are ``settings.AdapterType``, the one list of them: settings refuses any other name when the
+configuration is read, and every member has its class here (tests/adapters/test_factory.py checks that).
+"""
 
 from __future__ import annotations
 
 import importlib
 
-from ..settings import Settings
+from ..settings import AdapterType, Settings
 from .base import ServingAdapter
 
 
@@ -14,30 +18,27 @@ class UnknownAdapterType(ValueError):
 
 class ServingAdapterFactory:
     # Lazy import paths: a backend's client libraries load only when that backend is chosen.
-    _registry: dict[str, str] = {
-        "simple": "prediction_service.adapters.simple:SimpleAdapter",
-        "torchscript": "prediction_service.adapters.torchscript:TorchScriptAdapter",
-        "torchserve": "prediction_service.adapters.torchserve:TorchServeAdapter",
-        "triton": "prediction_service.adapters.triton:TritonAdapter",
+    _classes: dict[AdapterType, str] = {
+        AdapterType.SIMPLE: "prediction_service.adapters.simple:SimpleAdapter",
+        AdapterType.TORCHSCRIPT: "prediction_service.adapters.torchscript:TorchScriptAdapter",
+        AdapterType.TORCHSERVE: "prediction_service.adapters.torchserve:TorchServeAdapter",
+        AdapterType.TRITON: "prediction_service.adapters.triton:TritonAdapter",
     }
 
     @classmethod
-    def register(cls, type_name: str, import_path: str) -> None:
-        cls._registry[type_name] = import_path
-
-    @classmethod
     def available(cls) -> list[str]:
-        return sorted(cls._registry)
+        return [adapter_type.value for adapter_type in AdapterType]
 
     @classmethod
-    def adapter_class(cls, type_name: str) -> type[ServingAdapter]:
+    def adapter_class(cls, type_name: str | AdapterType) -> type[ServingAdapter]:
         try:
-            module_name, _, class_name = cls._registry[type_name].partition(":")
-        except KeyError:
+            import_path = cls._classes[AdapterType(type_name)]
+        except ValueError:
             raise UnknownAdapterType(
                 f"unknown serving adapter {type_name!r}; valid: {', '.join(cls.available())}") from None
+        module_name, _, class_name = import_path.partition(":")
         return getattr(importlib.import_module(module_name), class_name)
 
     @classmethod
     def create(cls, settings: Settings) -> ServingAdapter:
-        return cls.adapter_class(settings.serving_adapter_type.value)(settings)
+        return cls.adapter_class(settings.serving_adapter_type)(settings)

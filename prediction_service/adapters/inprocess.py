@@ -6,20 +6,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from cachetools import LRUCache
 
+from ..artifacts import ARTIFACT_FORMATS
 from ..batching import DynamicBatcher
 from ..errors import ModelLoadError, ModelNotFound
 from ..registry import ArtifactInfo, ModelKey, ModelVersion
 from ..registry.fsutil import sha256_file
+from ..runtimes import Runtime
 from ..settings import Settings
 from ..warmup import WarmupFailed, WarmupReport, warm_up
 from .base import AdapterHealth, LoadedModel, QueueStats, ServingAdapter
-from .runtimes import Runtime, open_runtime
+from .runtimes import open_runtime
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +34,18 @@ class _Entry:
     last_used: float
 
 
-class _EvictingLRU(LRUCache):
-    def __init__(self, maxsize: int, on_evict):
-        super().__init__(maxsize)
-        self._on_evict = on_evict
-
-    def popitem(self):
-        key, value = super().popitem()
-        self._on_evict(key, value)
-        return key, value
-
-
 class InProcessAdapter(ServingAdapter):
     name = "inprocess"
-    formats: tuple[str, ...] = ("onnx", "torchscript", "state_dict")
+    formats: tuple[str, ...] = ARTIFACT_FORMATS
 
     def __init__(self, settings: Settings):
         self.settings = settings
         batching = settings.batching
         self._executor = ThreadPoolExecutor(
             max_workers=max(2, batching.concurrent_batches), thread_name_prefix=f"{self.name}-run")
-        self._models: _EvictingLRU = _EvictingLRU(settings.simple.max_models_in_memory, self._evicted)
+        # Least recently used first. Pinned keys (what a stage serves) are never evicted or idled out.
+        self._models: OrderedDict[ModelKey, _Entry] = OrderedDict()
+        self._pinned: frozenset[ModelKey] = frozenset()
         self._load_locks: dict[ModelKey, asyncio.Lock] = {}
         self._background: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
@@ -82,6 +75,7 @@ class InProcessAdapter(ServingAdapter):
                 name=str(key),
             )
             self._models[key] = _Entry(model, runtime, batcher, time.monotonic())
+            self._evict_over_bound()
             self._ensure_sweeper()
             log.info("loaded %s (%s, %s) in %s", key, artifact.file, artifact.precision, self.name)
             return model
@@ -96,6 +90,7 @@ class InProcessAdapter(ServingAdapter):
         if entry is None:
             raise ModelNotFound(f"{key} is not loaded", {"model": key.name, "version": key.version})
         entry.last_used = time.monotonic()
+        self._models.move_to_end(key)
         return await entry.batcher.submit(inputs, deadline)
 
     async def health(self) -> AdapterHealth:
@@ -124,6 +119,14 @@ class InProcessAdapter(ServingAdapter):
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def pin(self, keys: frozenset[ModelKey]) -> None:
+        self._pinned = keys
+        self._evict_over_bound()  # versions that just left their stage now count against the bound
+
+    def queue_full(self, key: ModelKey) -> bool:
+        entry = self._models.get(key)
+        return entry is not None and entry.batcher.queue_depth >= entry.batcher.max_queue_size
 
     def queue_stats(self) -> dict[ModelKey, QueueStats]:
         return {key: self._queue_stats(entry) for key, entry in list(self._models.items())}
@@ -183,15 +186,24 @@ class InProcessAdapter(ServingAdapter):
                 self.batch_observer(model_name, rows)
         return observe
 
-    def _evicted(self, key: ModelKey, entry: _Entry) -> None:
-        log.info("evicting %s (LRU, limit %d)", key, self._models.maxsize)
-        self._spawn(self._retire(key, entry))
+    def _evict_over_bound(self) -> None:
+        limit = self.settings.simple.max_models_in_memory
+        unpinned = [key for key in self._models if key not in self._pinned]  # least recently used first
+        for key in unpinned[:max(0, len(unpinned) - limit)]:
+            log.info("evicting %s (LRU, limit %d versions outside a stage)", key, limit)
+            entry = self._models.pop(key)
+            self._spawn(self._retire(key, entry))
+            self._emit_unloaded(key, "evicted (LRU)")
 
     async def _retire(self, key: ModelKey, entry: _Entry) -> None:
         await entry.batcher.close()  # queued requests finish first
         entry.runtime.close()
         self._load_locks.pop(key, None)
         log.info("unloaded %s", key)
+
+    def _emit_unloaded(self, key: ModelKey, reason: str) -> None:
+        if self.unload_observer is not None:
+            self.unload_observer(key, reason)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -208,6 +220,9 @@ class InProcessAdapter(ServingAdapter):
             await asyncio.sleep(min(60.0, max(0.05, timeout / 4)))
             now = time.monotonic()
             for key, entry in list(self._models.items()):
+                if key in self._pinned:
+                    continue
                 if now - entry.last_used > timeout and entry.batcher.queue_depth == 0:
                     log.info("unloading %s after %.0f s idle", key, now - entry.last_used)
                     await self.unload(key)
+                    self._emit_unloaded(key, "idle")

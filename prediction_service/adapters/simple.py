@@ -6,5 +6,4 @@ from .inprocess import InProcessAdapter
 
 
 class SimpleAdapter(InProcessAdapter):
-    name = "simple"
-    formats = ("onnx", "torchscript", "state_dict")
+    name = "simple"  # serves every format (InProcessAdapter.formats)

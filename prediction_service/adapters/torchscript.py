@@ -2,9 +2,9 @@
 
 Source, in order of preference: a state dict (rebuilt into its model-zoo architecture, then compiled
 by the packaging exporter: script, or trace as a fallback) or a TorchScript archive. Either way the
-module is frozen and ``optimize_for_inference``-d, and the compiled archive is cached next to the
-version (``compiled/``, keyed by the source's sha256 and the torch version) so the next load, in any
-worker, skips compilation.
+module is frozen and ``optimize_for_inference``-d, and the compiled archive is kept in the version's
+cache directory (``ModelVersion.cache_dir``, keyed by the source's sha256 and the torch version) so the
+next load, in any worker, skips compilation.
 """
 
 from __future__ import annotations
@@ -13,29 +13,23 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ModelLoadError, ValidationFailed
 from ..registry import ArtifactInfo, ModelVersion
-from ..signature import ModelSignature
+from ..runtimes import Runtime, TorchRuntime
 from .inprocess import InProcessAdapter
-from .runtimes import Runtime, TorchRuntime
+from .runtimes import open_runtime
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = "compiled"
-
-
-def example_inputs(signature: ModelSignature, rows: int = 2) -> dict[str, np.ndarray]:
-    """Zeros of the signature's shape (dynamic dims -> 1): enough to compile the graph."""
-    return {spec.name: np.zeros((rows, *[d if d > 0 else 1 for d in spec.row_shape]), dtype=spec.dtype)
-            for spec in signature.inputs}
+CACHE_PURPOSE = "torchscript"
+EXAMPLE_ROWS = 2
+"""Rows of the example a trace runs on (dynamic dims get 1): enough to compile the graph."""
 
 
 def compiled_path(version: ModelVersion, source: ArtifactInfo) -> Path:
     import torch
 
-    return version.path / CACHE_DIR / f"{source.sha256[:16]}-torch{torch.__version__.split('+')[0]}.pt"
+    return version.cache_dir(CACHE_PURPOSE) / f"{source.sha256[:16]}-torch{torch.__version__.split('+')[0]}.pt"
 
 
 def compile_to(version: ModelVersion, source: ArtifactInfo, destination: Path) -> None:
@@ -44,12 +38,12 @@ def compile_to(version: ModelVersion, source: ArtifactInfo, destination: Path) -
 
     from ..packaging.export import export_torchscript
 
-    path = version.artifact_path(source)
     if source.format == "state_dict":
-        module = TorchRuntime.from_state_dict(path, version, threads=0)._module
+        module = open_runtime(version, source, threads=0).module
     else:
-        module = torch.jit.load(str(path), map_location="cpu")
-    export_torchscript(module, version.signature, example_inputs(version.signature), destination)
+        module = torch.jit.load(str(version.artifact_path(source)), map_location="cpu")
+    example = version.signature.synthetic_inputs(EXAMPLE_ROWS, dynamic_dim=1)
+    export_torchscript(module, version.signature, example, destination)
 
 
 class TorchScriptAdapter(InProcessAdapter):
@@ -70,7 +64,6 @@ class TorchScriptAdapter(InProcessAdapter):
 
     @staticmethod
     def _compile(version: ModelVersion, artifact: ArtifactInfo, cached: Path) -> None:
-        cached.parent.mkdir(exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
         try:
             compile_to(version, artifact, tmp)

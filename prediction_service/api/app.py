@@ -12,7 +12,9 @@ from prometheus_client import CollectorRegistry
 from .. import __version__
 from ..service import Service
 from ..settings import Settings
+from . import oip_rest
 from .errors import install_error_handlers
+from .hot_path import ServingApp
 from .responses import FastJSONResponse
 from .routes import experiments, health, models, monitoring, predict, registry
 from .shutdown import readiness_on_signal
@@ -21,21 +23,29 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, metrics_registry: CollectorRegistry | None = None,
-               service: Service | None = None) -> FastAPI:
+               service: Service | None = None, grpc: bool = False) -> FastAPI:
     """``metrics_registry``: where the Prometheus metrics are defined (tests pass their own);
-    ``service``: an already built Service (tests that swap a part of it)."""
+    ``service``: an already built Service (tests that swap a part of it); ``grpc``: also serve the Open
+    Inference Protocol over gRPC on SERVER_GRPC_PORT (what ``serve`` runs; off so tests open no port)."""
     service = service or Service(settings or Settings(), metrics_registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        with readiness_on_signal(service, service.settings.server.shutdown_drain_seconds):
+        server = service.settings.server
+        grpc_door = _grpc_server(service) if grpc and server.grpc_port else None
+        with readiness_on_signal(service, server.shutdown_drain_seconds,
+                                 on_drain=grpc_door.begin_draining if grpc_door else None):
             await service.start()
+            if grpc_door is not None:
+                await grpc_door.start()
             yield
             # uvicorn has stopped accepting and waited for in-flight requests (bounded by the grace period)
             service.shutting_down = True
+            if grpc_door is not None:  # refuses new calls, waits for calls in progress (up to the grace)
+                await grpc_door.stop(server.shutdown_grace_seconds)
             await service.stop()
 
-    app = FastAPI(
+    app = ServingApp(
         title="prediction-service",
         version=__version__,
         description="Low-latency serving of small trading models: one REST API over pluggable backends, "
@@ -47,4 +57,16 @@ def create_app(settings: Settings | None = None, metrics_registry: CollectorRegi
     install_error_handlers(app)
     for module in (predict, models, registry, experiments, health, monitoring):
         app.include_router(module.router)
+    app.include_router(oip_rest.router)
     return app
+
+
+def create_serving_app() -> FastAPI:
+    """The app ``serve`` hands uvicorn (a factory, one per worker): every door, gRPC included."""
+    return create_app(grpc=True)
+
+
+def _grpc_server(service: Service):
+    from ..grpc.server import GrpcServer  # grpc and tritonclient load only where the door is served
+
+    return GrpcServer(service, service.settings.server.host, service.settings.server.grpc_port)

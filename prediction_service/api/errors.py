@@ -1,4 +1,8 @@
-"""The one place domain errors become HTTP responses: ``{"error": {"code", "message", "details"}}``."""
+"""The one place domain errors become HTTP responses: ``{"error": {"code", "message", "details"}}``.
+
+Under /v2 (the Open Inference Protocol) the status is the same but the body is OIP's ``{"error": "message"}``,
+which tritonclient turns into its InferenceServerException.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import PredictionServiceError
+from ..log_throttle import ThrottledLog
 from ..schemas import REQUEST_ID_HEADER
 from .responses import FastJSONResponse as ORJSONResponse
 
 log = logging.getLogger(__name__)
+_server_errors = ThrottledLog(log)  # overload refusals come by the thousand: a summary, not a line each
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -23,6 +29,20 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
 def error_response(exc: PredictionServiceError) -> ORJSONResponse:
     return ORJSONResponse(error_body(exc.code, exc.message, exc.details), status_code=int(exc.status),
                           headers=exc.headers())
+
+
+OIP_PREFIX = "/v2"
+
+
+def _is_oip(request: Request) -> bool:
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+
+
+def _body_for(request: Request, code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": message} if _is_oip(request) else error_body(code, message, details)
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -35,8 +55,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PredictionServiceError)
     async def _domain(request: Request, exc: PredictionServiceError) -> ORJSONResponse:
         if int(exc.status) >= 500:
-            log.warning("%s: %s", exc.code, exc.message)
-        response = error_response(exc)
+            _server_errors.warning(exc.code, f"{exc.code}: {exc.message}")
+        response = ORJSONResponse(_body_for(request, exc.code, exc.message, exc.details),
+                                  status_code=int(exc.status), headers=exc.headers())
         # A failed prediction is in the audit log under this id: the caller gets it to quote.
         request_id = getattr(request.state, "request_id", None)
         if request_id is not None:
@@ -44,20 +65,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return response
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> ORJSONResponse:
         errors = exc.errors()
         malformed = any(e.get("type") == "json_invalid" for e in errors)
         code, status = ("malformed_json", 400) if malformed else ("invalid_request", 422)
         message = "request body is not valid JSON" if malformed else "request does not match the schema"
-        return ORJSONResponse(error_body(code, message, {"errors": _jsonable_errors(errors)}), status_code=status)
+        return ORJSONResponse(_body_for(request, code, message, {"errors": _jsonable_errors(errors)}),
+                              status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ORJSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+        return ORJSONResponse(_body_for(request, code, str(exc.detail)), status_code=exc.status_code,
                               headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
         log.exception("unhandled error")
-        return ORJSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+        return ORJSONResponse(_body_for(request, "internal_error", "internal server error"), status_code=500)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="start the REST API (settings from env / .env)")
     parser.add_argument("--host", help="bind address (default SERVER_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default SERVER_PORT or 8000)")
+    parser.add_argument("--grpc-port", type=int,
+                        help="Open Inference Protocol gRPC port (default SERVER_GRPC_PORT or 8001; 0 = none)")
     parser.add_argument("--workers", type=int, help="worker processes (default SERVER_WORKERS or 1)")
     parser.add_argument("--store", help="model registry root (default MODEL_STORE)")
     parser.add_argument("--log-level", default="info")
@@ -44,6 +47,25 @@ def _fresh_multiprocess_dir() -> Path | None:
     return path
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+
+
+def _log_config(level: str) -> dict:
+    """One format (time, level, pid) for uvicorn's and the service's lines, in every worker process."""
+    handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": LOG_FORMAT}},
+        "handlers": {"stderr": handler},
+        "loggers": {
+            "prediction_service": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        },
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -51,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.store:
         os.environ["MODEL_STORE"] = args.store  # workers are separate processes: pass it by env
+    if args.grpc_port is not None:
+        os.environ["SERVER_GRPC_PORT"] = str(args.grpc_port)  # each worker binds it (SO_REUSEPORT)
     settings = Settings()
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_config = _log_config(args.log_level)
+    logging.config.dictConfig(log_config)
     workers = args.workers or settings.server.workers
     # One worker keeps metrics in memory unless the operator named a directory (then it is prepared too).
     multiprocess = workers > 1 or bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -62,12 +87,13 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM handled: graceful shutdown complete"))
     try:
         uvicorn.run(
-            "prediction_service.api.app:create_app",
+            "prediction_service.api.app:create_serving_app",  # REST and gRPC doors
             factory=True,
             host=args.host or settings.server.host,
             port=args.port or settings.server.port,
             workers=workers,
             log_level=args.log_level,
+            log_config=log_config,  # worker processes configure logging from this, not from our basicConfig
             timeout_graceful_shutdown=settings.server.shutdown_grace_seconds,  # type: ignore[arg-type]
             access_log=False,
         )

@@ -24,7 +24,9 @@ class ArmData:
     """Everything an analysis needs about one arm, as numpy arrays.
 
     Prediction arrays cover every request served; outcome arrays cover the scored ones (aligned with
-    each other). ``outcome_served_at`` (when the scored prediction was served) drives cluster buckets.
+    each other). ``unit`` / ``outcome_unit`` is the randomization unit of each row (a digest of the routing
+    key; the request id when the request had none): empty means every row is its own unit.
+    ``outcome_served_at`` (when the scored prediction was served) drives time buckets.
     """
 
     latency_ms: np.ndarray = field(default_factory=_empty)
@@ -39,20 +41,41 @@ class ArmData:
     pnl: np.ndarray = field(default_factory=_empty)
     """NaN where no P&L was reported."""
     outcome_served_at: np.ndarray = field(default_factory=_empty)
+    unit: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    outcome_unit: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    worst_case: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
+    """Outcome rows whose prediction failed or was not finite: scored as the worst case."""
 
     @property
     def requests(self) -> int:
         return int(self.latency_ms.size)
 
-    def primary_values(self, task: str) -> tuple[np.ndarray, np.ndarray]:
-        """(values, served_at) of the primary metric: correctness or absolute error, NaNs dropped."""
-        values = self.correct if task == "classification" else self.abs_error
+    def request_units(self) -> np.ndarray | None:
+        return self.unit if self.unit.size == self.latency_ms.size and self.unit.size else None
+
+    def primary_values(self, task: str, worst_abs_error: float | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(values, served_at, units) of the primary metric: correctness or absolute error.
+
+        A prediction that failed or was NaN/inf scores as wrong (classification) or with ``worst_abs_error``
+        (regression; the largest finite absolute error of the experiment): a model must not look better
+        by failing on its hardest inputs. Rows with nothing to score are dropped."""
+        values = (self.correct if task == "classification" else self.abs_error).astype(np.float64, copy=True)
+        if self.worst_case.size == values.size and self.worst_case.any():
+            fill = 0.0 if task == "classification" else (np.nan if worst_abs_error is None else worst_abs_error)
+            values[self.worst_case] = fill
         keep = ~np.isnan(values)
-        return values[keep], self.outcome_served_at[keep]
+        units = self.outcome_unit[keep] if self.outcome_unit.size == values.size and values.size else None
+        return values[keep], self.outcome_served_at[keep], units
 
     def pnl_values(self) -> tuple[np.ndarray, np.ndarray]:
         keep = ~np.isnan(self.pnl)
         return self.pnl[keep], self.outcome_served_at[keep]
+
+
+def count_units(units: np.ndarray | None, rows: int) -> int:
+    """Distinct randomization units among ``rows`` rows (each row its own unit when ``units`` is None)."""
+    return rows if units is None else int(np.unique(units).size)
 
 
 def macro_precision_recall_f1(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
@@ -80,27 +103,32 @@ def sharpe_ratio(pnl: np.ndarray, periods_per_year: float) -> float | None:
     return float(pnl.mean() / std * np.sqrt(periods_per_year))
 
 
-def arm_metrics(data: ArmData, task: str, periods_per_year: float) -> ArmMetrics:
+def arm_metrics(data: ArmData, task: str, periods_per_year: float,
+                worst_abs_error: float | None = None) -> ArmMetrics:
     errors = int(data.error.sum())
     latency = data.latency_ms  # every served request, failed ones included
     metrics = ArmMetrics(
         requests=data.requests,
+        units=count_units(data.request_units(), data.requests),
         errors=errors,
         error_rate=errors / data.requests if data.requests else 0.0,
         latency_mean_ms=float(latency.mean()) if latency.size else None,
         latency_p95_ms=float(np.percentile(latency, 95)) if latency.size else None,
         outcomes=int(data.actual.size),
     )
+    values, _, units = data.primary_values(task, worst_abs_error)
+    metrics.scored = int(values.size)
+    metrics.scored_units = count_units(units, values.size)
+    metrics.worst_case = int(data.worst_case.sum()) if data.worst_case.size == data.actual.size else 0
     if task == "classification":
-        scored = ~np.isnan(data.correct)
-        if scored.any():
-            metrics.accuracy = float(data.correct[scored].mean())
+        if values.size:
+            metrics.accuracy = float(values.mean())
+        scored = ~np.isnan(data.correct) & ~np.isnan(data.predicted_class)
+        if scored.any():  # precision / recall describe the predictions that produced a class
             precision, recall, f1 = macro_precision_recall_f1(data.actual[scored], data.predicted_class[scored])
             metrics.precision_macro, metrics.recall_macro, metrics.f1_macro = precision, recall, f1
-    else:
-        scored = ~np.isnan(data.abs_error)
-        if scored.any():
-            metrics.mae = float(data.abs_error[scored].mean())
+    elif values.size:
+        metrics.mae = float(values.mean())
     pnl, _ = data.pnl_values()
     metrics.pnl_count = int(pnl.size)
     if pnl.size:

@@ -23,17 +23,24 @@ class ExperimentStatus(str, Enum):
 
 
 class ExperimentMode(str, Enum):
-    FIXED = "fixed"
-    """Classic tests, valid for ONE analysis at a planned sample size. Peeking inflates false promotions."""
     SEQUENTIAL = "sequential"
-    """Always-valid mSPRT p-values: analyse after every batch of outcomes without inflating alpha."""
+    """The default. Always-valid mSPRT p-values: analyse after every batch of outcomes (auto_apply does,
+    on a schedule) without inflating alpha."""
+    FIXED = "fixed"
+    """Classic t-tests, valid for ONE analysis at a planned sample size (``planned_outcomes``): before it
+    the decision is CONTINUE; at it the data is frozen and the experiment decides once."""
 
 
 class VarianceMethod(str, Enum):
-    IID = "iid"
-    """Observations treated as independent (Welch)."""
+    UNIT = "unit"
+    """The default. Cluster-robust by randomization unit: the routing key (every request of a key goes to
+    one arm, so the key is what was randomized); a request without a key is its own unit (then: Welch)."""
     CLUSTER = "cluster"
-    """Cluster-robust variance over time buckets: for autocorrelated outcomes (trading)."""
+    """Two-way cluster-robust by unit and by time bucket (``cluster_seconds``): for outcomes that are
+    autocorrelated in time (a market regime shared by the requests of one minute)."""
+    IID = "iid"
+    """Kept for experiments stored before "unit" existed; analysed as "unit" (a request is independent of
+    another only when it is its own unit)."""
 
 
 class Decision(str, Enum):
@@ -56,8 +63,10 @@ class ThresholdOverrides(BaseModel):
     max_latency_degradation_ms: float | None = Field(None, ge=0)
     rollback_error_rate_increase: float | None = Field(None, ge=0)
     rollback_accuracy_drop: float | None = Field(None, ge=0, lt=1)
+    target_accuracy_gain: float | None = Field(None, gt=0, lt=1)
+    min_units_per_arm: int | None = Field(None, ge=2)
     msprt_tau: float | None = Field(None, gt=0)
-    """Std-dev of the mSPRT normal mixture prior on the primary-metric difference; None = the minimum gain."""
+    """Std-dev of the mSPRT normal mixture prior on the primary-metric difference; None = the target gain."""
 
 
 class Thresholds(BaseModel):
@@ -70,6 +79,10 @@ class Thresholds(BaseModel):
     rollback_error_rate_increase: float
     rollback_accuracy_drop: float
     min_samples_per_arm: int
+    target_accuracy_gain: float = 0.02
+    """The true gain sample sizes are planned for (with ``power``); must exceed promote_min_accuracy_gain."""
+    min_units_per_arm: int = 30
+    """PROMOTE needs at least this many independent units (routing keys; time buckets too) in each arm."""
     msprt_tau: float | None = None
 
 
@@ -85,12 +98,16 @@ class ExperimentSpec(BaseModel):
     """Share of traffic routed to the challenger, strictly between 0 and 1."""
     task: Task = "classification"
     """classification: accuracy is the primary metric; regression: absolute error (lower is better)."""
-    mode: ExperimentMode = ExperimentMode.FIXED
-    variance: VarianceMethod = VarianceMethod.IID
+    mode: ExperimentMode = ExperimentMode.SEQUENTIAL
+    variance: VarianceMethod = VarianceMethod.UNIT
     cluster_seconds: float = Field(60.0, gt=0)
     """Time-bucket width for VarianceMethod.CLUSTER (outcomes grouped by the minute by default)."""
+    planned_outcomes: int | None = Field(None, ge=4)
+    """mode=fixed: total scored outcomes (both arms) at which the experiment decides, once, on the first
+    ``planned_outcomes`` outcomes; take it from an analysis's ``planned_total``. Required with auto_apply."""
     auto_apply: bool = False
-    """Apply PROMOTE / ROLLBACK decisions when an analysis reaches them."""
+    """Apply PROMOTE / ROLLBACK decisions when an analysis reaches them (sequential mode; or fixed mode
+    once, at planned_outcomes)."""
     min_samples_per_arm: int | None = Field(None, ge=2)
     """None = ExperimentSettings.min_samples_per_arm."""
     thresholds: ThresholdOverrides = Field(default_factory=ThresholdOverrides)
@@ -112,6 +129,8 @@ class Assignment(BaseModel):
     experiment_id: str
     arm: Arm
     version: str
+    unit: str | None = None
+    """Digest of the routing key (the randomization unit); None when the request had no key."""
 
 
 class PredictionRecord(BaseModel):
@@ -122,8 +141,13 @@ class PredictionRecord(BaseModel):
     served_at: float
     latency_ms: float
     error: bool
+    """The request failed, or its output was NaN/inf."""
     predicted_class: int | None = None
     predicted_value: float | None = None
+    unit: str | None = None
+    """Randomization unit: digest of the routing key; None = the request id is the unit."""
+    api_key_id: str | None = None
+    """Key id of the caller that made the prediction; None when anonymous."""
 
 
 class OutcomeRecord(BaseModel):
@@ -135,17 +159,30 @@ class OutcomeRecord(BaseModel):
     abs_error: float | None = None
     pnl: float | None = None
     recorded_at: float
+    worst_case: bool = False
+    """The prediction failed or was not finite: scored as wrong (classification) or with the experiment's
+    largest absolute error (regression)."""
 
 
 class ArmMetrics(BaseModel):
     """Descriptive numbers of one arm (metrics.py)."""
 
     requests: int
+    units: int = 0
+    """Distinct randomization units (routing keys; a request without a key counts as one) among requests."""
     errors: int
     error_rate: float
     latency_mean_ms: float | None = None
     latency_p95_ms: float | None = None
     outcomes: int
+    scored: int = 0
+    """Outcomes that score the primary metric (worst-case rows included)."""
+    scored_units: int = 0
+    """Independent units behind the scored outcomes: what the primary test's variance rests on."""
+    time_buckets: int | None = None
+    """variance=cluster: time buckets holding this arm's scored outcomes."""
+    worst_case: int = 0
+    """Scored outcomes of failed or non-finite predictions (scored as the worst case)."""
     accuracy: float | None = None
     precision_macro: float | None = None
     recall_macro: float | None = None
@@ -163,7 +200,8 @@ class Comparison(BaseModel):
 
     metric: str
     method: str
-    """welch | cluster | msprt | msprt-cluster."""
+    """welch | cluster-unit | cluster (unit and time) | msprt | msprt-cluster-unit | msprt-cluster |
+    description (reported, no test: P&L)."""
     champion: float | None = None
     challenger: float | None = None
     difference: float | None = None
@@ -175,7 +213,14 @@ class Comparison(BaseModel):
     df: float | None = None
     p_value: float | None = None
     samples_needed_per_arm: int | None = None
-    """Per-arm sample size for the configured power at the minimum effect of interest (normal approx.)."""
+    """Primary metric: scored outcomes the slower-filling arm still needs to reach ``planned_total``."""
+    planned_total: int | None = None
+    """Primary metric: total scored outcomes at which the decision rule (estimate >= the promotion margin
+    AND significant) has the configured power at the target gain, at the variance per outcome observed so
+    far (clustering included). Sequential: the power of the last look alone, a lower bound. None when no
+    size reaches it (target gain not above the margin)."""
+    expected_total: int | None = None
+    """Sequential mode: mean total at which the test stops under the target gain."""
 
 
 class DecisionResult(BaseModel):
@@ -196,3 +241,5 @@ class Analysis(BaseModel):
     comparisons: list[Comparison]
     applied: bool = False
     """True when this analysis applied the decision (auto_apply): promoted or rolled back."""
+    horizon_reached: bool | None = None
+    """mode=fixed with planned_outcomes: whether the decision was taken (on the frozen first outcomes)."""

@@ -5,6 +5,10 @@ read as an integer and scaled to a uniform number in [0, 1), challenger when bel
 (not the builtin ``hash()``, which is salted per process) makes the choice identical in every worker
 process and after restarts, so one trading account or instrument stays on one arm for the whole
 experiment. Requests without a key get a random one (uuid4): uniform, not sticky.
+
+The assignment carries a digest of the routing key (``unit``): the key is the randomization unit, and
+the analysis clusters its variance on it (stats.py). A digest, because the analysis needs only equality
+and the state database need not hold account ids.
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ def choose_arm(experiment_id: str, routing_key: str | None, challenger_share: fl
     return Arm.CHALLENGER if bucket(experiment_id, key) < challenger_share else Arm.CHAMPION
 
 
+def unit_of(routing_key: str | None) -> str | None:
+    """Digest of a routing key (16 hex chars); None for a request without one (its own unit)."""
+    if routing_key is None:
+        return None
+    return hashlib.sha256(routing_key.encode()).hexdigest()[:16]
+
+
 def assign(experiment: Experiment, routing_key: str | None) -> Assignment:
     arm = choose_arm(experiment.id, routing_key, experiment.traffic_split)
     version = experiment.challenger_version if arm is Arm.CHALLENGER else experiment.champion_version
-    return Assignment(experiment_id=experiment.id, arm=arm, version=version)
+    return Assignment(experiment_id=experiment.id, arm=arm, version=version, unit=unit_of(routing_key))

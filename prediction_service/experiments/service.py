@@ -3,8 +3,18 @@
 Hot path: ``route(model, routing_key)`` (served from a per-process cache refreshed every
 ``route_cache_ttl_seconds``, so most requests never touch SQLite) and, after serving,
 ``record_prediction(...)`` (one small SQLite insert: call it off the event loop). Trading systems later
-report what happened with ``record_outcome(request_id, actual, pnl)``; ``analyze(id)`` computes metrics,
-tests and the decision, and applies it when the experiment has ``auto_apply``.
+report what happened with ``record_outcome(request_id, actual, pnl, reporter)``; ``analyze(id)`` computes
+metrics, tests and the decision, and applies it when the experiment has ``auto_apply``.
+
+Who may report an outcome: outcomes move production (auto_apply), so a prediction's outcome comes from the
+key that made the prediction, or from a key with outcome (or admin) scope: the system that reports fills
+and P&L. An anonymous prediction's outcome may come from any read key only when the experiment does not
+act on its own, or when ``anonymous_outcomes_auto_apply`` says so.
+
+Safe defaults: auto_apply acts on always-valid (sequential) tests, or on a fixed-horizon test once, at its
+planned size; create refuses anything else, a champion that is not what production serves, and a
+challenger the registry would refuse to promote (so a PROMOTE cannot fail later). If a promotion fails
+anyway, the experiment stops with the reason instead of retrying (and failing) on every analysis.
 """
 
 from __future__ import annotations
@@ -15,16 +25,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import BadRequest, Conflict, InvalidInput, VersionNotFound
+from ..errors import BadRequest, Conflict, Forbidden, InvalidInput, PredictionServiceError, VersionNotFound
 from ..settings import ExperimentSettings
 from . import router
-from .decision import DecisionContext, decide
+from .decision import DecisionContext, decide, scored_units, worst_abs_error
 from .metrics import arm_metrics
-from .models import (Analysis, Arm, Assignment, Decision, Experiment, ExperimentSpec, ExperimentStatus,
-                     OutcomeRecord, PredictionRecord, Thresholds)
+from .models import (Analysis, Arm, Assignment, Decision, Experiment, ExperimentMode, ExperimentSpec,
+                     ExperimentStatus, OutcomeRecord, PredictionRecord, Thresholds)
 from .store import ExperimentStore
 
 log = logging.getLogger(__name__)
@@ -35,16 +47,72 @@ VersionExists = Callable[[str, str], bool]
 """version_exists(model_name, version) -> bool."""
 
 
+@dataclass(frozen=True)
+class VersionFacts:
+    status: str
+    """none | staging | production | archived."""
+    validation_passed: bool
+
+
+class VersionCatalog(Protocol):
+    """What create() asks the registry: which version serves production, and what a version is."""
+
+    def production(self, model_name: str) -> str | None: ...
+
+    def facts(self, model_name: str, version: str) -> VersionFacts | None: ...
+
+
+class RegistryCatalog:
+    """VersionCatalog over the model registry's public API (``stages`` and ``get``)."""
+
+    def __init__(self, registry: Any):
+        self.registry = registry
+
+    def production(self, model_name: str) -> str | None:
+        try:
+            return self.registry.stages(model_name).get("production")
+        except PredictionServiceError:
+            return None
+
+    def facts(self, model_name: str, version: str) -> VersionFacts | None:
+        try:
+            metadata = self.registry.get(model_name, version).metadata
+        except PredictionServiceError:
+            return None
+        return VersionFacts(status=metadata.status,
+                            validation_passed=metadata.validation is not None and metadata.validation.passed)
+
+
+@dataclass(frozen=True)
+class OutcomeReporter:
+    """The caller posting an outcome (from its API key)."""
+
+    key_id: str
+    any_prediction: bool = False
+    """outcome or admin scope: may report the outcome of any prediction."""
+
+
+def finite_output(prediction: np.ndarray | None) -> bool:
+    """False when a numeric output holds NaN or inf anywhere (the request counts as an error)."""
+    if prediction is None:
+        return True
+    arr = np.asarray(prediction)
+    if arr.dtype.kind not in "fc":
+        return True
+    return bool(np.isfinite(arr).all())
+
+
 def summarize_prediction(prediction: np.ndarray | None, task: str) -> tuple[int | None, float | None]:
     """(predicted class, predicted value) of one request's output; the first row when it has several.
 
     classification: an integer scalar is the class; one float is a positive-class probability
     (threshold 0.5); otherwise the argmax over the last axis (probabilities or logits).
-    regression: the first element is the predicted value."""
+    regression: the first element is the predicted value. (None, None) when the output is empty or
+    not finite: NaN probabilities are no class (argmax would call them class 0)."""
     if prediction is None:
         return None, None
     arr = np.asarray(prediction)
-    if arr.size == 0:
+    if arr.size == 0 or not finite_output(arr):
         return None, None
     if task == "regression":
         return None, float(arr.reshape(-1)[0])
@@ -56,11 +124,14 @@ def summarize_prediction(prediction: np.ndarray | None, task: str) -> tuple[int 
 
 class ExperimentService:
     def __init__(self, store: ExperimentStore, settings: ExperimentSettings, promoter: Promoter | None,
-                 version_exists: VersionExists, clock: Callable[[], float] = time.time):
+                 version_exists: VersionExists, clock: Callable[[], float] = time.time, *,
+                 catalog: VersionCatalog | None = None):
         self.store = store
         self.settings = settings
         self.promoter = promoter
         self.version_exists = version_exists
+        self.catalog = catalog
+        """When given, create() checks the champion serves production and the challenger may enter it."""
         self.clock = clock
         self._route_cache: dict[str, tuple[float, Experiment | None]] = {}
         self._tasks: dict[str, str] = {}  # experiment id -> task; a spec never changes
@@ -75,15 +146,59 @@ class ExperimentService:
             raise InvalidInput(f"traffic_split must be strictly between 0 and 1, got {spec.traffic_split}")
         if spec.auto_apply and self.promoter is None:
             raise BadRequest("auto_apply needs a promoter; this service was built without one")
+        self._check_design(spec)
         for version in (spec.champion_version, spec.challenger_version):
             if not self.version_exists(spec.model_name, version):
                 raise VersionNotFound(f"model {spec.model_name!r} has no version {version!r}",
                                       {"model": spec.model_name, "version": version})
+        if self.catalog is not None:
+            self._check_versions(spec, self.catalog)
         experiment = self.store.insert_experiment(uuid.uuid4().hex, spec, self.clock())
         self._invalidate(spec.model_name)
         log.info("experiment %s started: %s %s vs %s, challenger share %.2f", experiment.id, spec.model_name,
                  spec.champion_version, spec.challenger_version, spec.traffic_split)
         return experiment
+
+    def _check_design(self, spec: ExperimentSpec) -> None:
+        """Refuses combinations whose decisions could not be trusted, with what to do instead."""
+        th = self.thresholds(spec)
+        if th.target_accuracy_gain <= th.promote_min_accuracy_gain:
+            raise BadRequest(f"target_accuracy_gain ({th.target_accuracy_gain}) must exceed "
+                             f"promote_min_accuracy_gain ({th.promote_min_accuracy_gain}): no sample size gives a "
+                             "true gain at the margin more than 50 % power",
+                             {"target_accuracy_gain": th.target_accuracy_gain,
+                              "promote_min_accuracy_gain": th.promote_min_accuracy_gain})
+        if spec.mode is ExperimentMode.FIXED:
+            if spec.auto_apply and spec.planned_outcomes is None:
+                raise BadRequest("auto_apply with mode=fixed needs planned_outcomes: a fixed-horizon test is valid "
+                                 "for one look at a planned size, and auto_apply analyses on a schedule. Use "
+                                 "mode=sequential (the default), or set planned_outcomes (an analysis reports "
+                                 "planned_total)", {"mode": spec.mode.value, "auto_apply": True})
+            if spec.planned_outcomes is not None:
+                smaller = min(spec.traffic_split, 1 - spec.traffic_split)
+                if spec.planned_outcomes * smaller < th.min_samples_per_arm:
+                    raise BadRequest(f"planned_outcomes={spec.planned_outcomes} gives the smaller arm about "
+                                     f"{spec.planned_outcomes * smaller:.0f} outcomes; it needs "
+                                     f"min_samples_per_arm={th.min_samples_per_arm}",
+                                     {"planned_outcomes": spec.planned_outcomes})
+        elif spec.planned_outcomes is not None:
+            raise BadRequest("planned_outcomes is for mode=fixed; a sequential experiment may stop at any look",
+                             {"mode": spec.mode.value})
+
+    @staticmethod
+    def _check_versions(spec: ExperimentSpec, catalog: VersionCatalog) -> None:
+        production = catalog.production(spec.model_name)
+        if production != spec.champion_version:
+            raise Conflict(f"champion {spec.champion_version} is not what production serves "
+                           f"({production or 'no production version'}): the champion must be the production "
+                           "version, or a promotion would replace something the experiment never measured",
+                           {"model": spec.model_name, "champion_version": spec.champion_version,
+                            "production_version": production})
+        facts = catalog.facts(spec.model_name, spec.challenger_version)
+        if facts is not None and not facts.validation_passed:
+            raise Conflict(f"challenger {spec.challenger_version} has no passing validation report, so the registry "
+                           "would refuse to promote it: validate it first",
+                           {"model": spec.model_name, "challenger_version": spec.challenger_version})
 
     def get(self, experiment_id: str) -> Experiment:
         return self.store.get_experiment(experiment_id)
@@ -129,20 +244,44 @@ class ExperimentService:
         return task
 
     def record_prediction(self, request_id: str, assignment: Assignment, latency_ms: float, error: bool,
-                          prediction: np.ndarray | None = None) -> None:
-        """Stores one served request (Conflict when the request id is already recorded)."""
+                          prediction: np.ndarray | None = None, *, api_key_id: str | None = None) -> bool:
+        """Stores one served request (Conflict when the request id is already recorded). A NaN/inf output
+        counts as an error. False, and nothing stored, when the experiment ended after the assignment was
+        made (a stale route): such a prediction is not part of the experiment."""
         predicted_class, predicted_value = summarize_prediction(prediction, self._task(assignment.experiment_id))
-        self.store.insert_prediction(PredictionRecord(
+        error = bool(error) or not finite_output(prediction)
+        return self.store.insert_prediction(PredictionRecord(
             request_id=request_id, experiment_id=assignment.experiment_id, arm=assignment.arm,
-            version=assignment.version, served_at=self.clock(), latency_ms=float(latency_ms), error=bool(error),
-            predicted_class=predicted_class, predicted_value=predicted_value))
+            version=assignment.version, served_at=self.clock(), latency_ms=float(latency_ms), error=error,
+            predicted_class=predicted_class, predicted_value=predicted_value, unit=assignment.unit,
+            api_key_id=api_key_id))
 
-    def record_outcome(self, request_id: str, actual: float, pnl: float | None = None) -> OutcomeRecord:
-        """Scores a served prediction against what happened. NotFound for an unknown request id,
-        Conflict when it already has an outcome."""
+    def authorize_outcome(self, prediction: PredictionRecord, reporter: OutcomeReporter | None) -> None:
+        """Forbidden unless ``reporter`` may report this prediction's outcome (None: a trusted in-process
+        caller, or an API without keys)."""
+        if reporter is None or reporter.any_prediction:
+            return
+        details = {"request_id": prediction.request_id}
+        if prediction.api_key_id is not None:
+            if reporter.key_id != prediction.api_key_id:
+                raise Forbidden("an outcome may be posted only with the API key that made the prediction, or with "
+                                "a key of outcome scope", details)
+            return
+        experiment = self.store.get_experiment(prediction.experiment_id)
+        if experiment.auto_apply and not self.settings.anonymous_outcomes_auto_apply:
+            raise Forbidden("this prediction was made without an API key and its experiment applies decisions "
+                            "by itself (auto_apply): its outcome needs a key of outcome scope "
+                            "(or EXPERIMENT_ANONYMOUS_OUTCOMES_AUTO_APPLY=true)", details)
+
+    def record_outcome(self, request_id: str, actual: float, pnl: float | None = None,
+                       reporter: OutcomeReporter | None = None) -> OutcomeRecord:
+        """Scores a served prediction against what happened. NotFound for an unknown request id, Forbidden
+        when ``reporter`` may not report it (authorize_outcome), Conflict when it already has an outcome.
+        A failed or non-finite prediction scores as the worst case."""
         if not math.isfinite(actual) or (pnl is not None and not math.isfinite(pnl)):
             raise InvalidInput("actual and pnl must be finite numbers")
         prediction = self.store.get_prediction(request_id)
+        self.authorize_outcome(prediction, reporter)
         task = self._task(prediction.experiment_id)
         correct = abs_error = None
         if task == "classification":
@@ -150,11 +289,13 @@ class ExperimentService:
                 raise InvalidInput(f"classification outcome must be a class index, got {actual}")
             if prediction.predicted_class is not None:
                 correct = prediction.predicted_class == int(actual)
+            elif prediction.error:
+                correct = False
         elif prediction.predicted_value is not None:
             abs_error = abs(actual - prediction.predicted_value)
         record = OutcomeRecord(request_id=request_id, experiment_id=prediction.experiment_id, arm=prediction.arm,
                                actual=actual, correct=correct, abs_error=abs_error, pnl=pnl,
-                               recorded_at=self.clock())
+                               recorded_at=self.clock(), worst_case=prediction.error)
         self.store.insert_outcome(record)
         return record
 
@@ -170,26 +311,50 @@ class ExperimentService:
                           rollback_error_rate_increase=pick("rollback_error_rate_increase"),
                           rollback_accuracy_drop=pick("rollback_accuracy_drop"),
                           min_samples_per_arm=experiment.min_samples_per_arm or s.min_samples_per_arm,
+                          target_accuracy_gain=pick("target_accuracy_gain"),
+                          min_units_per_arm=pick("min_units_per_arm"),
                           msprt_tau=o.msprt_tau)
 
     def analyze(self, experiment_id: str) -> Analysis:
         experiment = self.store.get_experiment(experiment_id)
         thresholds = self.thresholds(experiment)
-        data = self.store.arm_data(experiment_id)
         ctx = DecisionContext(task=experiment.task, thresholds=thresholds, mode=experiment.mode,
                               variance=experiment.variance, cluster_seconds=experiment.cluster_seconds,
                               traffic_split=experiment.traffic_split)
+        horizon = experiment.planned_outcomes if experiment.mode is ExperimentMode.FIXED else None
+        reached = None
+        if horizon is not None:
+            reached = self.store.outcome_count(experiment_id) >= horizon
+        # At the horizon the data is frozen (the first planned outcomes), so every later analysis repeats
+        # the one decision; before it there is no decision to take.
+        data = self.store.arm_data(experiment_id, first_outcomes=horizon if reached else None)
         result = decide(data[Arm.CHAMPION], data[Arm.CHALLENGER], ctx)
+        if reached is False:
+            result.decision = Decision.CONTINUE
+            result.reasons = [f"fixed horizon: {self.store.outcome_count(experiment_id)} of {horizon} planned "
+                              "outcomes; the experiment decides once, at its planned size"]
         applied = False
         if experiment.auto_apply and experiment.status is ExperimentStatus.RUNNING:
-            applied = self._apply(experiment, result.decision, "; ".join(result.reasons))
-            if applied:
-                experiment = self.store.get_experiment(experiment_id)
+            if reached and result.decision is Decision.CONTINUE:
+                result.reasons.insert(0, f"fixed horizon of {horizon} outcomes reached without a promotion or "
+                                         "rollback: experiment stopped, champion kept")
+                self._end(experiment, ExperimentStatus.STOPPED, "; ".join(result.reasons))
+            else:
+                applied = self._apply(experiment, result.decision, "; ".join(result.reasons))
+            experiment = self.store.get_experiment(experiment_id)
         comparisons = [c for c in (result.primary, result.latency, result.error_rate, result.pnl) if c is not None]
         periods = self.settings.sharpe_periods_per_year
-        return Analysis(experiment=experiment, thresholds=thresholds,
-                        arms={arm: arm_metrics(data[arm], experiment.task, periods) for arm in Arm},
-                        decision=result.decision, reasons=result.reasons, comparisons=comparisons, applied=applied)
+        worst = worst_abs_error(data[Arm.CHAMPION], data[Arm.CHALLENGER]) if experiment.task == "regression" else None
+        arms = {}
+        for arm in Arm:
+            metrics = arm_metrics(data[arm], experiment.task, periods, worst)
+            if ctx.time_buckets:
+                _, times, units = data[arm].primary_values(experiment.task, worst)
+                metrics.time_buckets = int(np.unique(np.floor(times / ctx.cluster_seconds)).size)
+                metrics.scored_units = scored_units(units, times, times.size, ctx)
+            arms[arm] = metrics
+        return Analysis(experiment=experiment, thresholds=thresholds, arms=arms, decision=result.decision,
+                        reasons=result.reasons, comparisons=comparisons, applied=applied, horizon_reached=reached)
 
     def apply_due_decisions(self) -> list[Analysis]:
         """Analyse every running auto_apply experiment (acting on its decision); returns the ones applied.
@@ -208,8 +373,19 @@ class ExperimentService:
                 applied.append(analysis)
         return applied
 
+    def _end(self, experiment: Experiment, status: ExperimentStatus, reason: str) -> bool:
+        won = self.store.transition(experiment.id, status, reason, self.clock())
+        if won:
+            log.warning("experiment %s %s: %s", experiment.id, status.value, reason)
+        self._invalidate(experiment.model_name)
+        return won
+
     def _apply(self, experiment: Experiment, decision: Decision, reason: str) -> bool:
-        """Acts on a decision once (compare-and-set on the status, so one worker wins)."""
+        """Acts on a decision once (compare-and-set on the status, so one worker wins).
+
+        A promotion the registry refuses (a domain error: validation withdrawn, version archived since
+        create) stops the experiment with that reason: retrying could only fail again on every analysis.
+        Any other failure (the registry unreachable) puts it back to running and propagates."""
         if decision is Decision.CONTINUE:
             return False
         now = self.clock()
@@ -225,6 +401,15 @@ class ExperimentService:
                     if self.promoter is None:  # create() refuses auto_apply without one
                         raise BadRequest("auto_apply needs a promoter; this service was built without one")
                     self.promoter(experiment.model_name, experiment.challenger_version)
+                except PredictionServiceError as exc:
+                    self.store.transition(experiment.id, ExperimentStatus.STOPPED,
+                                          f"promotion of {experiment.challenger_version} failed: {exc.message}; "
+                                          f"champion kept (decision was: {reason})", now,
+                                          expected=ExperimentStatus.PROMOTED)
+                    log.error("experiment %s: promotion of %s %s refused, experiment stopped: %s", experiment.id,
+                              experiment.model_name, experiment.challenger_version, exc.message)
+                    self._invalidate(experiment.model_name)
+                    return False
                 except BaseException:
                     self.store.transition(experiment.id, ExperimentStatus.RUNNING, "", now,
                                           expected=ExperimentStatus.PROMOTED)

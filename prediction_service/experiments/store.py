@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS predictions (
     latency_ms      REAL NOT NULL,
     error           INTEGER NOT NULL,
     predicted_class INTEGER,
-    predicted_value REAL
+    predicted_value REAL,
+    unit            TEXT,
+    api_key_id      TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_by_experiment ON predictions(experiment_id, arm);
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -56,9 +58,14 @@ CREATE TABLE IF NOT EXISTS outcomes (
     correct     INTEGER,
     abs_error   REAL,
     pnl         REAL,
-    recorded_at REAL NOT NULL
+    recorded_at REAL NOT NULL,
+    worst_case  INTEGER NOT NULL DEFAULT 0
 );
 """
+
+# Columns added after the first release: (table, column, declaration) added to older files on open.
+_ADDED_COLUMNS = [("predictions", "unit", "TEXT"), ("predictions", "api_key_id", "TEXT"),
+                  ("outcomes", "worst_case", "INTEGER NOT NULL DEFAULT 0")]
 
 
 def _dt(epoch: float | None) -> datetime | None:
@@ -72,6 +79,14 @@ class ExperimentStore:
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._conn().executescript(_SCHEMA)  # idempotent; concurrent openers wait on busy_timeout
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            for table, column, declaration in _ADDED_COLUMNS:
+                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     # -- connections and transactions -------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -165,25 +180,32 @@ class ExperimentStore:
             return cursor.rowcount == 1
 
     # -- predictions and outcomes --------------------------------------------------------------------
-    def insert_prediction(self, record: PredictionRecord) -> None:
+    def insert_prediction(self, record: PredictionRecord) -> bool:
+        """Stores a prediction of a RUNNING experiment; False (nothing stored) when the experiment has ended:
+        an assignment handed out before a stop or promotion (a worker's route cache) is not counted."""
         try:
             with self._write() as conn:
-                conn.execute("INSERT INTO predictions (request_id, experiment_id, arm, version, served_at, "
-                             "latency_ms, error, predicted_class, predicted_value) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             (record.request_id, record.experiment_id, record.arm.value, record.version,
-                              record.served_at, record.latency_ms, int(record.error), record.predicted_class,
-                              record.predicted_value))
+                cursor = conn.execute(
+                    "INSERT INTO predictions (request_id, experiment_id, arm, version, served_at, latency_ms, "
+                    "error, predicted_class, predicted_value, unit, api_key_id) "
+                    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM experiments WHERE id = ? AND status = 'running')",
+                    (record.request_id, record.experiment_id, record.arm.value, record.version, record.served_at,
+                     record.latency_ms, int(record.error), record.predicted_class, record.predicted_value,
+                     record.unit, record.api_key_id, record.experiment_id))
+                if cursor.rowcount == 1:
+                    return True
+                if conn.execute("SELECT 1 FROM experiments WHERE id = ?", (record.experiment_id,)).fetchone() is None:
+                    raise NotFound(f"experiment {record.experiment_id!r} not found")
+                return False
         except sqlite3.IntegrityError as exc:
-            if "FOREIGN KEY" in str(exc):
-                raise NotFound(f"experiment {record.experiment_id!r} not found") from exc
             raise Conflict(f"prediction {record.request_id!r} is already recorded",
                            {"request_id": record.request_id}) from exc
 
     def get_prediction(self, request_id: str) -> PredictionRecord:
         row = self._conn().execute(
             "SELECT request_id, experiment_id, arm, version, served_at, latency_ms, error, predicted_class, "
-            "predicted_value FROM predictions WHERE request_id = ?", (request_id,)).fetchone()
+            "predicted_value, unit, api_key_id FROM predictions WHERE request_id = ?", (request_id,)).fetchone()
         if row is None:
             raise NotFound(f"no prediction served under an experiment has request id {request_id!r}",
                            {"request_id": request_id})
@@ -195,28 +217,51 @@ class ExperimentStore:
         correct = None if record.correct is None else int(record.correct)
         try:
             with self._write() as conn:
-                conn.execute("INSERT INTO outcomes (request_id, actual, correct, abs_error, pnl, recorded_at) "
-                             "VALUES (?, ?, ?, ?, ?, ?)",
+                conn.execute("INSERT INTO outcomes (request_id, actual, correct, abs_error, pnl, recorded_at, "
+                             "worst_case) VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (record.request_id, record.actual, correct, record.abs_error, record.pnl,
-                              record.recorded_at))
+                              record.recorded_at, int(record.worst_case)))
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"request {record.request_id!r} already has an outcome",
                            {"request_id": record.request_id}) from exc
 
-    def arm_data(self, experiment_id: str) -> dict[Arm, ArmData]:
-        """All samples of an experiment, per arm, as arrays (one query per table)."""
+    def outcome_count(self, experiment_id: str) -> int:
+        return int(self._conn().execute(
+            "SELECT COUNT(*) FROM outcomes o JOIN predictions p ON p.request_id = o.request_id "
+            "WHERE p.experiment_id = ?", (experiment_id,)).fetchone()[0])
+
+    def arm_data(self, experiment_id: str, first_outcomes: int | None = None) -> dict[Arm, ArmData]:
+        """All samples of an experiment, per arm, as arrays (one query per table).
+
+        ``first_outcomes``: only the first that many outcomes (by recording order) and the predictions
+        served up to when the last of them was recorded: the frozen data of a fixed-horizon decision."""
         conn = self._conn()
+        served_until, outcome_filter, args = float("inf"), "", []
+        if first_outcomes is not None:
+            first = ("SELECT o2.rowid FROM outcomes o2 JOIN predictions p2 ON p2.request_id = o2.request_id "
+                     "WHERE p2.experiment_id = ? ORDER BY o2.recorded_at, o2.rowid LIMIT ?")
+            last = conn.execute(f"SELECT MAX(recorded_at) FROM outcomes WHERE rowid IN ({first})",
+                                (experiment_id, first_outcomes)).fetchone()[0]
+            served_until = float("-inf") if last is None else last
+            outcome_filter, args = f" AND o.rowid IN ({first})", [experiment_id, first_outcomes]
         data: dict[Arm, ArmData] = {}
         for arm in Arm:
-            rows = conn.execute("SELECT latency_ms, error, served_at FROM predictions "
-                                "WHERE experiment_id = ? AND arm = ?", (experiment_id, arm.value)).fetchall()
-            pred = np.array(rows, dtype=np.float64).reshape(-1, 3)
+            # the unit: the routing key's digest, or the request itself when it had no key
+            rows = conn.execute("SELECT latency_ms, error, served_at, COALESCE(unit, 'request:' || request_id) "
+                                "FROM predictions WHERE experiment_id = ? AND arm = ? AND served_at <= ?",
+                                (experiment_id, arm.value, served_until)).fetchall()
+            pred = np.array([r[:3] for r in rows], dtype=np.float64).reshape(-1, 3)
+            units = np.array([r[3] for r in rows], dtype=object)
             rows = conn.execute(
-                "SELECT o.actual, p.predicted_class, o.correct, o.abs_error, o.pnl, p.served_at "
+                "SELECT o.actual, p.predicted_class, o.correct, o.abs_error, o.pnl, p.served_at, o.worst_case, "
+                "COALESCE(p.unit, 'request:' || p.request_id) "
                 "FROM outcomes o JOIN predictions p ON p.request_id = o.request_id "
-                "WHERE p.experiment_id = ? AND p.arm = ?", (experiment_id, arm.value)).fetchall()
-            out = np.array(rows, dtype=np.float64).reshape(-1, 6)  # NULL -> nan
+                f"WHERE p.experiment_id = ? AND p.arm = ?{outcome_filter}",
+                (experiment_id, arm.value, *args)).fetchall()
+            out = np.array([r[:7] for r in rows], dtype=np.float64).reshape(-1, 7)  # NULL -> nan
             data[arm] = ArmData(latency_ms=pred[:, 0], error=pred[:, 1].astype(bool), served_at=pred[:, 2],
                                 actual=out[:, 0], predicted_class=out[:, 1], correct=out[:, 2],
-                                abs_error=out[:, 3], pnl=out[:, 4], outcome_served_at=out[:, 5])
+                                abs_error=out[:, 3], pnl=out[:, 4], outcome_served_at=out[:, 5],
+                                worst_case=out[:, 6] == 1, unit=units,
+                                outcome_unit=np.array([r[7] for r in rows], dtype=object))
         return data

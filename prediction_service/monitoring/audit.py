@@ -252,7 +252,10 @@ class AuditLog:
             conn.executemany(INSERT, rows)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk): a second ROLLBACK would replace the
+            # real error with "cannot rollback - no transaction is active".
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
 

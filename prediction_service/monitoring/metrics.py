@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_CACHED_LABEL_SETS = 10_000
+"""Metric children kept per (model, version, status); past it the cache starts over (bounded memory)."""
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
                    0.1, 0.25, 0.5, 1.0)
@@ -152,6 +155,7 @@ class ServiceMetrics:
         self._dropped_feed = _CumulativeFeed(self.audit_dropped)
         self._write_error_feed = _CumulativeFeed(self.audit_write_errors)
         self._pruned_feed = _CumulativeFeed(self.audit_pruned)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     # ---- hooks ----------------------------------------------------------------------------------
 
@@ -159,11 +163,18 @@ class ServiceMetrics:
         resolved = record.version is not None
         model = record.model if resolved else UNRESOLVED
         version = record.version or ""
-        self.requests.labels(model, version, str(record.status)).inc()
+        key = (model, version, record.status)
+        children = self._children.get(key)
+        if children is None:  # labels() validates and locks on every call: resolve the children once
+            if len(self._children) > MAX_CACHED_LABEL_SETS:
+                self._children.clear()
+            children = self._children[key] = (self.requests.labels(model, version, str(record.status)),
+                                              self.latency.labels(model, version) if resolved else None)
+        children[0].inc()
         if record.error_code is not None:
             self.errors.labels(model, record.error_code).inc()
-        if resolved:
-            self.latency.labels(model, version).observe(record.latency_ms / 1000.0)
+        if children[1] is not None:
+            children[1].observe(record.latency_ms / 1000.0)
         if record.status == 200:
             self.window.add(record.latency_ms)
 

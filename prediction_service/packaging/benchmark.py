@@ -7,7 +7,7 @@ import time
 import numpy as np
 from pydantic import BaseModel
 
-from .runtime import Runner
+from ..runtimes import Runtime
 
 THROUGHPUT_BATCH = 32
 
@@ -31,7 +31,7 @@ def batch_of(inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(array[index]) for name, array in inputs.items()}
 
 
-def benchmark(runner: Runner, inputs: dict[str, np.ndarray], size_bytes: int, runs: int = 50,
+def benchmark(runner: Runtime, inputs: dict[str, np.ndarray], size_bytes: int, runs: int = 50,
               warmup: int = 5, threads: int = 1) -> BenchmarkResult:
     single = batch_of(inputs, 1)
     batch = batch_of(inputs, THROUGHPUT_BATCH)

@@ -13,30 +13,35 @@ import tempfile
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..errors import Conflict, InvalidInput, ValidationFailed
+from ..artifacts import ArtifactFormat, Precision
+from ..errors import InvalidInput, ValidationFailed
 from ..registry.layout import METADATA_FILE, RegistryLayout
 from ..registry.model_version import ModelVersion, ValidationReport, VersionMetadata
 from ..registry.store import ModelRegistry
 from ..registry.writer import ArtifactSource
+from ..runtimes import Runtime, TorchRuntime, open_artifact
 from ..signature import ModelSignature
 from ..torch_threads import torch_threads
 from .benchmark import BenchmarkResult, benchmark
 from .export import OnnxOptimization, TorchScriptMethod, export_onnx, export_torchscript, optimize_onnx
-from .runtime import OnnxRunner, Runner, TorchModuleRunner, TorchScriptRunner
-from .validation import Precision, Tolerances, VariantValidation, generate_inputs, validate_runner
+from .validation import Tolerances, VariantValidation, validate_runner
 from .variants import make_fp16, make_int8
 
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".packaging"
 """Scratch space under the registry root (hidden from the registry's listings)."""
+VALIDATION_DYNAMIC_DIM = 8
+"""Generated validation inputs: size of dynamic dims other than the batch."""
+VALIDATION_INT_HIGH = 2
+"""Generated validation inputs: integer ids drawn from [0, this)."""
 
 
 class PackagingOptions(BaseModel):
@@ -91,14 +96,18 @@ class PackagingResult(BaseModel):
 @dataclass(frozen=True)
 class _Variant:
     key: str
-    format: str
+    format: ArtifactFormat
     precision: Precision
     path: Path
     file_name: str
     required: bool
     """A required variant failing validation stops the whole packaging."""
-    make_runner: Callable[[], Runner]
     benchmarked: bool = True
+
+    def open(self, request: PackagingRequest, options: PackagingOptions) -> Runtime:
+        """The runtime serving will use for this artifact, opened the same way (runtimes.open_artifact)."""
+        return open_artifact(self.path, self.format, request.signature, options.threads,
+                             architecture=request.architecture, architecture_config=request.architecture_config)
 
 
 def package_model(model: nn.Module, request: PackagingRequest, store: Path,
@@ -106,7 +115,7 @@ def package_model(model: nn.Module, request: PackagingRequest, store: Path,
                   validation_inputs: dict[str, np.ndarray] | None = None) -> PackagingResult:
     options = options or PackagingOptions()
     store = Path(store)
-    _check_free(store, request)
+    RegistryLayout(store).new_version_dir(request.name, request.version)  # Conflict before any expensive work
     _check_extra_files(request)
     work_root = store / WORK_DIR
     work_root.mkdir(parents=True, exist_ok=True)
@@ -125,13 +134,13 @@ def _package(model: nn.Module, request: PackagingRequest, store: Path, options: 
     signature = request.signature
     inputs = _validation_set(signature, validation_inputs, options)
     log.info("[%s:%s] validation set: %d rows", request.name, request.version, _rows(inputs))
-    reference = TorchModuleRunner(model, signature).run(inputs)
+    reference = TorchRuntime(model, signature, options.threads).run(inputs)
     example = {name: array[:2] for name, array in inputs.items()}
 
     variants = _export_all(model, request, options, example, work)
     validations: dict[str, VariantValidation] = {}
     for variant in variants:
-        result = validate_runner(variant.make_runner(), inputs, reference, signature, variant.key,
+        result = validate_runner(variant.open(request, options), inputs, reference, signature, variant.key,
                                  variant.format, variant.precision, options.tolerances)
         validations[variant.key] = result
         log.info("[%s:%s] validate %s: %s (max abs %.3g, mean abs %.3g%s)", request.name, request.version,
@@ -149,7 +158,7 @@ def _package(model: nn.Module, request: PackagingRequest, store: Path, options: 
     benchmarks: dict[str, BenchmarkResult] = {}
     if options.benchmark_runs:
         for variant in (v for v in accepted if v.benchmarked):
-            benchmarks[variant.key] = benchmark(variant.make_runner(), inputs, variant.path.stat().st_size,
+            benchmarks[variant.key] = benchmark(variant.open(request, options), inputs, variant.path.stat().st_size,
                                                 runs=options.benchmark_runs, threads=options.threads)
             b = benchmarks[variant.key]
             log.info("[%s:%s] benchmark %s: p50 %.3f ms, p99 %.3f ms, %.0f rows/s at batch %d, %d bytes",
@@ -199,45 +208,34 @@ def _export_all(model: nn.Module, request: PackagingRequest, options: PackagingO
     else:
         optimize_onnx(raw_onnx, served_onnx, options.onnx_optimization)
     log.info("%s onnx graph optimisation: %s", tag, options.onnx_optimization)
-    variants = [_Variant("onnx-fp32", "onnx", "fp32", served_onnx, "model.onnx", True,
-                         lambda: OnnxRunner(served_onnx, options.threads))]
+    variants = [_Variant("onnx-fp32", "onnx", "fp32", served_onnx, "model.onnx", True)]
     if options.torchscript:
         ts_path = work / "model.pt"
         method = export_torchscript(model, signature, example, ts_path, options.torchscript_method)
         log.info("%s export torchscript (%s, frozen, optimised for inference)", tag, method)
-        variants.append(_Variant("torchscript-fp32", "torchscript", "fp32", ts_path, "model.pt", True,
-                                 lambda: TorchScriptRunner(ts_path, signature)))
+        variants.append(_Variant("torchscript-fp32", "torchscript", "fp32", ts_path, "model.pt", True))
     if options.state_dict and request.architecture:
         sd_path = work / "state_dict.pt"
         torch.save(model.state_dict(), sd_path)
         log.info("%s saved state_dict for architecture %s", tag, request.architecture)
+        # Rebuilt from the architecture + config and the saved weights, as serving does.
         variants.append(_Variant("state_dict-fp32", "state_dict", "fp32", sd_path, "state_dict.pt", True,
-                                 lambda: _state_dict_runner(request, sd_path), benchmarked=False))
+                                 benchmarked=False))
     if options.fp16:
         fp16_path = make_fp16(raw_onnx, work / "model.fp16.onnx")
         log.info("%s variant onnx fp16 built", tag)
-        variants.append(_Variant("onnx-fp16", "onnx", "fp16", fp16_path, "model.fp16.onnx", False,
-                                 lambda: OnnxRunner(fp16_path, options.threads)))
+        variants.append(_Variant("onnx-fp16", "onnx", "fp16", fp16_path, "model.fp16.onnx", False))
     if options.int8:
         int8_path = make_int8(raw_onnx, work / "model.int8.onnx")
         log.info("%s variant onnx int8 (dynamic quantization) built", tag)
-        variants.append(_Variant("onnx-int8", "onnx", "int8", int8_path, "model.int8.onnx", False,
-                                 lambda: OnnxRunner(int8_path, options.threads)))
+        variants.append(_Variant("onnx-int8", "onnx", "int8", int8_path, "model.int8.onnx", False))
     return variants
-
-
-def _state_dict_runner(request: PackagingRequest, path: Path) -> Runner:
-    """Rebuild from the architecture + config and the saved weights, as a loader of the registry would."""
-    from ..modelzoo.architectures import build_model  # the zoo is only needed for state_dict round trips
-
-    rebuilt = build_model(request.architecture, request.architecture_config)
-    rebuilt.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return TorchModuleRunner(rebuilt, request.signature)
 
 
 def _validation_set(signature: ModelSignature, given: dict[str, np.ndarray] | None,
                     options: PackagingOptions) -> dict[str, np.ndarray]:
-    raw = given if given is not None else generate_inputs(signature, options.validation_rows)
+    raw = given if given is not None else signature.synthetic_inputs(
+        options.validation_rows, dynamic_dim=VALIDATION_DYNAMIC_DIM, int_high=VALIDATION_INT_HIGH)
     rows = _rows(raw)
     # Checked against the signature like a request would be, but in chunks: the set may exceed max_batch_size.
     chunks = [signature.validate_inputs({k: v[i : i + signature.max_batch_size] for k, v in raw.items()})
@@ -247,14 +245,6 @@ def _validation_set(signature: ModelSignature, given: dict[str, np.ndarray] | No
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:
     return len(next(iter(inputs.values())))
-
-
-def _check_free(store: Path, request: PackagingRequest) -> None:
-    """Fail before any expensive work when the version exists (names are validated here too)."""
-    version_dir = RegistryLayout(store).version_dir(request.name, request.version)
-    if (version_dir / METADATA_FILE).exists() or version_dir.exists():
-        raise Conflict(f"{request.name} version {request.version} already exists",
-                       {"model": request.name, "version": request.version})
 
 
 def _check_extra_files(request: PackagingRequest) -> None:

@@ -6,15 +6,14 @@ failing report can name the rows that went worst. Classifiers also get the top-1
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..artifacts import Precision
+from ..runtimes import Runtime
 from ..signature import ModelSignature
-from .runtime import Runner
-
-Precision = Literal["fp32", "fp16", "int8"]
 
 
 class VariantTolerance(BaseModel):
@@ -63,29 +62,8 @@ class VariantValidation(BaseModel):
     failures: list[str] = Field(default_factory=list)
     """Which limits were exceeded, in words."""
     worst_inputs: list[WorstInput] = Field(default_factory=list)
-
-
-def generate_inputs(signature: ModelSignature, rows: int, seed: int = 0, int_high: int = 2) -> dict[str, np.ndarray]:
-    """Random inputs matching the signature: standard normal floats, ints in ``[0, int_high)``.
-
-    An attention-mask input (named by ``signature.text``) gets prefix masks of random length.
-    Prefer real or model-zoo data when there is any: random data exercises less of the model.
-    """
-    rng = np.random.default_rng(seed)
-    mask_name = signature.text.attention_mask if signature.text else None
-    arrays: dict[str, np.ndarray] = {}
-    for spec in signature.inputs:
-        shape = (rows, *(d if d != -1 else 8 for d in spec.row_shape))
-        if spec.name == mask_name:
-            lengths = rng.integers(1, shape[-1] + 1, size=rows)
-            arrays[spec.name] = (np.arange(shape[-1])[None, :] < lengths[:, None]).astype(spec.dtype)
-        elif spec.dtype.startswith("float"):
-            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype == "bool":
-            arrays[spec.name] = rng.random(shape) < 0.5
-        else:
-            arrays[spec.name] = rng.integers(0, int_high, size=shape).astype(spec.dtype)
-    return arrays
+    runtime: dict[str, Any] = Field(default_factory=dict)
+    """The runtime that produced the variant's outputs and its options: the one serving opens."""
 
 
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], signature: ModelSignature,
@@ -141,7 +119,8 @@ def _top1_agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     return want.reshape(len(want), -1).argmax(axis=1) == np.asarray(got).reshape(len(want), -1).argmax(axis=1)
 
 
-def validate_runner(runner: Runner, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+def validate_runner(runner: Runtime, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
                     signature: ModelSignature, variant: str, format: str, precision: Precision,
                     tolerances: Tolerances) -> VariantValidation:
-    return compare(reference, runner.run(inputs), signature, variant, format, precision, tolerances)
+    result = compare(reference, runner.run(inputs), signature, variant, format, precision, tolerances)
+    return result.model_copy(update={"runtime": runner.options})

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import InvalidName
+from ..errors import Conflict, InvalidName
 
 STAGES = ("production", "staging")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
@@ -56,6 +56,13 @@ class RegistryLayout:
 
     def version_dir(self, name: str, version: str) -> Path:
         return self._inside(self.model_dir(name) / f"v{validate_version(version)}")
+
+    def new_version_dir(self, name: str, version: str) -> Path:
+        """Where a new version goes; Conflict when it exists. Callers check early, before expensive work."""
+        path = self.version_dir(name, version)
+        if path.exists():
+            raise Conflict(f"{name} version {version} already exists", {"model": name, "version": version})
+        return path
 
     def stage_link(self, name: str, stage: str) -> Path:
         return self.model_dir(name) / validate_stage(stage)

@@ -8,10 +8,13 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..artifacts import DEFAULT_PRECISION, ArtifactFormat, Precision
 from ..signature import ModelSignature
+from .layout import validate_file_name
 
-ArtifactFormat = Literal["onnx", "torchscript", "state_dict"]
 Status = Literal["none", "staging", "production", "archived"]
+CACHE_DIR = ".cache"
+"""Per-version caches (see ModelVersion.cache_dir); hidden, and not a valid artifact file name."""
 
 
 class ModelKey(NamedTuple):
@@ -27,7 +30,7 @@ class ArtifactInfo(BaseModel):
 
     file: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     format: ArtifactFormat
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Precision = DEFAULT_PRECISION
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(ge=0)
 
@@ -90,9 +93,9 @@ class ModelVersion(BaseModel):
     def signature(self) -> ModelSignature:
         return self.metadata.signature
 
-    def artifact(self, formats: tuple[str, ...], precision: str = "fp32") -> ArtifactInfo | None:
+    def artifact(self, formats: tuple[str, ...], precision: str = DEFAULT_PRECISION) -> ArtifactInfo | None:
         """First artifact in ``formats`` order with ``precision``, falling back to fp32."""
-        for wanted in dict.fromkeys((precision, "fp32")):
+        for wanted in dict.fromkeys((precision, DEFAULT_PRECISION)):
             for fmt in formats:
                 for art in self.metadata.artifacts:
                     if art.format == fmt and art.precision == wanted:
@@ -101,3 +104,11 @@ class ModelVersion(BaseModel):
 
     def artifact_path(self, artifact: ArtifactInfo) -> Path:
         return self.path / artifact.file
+
+    def cache_dir(self, purpose: str) -> Path:
+        """A directory, created on first use, where a backend keeps what it derives from this version's
+        artifacts (a compiled archive, ...). It lives inside the version, so it goes when the version is
+        deleted, is shared by every worker, and is never listed as an artifact."""
+        path = self.path / CACHE_DIR / validate_file_name(purpose)
+        path.mkdir(parents=True, exist_ok=True)
+        return path

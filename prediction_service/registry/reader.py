@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from ..errors import ModelNotFound, PredictionServiceError, VersionNotFound
+from .fsutil import atomic_write_bytes
 from .layout import METADATA_FILE, STAGES, RegistryLayout, validate_stage
 from .model_version import ModelVersion, VersionMetadata
 
 
 class CorruptMetadata(PredictionServiceError):
     code = "corrupt_metadata"
+
+
+RELOAD_FILE = ".reload-generation"
+"""Per model: a counter that every worker polls; bumping it asks all of them to re-read the model."""
 
 
 class RegistryReader:
@@ -86,6 +92,24 @@ class RegistryReader:
             self._links[(name, stage)] = str(self.layout.stage_link(name, stage))
             self._resolved[(name, stage)] = (f"v{target}", _stamp(meta_path), found)
         return found
+
+    # ---- reload requests: a signal between workers, not a registry change (no lock, no event) -------
+
+    def request_reload(self, name: str) -> bytes:
+        """Ask every worker to re-read ``name`` (ModelNotFound when it is not registered); the new generation."""
+        model_dir = self.layout.model_dir(name)
+        if name not in self.model_names():
+            raise ModelNotFound(f"model {name!r} is not registered", {"model": name})
+        generation = str(time.time_ns()).encode()
+        atomic_write_bytes(model_dir / RELOAD_FILE, generation)
+        return generation
+
+    def reload_generation(self, name: str) -> bytes:
+        """The latest reload request for ``name`` (b"" when there was none)."""
+        try:
+            return (self.layout.model_dir(name) / RELOAD_FILE).read_bytes()
+        except FileNotFoundError:
+            return b""
 
     def _resolve_cached(self, name: str, stage: str) -> ModelVersion | None:
         """The hot path; None sends the caller down the validating slow path."""

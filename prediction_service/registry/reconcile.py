@@ -23,9 +23,10 @@ from datetime import datetime, timezone
 from pydantic import BaseModel
 
 from .events import EventLog
-from .fsutil import atomic_write_bytes, fsync_dir
+from .fsutil import fsync_dir
 from .layout import METADATA_FILE, RegistryLayout
 from .model_version import VersionMetadata
+from .writer import write_metadata
 
 log = logging.getLogger(__name__)
 RECONCILE_ACTOR = "reconcile"
@@ -46,8 +47,7 @@ def read_metadata(layout: RegistryLayout, name: str, version: str) -> VersionMet
 
 def write_status(layout: RegistryLayout, metadata: VersionMetadata, status: str) -> VersionMetadata:
     updated = metadata.model_copy(update={"status": status})
-    atomic_write_bytes(layout.metadata_path(metadata.name, metadata.version),
-                       updated.model_dump_json(indent=2).encode())
+    write_metadata(layout.metadata_path(metadata.name, metadata.version), updated)
     return updated
 
 

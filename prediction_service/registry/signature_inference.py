@@ -1,9 +1,9 @@
 """Signatures from ONNX graphs, and the smoke run that checks a signature against the model itself.
 
 Inference reads names, dtypes and shapes from the graph (symbolic or unknown dims become -1).
-The smoke run feeds generated inputs of the signature to ONNX Runtime and checks that the outputs
-carry the declared names, dtypes and shapes; it is what a version gets as validation when no
-numeric-parity report comes with it.
+The smoke run feeds generated inputs of the signature to the ONNX runtime that serves the model
+(runtimes.OnnxRuntime, one thread) and checks that the outputs carry the declared names, dtypes and
+shapes; it is what a version gets as validation when no numeric-parity report comes with it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import InvalidInput, ValidationFailed
+from ..runtimes import OnnxRuntime
 from ..signature import ModelSignature, TensorSpec
 from .model_version import ValidationReport
 
@@ -106,17 +107,12 @@ def smoke_inputs(signature: ModelSignature, seed: int = 0) -> dict[str, np.ndarr
 
 def smoke_test(onnx_path: Path, signature: ModelSignature) -> ValidationReport:
     """Run the model once on generated inputs; raise ValidationFailed unless the outputs match the signature."""
-    import onnxruntime as ort
-
     _check_against_graph(signature, infer_signature(onnx_path))
     inputs = smoke_inputs(signature)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        results = dict(zip(names, session.run(names, inputs)))
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument/RuntimeException types
+        runtime = OnnxRuntime(onnx_path, signature, threads=1)
+        results = runtime.run(inputs)
+    except Exception as exc:  # ModelLoadError when it cannot open; ORT's own Fail/InvalidArgument/... when a run fails
         raise ValidationFailed(f"the model failed its smoke run: {exc}", {"inputs": _shapes(inputs)}) from exc
     batch = next(iter(inputs.values())).shape[0]
     problems = []
@@ -133,7 +129,7 @@ def smoke_test(onnx_path: Path, signature: ModelSignature) -> ValidationReport:
     if problems:
         raise ValidationFailed("model outputs do not match the signature", {"problems": problems})
     return ValidationReport(passed=True, kind="smoke", details={
-        "runtime": f"onnxruntime {ort.__version__}",
+        "runtime": runtime.options["runtime"],
         "inputs": _shapes(inputs),
         "outputs": _shapes(results),
     })

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -20,27 +21,27 @@ from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
-from ..errors import Conflict, InvalidInput, InvalidName, VersionNotFound
+from ..artifacts import ARTIFACT_FORMATS, PRECISIONS
+from ..errors import InvalidInput, InvalidName, VersionNotFound
 from ..signature import ModelSignature
 from .checkpoints import step
 from .compare import VersionComparison, compare_versions
 from .errors import PromotionRefused, RegistryBusy, StageInUse
 from .events import EVENTS_FILE, EventLog, RegistryEvent
-from .fsutil import atomic_symlink, atomic_write_bytes, fsync_dir
-from .layout import METADATA_FILE, RegistryLayout, validate_file_name, validate_name
+from .fsutil import atomic_symlink, fsync_dir
+from .layout import RegistryLayout, validate_file_name, validate_name
 from .lifecycle import STAGE_OF_STATUS, check_transition
 from .model_version import ModelVersion, ValidationReport, VersionMetadata
 from .reader import RegistryReader
 from .reconcile import Repair, read_metadata, reconcile_model, write_status
 from .signature_inference import infer_signature, smoke_test
-from .writer import ArtifactSource, register_version
+from .writer import ArtifactSource, register_version, write_metadata
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 STATE_DIR = ".state"
-_FORMATS = ("onnx", "torchscript", "state_dict")
-_PRECISIONS = ("fp32", "fp16", "int8")
+UPLOADS_DIR = "uploads"
 
 
 class ModelRegistry:
@@ -89,6 +90,18 @@ class ModelRegistry:
 
     # ---- writes ------------------------------------------------------------------------------
 
+    @contextmanager
+    def upload_staging(self) -> Iterator[Path]:
+        """A private directory (0700) under the state dir, on the store's filesystem, for files on
+        their way in (an API upload being received); removed with everything in it afterwards."""
+        uploads = self.root / STATE_DIR / UPLOADS_DIR
+        uploads.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=uploads))
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def register(
         self,
         name: str,
@@ -112,7 +125,7 @@ class ModelRegistry:
         model gets a smoke run against the signature (ValidationFailed when it does not match), and
         that smoke report is stored unless a ``numeric_parity`` report is supplied.
         """
-        self._check_new_version(name, version)
+        self.layout.new_version_dir(name, version)  # fail before the smoke run
         if not artifacts:
             raise InvalidInput("a version needs at least one artifact")
         for source in artifacts:
@@ -293,20 +306,15 @@ class ModelRegistry:
         return read_metadata(self.layout, name, version)
 
     def _write(self, metadata: VersionMetadata) -> None:
-        atomic_write_bytes(self.layout.metadata_path(metadata.name, metadata.version),
-                           metadata.model_dump_json(indent=2).encode())
-
-    def _check_new_version(self, name: str, version: str) -> None:
-        if (self.layout.version_dir(name, version) / METADATA_FILE).exists():
-            raise Conflict(f"{name} version {version} already exists", {"model": name, "version": version})
+        write_metadata(self.layout.metadata_path(metadata.name, metadata.version), metadata)
 
 
 def _check_artifact(source: ArtifactSource) -> None:
     validate_file_name(source.file_name or Path(source.path).name)
-    if source.format not in _FORMATS:
-        raise InvalidInput(f"unknown artifact format {source.format!r}; valid: {', '.join(_FORMATS)}")
-    if source.precision not in _PRECISIONS:
-        raise InvalidInput(f"unknown precision {source.precision!r}; valid: {', '.join(_PRECISIONS)}")
+    if source.format not in ARTIFACT_FORMATS:
+        raise InvalidInput(f"unknown artifact format {source.format!r}; valid: {', '.join(ARTIFACT_FORMATS)}")
+    if source.precision not in PRECISIONS:
+        raise InvalidInput(f"unknown precision {source.precision!r}; valid: {', '.join(PRECISIONS)}")
     if not Path(source.path).is_file():
         raise InvalidInput(f"artifact {Path(source.path).name} does not exist or is not a file")
 

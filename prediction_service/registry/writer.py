@@ -11,7 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import Conflict, InvalidInput
+from ..artifacts import DEFAULT_PRECISION, ArtifactFormat, Precision
+from ..errors import InvalidInput
 from .fsutil import atomic_symlink, atomic_write_bytes, fsync_dir, sha256_file
 from .layout import METADATA_FILE, RegistryLayout, validate_stage
 from .model_version import ArtifactInfo, ModelVersion, VersionMetadata
@@ -22,8 +23,8 @@ class ArtifactSource:
     """A file to copy into a version: where it is now and what it is."""
 
     path: Path
-    format: str
-    precision: str = "fp32"
+    format: ArtifactFormat
+    precision: Precision = DEFAULT_PRECISION
     file_name: str | None = None
     """Name inside the version dir; defaults to the source's name."""
 
@@ -38,11 +39,7 @@ def register_version(
 
     ``metadata.artifacts`` is replaced by what was copied, with sha256 and size of each file.
     """
-    layout = RegistryLayout(root)
-    final_dir = layout.version_dir(metadata.name, metadata.version)
-    if final_dir.exists():
-        raise Conflict(f"{metadata.name} version {metadata.version} already exists",
-                       {"model": metadata.name, "version": metadata.version})
+    final_dir = RegistryLayout(root).new_version_dir(metadata.name, metadata.version)
     if not artifacts:
         raise InvalidInput("a version needs at least one artifact")
     model_dir = final_dir.parent
@@ -61,7 +58,7 @@ def register_version(
         for extra in extra_files:
             shutil.copyfile(extra, staging / Path(extra).name)
         final_meta = metadata.model_copy(update={"artifacts": infos})
-        atomic_write_bytes(staging / METADATA_FILE, final_meta.model_dump_json(indent=2).encode())
+        write_metadata(staging / METADATA_FILE, final_meta)
         fsync_dir(staging)
         staging.rename(final_dir)
         fsync_dir(model_dir)
@@ -71,9 +68,8 @@ def register_version(
     return ModelVersion(path=final_dir, metadata=final_meta)
 
 
-def write_metadata(root: Path, metadata: VersionMetadata) -> None:
-    """Replace a version's metadata.json atomically (temp + fsync + replace)."""
-    path = RegistryLayout(root).metadata_path(metadata.name, metadata.version)
+def write_metadata(path: Path, metadata: VersionMetadata) -> None:
+    """Write metadata.json atomically (temp + fsync + replace): the one serialization every writer uses."""
     atomic_write_bytes(path, metadata.model_dump_json(indent=2).encode())
 
 

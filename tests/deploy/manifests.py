@@ -26,6 +26,7 @@ NOT_SETTINGS = {
     # Variables the manifests set on purpose that are not Settings fields, and who reads them.
     "POD_NAME": "Kubernetes downward API; only used to build AUDIT_DB_PATH",
     "PROMETHEUS_MULTIPROC_DIR": "prometheus_client multiprocess mode and `serve` (monitoring/metrics.py)",
+    "PROTOCOL": "KServe: the inference protocol of a custom predictor (v2 = Open Inference Protocol)",
     "PATH": "the image's virtual environment",
     "PYTHONPATH": "the interpreter: where prediction_service is",
     "PYTHONUNBUFFERED": "the interpreter: logs reach the container runtime at once",

@@ -118,7 +118,9 @@ def test_runtime_runs_non_root_on_server_port(dockerfile):
     assert uid.isdigit() and int(uid) != 0, "numeric non-root uid (runAsNonRoot can verify it)"
     assert uid == "10001"  # kubernetes/deployment.yaml runAsUser
     env = runtime.env()
-    assert runtime.all("EXPOSE") == [env["SERVER_PORT"]]
+    exposed = [port for arg in runtime.all("EXPOSE") for port in arg.split()]
+    assert exposed == [env["SERVER_PORT"], env["SERVER_GRPC_PORT"]], "HTTP and OIP gRPC, the ports serve binds"
+    assert env["SERVER_GRPC_PORT"] == str(ServerSettings.model_fields["grpc_port"].default)
     assert env["SERVER_HOST"] == "0.0.0.0"
     assert ServerSettings.model_fields["host"].default == "127.0.0.1", "0.0.0.0 belongs in the image, not the code"
     assert env["MODEL_STORE"] == "/models" and runtime.all("VOLUME") == ['["/models"]']
@@ -159,9 +161,10 @@ def test_compose_builds_the_demo_registry_then_serves_it(compose):
     assert (COMPOSE.parent / demo["build"]["context"] / demo["build"]["dockerfile"]).resolve().is_file()
     env = api["environment"]
     settings_env = {k: v for k, v in env.items() if k in settings_variables() and "${" not in str(v)}
-    published, container_port = api["ports"][0].rsplit(":", 1)
-    assert published.startswith("127.0.0.1:"), "publish on the host's loopback only"
-    assert container_port == env["SERVER_PORT"]
+    published = dict(reversed(entry.rsplit(":", 1)) for entry in api["ports"])  # container port -> host side
+    assert list(published) == [env["SERVER_PORT"], env["SERVER_GRPC_PORT"]], "HTTP and OIP gRPC are published"
+    assert all(host.startswith("127.0.0.1:") for host in published.values()), "publish on the host's loopback only"
+    assert published[env["SERVER_GRPC_PORT"]] == f"127.0.0.1:{env['SERVER_GRPC_PORT']}"  # the usual 8001 on the host
     assert env["API_KEYS"] == "${API_KEYS:-}", "keys come from the host environment, never a literal"
     stop = float(api["stop_grace_period"].rstrip("s"))
     drain, grace = float(env["SERVER_SHUTDOWN_DRAIN_SECONDS"]), float(env["SERVER_SHUTDOWN_GRACE_SECONDS"])

@@ -11,7 +11,7 @@ from prediction_service import __version__
 from prediction_service.api.app import create_app
 from prediction_service.cli import build_parser
 from prediction_service.monitoring.metrics import MULTIPROC_ENV
-from prediction_service.settings import Settings
+from prediction_service.settings import ServerSettings, Settings
 from tests.deploy.manifests import (KSERVE, NOT_SETTINGS, config_env, container_env, load_yaml, one, pod_spec,
                                     render_base, settings_variables)
 
@@ -92,19 +92,39 @@ def test_probes_and_scrape_paths_are_real_routes(base, kserve, get_routes):
 def test_ports_agree_with_server_port(base, kserve):
     for container, env in workloads(base, kserve):
         port = int(env["SERVER_PORT"])
-        assert [p["containerPort"] for p in container["ports"]] == [port]
-        for probe in PROBES:
+        assert [p["containerPort"] for p in container["ports"]] == [port, int(env["SERVER_GRPC_PORT"])]
+        for probe in PROBES:  # probes stay on HTTP: the first port, by number or by its name
             probe_port = container[probe]["httpGet"]["port"]
-            assert probe_port in (port, *(p.get("name") for p in container["ports"]))
+            assert probe_port in (port, "http") and container["ports"][0]["name"] == "http"
     port = int(config_env(base)["SERVER_PORT"])
     assert port == 8080  # KServe's convention, and the image's EXPOSE (tests/deploy/test_docker.py)
     service = one(base, "Service")
-    [service_port] = service["spec"]["ports"]
     [container, _], _ = workloads(base, kserve)
-    assert service_port["targetPort"] in [p["name"] for p in container["ports"]]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [p["name"] for p in container["ports"]]
     annotations = one(base, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == port
     assert int(kserve["metadata"]["annotations"]["prometheus.io/port"]) == port
+
+
+def test_grpc_port_is_exposed_wherever_http_is(base, kserve):
+    """OIP gRPC listens on SERVER_GRPC_PORT in every worker: the pod declares it as a port named grpc, the
+    Service publishes it as gRPC (cleartext HTTP/2), and KServe is told the predictor speaks the v2 protocol."""
+    assert ServerSettings.model_fields["grpc_port"].default == 8001  # the manifests agree with the code's default
+    for container, env in workloads(base, kserve):
+        grpc_port = int(env["SERVER_GRPC_PORT"])
+        assert grpc_port == 8001 != int(env["SERVER_PORT"])
+        ports = {p["name"]: p for p in container["ports"]}
+        assert ports["grpc"] == {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"}
+        assert all("grpc" not in str(container[probe]["httpGet"]["port"]) for probe in PROBES)
+    service_ports = {p["name"]: p for p in one(base, "Service")["spec"]["ports"]}
+    assert service_ports["grpc"] == {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP",
+                                     "appProtocol": "kubernetes.io/h2c"}
+    assert service_ports["http"]["targetPort"] == "http"
+    [predictor] = pod_spec(kserve)["containers"]
+    # KServe reads a custom predictor's protocol from its PROTOCOL variable; RawDeployment publishes the
+    # first port as 80 and later ports as themselves, so http must stay first.
+    assert container_env(predictor)["PROTOCOL"] == "v2"
+    assert [p["name"] for p in predictor["ports"]] == ["http", "grpc"]
 
 
 def test_termination_grace_covers_drain_grace_and_audit_flush(base, kserve):
@@ -197,7 +217,8 @@ def test_kserve_custom_predictor_shape(kserve):
     predictor = kserve["spec"]["predictor"]
     [container] = predictor["containers"]
     assert container["name"] == "kserve-container"
-    assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                                  {"name": "grpc", "containerPort": 8001, "protocol": "TCP"}]
     assert predictor["minReplicas"] <= predictor["maxReplicas"]
     claims = [v["persistentVolumeClaim"]["claimName"] for v in predictor["volumes"] if "persistentVolumeClaim" in v]
     assert claims == ["prediction-service-models"]  # the base's PVC (kubernetes/pvc.yaml)

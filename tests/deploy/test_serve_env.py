@@ -1,5 +1,5 @@
 """`python -m prediction_service serve`, started exactly as the Deployment starts it (its args, no flags), with
-the environment the manifests give it, takes host, port and workers from that environment.
+the environment the manifests give it, takes host, ports (HTTP and OIP gRPC) and workers from that environment.
 
 The manifests bind 0.0.0.0 on 8080; here the host is loopback and the port a free one, so the values that
 reach uvicorn are still ones only the environment could have given it (the CLI gets no --host/--port)."""
@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import tritonclient.grpc as grpcclient
 
 from tests.deploy.manifests import config_env, one, pod_spec, render_base
 from tests.support.server import REPO, free_port
@@ -72,7 +73,8 @@ def stop(process: subprocess.Popen) -> None:
 
 def listening(process: subprocess.Popen) -> set[tuple[str, int]]:
     pids = {process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))}
-    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="tcp")
+    # gRPC binds an IPv6 socket with the IPv4-mapped address (::ffff:127.0.0.1): still that one IPv4 address.
+    return {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port) for c in psutil.net_connections(kind="tcp")
             if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
@@ -85,15 +87,22 @@ def test_serve_takes_port_workers_and_secret_from_the_manifest_environment(tiny_
     command, env = manifest_command_and_env(tiny_store, tmp_path / "metrics")
     workers = int(env["SERVER_WORKERS"])
     assert workers > 1, "the base runs several workers: this test checks they all start"
-    port = free_port()
-    env.update(SERVER_HOST="127.0.0.1", SERVER_PORT=str(port), SERVER_SHUTDOWN_DRAIN_SECONDS="0")
+    port, grpc_port = free_port(), free_port()
+    assert env["SERVER_GRPC_PORT"], "the manifest sets the OIP gRPC port"
+    env.update(SERVER_HOST="127.0.0.1", SERVER_PORT=str(port), SERVER_GRPC_PORT=str(grpc_port),
+               SERVER_SHUTDOWN_DRAIN_SECONDS="0")
     log = tmp_path / "serve.log"
     process = start(command, env, log)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(process, url, log)
-        assert listening(process) == {("127.0.0.1", port)}
+        assert listening(process) == {("127.0.0.1", port), ("127.0.0.1", grpc_port)}
         assert len(uvicorn_workers(process)) == workers
+        oip = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:  # the OIP gRPC door answers on the port the manifest's SERVER_GRPC_PORT names
+            assert oip.is_server_ready()
+        finally:
+            oip.close()
         assert httpx.get(f"{url}/v1/models").status_code == 401  # API_KEYS from the Secret is in force
         assert httpx.get(f"{url}/v1/models", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
         predicted = httpx.post(f"{url}/v1/models/tiny-regressor/predict", json={"instance": [1.0, 2.0, 3.0, 4.0]})
@@ -117,12 +126,12 @@ def test_serve_binds_the_host_from_the_environment(tiny_store, tmp_path):
     except OSError as exc:
         pytest.skip(f"127.0.0.2 is not bindable here ({exc})")
     command, env = manifest_command_and_env(tiny_store, tmp_path / "metrics")
-    port = free_port()
-    env.update(SERVER_HOST="127.0.0.2", SERVER_PORT=str(port), SERVER_WORKERS="1")
+    port, grpc_port = free_port(), free_port()
+    env.update(SERVER_HOST="127.0.0.2", SERVER_PORT=str(port), SERVER_GRPC_PORT=str(grpc_port), SERVER_WORKERS="1")
     log = tmp_path / "serve.log"
     process = start(command, env, log)
     try:
         wait_ready(process, f"http://127.0.0.2:{port}", log)
-        assert listening(process) == {("127.0.0.2", port)}
+        assert listening(process) == {("127.0.0.2", port), ("127.0.0.2", grpc_port)}
     finally:
         stop(process)

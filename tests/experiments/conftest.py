@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from prediction_service.experiments.service import ExperimentService
+from prediction_service.experiments.service import ExperimentService, VersionFacts
 from prediction_service.experiments.store import ExperimentStore
 from prediction_service.settings import ExperimentSettings
 
@@ -14,6 +14,23 @@ KNOWN_VERSIONS = {("sentiment", "1.0.0"), ("sentiment", "1.1.0"), ("sentiment", 
 
 def version_exists(name: str, version: str) -> bool:
     return (name, version) in KNOWN_VERSIONS
+
+
+class Catalog:
+    """What the registry tells create(): production versions and validation (a dict, not a registry)."""
+
+    def __init__(self, production: dict[str, str], unvalidated: set[tuple[str, str]] = frozenset()):
+        self.production_versions = production
+        self.unvalidated = unvalidated
+
+    def production(self, model_name: str) -> str | None:
+        return self.production_versions.get(model_name)
+
+    def facts(self, model_name: str, version: str) -> VersionFacts | None:
+        if (model_name, version) not in KNOWN_VERSIONS:
+            return None
+        status = "production" if self.production_versions.get(model_name) == version else "none"
+        return VersionFacts(status=status, validation_passed=(model_name, version) not in self.unvalidated)
 
 
 class RecordingPromoter:
@@ -43,10 +60,10 @@ def promoter() -> RecordingPromoter:
 def make_service(db_path: Path, promoter: RecordingPromoter):
     stores: list[ExperimentStore] = []
 
-    def make(**settings) -> ExperimentService:
+    def make(catalog: Catalog | None = None, **settings) -> ExperimentService:
         store = ExperimentStore(db_path)
         stores.append(store)
-        return ExperimentService(store, ExperimentSettings(**settings), promoter, version_exists)
+        return ExperimentService(store, ExperimentSettings(**settings), promoter, version_exists, catalog=catalog)
 
     yield make
     for store in stores:

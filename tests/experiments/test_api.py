@@ -44,7 +44,7 @@ async def create(client: httpx.AsyncClient, **overrides) -> dict:
 
 async def test_create_get_list(client):
     exp = await create(client)
-    assert exp["status"] == "running" and exp["traffic_split"] == 0.5 and exp["mode"] == "fixed"
+    assert exp["status"] == "running" and exp["traffic_split"] == 0.5 and exp["mode"] == "sequential"
     got = await client.get(f"/v1/experiments/{exp['id']}", headers=READ)
     assert got.status_code == 200 and got.json() == exp
     listed = await client.get("/v1/experiments", params={"model_name": "sentiment", "status": "running"},
@@ -71,6 +71,9 @@ async def test_scopes(client):
     ({"model_name": "nope"}, 404, "version_not_found"),
     ({"mode": "bayesian"}, 422, "invalid_request"),
     ({"surprise": 1}, 422, "invalid_request"),
+    ({"mode": "fixed", "auto_apply": True}, 400, "bad_request"),  # a one-look test checked on a schedule
+    ({"planned_outcomes": 5000}, 400, "bad_request"),  # a horizon means nothing to a sequential test
+    ({"thresholds": {"target_accuracy_gain": 0.01}}, 400, "bad_request"),  # no power at the 1-point margin
 ])
 async def test_bad_creates_are_4xx_and_create_nothing(client, overrides, status, code):
     response = await client.post("/v1/experiments", json=SPEC | overrides, headers=ADMIN)
@@ -127,5 +130,5 @@ async def test_outcome_and_analyze(client, service: ExperimentService):
     assert body["arms"]["champion"]["outcomes"] + body["arms"]["challenger"]["outcomes"] == 200
     assert body["arms"]["challenger"]["total_pnl"] is not None
     accuracy = next(c for c in body["comparisons"] if c["metric"] == "accuracy")
-    assert accuracy["method"] == "welch" and 0 <= accuracy["p_value"] <= 1
+    assert accuracy["method"] == "msprt" and 0 <= accuracy["p_value"] <= 1  # sequential by default; keys unique
     assert (await client.get("/v1/experiments/nope/analyze", headers=READ)).status_code == 404

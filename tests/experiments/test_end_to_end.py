@@ -1,4 +1,8 @@
-"""A/B end to end against a real server: create, route traffic, feed outcomes, analyze, auto-promote."""
+"""A/B end to end against a real server: create, route traffic, feed outcomes, analyze, auto-promote.
+
+Outcomes are authorised per prediction: the first test predicts with a read key and reports with the same
+key (another read key is refused); the second predicts anonymously and reports with an outcome-scoped key
+(a read key is refused: the experiment applies its decision by itself)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ from tests.support.server import running_server
 
 ADMIN = {"X-API-Key": "admin-secret"}
 READ = {"X-API-Key": "read-secret"}
+OTHER_READ = {"X-API-Key": "other-read-secret"}
+FILLS = {"X-API-Key": "fills-secret"}
+KEYS = "admin-secret,read-secret:read,other-read-secret:read,fills-secret:outcome"
 
 
 def _store_with_challenger(tiny_store_template, tmp_path):
@@ -33,10 +40,12 @@ def _create(http: httpx.Client) -> str:
     return created.json()["id"]
 
 
-def _predict_and_report(http: httpx.Client, rng: random.Random, i: int) -> dict:
+def _predict_and_report(http: httpx.Client, rng: random.Random, i: int, predict_key: dict | None = None,
+                        report_key: dict = READ) -> dict:
     """One prediction and its outcome: the challenger is right 90 % of the time, the champion 60 %."""
     row = [rng.uniform(-1, 1) for _ in range(4)]
-    response = http.post("/v1/models/tiny-classifier/predict", json={"instance": row, "routing_key": f"client-{i}"})
+    response = http.post("/v1/models/tiny-classifier/predict", json={"instance": row, "routing_key": f"client-{i}"},
+                         headers=predict_key or {})
     assert response.status_code == 200, response.text
     body = response.json()
     if body.get("arm") is None:
@@ -45,7 +54,12 @@ def _predict_and_report(http: httpx.Client, rng: random.Random, i: int) -> dict:
     predicted = ["down", "flat", "up"].index(body["predictions"][0]["label"])
     right = rng.random() < (0.9 if body["arm"] == "challenger" else 0.6)
     actual = predicted if right else (predicted + 1) % 3
-    outcome = http.post(f"/v1/predictions/{body['request_id']}/outcome", json={"actual": actual}, headers=READ)
+    outcome = http.post(f"/v1/predictions/{body['request_id']}/outcome", json={"actual": actual},
+                        headers=report_key)
+    if outcome.status_code == 404:  # served under a stale route: the experiment ended meanwhile, not counted
+        status = http.get(f"/v1/experiments/{body['experiment_id']}", headers=READ).json()["status"]
+        assert status != "running", outcome.text
+        return {**body, "stale": True}
     assert outcome.status_code in (200, 201), outcome.text
     return body
 
@@ -62,14 +76,19 @@ def _assert_promoted_in_registry(store) -> None:
 def test_experiment_auto_promotes_a_better_challenger_and_moves_production(tiny_store_template, tmp_path):
     store = _store_with_challenger(tiny_store_template, tmp_path)
     # no background schedule: the decision is applied by the analyze call below
-    env = {"API_KEYS": "admin-secret,read-secret:read", "EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS": "0"}
+    env = {"API_KEYS": KEYS, "PREDICT_REQUIRES_KEY": "true", "EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS": "0"}
     with running_server(store, env=env) as (base, _):
         with httpx.Client(base_url=base, timeout=10) as http:
             experiment_id = _create(http)
             rng = random.Random(7)
             arms = {"champion": 0, "challenger": 0}
+            # a read key cannot post an outcome for another key's prediction (it could steer production)
+            row = {"instance": [0.1, 0.2, 0.3, 0.4], "routing_key": "someone"}
+            theirs = http.post("/v1/models/tiny-classifier/predict", json=row, headers=OTHER_READ).json()
+            refused = http.post(f"/v1/predictions/{theirs['request_id']}/outcome", json={"actual": 0}, headers=READ)
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
             for i in range(400):
-                body = _predict_and_report(http, rng, i)
+                body = _predict_and_report(http, rng, i, predict_key=READ, report_key=READ)
                 assert body["experiment_id"] == experiment_id and body["arm"] in arms
                 arms[body["arm"]] += 1
             assert min(arms.values()) > 100  # a 50/50 split, give or take
@@ -88,16 +107,21 @@ def test_experiment_auto_promotes_a_better_challenger_and_moves_production(tiny_
 @pytest.mark.slow
 def test_auto_apply_promotes_on_its_schedule_without_an_analyze_call(tiny_store_template, tmp_path):
     store = _store_with_challenger(tiny_store_template, tmp_path)
-    env = {"API_KEYS": "admin-secret,read-secret:read", "EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS": "0.3",
+    env = {"API_KEYS": KEYS, "EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS": "0.3",
            "EXPERIMENT_ROUTE_CACHE_TTL_SECONDS": "0.1"}
     with running_server(store, env=env, workers=2) as (base, _):
         with httpx.Client(base_url=base, timeout=10) as http:
             experiment_id = _create(http)
+            # anonymous predictions in an auto_apply experiment: a read key may not report their outcomes
+            anonymous = http.post("/v1/models/tiny-classifier/predict", json={"instance": [0.1, 0.2, 0.3, 0.4]}).json()
+            refused = http.post(f"/v1/predictions/{anonymous['request_id']}/outcome", json={"actual": 0},
+                                headers=READ)
+            assert refused.status_code == 403, refused.text
             rng = random.Random(11)
             served_after = None
-            for i in range(3000):  # bounded: the decision needs ~120 scored predictions per arm at most
-                body = _predict_and_report(http, rng, i)
-                if body.get("arm") is None:
+            for i in range(3000):  # bounded: the sequential test decides after ~150 scored predictions per arm
+                body = _predict_and_report(http, rng, i, report_key=FILLS)
+                if body.get("arm") is None or body.get("stale"):
                     served_after = body
                     break
             assert served_after is not None, "the experiment never ended"

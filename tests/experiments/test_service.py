@@ -208,4 +208,5 @@ def test_failed_promotion_leaves_experiment_running(db_path):
 def test_threshold_overrides_apply(service: ExperimentService):
     exp = service.create(spec(min_samples_per_arm=7, thresholds=ThresholdOverrides(alpha=0.01)))
     th = service.thresholds(exp)
-    assert th.alpha == 0.01 and th.min_samples_per_arm == 7 and th.promote_min_accuracy_gain == 0.02
+    assert th.alpha == 0.01 and th.min_samples_per_arm == 7 and th.promote_min_accuracy_gain == 0.01
+    assert th.target_accuracy_gain == 0.02 and th.min_units_per_arm == 30

@@ -1,11 +1,18 @@
-"""Decisions on simulated experiments with known truth (seeded; the whole file runs in seconds)."""
+"""Decisions on simulated experiments with known truth (seeded; the whole file runs in seconds).
+
+The second half is a small, seeded version of bench/experiments_sim.py: the vectorized engine
+(experiments/simulation.py) is first checked to decide as ``decide`` does on the same requests, then A/A
+experiments analysed every 50 outcomes must promote no more often than a binomial bound at alpha + 0.02
+allows, and real gains must be promoted at the size the module reports."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
-from prediction_service.experiments.decision import DecisionContext, decide
+from prediction_service.experiments import simulation as sim
+from prediction_service.experiments.decision import DecisionContext, decide, run_test
 from prediction_service.experiments.metrics import ArmData
 from prediction_service.experiments.models import Decision, ExperimentMode, Thresholds, VarianceMethod
 
@@ -142,8 +149,8 @@ def test_sequential_mode_promotes_a_real_gain():
 
 def test_cluster_variance_option_runs_through_decide():
     rng = np.random.default_rng(14)
-    context = DecisionContext(task="classification", thresholds=thresholds(), variance=VarianceMethod.CLUSTER,
-                              cluster_seconds=60.0, traffic_split=0.5)
+    context = DecisionContext(task="classification", thresholds=thresholds(), mode=ExperimentMode.FIXED,
+                              variance=VarianceMethod.CLUSTER, cluster_seconds=60.0, traffic_split=0.5)
     result = decide(arm(rng, 10_000, accuracy=0.6), arm(rng, 10_000, accuracy=0.66), context)
     assert result.primary is not None and result.primary.method == "cluster"
     assert result.primary.df == pytest.approx(59.0)  # one hour of served_at in minute buckets -> 60 clusters
@@ -159,3 +166,88 @@ def test_sequential_mode_with_cluster_variance():
     assert same.decision is Decision.CONTINUE
     better = decide(arm(rng, 20_000, accuracy=0.6), arm(rng, 20_000, accuracy=0.68), context)
     assert better.decision is Decision.PROMOTE
+
+
+# -- the simulation engine and a seeded small-scale bench ---------------------------------------------
+
+CODES = {Decision.CONTINUE: 0, Decision.PROMOTE: 1, Decision.ROLLBACK: 2}
+
+
+@pytest.mark.parametrize("scenario", [
+    sim.Scenario("iid", gain=0.05),
+    sim.Scenario("sticky keys", keys=30, key_sd=0.3),
+    sim.Scenario("autocorrelated, time buckets", rho=0.5, variance=VarianceMethod.CLUSTER, requests_per_second=1.0,
+                 cluster_seconds=50.0),
+    sim.Scenario("fixed mode", mode=ExperimentMode.FIXED, gain=0.05),
+    sim.Scenario("slower, failing challenger", latency_shift_ms=1.0, error_rate=0.05),
+], ids=lambda s: s.name)
+def test_simulation_engine_decides_as_decide_does(scenario):
+    """Look by look, the engine's running sums give the p-values and decisions decide() gives on the same
+    requests materialized as ArmData: the bench measures the module's code, not a re-implementation."""
+    th = sim.default_thresholds(min_samples_per_arm=20, min_units_per_arm=5)
+    ctx = sim.context(scenario, th, 0.3)
+    requests = sim.generate(scenario, np.random.default_rng(5), 3, 3000, 0.3)
+    looks = sim.summarize_looks(requests, scenario, 50)
+    codes = sim.decisions(looks, ctx)
+    estimates = {metric: sim._estimate(looks, metric) for metric in ("primary", "latency", "error")}
+    compared = 0
+    for s in range(3):
+        for k in range(1, 60, 4):
+            n = (k + 1) * 50
+            result = decide(sim.arm_data(requests, s, n, False, scenario), sim.arm_data(requests, s, n, True, scenario),
+                            ctx)
+            assert CODES[result.decision] == codes[s, k], (s, k, result.reasons)
+            for metric, comparison in (("primary", result.primary), ("latency", result.latency),
+                                       ("error", result.error_rate)):
+                est = estimates[metric]
+                tau = {"primary": th.target_accuracy_gain, "latency": th.max_latency_degradation_ms,
+                       "error": max(float(looks.champion["error"].mean[s, k]) * th.rollback_error_rate_increase, 0.01)}
+                ours = run_test(type(est)(est.difference[s, k], est.variance[s, k], est.df[s, k], est.method), ctx,
+                                tau[metric])
+                assert comparison.p_value == pytest.approx(float(ours.p_value), abs=1e-9), (metric, s, k)
+                compared += 1
+    assert compared == 3 * 15 * 3
+
+
+def _bound(sims: int, rate: float) -> int:
+    """A count a true rate of ``rate`` exceeds with probability < 0.1 %."""
+    return int(sps.binom.ppf(0.999, sims, rate))
+
+
+@pytest.mark.parametrize("scenario, sims", [
+    (sim.Scenario("A/A iid"), 300),
+    (sim.Scenario("A/A sticky by 500 keys", keys=500, key_sd=0.3), 150),
+    (sim.Scenario("A/A AR(1) 0.5, time buckets", rho=0.5, variance=VarianceMethod.CLUSTER), 150),
+], ids=lambda x: x.name if isinstance(x, sim.Scenario) else str(x))
+def test_seeded_aa_false_promotions_stay_within_a_binomial_bound(scenario, sims):
+    """A/A, default settings, analysed every 50 outcomes up to the size the module plans (auto_apply)."""
+    th = sim.default_thresholds()
+    result = sim.simulate(scenario, th, sims, seed=20261130)
+    print(f"{scenario.name}: {result.promoted}/{sims} promoted, {result.rolled_back} rolled back "
+          f"over {result.total} outcomes")
+    assert result.promoted <= _bound(sims, th.alpha + 0.02)
+    assert result.rolled_back <= _bound(sims, th.alpha + 0.02)
+
+
+def test_peeking_without_the_randomization_unit_would_fail_the_same_bound():
+    """The same AR(1) A/A run with variance=unit (autocorrelation not configured): the bound is not vacuous."""
+    th = sim.default_thresholds()
+    result = sim.simulate(sim.Scenario("AR(1) 0.5, unit", rho=0.5), th, 150, seed=20261130)
+    assert result.promoted > _bound(150, th.alpha + 0.02)
+
+
+@pytest.mark.parametrize("gain", [0.02, 0.05])
+def test_real_gains_are_promoted_at_the_size_the_module_reports(gain):
+    th = sim.default_thresholds()
+    scenario = sim.Scenario(f"+{gain:.0%}", gain=gain)
+    result = sim.simulate(scenario, th, 200, seed=7)
+    assert result.total == sim.planned_total(scenario, th, 0.1)
+    assert result.promoted >= sps.binom.ppf(0.001, 200, th.power)
+    assert result.rolled_back <= _bound(200, 0.005)
+
+
+def test_five_points_worse_is_rolled_back_and_never_promoted():
+    th = sim.default_thresholds()
+    result = sim.simulate(sim.Scenario("-5 points", gain=-0.05), th, 200, seed=8)
+    assert result.rolled_back >= sps.binom.ppf(0.001, 200, 0.8)
+    assert result.promoted <= _bound(200, 0.005)

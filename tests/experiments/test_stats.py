@@ -109,3 +109,98 @@ def test_msprt_confidence_sequence_is_wider_than_fixed_interval():
     seq = stats.msprt_from_test(fixed, tau=0.1)
     assert seq.ci_low < fixed.ci_low and seq.ci_high > fixed.ci_high
     assert seq.p_value >= fixed.p_value
+
+
+# -- randomization units, sizes for the rule applied ---------------------------------------------------
+
+def test_unit_clustering_without_keys_is_welch():
+    rng = np.random.default_rng(21)
+    a, b = rng.normal(0, 1, 300), rng.normal(0.1, 2, 80)
+    est = stats.estimate(a, b, np.array([f"r{i}" for i in range(300)]), np.array([f"s{i}" for i in range(80)]))
+    ours = stats.fixed_test(est, ALPHA)
+    ref = sps.ttest_ind(b, a, equal_var=False)
+    assert est.method == "welch"
+    assert float(ours.p_value) == pytest.approx(ref.pvalue, abs=1e-12)
+    assert float(ours.df) == pytest.approx(ref.df, rel=1e-9)
+    assert stats.estimate(a, b).variance == pytest.approx(est.variance)  # no labels: one unit per request
+
+
+def test_unit_clustering_matches_the_sandwich_formula_and_sees_key_effects():
+    """20 keys per arm, each key's outcomes shifted by a key effect: CR1 by key, by hand."""
+    rng = np.random.default_rng(22)
+    keys_a, keys_b = rng.integers(0, 20, 2000), rng.integers(20, 40, 2000)
+    effect = rng.normal(0, 0.5, 40)
+    a = effect[keys_a] + rng.normal(0, 1, 2000)
+    b = effect[keys_b] + rng.normal(0, 1, 2000)
+    est = stats.estimate(a, b, keys_a, keys_b)
+
+    def cr1(y, g):
+        resid = np.array([np.sum(y[g == k] - y.mean()) for k in np.unique(g)])
+        groups = resid.size
+        return groups / (groups - 1) * np.sum(resid**2) / y.size**2
+
+    assert est.method == "cluster-unit"
+    assert est.variance == pytest.approx(cr1(a, keys_a) + cr1(b, keys_b), rel=1e-12)
+    assert est.variance > 5 * stats.estimate(a, b).variance  # the key effect is what the unit variance sees
+    v_a, v_b = cr1(a, keys_a), cr1(b, keys_b)
+    assert est.df == pytest.approx((v_a + v_b) ** 2 / (v_a**2 / 19 + v_b**2 / 19))
+
+
+def test_unit_variance_is_never_below_independent_requests():
+    """Two keys that happen to agree give a CR1 variance near zero; the estimate keeps s^2/n instead."""
+    a = np.tile([0.0, 1.0], 500)
+    b = np.tile([0.0, 1.0], 500)
+    keys = np.repeat([0, 1], 500)  # each key: half ones -> identical key means, zero residual sums
+    est = stats.estimate(a, b, keys, keys + 2)
+    assert est.variance == pytest.approx(a.var(ddof=1) / 1000 + b.var(ddof=1) / 1000)
+
+
+def test_two_way_clustering_without_keys_is_the_time_bucket_variance():
+    rng = np.random.default_rng(23)
+    a, b = rng.normal(0, 1, 600), rng.normal(0, 1, 400)
+    ta, tb = np.sort(rng.random(600)) * 40, np.sort(rng.random(400)) * 40
+    est = stats.estimate(a, b, None, None, np.floor(ta), np.floor(tb))
+    legacy = stats.cluster_robust(a, np.floor(ta), b, np.floor(tb))
+    assert est.method == "cluster"
+    assert np.sqrt(est.variance) == pytest.approx(legacy.se, rel=1e-12)
+    assert est.df == pytest.approx(39.0)
+
+
+def test_t_to_z_keeps_the_tail_probability():
+    assert float(stats.t_to_z(2.0, np.inf)) == 2.0
+    z = float(stats.t_to_z(3.0, 4))
+    assert sps.norm.sf(z) == pytest.approx(sps.t.sf(3.0, 4), rel=1e-9) and z < 3.0
+    # few units: the same estimate is much weaker evidence for the sequential test
+    few = stats.sequential_test(stats.Estimate(0.05, 0.0001, 3.0, "cluster-unit"), tau=0.02)
+    many = stats.sequential_test(stats.Estimate(0.05, 0.0001, np.inf, "welch"), tau=0.02)
+    assert float(few.p_value) > float(many.p_value)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_planned_variance_gives_the_power_of_the_rule_applied(sequential):
+    """At the planned variance, P(estimate >= max(margin, critical * se)) is the configured power."""
+    target, margin, power = 0.02, 0.01, 0.8
+    v = stats.required_variance(target, margin, ALPHA, power, sequential, tau=target)
+    se = np.sqrt(v)
+    critical = stats.msprt_boundary(v, target, ALPHA) if sequential else sps.norm.isf(ALPHA / 2)
+    achieved = sps.norm.sf((max(margin, critical * se) - target) / se)
+    assert achieved == pytest.approx(power, abs=1e-6)
+
+
+def test_a_margin_the_rule_cannot_beat_has_no_size():
+    assert stats.required_variance(0.02, 0.02, ALPHA, 0.8) is None
+    assert stats.required_total(0.21, 0.21, 0.02, ALPHA, 0.8, 0.1, margin=0.03) == float("inf")
+    # where the margin binds (a tiny target above it), the size grows: 0.8 power needs the estimate
+    # beyond the margin 80 % of the time, not just significant
+    loose = stats.required_total(0.21, 0.21, 0.02, ALPHA, 0.8, 0.1, margin=0.0)
+    tight = stats.required_total(0.21, 0.21, 0.02, ALPHA, 0.8, 0.1, margin=0.015)
+    assert tight > loose
+    assert tight == pytest.approx(0.21 * (1 / 0.9 + 1 / 0.1) / (0.005 / sps.norm.ppf(0.8)) ** 2, rel=1e-9)
+
+
+def test_sequential_sizes_cost_more_than_one_look_and_stop_earlier_on_average():
+    fixed = stats.required_total(0.21, 0.21, 0.02, ALPHA, 0.8, 0.1, margin=0.01)
+    sequential = stats.required_total(0.21, 0.21, 0.02, ALPHA, 0.8, 0.1, margin=0.01, sequential=True, tau=0.02)
+    expected = stats.expected_total(sequential, 0.02, 0.01, ALPHA, 0.8, tau=0.02)
+    assert 1.5 * fixed < sequential < 2.5 * fixed
+    assert expected < 0.7 * sequential

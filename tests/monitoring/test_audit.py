@@ -223,3 +223,20 @@ async def test_audit_failure_can_be_made_a_readiness_condition(tiny_store, tmp_p
             ready = await http.get("/health/ready")
             assert ready.status_code == 503 and any("audit" in r for r in ready.json()["reasons"])
         app.state.service.audit.close(timeout_s=0.1)
+
+
+def test_a_full_disk_is_reported_as_such(tmp_path):
+    """SQLite rolls a transaction back itself when the disk fills; the error must name that, not the
+    failed ROLLBACK after it."""
+    import sqlite3
+
+    from prediction_service.monitoring.audit import _connect
+
+    log = AuditLog(AuditSettings(record_payloads="full"), tmp_path / "audit.sqlite3")
+    conn = _connect(log.path)
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count={pages + 1}")  # a disk with room for one more page
+    records = [record(time.time()) for _ in range(2000)]
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        log._write(conn, records)
+    assert not conn.in_transaction

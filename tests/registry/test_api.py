@@ -126,3 +126,18 @@ async def test_not_found_and_bad_base64(client):
     bad = {"version": "1.0.0", "artifacts": [{"file_name": "m.onnx", "format": "onnx", "content_base64": "!!"}]}
     response = await client.post("/v1/registry/models/price/versions", headers=ADMIN, json=bad)
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_input"
+
+
+def test_openapi_names_each_schema_once_and_documents_the_bodies(tmp_path):
+    from prediction_service.api.app import create_app
+
+    spec = create_app(Settings(model_store=tmp_path / "store")).openapi()
+    names = set(spec["components"]["schemas"])
+    assert {"ModelSummary", "ModelDetail", "RegistryModelSummary", "RegistryModelDetail"} <= names
+    assert not [name for name in names if "__" in name]  # FastAPI's module-path names mean a clash
+    upload = spec["paths"]["/v1/registry/models/{name}/versions"]["post"]["requestBody"]
+    artifact = upload["content"]["application/json"]["schema"]["properties"]["artifacts"]["items"]
+    assert artifact["properties"]["format"]["enum"] == ["onnx", "torchscript", "state_dict"]
+    for path, method in [("/v1/registry/models/{name}/versions/{version}/promote", "post"),
+                         ("/v1/registry/models/{name}/versions/{version}/metrics", "patch")]:
+        assert spec["paths"][path][method]["requestBody"]["required"]

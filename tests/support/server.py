@@ -64,6 +64,8 @@ def launch(store: Path, env: dict[str, str] | None = None, workers: int = 1, log
                 **(env or {})}
     if "PROMETHEUS_MULTIPROC_DIR" not in (env or {}):
         full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve makes its own for several workers
+    if "SERVER_GRPC_PORT" not in (env or {}):
+        full_env["SERVER_GRPC_PORT"] = "0"  # no gRPC door unless a test asks (8001 would be shared by all)
     with open(log_path, "wb") as log_file:
         # Own session: stop() can signal uvicorn's worker processes too.
         process = subprocess.Popen(

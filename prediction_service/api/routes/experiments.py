@@ -1,11 +1,13 @@
 """A/B experiment management and outcome reporting.
 
 Scopes: creating and stopping experiments changes what production serves, so it needs an admin key;
-listing and analysing needs any key. Reporting an outcome (``POST /v1/predictions/{id}/outcome``) also
-needs only a read key: trading systems that call predict report back what happened, and giving them
-admin keys would let them promote models. An outcome can only annotate a prediction that was actually
-served (request ids are unguessable) and only once (409 after that), so a read key cannot steer
-experiments beyond the data it legitimately owns.
+listing and analysing needs any key. Reporting an outcome (``POST /v1/predictions/{id}/outcome``) is
+authorised per prediction, because outcomes move production (auto_apply): with the key that made the
+prediction, or with a key of ``outcome`` scope (``API_KEYS="k:outcome"``: the system that reports fills
+and P&L; admin keys may too). A prediction made without a key takes an outcome from a read key only in
+an experiment that does not apply decisions by itself, unless EXPERIMENT_ANONYMOUS_OUTCOMES_AUTO_APPLY
+is set. Otherwise 403. An outcome annotates a prediction that was actually served, once (409 after).
+With no API keys configured every endpoint is open, this one included.
 
 An experiment created with ``auto_apply`` has its PROMOTE / ROLLBACK decision applied by every worker's
 background schedule (EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS). ``GET /v1/experiments/{id}/analyze`` is
@@ -19,7 +21,8 @@ from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...experiments.models import Analysis, Experiment, ExperimentSpec, ExperimentStatus, OutcomeRecord
-from ...experiments.service import ExperimentService
+from ...auth import ApiKey, Scope
+from ...experiments.service import ExperimentService, OutcomeReporter
 from ..deps import get_service, require_admin, require_read
 
 router = APIRouter(tags=["experiments"])
@@ -75,6 +78,8 @@ def stop_experiment(experiment_id: str, request: Request, body: StopRequest | No
 
 
 @router.post("/v1/predictions/{request_id}/outcome", status_code=status.HTTP_201_CREATED,
-             response_model=OutcomeRecord, dependencies=[Depends(require_read)])
-def record_outcome(request_id: str, body: OutcomeRequest, request: Request) -> OutcomeRecord:
-    return _service(request).record_outcome(request_id, body.actual, body.pnl)
+             response_model=OutcomeRecord)
+def record_outcome(request_id: str, body: OutcomeRequest, request: Request,
+                   key: ApiKey | None = Depends(require_read)) -> OutcomeRecord:
+    reporter = None if key is None else OutcomeReporter(key.key_id, any_prediction=key.scope >= Scope.OUTCOME)
+    return _service(request).record_outcome(request_id, body.actual, body.pnl, reporter)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from ...inference import RequestContext
+from ...errors import PredictionServiceError
 from ...schemas import REQUEST_ID_HEADER, PredictRequest, PredictResponse
 from ..body import read_json
 from ..deadline import request_deadline
@@ -30,9 +30,14 @@ router = APIRouter(tags=["predict"], route_class=DirectRoute)  # the hot path: s
 async def predict(name: str, request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
     service = get_service(request)
     limits = service.settings.limits
-    selector, inputs = decode_predict(await read_json(request, limits), limits.max_batch_rows)
-    context = RequestContext(deadline=request_deadline(request.headers, limits.default_deadline_ms),
-                             api_key_id=api_key.key_id if api_key else None)
-    request.state.request_id = context.request_id
+    context = service.request_context(api_key, None, "v1")
+    request.state.request_id = context.request_id  # errors carry it too (api/errors.py)
+    service.dataplane.admit(name, context)  # before the body is read: a refusal costs nothing
+    try:
+        context.deadline = request_deadline(request.headers, limits.default_deadline_ms)
+        selector, inputs = decode_predict(await read_json(request, limits), limits.max_batch_rows)
+    except PredictionServiceError as exc:  # refused before the data plane: still counted and audited
+        service.dataplane.refuse(name, context, exc)
+        raise
     result = await service.dataplane.infer(name, selector, inputs, context)
     return FastJSONResponse(encode_result(result), headers={REQUEST_ID_HEADER: result.request_id})

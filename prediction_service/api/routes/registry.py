@@ -1,16 +1,22 @@
 """Registry management API: ``/v1/registry/...``. Reads need a read key, writes an admin key.
 
-Uploads travel as JSON with base64 artifacts (no server path is ever taken from a request); they are
-decoded into a private temp dir under ``<store>/.state/uploads`` and handed to ``ModelRegistry.register``.
-Handlers are plain ``def``: registry work is file I/O and locking, so it runs in the threadpool.
+No route declares a body parameter (FastAPI would read it whole before checking the key): each checks
+the key on the headers, then reads its body under its own limit (api/model_body.py).
+
+Uploads travel as JSON with base64 artifacts (no server path is ever taken from a request). The body
+streams into the registry's upload staging (``ModelRegistry.upload_staging``) with the limit applied to
+bytes as they arrive, so an oversized upload is refused after one chunk of memory, not its whole size;
+the artifacts are then decoded from there into files and handed to ``ModelRegistry.register``.
+Registry work is file I/O and locking: plain ``def`` handlers run in the threadpool, the ``async`` ones
+that read a body hand it to a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import shutil
-import tempfile
+import mmap
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -18,24 +24,35 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from ...artifacts import DEFAULT_PRECISION, ArtifactFormat, Precision
+from ...auth import ApiKey
 from ...errors import InvalidInput, PayloadTooLarge
 from ...registry.compare import VersionComparison
 from ...registry.events import RegistryEvent
 from ...registry.layout import validate_file_name
-from ...registry.model_version import ValidationReport, VersionMetadata
-from ...registry.store import STATE_DIR, ModelRegistry
+from ...registry.model_version import ModelVersion, ValidationReport, VersionMetadata
+from ...registry.store import ModelRegistry
 from ...registry.writer import ArtifactSource
+from ...settings import LimitSettings
 from ...signature import ModelSignature
-from ...auth import ApiKey
+from ..body import require_json, stream_body
 from ..deps import get_service, get_settings, require_admin, require_read
+from ..model_body import json_body_openapi, parse_model, read_model
 
 router = APIRouter(prefix="/v1/registry", tags=["registry"])
 
 
+UPLOAD_BODY_FILE = ".request.json"
+"""The received upload body inside the staging dir; validate_file_name refuses the name, so no artifact
+can overwrite it."""
+DECODE_CHUNK_CHARS = 4 << 20
+"""base64 characters decoded at a time (a multiple of 4): a large artifact never sits in memory twice."""
+
+
 class ArtifactUpload(BaseModel):
     file_name: str
-    format: Literal["onnx", "torchscript", "state_dict"]
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    format: ArtifactFormat
+    precision: Precision = DEFAULT_PRECISION
     content_base64: str
 
 
@@ -60,14 +77,16 @@ class MetricsUpdate(BaseModel):
     replace: bool = False
 
 
-class ModelSummary(BaseModel):
+# Named apart from schemas.ModelSummary / ModelDetail (GET /v1/models: what is served), which are other
+# schemas: OpenAPI would otherwise give both pairs module-path names.
+class RegistryModelSummary(BaseModel):
     name: str
     production: str | None
     staging: str | None
     versions: int
 
 
-class ModelDetail(BaseModel):
+class RegistryModelDetail(BaseModel):
     name: str
     stages: dict[str, str | None]
     versions: list[VersionMetadata]
@@ -88,17 +107,17 @@ def _actor(key: ApiKey | None) -> str:
 
 
 @router.get("/models", dependencies=[Depends(require_read)])
-def list_models(request: Request) -> list[ModelSummary]:
+def list_models(request: Request) -> list[RegistryModelSummary]:
     registry = _registry(request)
-    return [ModelSummary(name=name, versions=len(registry.versions(name)), **registry.stages(name))
+    return [RegistryModelSummary(name=name, versions=len(registry.versions(name)), **registry.stages(name))
             for name in registry.model_names()]
 
 
 @router.get("/models/{name}", dependencies=[Depends(require_read)])
-def show_model(name: str, request: Request) -> ModelDetail:
+def show_model(name: str, request: Request) -> RegistryModelDetail:
     registry = _registry(request)
     versions = [v.metadata for v in registry.versions(name)]
-    return ModelDetail(name=name, stages=registry.stages(name), versions=versions)
+    return RegistryModelDetail(name=name, stages=registry.stages(name), versions=versions)
 
 
 @router.get("/models/{name}/versions/{version}", dependencies=[Depends(require_read)])
@@ -122,36 +141,27 @@ def production_at(name: str, request: Request, time: datetime = Query(...)) -> P
     return ProductionAt(model=name, time=moment, version=_registry(request).production_at(name, moment))
 
 
-@router.post("/models/{name}/versions", status_code=201)
-def register_version(name: str, body: RegisterRequest, request: Request,
-                     key: ApiKey | None = Depends(require_admin)) -> VersionMetadata:
+@router.post("/models/{name}/versions", status_code=201, openapi_extra=json_body_openapi(RegisterRequest),
+             responses={413: {"description": "Body or decoded artifacts over the upload limit"}})
+async def register_version(name: str, request: Request,
+                           key: ApiKey | None = Depends(require_admin)) -> VersionMetadata:
     registry = _registry(request)
-    limit = get_settings(request).limits.max_artifact_upload_bytes
-    decoded = [(upload, _decode(upload)) for upload in body.artifacts]
-    total = sum(len(data) for _, data in decoded)
-    if total > limit:
-        raise PayloadTooLarge(f"artifacts total {total} bytes; the limit is {limit}", {"limit": limit})
-    uploads_dir = registry.root / STATE_DIR / "uploads"
-    uploads_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(dir=uploads_dir))
-    try:
-        sources = []
-        for upload, data in decoded:
-            target = workdir / validate_file_name(upload.file_name)
-            target.write_bytes(data)
-            sources.append(ArtifactSource(path=target, format=upload.format, precision=upload.precision))
-        created = registry.register(name, body.version, sources, signature=body.signature, metrics=body.metrics,
-                                    tags=body.tags, description=body.description, validation=body.validation,
-                                    actor=_actor(key))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    limits = get_settings(request).limits
+    require_json(request)
+    with registry.upload_staging() as staging:
+        body_path = staging / UPLOAD_BODY_FILE
+        await _receive(request, body_path, upload_body_limit(limits))
+        created = await asyncio.to_thread(_register_upload, registry, name, body_path, limits, _actor(key))
     return created.metadata
 
 
-@router.post("/models/{name}/versions/{version}/promote")
-def promote(name: str, version: str, body: PromoteRequest, request: Request,
-            key: ApiKey | None = Depends(require_admin)) -> VersionMetadata:
-    return _registry(request).promote(name, version, body.stage, force=body.force, actor=_actor(key)).metadata
+@router.post("/models/{name}/versions/{version}/promote", openapi_extra=json_body_openapi(PromoteRequest))
+async def promote(name: str, version: str, request: Request,
+                  key: ApiKey | None = Depends(require_admin)) -> VersionMetadata:
+    body = await read_model(request, PromoteRequest, get_settings(request).limits)
+    promoted = await asyncio.to_thread(_registry(request).promote, name, version, body.stage, force=body.force,
+                                       actor=_actor(key))
+    return promoted.metadata
 
 
 @router.post("/models/{name}/versions/{version}/archive")
@@ -159,11 +169,13 @@ def archive(name: str, version: str, request: Request, key: ApiKey | None = Depe
     return _registry(request).archive(name, version, actor=_actor(key)).metadata
 
 
-@router.patch("/models/{name}/versions/{version}/metrics")
-def update_metrics(name: str, version: str, body: MetricsUpdate, request: Request,
-                   key: ApiKey | None = Depends(require_admin)) -> VersionMetadata:
-    return _registry(request).update_metrics(name, version, body.metrics, replace=body.replace,
-                                             actor=_actor(key)).metadata
+@router.patch("/models/{name}/versions/{version}/metrics", openapi_extra=json_body_openapi(MetricsUpdate))
+async def update_metrics(name: str, version: str, request: Request,
+                         key: ApiKey | None = Depends(require_admin)) -> VersionMetadata:
+    body = await read_model(request, MetricsUpdate, get_settings(request).limits)
+    updated = await asyncio.to_thread(_registry(request).update_metrics, name, version, body.metrics,
+                                      replace=body.replace, actor=_actor(key))
+    return updated.metadata
 
 
 @router.delete("/models/{name}/versions/{version}", status_code=204)
@@ -173,8 +185,57 @@ def delete_version(name: str, version: str, request: Request,
     return Response(status_code=204)
 
 
-def _decode(upload: ArtifactUpload) -> bytes:
+def upload_body_limit(limits: LimitSettings) -> int:
+    """Bytes an upload body may carry: the artifacts' limit in base64 (4 characters per 3 bytes), plus
+    one ordinary request's worth for the rest of the JSON (signature, metrics, ...)."""
+    return -(-limits.max_artifact_upload_bytes // 3) * 4 + limits.max_request_bytes
+
+
+async def _receive(request: Request, path: Path, max_bytes: int) -> None:
+    """Stream the body into ``path``; one chunk at a time is in memory, and writes happen off the loop."""
+    with open(path, "wb") as fh:
+        async for chunk in stream_body(request, max_bytes):
+            await asyncio.to_thread(fh.write, chunk)
+
+
+def _register_upload(registry: ModelRegistry, name: str, body_path: Path, limits: LimitSettings,
+                     actor: str) -> ModelVersion:
+    body = _parse_received(body_path, limits)
+    total = sum(_decoded_size(upload.content_base64) for upload in body.artifacts)
+    limit = limits.max_artifact_upload_bytes
+    if total > limit:
+        raise PayloadTooLarge(f"artifacts total {total} bytes; the limit is {limit}", {"limit": limit})
+    sources = [_decode_to(upload, body_path.parent) for upload in body.artifacts]
+    return registry.register(name, body.version, sources, signature=body.signature, metrics=body.metrics,
+                             tags=body.tags, description=body.description, validation=body.validation,
+                             actor=actor)
+
+
+def _parse_received(body_path: Path, limits: LimitSettings) -> RegisterRequest:
+    if body_path.stat().st_size == 0:
+        return parse_model(RegisterRequest, b"", limits)  # raises: a body is required
+    # Parsed straight from the page cache: the raw body is never copied into the worker's memory.
+    with open(body_path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped, \
+            memoryview(mapped) as view:
+        return parse_model(RegisterRequest, view, limits)
+
+
+def _decoded_size(content: str) -> int:
+    return len(content) // 4 * 3 - content[-2:].count("=")
+
+
+def _decode_to(upload: ArtifactUpload, directory: Path) -> ArtifactSource:
+    """Decode in slices into a file, then drop the base64 text: memory stays near the upload's size."""
+    target = directory / validate_file_name(upload.file_name)
+    content = upload.content_base64
     try:
-        return base64.b64decode(upload.content_base64, validate=True)
+        with open(target, "wb") as fh:
+            for start in range(0, len(content), DECODE_CHUNK_CHARS):
+                piece = content[start:start + DECODE_CHUNK_CHARS]
+                if piece.endswith("=") and start + DECODE_CHUNK_CHARS < len(content):
+                    raise ValueError("padding before the end")  # as decoding the whole text would refuse it
+                fh.write(base64.b64decode(piece, validate=True))
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(f"artifact {upload.file_name!r}: content_base64 is not valid base64") from exc
+    upload.content_base64 = ""
+    return ArtifactSource(path=target, format=upload.format, precision=upload.precision)

@@ -1,0 +1,127 @@
+"""A/B decisions by simulation: false promotions and rollbacks of A/A experiments, power at the size the
+module reports, rollbacks of worse challengers. Every experiment runs through the module's own decision
+rules (prediction_service/experiments/simulation.py -> decision.evaluate), with default settings.
+
+    python bench/experiments_sim.py [--sims 2000] [--quick] [--jobs 2] [--seed 0] [--long]
+
+Defaults: alpha 0.05, PROMOTE when the estimated gain is >= 1 point and significant, sizes planned for 80 %
+power at a true +2 points, ROLLBACK at a significant drop > 2 points or > 2 ms latency, >= 100 samples and
+>= 30 independent units per arm, 10 % of traffic to the challenger, champion accuracy 70 % as scored (1 %
+of requests fail and count as wrong), latency 10 +- 2 ms. Sequential cells are analysed after every 50 outcomes and
+stop at the first PROMOTE / ROLLBACK (auto_apply); fixed cells decide once, at their planned size.
+Horizon: the planned total the module reports for the cell's design (iid variance), three times that for
+the autocorrelated cells (about what the module reports there; --long: the sticky-key cells too).
+Rates carry Wilson 95 % intervals. --quick: 400 experiments per cell (a smoke run, wide intervals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import operator
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from prediction_service.experiments.models import ExperimentMode, VarianceMethod  # noqa: E402
+from prediction_service.experiments.simulation import (CellResult, Scenario, default_thresholds,  # noqa: E402
+                                                       planned_total, simulate)
+
+FIXED, CLUSTER = ExperimentMode.FIXED, VarianceMethod.CLUSTER
+
+
+Target = tuple[str, str, float]
+"""(promote | rollback, <= | >= | <, rate) asked of a cell."""
+FALSE_PROMOTION = [("promote", "<=", 0.07)]  # alpha + 0.02, with peeking and sticky keys
+POWER = [("promote", ">=", 0.80)]
+ROLLBACK = [("rollback", ">=", 0.80)]
+WORSE = [("rollback", ">=", 0.80), ("promote", "<", 0.005)]
+
+
+@dataclass(frozen=True)
+class Cell:
+    scenario: Scenario
+    targets: list[Target]
+    """Empty: a contrast (what a misconfiguration costs), no target."""
+    horizon_factor: float = 1.0
+
+
+def cells(long: bool) -> list[Cell]:
+    sticky = 3.0 if long else 1.0
+    return [
+        Cell(Scenario("A/A iid"), FALSE_PROMOTION),
+        Cell(Scenario("A/A AR(1) 0.5, variance=cluster (60 s buckets)", rho=0.5, variance=CLUSTER), FALSE_PROMOTION,
+             3.0),
+        Cell(Scenario("A/A AR(1) 0.5, variance=unit (not configured)", rho=0.5), [], 3.0),
+        Cell(Scenario("A/A sticky, 50 keys, key sd 0.3", keys=50, key_sd=0.3), FALSE_PROMOTION, sticky),
+        Cell(Scenario("A/A sticky, 500 keys, key sd 0.3", keys=500, key_sd=0.3), FALSE_PROMOTION, sticky),
+        Cell(Scenario("+2 points", gain=0.02), POWER),
+        Cell(Scenario("+5 points", gain=0.05), POWER),
+        Cell(Scenario("-5 points", gain=-0.05), WORSE),
+        Cell(Scenario("+3 ms latency", latency_shift_ms=3.0), ROLLBACK),
+        Cell(Scenario("A/A iid, fixed", mode=FIXED), FALSE_PROMOTION),
+        Cell(Scenario("+2 points, fixed", gain=0.02, mode=FIXED), POWER),
+        Cell(Scenario("-5 points, fixed", gain=-0.05, mode=FIXED), WORSE),
+    ]
+
+
+def pct(result: CellResult, count: int) -> str:
+    rate, low, high = result.rate(count)
+    return f"{rate:6.2%} [{low:5.2%}, {high:5.2%}]"
+
+
+def verdict(result: CellResult, targets: list[Target]) -> str:
+    """ok: the estimate meets every target; within CI: it misses one but the 95 % interval includes the bound;
+    MISSED: the interval excludes it."""
+    if not targets:
+        return "(contrast, no target)"
+    words = []
+    state = "ok"
+    for what, op, limit in targets:
+        rate, low, high = result.rate(result.promoted if what == "promote" else result.rolled_back)
+        words.append(f"{what} {op} {limit:.1%}")
+        check = {"<=": operator.le, ">=": operator.ge, "<": operator.lt}[op]
+        if not check(rate, limit):
+            plausible = (low <= limit) if op == ">=" else (high >= limit)
+            state = "MISSED" if not plausible or state == "MISSED" else "within CI"
+    return f"{', '.join(words)}: {state}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sims", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="400 experiments per cell")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--long", action="store_true", help="sticky-key cells to 3x the planned size")
+    args = parser.parse_args()
+    sims = 400 if args.quick else args.sims
+    th = default_thresholds()
+    print(f"{sims} simulated experiments per cell, seed {args.seed}, {args.jobs} processes; split 10 %, "
+          f"alpha {th.alpha}, margin {th.promote_min_accuracy_gain:.0%}, target {th.target_accuracy_gain:.0%} "
+          f"at power {th.power:.0%}")
+    header = (f"{'cell':50s} {'mode':10s} {'horizon':>8s} {'module plans':>12s} {'promoted [95% CI]':>26s} "
+              f"{'rolled back [95% CI]':>26s} {'mean stop':>9s}  target")
+    print(header)
+    print("-" * len(header))
+    started = time.perf_counter()
+    for i, cell in enumerate(cells(args.long)):
+        sc = cell.scenario
+        horizon = round(planned_total(sc, th, 0.1) * cell.horizon_factor)
+        result = simulate(sc, th, sims, total=horizon, seed=args.seed + i, jobs=args.jobs)
+        plans = result.median_reported
+        plans_text = f"{plans:12.0f}" if plans != float("inf") else f"{'none':>12s}"
+        print(f"{sc.name:50s} {sc.mode.value:10s} {result.total:8d} {plans_text} {pct(result, result.promoted):>26s} "
+              f"{pct(result, result.rolled_back):>26s} {result.mean_stop:9.0f}  {verdict(result, cell.targets)}",
+              flush=True)
+    print(f"\nhorizon: outcomes per experiment (sequential: looks every 50); module plans: median planned_total the "
+          f"analysis reports from the data at the horizon (none: an arm has < 2 units); mean stop: mean outcomes at "
+          f"the decision (the horizon if none). {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

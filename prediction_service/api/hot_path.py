@@ -1,0 +1,64 @@
+"""ServingApp: FastAPI, with the inference POSTs dispatched before the middleware stack and the router.
+
+A py-spy profile of ``POST /v1/models/{name}/predict`` under load put about a fifth of the event loop's
+time in Starlette/FastAPI layers the predict path does not use (exception, async-exit-stack and body-limit
+middlewares, router matching over every route, telemetry hooks). The hot routes are ``DirectRoute``
+endpoints (direct_route.py): they take the Request and return a Response, and every error they raise is
+a domain error mapped by the app's own exception handlers (api/errors.py). So the app matches their
+paths itself, calls their handlers, and maps exceptions through the same handler table; everything else
+(and OpenAPI, which still documents them) goes through FastAPI as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .direct_route import DirectRoute
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ServingApp(FastAPI):
+    _hot: list[tuple[Route, Handler]] | None = None
+
+    def include_router(self, router: APIRouter, **kwargs: Any) -> None:
+        super().include_router(router, **kwargs)
+        if not kwargs.get("prefix"):  # hot paths match the routes' own paths
+            self._hot = (self._hot or []) + [(route, route.get_route_handler()) for route in router.routes
+                                             if isinstance(route, DirectRoute) and "POST" in (route.methods or ())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for route, handler in self._hot_routes():
+                match = route.path_regex.match(scope["path"])
+                if match is not None:
+                    scope["app"] = self
+                    scope["route"] = route
+                    scope["path_params"] = {name: route.param_convertors[name].convert(value)
+                                            for name, value in match.groupdict().items()}
+                    await self._serve(handler, scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+    def _hot_routes(self) -> list[tuple[Route, Handler]]:
+        return self._hot or []
+
+    async def _serve(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        try:
+            response = await handler(request)
+        except Exception as exc:  # noqa: BLE001 - mapped by the app's handler table, like the router would
+            response = await self._exception_handler(exc)(request, exc)
+        await response(scope, receive, send)
+
+    def _exception_handler(self, exc: Exception):
+        for cls in type(exc).__mro__:
+            handler = self.exception_handlers.get(cls)
+            if handler is not None:
+                return handler
+        raise exc

@@ -1,0 +1,314 @@
+"""Open Inference Protocol (KServe v2 / Triton) REST codec: bytes <-> numpy tensors, no FastAPI.
+
+A request body is a JSON header, optionally followed by raw tensor bytes (the binary tensor data
+extension): the ``Inference-Header-Content-Length`` header says where the JSON ends, and every input
+with ``parameters.binary_data_size`` takes that many of the following bytes, in input order. Responses
+use the same framing for outputs asked in binary (``parameters.binary_data_output`` for all,
+``outputs[i].parameters.binary_data`` per output). Structural mistakes in the framing are 400; tensors
+that do not match what they claim (datatype, shape, element count) are 422, as on /v1.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..errors import BadRequest, InvalidInput, PayloadTooLarge
+from ..inference import InferenceResult, Selector
+from ..oip_documents import provenance_parameters
+from ..oip_datatypes import element_count, from_raw, numpy_dtype, oip_datatype, to_raw
+from ..settings import LimitSettings
+from .body import parse_json
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "parameters")
+"""Triton extension names this door implements (the rest: shared memory, sequences, ... are not)."""
+
+_UNSUPPORTED_OUTPUT_PARAMETERS = ("classification", "shared_memory_region")
+_INT_KINDS = "iu"
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    """The caller's request id, echoed as the response ``id`` (the audit id is the server's own)."""
+    inputs: dict[str, np.ndarray]
+    selector: Selector
+    outputs: tuple[RequestedOutput, ...] | None
+    """None: every output the model returns, binary when ``binary_output`` is set."""
+    binary_output: bool
+    timeout_s: float | None = None
+    """Triton's ``timeout`` request parameter (microseconds on the wire): a tighter deadline, when set."""
+
+
+@dataclass(frozen=True)
+class EncodedResponse:
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+# ---- requests --------------------------------------------------------------------------------------
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` (tritonclient's request_compression_algorithm), never past ``limit`` bytes."""
+    if not encoding or encoding.lower() == "identity":
+        return body
+    if encoding.lower() not in ("gzip", "deflate"):
+        raise BadRequest(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+    inflater = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib framing, detected from the header
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"request body is not valid {encoding}: {exc}") from exc
+    if len(data) > limit:  # a small compressed body must not inflate into an unbounded one
+        raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes", {"max_bytes": limit})
+    if not inflater.eof:
+        raise BadRequest(f"request body is truncated {encoding} data")
+    return data
+
+
+def decode_infer_request(body: bytes, header_length: str | None, limits: LimitSettings,
+                         version: str | None = None) -> InferRequest:
+    """Parse an infer request; ``version`` comes from the path and wins over ``parameters.stage``."""
+    view = memoryview(body)
+    if header_length is None:
+        header, binary = view, view[:0]
+    else:
+        size = _header_size(header_length, len(body))
+        header, binary = view[:size], view[size:]
+    document = parse_json(header, limits)
+    if not isinstance(document, dict):
+        raise InvalidInput("an infer request is a JSON object with an 'inputs' array")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    parameters = _object(document.get("parameters"), "parameters")
+    selector = Selector(version=version, stage=_string_parameter(parameters, "stage"),
+                        routing_key=_string_parameter(parameters, "routing_key"))
+    binary_output = parameters.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise InvalidInput("parameters.binary_data_output must be a boolean")
+    timeout_us = parameters.get("timeout")
+    if timeout_us is not None and (isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0):
+        raise InvalidInput("parameters.timeout must be a non-negative integer (microseconds)")
+    inputs = _inputs(document.get("inputs"), binary)
+    outputs = _outputs(document.get("outputs"), binary_output)
+    return InferRequest(request_id, inputs, selector, outputs, binary_output,
+                        timeout_us / 1e6 if timeout_us else None)
+
+
+def _header_size(raw: str, body_size: int) -> int:
+    try:
+        size = int(raw)
+    except ValueError:
+        raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {raw!r}") from None
+    if not 0 < size <= body_size:
+        raise BadRequest(f"{HEADER_LENGTH} is {size} but the body has {body_size} bytes",
+                         {"header_length": size, "body_bytes": body_size})
+    return size
+
+
+def _inputs(raw: Any, binary: memoryview) -> dict[str, np.ndarray]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInput("'inputs' must be a non-empty array of tensors")
+    tensors: dict[str, np.ndarray | None] = {}  # None: binary, decoded once the framing is known good
+    pending: list[tuple[str, str, list[int], memoryview]] = []
+    offset = 0
+    for item in raw:
+        if not isinstance(item, dict):
+            raise InvalidInput("each input is an object with name, datatype, shape and data")
+        name, datatype, shape = _tensor_header(item)
+        if name in tensors:
+            raise InvalidInput(f"input {name!r} is given twice", {"input": name})
+        size = _object(item.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
+        if size is None:
+            if "data" not in item:
+                raise InvalidInput(f"input {name!r} has neither 'data' nor parameters.binary_data_size",
+                                   {"input": name})
+            tensors[name] = _from_json(name, datatype, shape, item["data"])
+            continue
+        if "data" in item:
+            raise BadRequest(f"input {name!r} has both 'data' and parameters.binary_data_size", {"input": name})
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer", {"input": name})
+        if offset + size > len(binary):
+            raise BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                             f"({len(binary) - offset} bytes left)", {"input": name})
+        tensors[name] = None
+        pending.append((name, datatype, shape, binary[offset:offset + size]))
+        offset += size
+    if offset != len(binary):  # framing first: a 400 names the real mistake before any tensor is judged
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data after the last input's binary_data_size",
+                         {"unused_bytes": len(binary) - offset})
+    for name, datatype, shape, raw_bytes in pending:
+        array = from_raw(name, datatype, shape, raw_bytes)
+        # a view into the body is read-only (torch.from_numpy warns) and sits at whatever offset the JSON
+        # header ended (unaligned): one copy per tensor gives runtimes an ordinary array
+        tensors[name] = array if array.flags.writeable and array.flags.aligned else array.copy()
+    return tensors  # type: ignore[return-value]  # every None was filled above
+
+
+def _tensor_header(item: dict) -> tuple[str, str, list[int]]:
+    name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("every input needs a 'name'")
+    if not isinstance(datatype, str):
+        raise InvalidInput(f"input {name!r} needs a 'datatype' (FP32, INT64, BYTES, ...)", {"input": name})
+    numpy_dtype(datatype)  # unknown datatypes fail here, naming the supported ones
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidInput(f"input {name!r}: 'shape' must be an array of integers", {"input": name})
+    element_count(shape)  # refuses negative dimensions
+    return name, datatype, shape
+
+
+def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    """A tensor from JSON ``data``, flat (row-major) or nested; values must fit the datatype exactly."""
+    expected = element_count(shape)
+    if datatype == "BYTES":
+        items = _strings(name, data)
+        array = np.empty(len(items), dtype=object)
+        array[:] = items
+    else:
+        array = _numbers(name, datatype, data)
+    if array.size != expected:
+        raise InvalidInput(f"input {name!r}: {array.size} values of data for shape {shape} ({expected} expected)",
+                           {"input": name, "values": int(array.size), "expected": expected})
+    return array.reshape(shape)
+
+
+def _numbers(name: str, datatype: str, data: Any) -> np.ndarray:
+    dtype = numpy_dtype(datatype)
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        array = np.asarray(data)
+    except (ValueError, OverflowError):
+        raise InvalidInput(f"input {name!r}: data is not a rectangular array of numbers", {"input": name}) from None
+    if array.size == 0:
+        return array.astype(dtype)
+    # numpy would turn "1.5" into 1.5, 1.7 into 1 and 300 into 44 (uint8) without a word: refuse instead
+    allowed = "b" if dtype.kind == "b" else (_INT_KINDS if dtype.kind in _INT_KINDS else "iuf")
+    if array.dtype.kind not in allowed:
+        raise InvalidInput(f"input {name!r}: data of kind {array.dtype.name} does not fit datatype {datatype}",
+                           {"input": name, "datatype": datatype})
+    if dtype.kind in _INT_KINDS:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(f"input {name!r}: values out of range for {datatype}", {"input": name})
+    return array.astype(dtype, copy=False)
+
+
+def _strings(name: str, data: Any) -> list[bytes]:
+    """BYTES data as JSON strings (flat or nested), kept as utf-8 bytes like the binary form."""
+    out: list[bytes] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            out.append(item.encode())
+        else:
+            raise InvalidInput(f"input {name!r}: BYTES data must be strings", {"input": name})
+    return out
+
+
+def _outputs(raw: Any, binary_default: bool) -> tuple[RequestedOutput, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise InvalidInput("'outputs' must be an array of {name, parameters}")
+    outputs: list[RequestedOutput] = []
+    for item in raw:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidInput("every requested output needs a 'name'")
+        parameters = _object(item.get("parameters"), f"output {name!r} parameters")
+        for unsupported in _UNSUPPORTED_OUTPUT_PARAMETERS:
+            if unsupported in parameters:
+                raise InvalidInput(f"output {name!r}: parameter {unsupported!r} is not supported by this server",
+                                   {"output": name})
+        binary = parameters.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise InvalidInput(f"output {name!r}: parameters.binary_data must be a boolean", {"output": name})
+        if any(o.name == name for o in outputs):
+            raise InvalidInput(f"output {name!r} is requested twice", {"output": name})
+        outputs.append(RequestedOutput(name, binary))
+    return tuple(outputs)
+
+
+def _object(raw: Any, what: str) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{what} must be an object")
+    return raw
+
+
+def _string_parameter(parameters: dict, key: str) -> str | None:
+    value = parameters.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"parameters.{key} must be a string", {"parameter": key})
+    return value or None  # "" = unset, as on the gRPC door (protobuf cannot send None)
+
+
+# ---- responses -------------------------------------------------------------------------------------
+
+
+def encode_infer_response(result: InferenceResult, request: InferRequest) -> EncodedResponse:
+    """The response JSON, followed by the binary outputs when any were asked for in binary."""
+    if request.outputs is None:
+        wanted = [RequestedOutput(name, request.binary_output) for name in result.outputs]
+    else:
+        wanted = list(request.outputs)
+        unknown = [o.name for o in wanted if o.name not in result.outputs]
+        if unknown:
+            raise InvalidInput(f"unknown output(s) {unknown} for model {result.model!r}; it has "
+                               f"{sorted(result.outputs)}", {"unknown": unknown, "outputs": sorted(result.outputs)})
+    tensors, blobs = [], []
+    for output in wanted:
+        array = result.outputs[output.name]
+        tensor: dict[str, Any] = {"name": output.name, "datatype": oip_datatype(array.dtype),
+                                  "shape": list(array.shape)}
+        if output.binary:
+            raw = to_raw(array)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            tensor["data"] = _json_data(output.name, array)
+        tensors.append(tensor)
+    document: dict[str, Any] = {"model_name": result.model, "model_version": result.version}
+    if request.id is not None:
+        document["id"] = request.id
+    document["parameters"] = {**provenance_parameters(result), "inference_time_ms": result.inference_time_ms}
+    document["outputs"] = tensors
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return EncodedResponse(header, "application/json", {})
+    return EncodedResponse(b"".join([header, *blobs]), "application/octet-stream",
+                           {HEADER_LENGTH: str(len(header))})
+
+
+def _json_data(name: str, array: np.ndarray) -> Any:
+    if array.dtype.kind in "OSU":
+        try:
+            return [item.decode() if isinstance(item, bytes) else str(item) for item in array.reshape(-1)]
+        except UnicodeDecodeError:
+            raise BadRequest(f"output {name!r} is not UTF-8 text; request it with binary_data") from None
+    # orjson writes contiguous numpy arrays natively; the flat, row-major list is what OIP specifies
+    return np.ascontiguousarray(array.reshape(-1))
+
+
+# ---- metadata --------------------------------------------------------------------------------------

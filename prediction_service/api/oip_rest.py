@@ -1,0 +1,133 @@
+"""The Open Inference Protocol (KServe v2 / Triton) over REST, beside /v1 on the same port.
+
+Thin routes: admission (API key + rate limit, from the headers, before the body is read) -> codec
+(oip_codec.py) -> ``service.dataplane`` -> codec. Unchanged ``tritonclient.http`` code works against it.
+Model routes are admitted like predictions (open unless PREDICT_REQUIRES_KEY): a client that may infer
+may read what it infers with. Server metadata and health are open, like /health.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from ..auth import ApiKey
+from ..errors import PredictionServiceError
+from ..schemas import REQUEST_ID_HEADER
+from .body import read_body
+from .deadline import request_deadline
+from .deps import get_service, require_predict
+from .direct_route import DirectRoute
+from ..oip_documents import model_config, model_metadata, server_metadata
+from .oip_codec import EXTENSIONS, HEADER_LENGTH, decode_infer_request, decompress, encode_infer_response
+from .responses import FastJSONResponse
+
+# DirectRoute (see direct_route.py): infer is the hot path, and every route here fits its limits
+router = APIRouter(tags=["open inference protocol"], route_class=DirectRoute)
+_ERRORS = {400: {"description": "Malformed body or framing"}, 404: {"description": "Unknown model or version"},
+           413: {"description": "Body too large"}, 422: {"description": "Tensors do not match the model"},
+           429: {"description": "Rate limited"}, 503: {"description": "Overloaded or backend down"},
+           504: {"description": "Deadline exceeded"}}
+_INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "description": "OIP inference request (inputs, outputs, "
+                                     "parameters: stage, routing_key, binary_data_output)"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description":
+                                            "JSON header of Inference-Header-Content-Length bytes, then the "
+                                            "binary input tensors"}}}}}
+
+
+@router.get("/v2", summary="Server metadata: name, version, protocol extensions")
+async def server(request: Request) -> FastJSONResponse:
+    return FastJSONResponse(server_metadata(EXTENSIONS))
+
+
+@router.get("/v2/health/live", summary="The process is up")
+async def live(request: Request) -> FastJSONResponse:
+    alive = get_service(request).dataplane.server_live()
+    return FastJSONResponse({"live": alive}, status_code=200 if alive else 503)
+
+
+@router.get("/v2/health/ready", summary="Ready when the backend is healthy and production models are loaded",
+            responses={503: {"description": "Not ready"}})
+async def ready(request: Request) -> FastJSONResponse:
+    readiness = await get_service(request).dataplane.server_ready()
+    return FastJSONResponse({"ready": readiness.ready}, status_code=200 if readiness.ready else 503)
+
+
+@router.get("/v2/models/{name}", summary="Model metadata (the production version, else the newest)",
+            responses=_ERRORS)
+async def metadata(name: str, request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
+    return FastJSONResponse(model_metadata(get_service(request).dataplane.model_metadata(name)))
+
+
+@router.get("/v2/models/{name}/versions/{version}", summary="Model metadata of one version", responses=_ERRORS)
+async def version_metadata(name: str, version: str, request: Request,
+                           api_key=Depends(require_predict)) -> FastJSONResponse:
+    return FastJSONResponse(model_metadata(get_service(request).dataplane.model_metadata(name, version)))
+
+
+@router.get("/v2/models/{name}/ready", summary="200 when the production version is loaded, else 503",
+            responses=_ERRORS)
+async def model_ready(name: str, request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
+    return _ready(request, name, None)
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready", summary="200 when this version is loaded, else 503",
+            responses=_ERRORS)
+async def version_ready(name: str, version: str, request: Request,
+                        api_key=Depends(require_predict)) -> FastJSONResponse:
+    return _ready(request, name, version)
+
+
+def _ready(request: Request, name: str, version: str | None) -> FastJSONResponse:
+    ready = get_service(request).dataplane.model_ready(name, version)  # unknown name/version: 404
+    return FastJSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+
+@router.get("/v2/models/{name}/config", summary="Triton-style model configuration", responses=_ERRORS)
+async def config(name: str, request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
+    return FastJSONResponse(model_config(get_service(request).dataplane.model_metadata(name)))
+
+
+@router.get("/v2/models/{name}/versions/{version}/config", summary="Triton-style configuration of one version",
+            responses=_ERRORS)
+async def version_config(name: str, version: str, request: Request,
+                         api_key=Depends(require_predict)) -> FastJSONResponse:
+    return FastJSONResponse(model_config(get_service(request).dataplane.model_metadata(name, version)))
+
+
+@router.post("/v2/models/{name}/infer", summary="Infer (parameters: stage, routing_key)", responses=_ERRORS,
+             openapi_extra=_INFER_BODY)
+async def infer(name: str, request: Request, api_key=Depends(require_predict)) -> Response:
+    return await _infer(request, name, None, api_key)
+
+
+@router.post("/v2/models/{name}/versions/{version}/infer", summary="Infer with one version", responses=_ERRORS,
+             openapi_extra=_INFER_BODY)
+async def infer_version(name: str, version: str, request: Request, api_key=Depends(require_predict)) -> Response:
+    return await _infer(request, name, version, api_key)
+
+
+async def _infer(request: Request, name: str, version: str | None, api_key: ApiKey | None) -> Response:
+    service = get_service(request)
+    limits = service.settings.limits
+    context = service.request_context(api_key, None, "oip-rest")
+    # the audit id: reported as parameters.request_id and X-Request-Id (errors too, api/errors.py), and what
+    # an A/B outcome is posted under; the caller's own "id" is only echoed back
+    request.state.request_id = context.request_id
+    service.dataplane.admit(name, context)  # before the body is read: a refusal costs nothing
+    try:
+        context.deadline = request_deadline(request.headers, limits.default_deadline_ms)
+        body = decompress(await read_body(request, limits), request.headers.get("content-encoding"),
+                          limits.max_request_bytes)
+        parsed = decode_infer_request(body, request.headers.get(HEADER_LENGTH), limits, version)
+    except PredictionServiceError as exc:  # refused before the data plane: still counted and audited
+        service.dataplane.refuse(name, context, exc)
+        raise
+    if parsed.timeout_s is not None:  # Triton's own timeout parameter can only shorten the deadline
+        context.deadline = min(context.deadline, time.monotonic() + parsed.timeout_s)
+    result = await service.dataplane.infer(name, parsed.selector, parsed.inputs, context)
+    encoded = encode_infer_response(result, parsed)
+    return Response(encoded.body, media_type=encoded.media_type,
+                    headers={**encoded.headers, REQUEST_ID_HEADER: context.request_id})

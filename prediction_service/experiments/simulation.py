@@ -1,0 +1,424 @@
+"""Experiments with a known truth, simulated thousands at a time through the module's own decision rules.
+
+Each simulated experiment is a stream of requests (``look_every`` of them between two analyses, as an
+auto_apply schedule would see them), every request scored when its outcome arrives. Per look and per arm
+the engine keeps the running sums the variance formulas of stats.py are written in (sum y, sum y^2 per
+arm, and for routing keys the per-unit sums sum_g S_g^2, sum_g S_g c_g, sum_g c_g^2; for time buckets
+the bucket sums), builds the same ``stats.Estimate`` objects ``decision.decide`` builds from raw samples,
+and calls the same ``decision.evaluate``. tests/experiments/test_simulation.py checks, look by look, that
+this gives the decisions ``decide`` gives on the same requests materialized as ``ArmData``.
+
+Scenarios (``Scenario``): accuracy of each arm; outcomes autocorrelated within an arm (a DAR(1) process:
+an outcome repeats the arm's previous one with probability rho, else is drawn afresh, so the lag-k
+autocorrelation is rho^k); sticky routing by K keys, each key with its own accuracy (probit-scale effect
+with sd ``key_sd``, shared by both arms: the key is a trading symbol); failed requests (scored as wrong);
+latency in ms. The traffic split is by key when there are keys (router.py), else by request.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats as sps
+
+from . import stats
+from .decision import CONTINUE, PROMOTE, ROLLBACK, DecisionContext, Inputs, evaluate
+from .metrics import ArmData
+from .models import ExperimentMode, Thresholds, VarianceMethod
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    accuracy: float = 0.70
+    """Champion accuracy as scored: failed requests (``error_rate``) count as wrong and are part of it."""
+    gain: float = 0.0
+    """Challenger accuracy minus champion accuracy, as scored."""
+    latency_ms: float = 10.0
+    latency_shift_ms: float = 0.0
+    latency_sd_ms: float = 2.0
+    error_rate: float = 0.01
+    rho: float = 0.0
+    """Autocorrelation of outcomes within each arm (DAR(1))."""
+    keys: int | None = None
+    """Sticky routing keys (uniformly popular); None: requests carry no key, each is its own unit."""
+    key_sd: float = 0.0
+    """Probit-scale accuracy effect of a key."""
+    mode: ExperimentMode = ExperimentMode.SEQUENTIAL
+    variance: VarianceMethod = VarianceMethod.UNIT
+    requests_per_second: float = 5.0
+    """Arrival rate: with cluster_seconds 60, 300 requests per time bucket."""
+    cluster_seconds: float = 60.0
+
+    @property
+    def challenger_accuracy(self) -> float:
+        return self.accuracy + self.gain
+
+
+@dataclass
+class CellResult:
+    scenario: Scenario
+    sims: int
+    total: int
+    """Requests (= scored outcomes) per experiment at the horizon."""
+    promoted: int = 0
+    rolled_back: int = 0
+    stop_sum: float = 0.0
+    """Sum over experiments of the total at which they stopped (the horizon when they never did)."""
+    reported: list[float] = field(default_factory=list)
+    """Per experiment: the planned total the analysis reports from the data at the horizon (inf: none)."""
+
+    def rate(self, count: int) -> tuple[float, float, float]:
+        """(rate, low, high): Wilson 95 % interval."""
+        return (count / self.sims, *wilson(count, self.sims))
+
+    @property
+    def mean_stop(self) -> float:
+        return self.stop_sum / self.sims
+
+    @property
+    def median_reported(self) -> float:
+        return float(np.median(self.reported)) if self.reported else float("nan")
+
+
+def wilson(count: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    z = float(sps.norm.isf((1 - confidence) / 2))
+    p = count / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def context(scenario: Scenario, thresholds: Thresholds, split: float) -> DecisionContext:
+    return DecisionContext(task="classification", thresholds=thresholds, mode=scenario.mode,
+                           variance=scenario.variance, cluster_seconds=scenario.cluster_seconds,
+                           traffic_split=split)
+
+
+def planned_total(scenario: Scenario, thresholds: Thresholds, split: float) -> int:
+    """The total the module reports for the scenario (plan() at the design's per-outcome variances)."""
+    p_a, p_b = scenario.accuracy, scenario.challenger_accuracy
+    var_a, var_b = p_a * (1 - p_a), p_b * (1 - p_b)
+    sequential = scenario.mode is ExperimentMode.SEQUENTIAL
+    tau = thresholds.msprt_tau or thresholds.target_accuracy_gain
+    total = stats.required_total(var_a, var_b, thresholds.target_accuracy_gain, thresholds.alpha, thresholds.power,
+                                 split, thresholds.promote_min_accuracy_gain, sequential, tau)
+    return math.ceil(total)
+
+
+# -- generation --------------------------------------------------------------------------------------
+
+@dataclass
+class Requests:
+    """Raw simulated requests, (sims, n) arrays in arrival order."""
+
+    challenger: np.ndarray
+    correct: np.ndarray
+    error: np.ndarray
+    latency: np.ndarray
+    key: np.ndarray | None = None
+
+
+def _dar1(fresh: np.ndarray, lane: np.ndarray, rho: float, rng: np.random.Generator) -> np.ndarray:
+    """Outcomes that repeat the previous outcome of the same lane (arm) with probability rho."""
+    n = fresh.shape[1]
+    position = np.arange(n)
+    refresh = rng.random(fresh.shape) >= rho
+    out = np.empty_like(fresh)
+    for value in (False, True):
+        mine = lane == value
+        first = mine & (np.cumsum(mine, axis=1) == 1)  # an arm's first outcome is always drawn afresh
+        source = np.where(mine & (refresh | first), position, -1)
+        source = np.maximum.accumulate(source, axis=1)
+        taken = np.take_along_axis(fresh, np.maximum(source, 0), axis=1)
+        out = np.where(mine, taken, out)
+    return out
+
+
+def generate(scenario: Scenario, rng: np.random.Generator, sims: int, n: int, split: float) -> Requests:
+    shape = (sims, n)
+    key = None
+    if scenario.keys:
+        key = rng.integers(0, scenario.keys, shape, dtype=np.int16 if scenario.keys < 2**15 else np.int32)
+        challenger_key = rng.random((sims, scenario.keys)) < split  # router.py: uniform bucket per key
+        challenger = np.take_along_axis(challenger_key, key, axis=1)
+    else:
+        challenger = rng.random(shape) < split
+    # right when answered: the scored accuracy (failures count as wrong) is then scenario.accuracy
+    answered = 1 - scenario.error_rate
+    acc_a, acc_b = scenario.accuracy / answered, scenario.challenger_accuracy / answered
+    if key is not None and scenario.key_sd > 0:  # a key's accuracy in each arm, on the probit scale
+        effect = rng.normal(0.0, scenario.key_sd, (sims, scenario.keys))
+        p_a = sps.norm.cdf(sps.norm.ppf(acc_a) + effect)
+        p_b = sps.norm.cdf(sps.norm.ppf(acc_b) + effect)
+        p = np.take_along_axis(np.where(challenger_key, p_b, p_a), key, axis=1)
+    else:
+        p = np.where(challenger, acc_b, acc_a)
+    hit = rng.random(shape) < p
+    if scenario.rho > 0:
+        hit = _dar1(hit, challenger, scenario.rho, rng)
+    error = rng.random(shape) < scenario.error_rate
+    correct = (hit & ~error).astype(np.float64)
+    latency = rng.normal(scenario.latency_ms, scenario.latency_sd_ms, shape)
+    latency += np.where(challenger, scenario.latency_shift_ms, 0.0)
+    return Requests(challenger, correct, error.astype(np.float64), latency, key)
+
+
+def arm_data(requests: Requests, sim: int, n: int, challenger: bool, scenario: Scenario) -> ArmData:
+    """The first n requests of one simulated experiment, one arm, as ``decide`` gets them from the store."""
+    mine = requests.challenger[sim, :n] == challenger
+    served_at = np.arange(n, dtype=np.float64)[mine] / scenario.requests_per_second
+    correct = requests.correct[sim, :n][mine]
+    error = requests.error[sim, :n][mine] == 1
+    units = np.empty(0, dtype=object)
+    if requests.key is not None:
+        units = np.array([f"key-{k}" for k in requests.key[sim, :n][mine]], dtype=object)
+    return ArmData(latency_ms=requests.latency[sim, :n][mine], error=error, served_at=served_at,
+                   actual=np.ones(correct.size), predicted_class=np.where(correct == 1, 1.0, 0.0),
+                   correct=correct, abs_error=np.full(correct.size, np.nan), pnl=np.full(correct.size, np.nan),
+                   outcome_served_at=served_at, unit=units, outcome_unit=units, worst_case=error)
+
+
+# -- running sums at every look ------------------------------------------------------------------------
+
+@dataclass
+class ArmLooks:
+    """One arm's summaries of one metric at every look: (sims, looks) arrays."""
+
+    n: np.ndarray
+    mean: np.ndarray
+    var_of_mean: np.ndarray
+    groups: np.ndarray
+
+
+@dataclass
+class Looks:
+    champion: dict[str, ArmLooks]
+    challenger: dict[str, ArmLooks]
+    time: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """metric -> (V_time, buckets) when time-clustered."""
+    buckets_a: np.ndarray | None = None
+    buckets_b: np.ndarray | None = None
+
+
+def _at_looks(x: np.ndarray, look_every: int) -> np.ndarray:
+    """Running sums of x (sims, n) at every look_every-th request."""
+    sims, n = x.shape
+    looks = n // look_every
+    return x[:, : looks * look_every].reshape(sims, looks, look_every).sum(axis=2).cumsum(axis=1)
+
+
+def _within_unit_prefix(key: np.ndarray, values: list[np.ndarray]) -> list[np.ndarray]:
+    """For every request, the sum of ``values`` over EARLIER requests of the same key (per row)."""
+    order = np.argsort(key, axis=1, kind="stable")
+    sorted_key = np.take_along_axis(key, order, axis=1)
+    start = np.ones(sorted_key.shape, dtype=bool)
+    start[:, 1:] = sorted_key[:, 1:] != sorted_key[:, :-1]
+    first = np.maximum.accumulate(np.where(start, np.arange(key.shape[1]), 0), axis=1)
+    out = []
+    for v in values:
+        vs = np.take_along_axis(v, order, axis=1)
+        before = np.cumsum(vs, axis=1) - vs
+        within = before - np.take_along_axis(before, first, axis=1)
+        result = np.empty_like(within)
+        np.put_along_axis(result, order, within, axis=1)
+        out.append(result)
+    return out
+
+
+def _arm_looks(y: np.ndarray, m: np.ndarray, n: np.ndarray, looks: int, prefix: tuple | None) -> ArmLooks:
+    """``m``: the arm's requests (1.0 / 0.0); ``n``: their running count; ``looks``: look_every."""
+    total = _at_looks(y * m, looks)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / n
+        if prefix is None:  # every request its own unit: sum_g S_g^2 = sum y^2, sum_g S_g c_g = sum y
+            sum_sq = _at_looks(y * y * m, looks)
+            var = stats.arm_cluster_variance(n, mean, sum_sq, total, n, n)
+            return ArmLooks(n, mean, var, n)
+        s_prev, c_prev = prefix  # sums and counts of earlier requests of the same unit: the increments of
+        # sum_g S_g^2, sum_g S_g c_g and sum_g c_g^2 when y joins its unit
+        sum_sq = _at_looks((2 * s_prev * y + y * y) * m, looks)
+        sum_sc = _at_looks((s_prev + y * (c_prev + 1)) * m, looks)
+        sum_cc = _at_looks((2 * c_prev + 1) * m, looks)
+        groups = _at_looks((c_prev == 0) * m, looks)
+        requests_sq = _at_looks(y * y * m, looks)
+        var = stats.arm_cluster_variance(n, mean, sum_sq, sum_sc, sum_cc, groups, requests_sq)
+        return ArmLooks(n, mean, var, groups)
+
+
+def _time_variance(y: np.ndarray, challenger: np.ndarray, a: ArmLooks, b: ArmLooks, look_every: int,
+                   per_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """V_time (stats.time_variance) and the bucket count at every look; buckets hold per_bucket requests."""
+    sims, n = y.shape
+    blocks_per_bucket = per_bucket // look_every
+    looks = n // look_every
+    padded = -(-looks // blocks_per_bucket) * blocks_per_bucket
+
+    def block_sums(x: np.ndarray) -> np.ndarray:
+        return x[:, : looks * look_every].reshape(sims, looks, look_every).sum(axis=2)
+
+    s_b, c_b, s_all = block_sums(y * challenger), block_sums(challenger.astype(np.float64)), block_sums(y)
+    blocks = np.stack([s_b, c_b, s_all - s_b, look_every - c_b], axis=-1)  # (S_b, c_b, S_a, c_a) per block
+    blocks = np.concatenate([blocks, np.zeros((sims, padded - looks, 4))], axis=1)
+    within = np.cumsum(blocks.reshape(sims, -1, blocks_per_bucket, 4), axis=2)
+    complete = within[:, :, -1, :]  # (sims, buckets, 4)
+    outer = complete[..., :, None] * complete[..., None, :]
+    cum = np.concatenate([np.zeros((sims, 1, 4, 4)), np.cumsum(outer, axis=1)], axis=1)
+    partial = within.reshape(sims, padded, 4)[:, :looks]
+    j = np.arange(1, looks + 1)
+    full, rem = j // blocks_per_bucket, j % blocks_per_bucket
+    m = cum[:, full] + (rem != 0)[None, :, None, None] * (partial[..., :, None] * partial[..., None, :])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        alpha = np.stack([1 / b.n, -b.mean / b.n, -1 / a.n, a.mean / a.n], axis=-1)  # (sims, looks, 4)
+    sum_sq = np.einsum("sli,slij,slj->sl", alpha, m, alpha)
+    groups = (full + (rem != 0)).astype(np.float64)[None, :].repeat(sims, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v_time = np.where(groups > 1, groups / (groups - 1) * sum_sq, np.nan)
+    return v_time, groups
+
+
+def _arm_buckets(mask: np.ndarray, look_every: int, per_bucket: int) -> np.ndarray:
+    """Buckets in which the arm has at least one request, at every look."""
+    sims, n = mask.shape
+    padded = -(-n // per_bucket) * per_bucket
+    m = np.zeros((sims, padded), dtype=bool)
+    m[:, :n] = mask
+    within = np.cumsum(m.reshape(sims, -1, per_bucket), axis=2).reshape(sims, padded)[:, :n]
+    first_in_bucket = mask & (within == 1)
+    return _at_looks(first_in_bucket.astype(np.float64), look_every)
+
+
+def summarize_looks(requests: Requests, scenario: Scenario, look_every: int) -> Looks:
+    metrics = {"primary": requests.correct, "error": requests.error, "latency": requests.latency}
+    prefixes: dict[str, tuple | None] = dict.fromkeys(metrics)
+    if requests.key is not None:  # units (keys) are nested in arms: one prefix serves both arms
+        *sums, c_prev = _within_unit_prefix(requests.key, [*metrics.values(), np.ones_like(requests.correct)])
+        prefixes = {name: (s_prev, c_prev) for name, s_prev in zip(metrics, sums)}
+    champion, challenger = {}, {}
+    m_b = requests.challenger.astype(np.float64)
+    m_a = 1.0 - m_b
+    n_a, n_b = _at_looks(m_a, look_every), _at_looks(m_b, look_every)
+    for name, y in metrics.items():
+        champion[name] = _arm_looks(y, m_a, n_a, look_every, prefixes[name])
+        challenger[name] = _arm_looks(y, m_b, n_b, look_every, prefixes[name])
+    result = Looks(champion, challenger)
+    if scenario.variance is VarianceMethod.CLUSTER:
+        if requests.key is not None:
+            raise NotImplementedError("the engine clusters on time buckets only for requests without keys")
+        per_bucket = round(scenario.requests_per_second * scenario.cluster_seconds)
+        if per_bucket % look_every:
+            raise ValueError("requests per time bucket must be a multiple of look_every")
+        for name, y in metrics.items():
+            result.time[name] = _time_variance(y, requests.challenger, champion[name], challenger[name], look_every,
+                                               per_bucket)
+        result.buckets_a = _arm_buckets(~requests.challenger, look_every, per_bucket)
+        result.buckets_b = _arm_buckets(requests.challenger, look_every, per_bucket)
+    return result
+
+
+def _estimate(looks: Looks, metric: str) -> stats.Estimate:
+    a, b = looks.champion[metric], looks.challenger[metric]
+    est = stats.cluster_from_summary(a.n, a.mean, a.var_of_mean, a.groups, b.n, b.mean, b.var_of_mean, b.groups)
+    if metric not in looks.time:
+        return est
+    v_time, groups = looks.time[metric]
+    # no keys: (request, bucket) cells are the requests, so V_unit&time = V_unit and V = V_time
+    variance, df = stats.two_way(est.variance, est.df, v_time, groups, est.variance)
+    return stats.Estimate(est.difference, variance, df, "cluster")
+
+
+def reported_total(looks: Looks, ctx: DecisionContext) -> np.ndarray:
+    """The planned total decision.plan() reports at the last look of every experiment (inf: none)."""
+    est = _estimate(looks, "primary")
+    a, b = looks.champion["primary"], looks.challenger["primary"]
+    th = ctx.thresholds
+    needed = stats.required_variance(th.target_accuracy_gain, th.promote_min_accuracy_gain, th.alpha, th.power,
+                                     ctx.mode is ExperimentMode.SEQUENTIAL, th.msprt_tau or th.target_accuracy_gain)
+    if needed is None:
+        return np.full(a.n.shape[0], np.inf)
+    planned = np.ceil(np.asarray(est.variance)[:, -1] * (a.n[:, -1] + b.n[:, -1]) / needed)
+    return np.where(np.isfinite(planned), planned, np.inf)  # no variance yet (one unit in an arm): no size
+
+
+def decisions(looks: Looks, ctx: DecisionContext) -> np.ndarray:
+    """decision.evaluate at every look: (sims, looks) CONTINUE / PROMOTE / ROLLBACK codes."""
+    a, b = looks.champion, looks.challenger
+    units_a, units_b = a["primary"].groups, b["primary"].groups
+    if looks.buckets_a is not None:
+        units_a, units_b = np.minimum(units_a, looks.buckets_a), np.minimum(units_b, looks.buckets_b)
+    inputs = Inputs(requests_a=a["latency"].n, requests_b=b["latency"].n, outcomes_a=a["primary"].n,
+                    outcomes_b=b["primary"].n, units_a=units_a, units_b=units_b,
+                    latency=_estimate(looks, "latency"), error_rate_a=a["error"].mean, error_rate_b=b["error"].mean,
+                    errors=_estimate(looks, "error"), primary=_estimate(looks, "primary"),
+                    primary_level_a=a["primary"].mean)
+    return evaluate(inputs, ctx).decision
+
+
+# -- experiments -------------------------------------------------------------------------------------
+
+def outcome_of(codes: np.ndarray, look_every: int, mode: ExperimentMode) -> tuple[np.ndarray, np.ndarray]:
+    """(final decision, total at which it was taken) per experiment: sequential experiments stop at the
+    first look that is not CONTINUE; fixed ones decide once, at the last look."""
+    sims, n_looks = codes.shape
+    if mode is ExperimentMode.FIXED:
+        return codes[:, -1], np.full(sims, n_looks * look_every)
+    acted = codes != CONTINUE
+    first = np.where(acted.any(axis=1), acted.argmax(axis=1), n_looks - 1)
+    return codes[np.arange(sims), first], (first + 1) * look_every
+
+
+def _run_chunk(args: tuple) -> tuple[int, int, float, list[float]]:
+    scenario, thresholds, sims, total, split, look_every, seed = args
+    rng = np.random.default_rng(seed)
+    n = -(-total // look_every) * look_every
+    ctx = context(scenario, thresholds, split)
+    if scenario.mode is ExperimentMode.FIXED:
+        n = total  # one look, at the planned size
+        look_every = total
+    requests = generate(scenario, rng, sims, n, split)
+    looks = summarize_looks(requests, scenario, look_every)
+    final, stopped = outcome_of(decisions(looks, ctx), look_every, scenario.mode)
+    return (int(np.sum(final == PROMOTE)), int(np.sum(final == ROLLBACK)), float(stopped.sum()),
+            reported_total(looks, ctx).tolist())
+
+
+def simulate(scenario: Scenario, thresholds: Thresholds, sims: int, *, total: int | None = None,
+             split: float = 0.1, look_every: int = 50, seed: int = 0, chunk: int = 25,
+             jobs: int = 1) -> CellResult:
+    """Runs ``sims`` experiments to ``total`` requests (default: the module's planned size)."""
+    total = total or planned_total(scenario, thresholds, split)
+    seeds = np.random.SeedSequence(seed).spawn(-(-sims // chunk))
+    sizes = [min(chunk, sims - i * chunk) for i in range(len(seeds))]
+    work = [(scenario, thresholds, size, total, split, look_every, s) for size, s in zip(sizes, seeds)]
+    result = CellResult(scenario, sims, total)
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            parts = list(pool.map(_run_chunk, work))
+    else:
+        parts = [_run_chunk(w) for w in work]
+    for promoted, rolled_back, stop_sum, reported in parts:
+        result.promoted += promoted
+        result.rolled_back += rolled_back
+        result.stop_sum += stop_sum
+        result.reported.extend(reported)
+    return result
+
+
+def default_thresholds(**overrides) -> Thresholds:
+    """Thresholds as ExperimentService resolves them from default ExperimentSettings."""
+    from ..settings import ExperimentSettings
+
+    s = ExperimentSettings()
+    values = dict(alpha=s.alpha, power=s.power, promote_min_accuracy_gain=s.promote_min_accuracy_gain,
+                  max_latency_degradation_ms=s.max_latency_degradation_ms,
+                  rollback_error_rate_increase=s.rollback_error_rate_increase,
+                  rollback_accuracy_drop=s.rollback_accuracy_drop, min_samples_per_arm=s.min_samples_per_arm,
+                  target_accuracy_gain=s.target_accuracy_gain, min_units_per_arm=s.min_units_per_arm)
+    return Thresholds(**(values | overrides))
+
+
+__all__ = ["CellResult", "Scenario", "arm_data", "decisions", "default_thresholds", "generate", "outcome_of",
+           "planned_total", "simulate", "summarize_looks", "wilson"]

@@ -1,0 +1,215 @@
+"""``inference.GRPCInferenceService`` (the Open Inference Protocol over gRPC) on top of the Service.
+
+Thin like the REST routes: admit (API key + rate limit from the call's metadata, before the tensors are
+decoded), decode, call the data plane, encode. Readiness and metadata come from the data plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from ..errors import NotFound, PredictionServiceError, ServiceUnavailable
+from . import codec
+from .status import status_code, trailing_metadata
+
+if TYPE_CHECKING:
+    from ..service import Service
+
+log = logging.getLogger(__name__)
+
+API_KEY_METADATA = "x-api-key"
+"""The REST door's X-API-Key header, as gRPC metadata (keys are lowercase there)."""
+
+Response = TypeVar("Response")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+def _rpc(method: Handler) -> Handler:
+    """Domain errors become the status from status.py; anything else is INTERNAL (and logged)."""
+
+    @functools.wraps(method)
+    async def call(self: "InferenceServicer", request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except PredictionServiceError as error:
+            await context.abort(status_code(error), error.message, trailing_metadata(error))
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:  # noqa: BLE001 - the client gets a status, the log gets the traceback
+            log.exception("gRPC %s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return call
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: "Service"):
+        self.service = service
+        self.dataplane = service.dataplane
+        self.limits = service.settings.limits
+        self.draining = False
+        """Set once SIGTERM's drain begins: new calls get UNAVAILABLE, calls in progress finish."""
+
+    # ---- health and metadata -------------------------------------------------------------------------
+
+    @_rpc
+    async def ServerLive(self, request, context) -> service_pb2.ServerLiveResponse:
+        return service_pb2.ServerLiveResponse(live=self.dataplane.server_live())
+
+    @_rpc
+    async def ServerReady(self, request, context) -> service_pb2.ServerReadyResponse:
+        return service_pb2.ServerReadyResponse(ready=(await self.dataplane.server_ready()).ready)
+
+    @_rpc
+    async def ModelReady(self, request, context) -> service_pb2.ModelReadyResponse:
+        try:
+            ready = self.dataplane.model_ready(request.name, request.version or None)
+        except NotFound:  # Triton answers "not ready" for a model it does not know
+            ready = False
+        return service_pb2.ModelReadyResponse(ready=ready)
+
+    @_rpc
+    async def ServerMetadata(self, request, context) -> service_pb2.ServerMetadataResponse:
+        return codec.server_metadata_response()  # open, like GET /v2 and the health RPCs
+
+    @_rpc
+    async def ModelMetadata(self, request, context) -> service_pb2.ModelMetadataResponse:
+        self._admit_read(context)
+        return codec.model_metadata_response(self.dataplane.model_metadata(request.name, request.version or None))
+
+    @_rpc
+    async def ModelConfig(self, request, context) -> service_pb2.ModelConfigResponse:
+        self._admit_read(context)
+        return codec.model_config_response(self.dataplane.model_metadata(request.name, request.version or None))
+
+    # ---- inference -----------------------------------------------------------------------------------
+
+    @_rpc
+    async def ModelInfer(self, request, context) -> service_pb2.ModelInferResponse:
+        self._refuse_if_draining()
+        return await self._infer(request, _api_key(context), _caller(context), context.time_remaining())
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        """Requests on one stream run concurrently (bounded, so a fast writer is held back by flow control);
+        each answer goes back as it completes, matched by id. A failed request is answered in
+        ``error_message`` and the stream goes on, as Triton does; a refused API key ends the stream.
+        Once draining, requests still arriving on an open stream are answered "shutting down"."""
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        key, caller = _api_key(context), _caller(context)
+        answers: asyncio.Queue[service_pb2.ModelStreamInferResponse | PredictionServiceError | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.limits.max_in_flight)
+
+        async def answer(request: service_pb2.ModelInferRequest) -> None:
+            try:
+                answers.put_nowait(await self._stream_answer(request, key, caller, context.time_remaining()))
+            finally:
+                slots.release()
+
+        async def read_all() -> None:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    async for request in request_iterator:
+                        await slots.acquire()
+                        group.create_task(answer(request))
+            except Exception as exc:  # noqa: BLE001 - the client went away mid-stream; its call is over
+                log.debug("gRPC stream ended: %r", exc)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (item := await answers.get()) is not None:
+                if isinstance(item, PredictionServiceError):  # authentication: the whole stream is refused
+                    await context.abort(status_code(item), item.message, trailing_metadata(item))
+                yield item
+        finally:
+            reader.cancel()
+
+    async def _stream_answer(self, request: service_pb2.ModelInferRequest, key: str | None, caller: str,
+                             time_remaining: float | None) -> service_pb2.ModelStreamInferResponse | PredictionServiceError:
+        try:
+            self._refuse_if_draining()  # an open stream is no way around the drain: the client goes elsewhere
+            response = await self._infer(request, key, caller, time_remaining)
+            return service_pb2.ModelStreamInferResponse(infer_response=response)
+        except PredictionServiceError as error:
+            if error.status in (401, 403):
+                return error
+            message = error.message
+        except Exception:  # noqa: BLE001 - one failed request never ends the stream
+            log.exception("gRPC stream request failed")
+            message = "internal error"
+        return service_pb2.ModelStreamInferResponse(
+            error_message=message,
+            infer_response=service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id))
+
+    async def _infer(self, request: service_pb2.ModelInferRequest, key: str | None, caller: str,
+                     time_remaining: float | None) -> service_pb2.ModelInferResponse:
+        api_key = self.service.authorize_predict(key, caller)  # before the tensors are decoded
+        context = self.service.request_context(api_key, None, "oip-grpc")
+        self.dataplane.admit(request.model_name, context)  # before the tensors are decoded
+        try:
+            decoded = codec.decode_request(request)
+        except PredictionServiceError as error:  # refused before the data plane: still counted and audited
+            self.dataplane.refuse(request.model_name, context, error)
+            raise
+        context.deadline = self._deadline(time_remaining, decoded.timeout_s)
+        result = await self.dataplane.infer(request.model_name, decoded.selector, decoded.inputs, context)
+        return codec.encode_response(result, request.id, decoded.outputs)
+
+    def _deadline(self, time_remaining: float | None, timeout_s: float | None) -> float:
+        """The call's gRPC deadline (else LIMIT_DEFAULT_DEADLINE_MS), shortened by Triton's timeout parameter."""
+        budget = self.limits.default_deadline_ms / 1000.0 if time_remaining is None else time_remaining
+        if timeout_s is not None:
+            budget = min(budget, timeout_s)
+        return time.monotonic() + budget
+
+    # ---- admission -----------------------------------------------------------------------------------
+
+    def _admit_read(self, context: grpc.aio.ServicerContext) -> None:
+        """Model metadata and config are admitted like predictions, as on the REST door: a caller who may
+        infer may read what it infers with."""
+        self._refuse_if_draining()
+        self.service.authorize_predict(_api_key(context), _caller(context))
+
+    def _refuse_if_draining(self) -> None:
+        if self.draining:
+            raise ServiceUnavailable("server is shutting down")
+
+
+def _api_key(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == API_KEY_METADATA:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def _caller(context: grpc.aio.ServicerContext) -> str:
+    """The client's address without its port ("ipv4:127.0.0.1:5123" -> "127.0.0.1"): rate limits by host."""
+    peer = context.peer() or "-"
+    kind, _, address = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host, _, _port = address.rpartition(":")
+        return host.strip("[]") or address
+    return peer
+
+
+async def _unimplemented(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not supported by this server")
+
+
+# The base class's defaults are synchronous, which grpc.aio cannot run without a thread pool: answer
+# every RPC this server does not offer (repository control, shared memory, statistics, ...) here.
+_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+for _method in _SERVICE.methods:
+    if _method.name not in vars(InferenceServicer):
+        setattr(InferenceServicer, _method.name, _unimplemented)

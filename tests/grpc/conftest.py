@@ -1,0 +1,87 @@
+"""The real server (``python -m prediction_service serve``) with its gRPC door on a free port."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.support.models import register_slow
+from tests.support.server import ServerProcess, free_port, launch
+
+SLOW_STEPS = 200
+"""~30 ms per row on one thread (as in tests/ops): long enough for calls to be in flight at SIGTERM."""
+
+
+@dataclass
+class GrpcServer:
+    process: ServerProcess
+    grpc_url: str
+
+    @property
+    def http_url(self) -> str:
+        return self.process.url
+
+    def client(self, **kwargs) -> grpcclient.InferenceServerClient:
+        return grpcclient.InferenceServerClient(self.grpc_url, **kwargs)
+
+
+def serve_grpc(store_template: Path, work: Path, env: dict[str, str] | None = None, workers: int = 1) -> GrpcServer:
+    """Copy the registry into ``work`` and serve it; returns once gRPC answers ready too."""
+    store = work / "store"
+    shutil.copytree(store_template, store, symlinks=True)
+    grpc_port = free_port()
+    # No warm-up: the slow model's takes seconds, and these tests are about the protocol.
+    process = launch(store, env={"SERVER_GRPC_PORT": str(grpc_port), "WARMUP_ENABLED": "false", **(env or {})},
+                     workers=workers, log_path=work / "server.log", log_level="info")
+    server = GrpcServer(process, f"127.0.0.1:{grpc_port}")
+    try:
+        wait_grpc_ready(server)
+    except BaseException:
+        process.stop()
+        raise
+    return server
+
+
+def wait_grpc_ready(server: GrpcServer, timeout_s: float = 30.0) -> None:
+    # /health/ready answered over HTTP; the gRPC listener is bound in the same lifespan, just before.
+    deadline = time.monotonic() + timeout_s
+    client = server.client()
+    try:
+        while True:
+            try:
+                if client.is_server_ready(client_timeout=1.0):
+                    return
+            except InferenceServerException:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gRPC not ready on {server.grpc_url}:\n{server.process.log()[-3000:]}")
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def grpc_store_template(tiny_store_template, tmp_path_factory) -> Path:
+    """The tiny registry plus slow-regressor 1.0.0 (production), a deliberately heavy TorchScript model."""
+    root = tmp_path_factory.mktemp("grpc-store") / "store"
+    shutil.copytree(tiny_store_template, root, symlinks=True)
+    register_slow(root, tmp_path_factory.mktemp("grpc-slow-export"), steps=SLOW_STEPS)
+    return root
+
+
+@pytest.fixture(scope="session")
+def grpc_server(grpc_store_template, tmp_path_factory) -> Iterator[GrpcServer]:
+    """One server for the read-mostly tests (none changes the registry or its settings)."""
+    server = serve_grpc(grpc_store_template, tmp_path_factory.mktemp("grpc-server"),
+                        env={"LIMIT_MAX_REQUEST_BYTES": str(256 * 1024)})
+    try:
+        yield server
+    finally:
+        server.process.stop()
