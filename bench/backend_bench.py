@@ -34,13 +34,13 @@ KEY = ModelKey("lstm-price", "1.0.0")
 
 def start_backend(kind: str, work: Path):
     if kind == "triton":
-        from prediction_service.adapters.triton_local import LocalTriton
+        from prediction_service.commands.servers.triton import LocalTriton
 
         server = LocalTriton(work / "triton-repo").start()
         env = {"SERVING_ADAPTER_TYPE": "triton", "TRITON_SERVER_URL": server.http_url,
                "TRITON_SERVER_GRPC_URL": server.grpc_url, "TRITON_MODEL_REPOSITORY": str(server.model_repository)}
         return server, env
-    from prediction_service.adapters.torchserve_local import LocalTorchServe
+    from prediction_service.commands.servers.torchserve import LocalTorchServe
 
     server = LocalTorchServe(work / "ts-store", work / "ts-work", token_auth=False).start()
     env = {"SERVING_ADAPTER_TYPE": "torchserve", "TORCHSERVE_INFERENCE_URL": server.inference_url,

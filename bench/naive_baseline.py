@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from prediction_service.modelzoo.architectures import build_model
+from prediction_service.architectures import build_model
 from prediction_service.registry import RegistryReader
 
 

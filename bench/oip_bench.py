@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from serve_bench import ensure_store  # noqa: E402
 from triton_bench import Phase, closed_loop  # noqa: E402
 
-from prediction_service.adapters.triton_local import LocalTriton  # noqa: E402
+from prediction_service.commands.servers.triton import LocalTriton  # noqa: E402
 from prediction_service.packaging.triton_config import TritonConfigOptions  # noqa: E402
 from prediction_service.registry import ModelRegistry, ModelVersion  # noqa: E402
 from tests.support.oip import publish, wait_grpc_ready  # noqa: E402

@@ -12,7 +12,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from prediction_service.modelzoo.architectures import signature_for
+from prediction_service.architectures import signature_for
 from prediction_service.modelzoo.datasets import VOCAB_PATH, dataset_for
 from prediction_service.modelzoo.training import default_plans, train
 from prediction_service.packaging.pipeline import PackagingOptions, PackagingRequest, package_model

@@ -58,7 +58,7 @@ def process(cmd: list[str], ready_url: str, env: dict | None = None, timeout: fl
 
 
 def ensure_store(store: Path | None) -> Path:
-    from prediction_service.modelzoo.demo import build_demo_registry
+    from prediction_service.commands.demo_registry import build_demo_registry
 
     if store is None:
         store = Path(tempfile.mkdtemp(prefix="bench-store-"))

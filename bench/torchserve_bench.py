@@ -26,7 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prediction_service.adapters.torchserve import TorchServeAdapter  # noqa: E402
-from prediction_service.adapters.torchserve_local import LocalTorchServe  # noqa: E402
+from prediction_service.commands.servers.torchserve import LocalTorchServe  # noqa: E402
 from prediction_service.packaging.torchserve_mar import served_model_name  # noqa: E402
 from prediction_service.registry import VersionMetadata  # noqa: E402
 from prediction_service.registry.writer import ArtifactSource, register_version  # noqa: E402

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from prediction_service.adapters.triton import TritonAdapter  # noqa: E402
-from prediction_service.adapters.triton_local import LocalTriton  # noqa: E402
+from prediction_service.commands.servers.triton import LocalTriton  # noqa: E402
 from prediction_service.packaging.triton_repository import entry_name  # noqa: E402
 from prediction_service.settings import Settings, TritonSettings  # noqa: E402
 from tests.support.triton_models import price_batch, register_price_version  # noqa: E402

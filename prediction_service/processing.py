@@ -118,6 +118,6 @@ def _strings(texts: Any) -> list[str]:
 
 @lru_cache(maxsize=32)
 def _tokenizer(path: Path):
-    from .modelzoo.tokenizer import Tokenizer
+    from .tokenizer import Tokenizer
 
     return Tokenizer.from_file(path)

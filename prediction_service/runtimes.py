@@ -120,7 +120,7 @@ class TorchRuntime(Runtime):
                         architecture_config: Mapping[str, Any]) -> "TorchRuntime":
         import torch
 
-        from .modelzoo.architectures import build_model
+        from .architectures import build_model
 
         if not architecture:
             raise ModelLoadError("a state_dict artifact needs metadata 'architecture' to rebuild the model")

@@ -53,7 +53,7 @@ async def client(settings):
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory) -> Path:
     """The demo registry exactly as `setup-demo` builds it (three zoo models, v1.0.0 in production)."""
-    from prediction_service.modelzoo.demo import build_demo_registry
+    from prediction_service.commands.demo_registry import build_demo_registry
 
     root = tmp_path_factory.mktemp("demo-store")
     build_demo_registry(root)

@@ -18,7 +18,6 @@ import aiohttp
 
 from ..errors import BackendTimeout, BackendUnavailable, Conflict, InvalidInput, ModelNotFound, Overloaded
 from ..settings import TorchServeSettings
-from .torchserve_local import read_key_file
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +168,9 @@ def raise_for_status(status: int, body: bytes, what: str) -> None:
         # TorchServe answers 503 when the model's job queue is full (or it has no worker yet).
         raise Overloaded(f"TorchServe is overloaded for {what}: {message}", details)
     raise BackendUnavailable(f"TorchServe answered {status} to {what}: {message}", details)
+
+
+def read_key_file(path: Path) -> dict[str, str]:
+    """TorchServe's key_file.json -> ``{"inference": key, "management": key}``."""
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {"inference": document["inference"]["key"], "management": document["management"]["key"]}

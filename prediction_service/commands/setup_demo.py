@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..modelzoo.demo import build_demo_registry  # torch/onnx imports only when the command runs
+    from .demo_registry import build_demo_registry  # torch/onnx imports only when the command runs
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..adapters.torchserve_local import LocalTorchServe, TorchServePorts
+    from .servers.torchserve import LocalTorchServe, TorchServePorts
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ports = TorchServePorts(inference=args.inference_port, management=args.management_port, metrics=args.metrics_port)

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..adapters.triton_local import GrpcTls, LocalTriton, TritonNotInstalled
+    from .servers.triton import GrpcTls, LocalTriton, TritonNotInstalled
     from ..settings import Settings
 
     if (args.grpc_cert is None) != (args.grpc_key is None):

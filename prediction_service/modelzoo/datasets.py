@@ -9,7 +9,7 @@ import numpy as np
 
 from .features import compute_features, normalize_ohlcv_window
 from .synthetic import synthetic_headlines, synthetic_ohlcv
-from .tokenizer import Tokenizer
+from ..tokenizer import Tokenizer
 
 VOCAB_PATH = Path(__file__).parent / "assets" / "sentiment_vocab.txt"
 DIRECTION_THRESHOLD = 0.005

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..torch_threads import torch_threads
-from .architectures import build_model
+from ..architectures import build_model
 from .datasets import Dataset, dataset_for, default_tokenizer
 
 log = logging.getLogger(__name__)

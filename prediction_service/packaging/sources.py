@@ -53,7 +53,7 @@ def _load_python(path: Path) -> LoadedSource:
 
 
 def _load_checkpoint(path: Path, architecture: str | None, config: dict) -> LoadedSource:
-    from ..modelzoo.architectures import build_model, signature_for
+    from ..architectures import build_model, signature_for
     from ..modelzoo.datasets import VOCAB_PATH, dataset_for
 
     if not architecture:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prediction_service.adapters.simple import SimpleAdapter
-from prediction_service.modelzoo.architectures import build_model, signature_for
+from prediction_service.architectures import build_model, signature_for
 from prediction_service.packaging.pipeline import (VALIDATION_DYNAMIC_DIM, VALIDATION_INT_HIGH, PackagingOptions,
                                                    PackagingRequest, package_model)
 from prediction_service.packaging.validation import Tolerances, VariantTolerance, compare

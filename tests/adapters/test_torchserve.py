@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from prediction_service.adapters.torchserve import TorchServeAdapter
-from prediction_service.adapters.torchserve_local import LocalTorchServe
+from prediction_service.commands.servers.torchserve import LocalTorchServe
 from prediction_service.errors import (
     BackendTimeout,
     BackendUnavailable,

@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from prediction_service.adapters.triton import TritonAdapter
-from prediction_service.adapters.triton_local import LocalTriton, TritonNotInstalled, free_port
+from prediction_service.commands.servers.triton import LocalTriton, TritonNotInstalled, free_port
 from prediction_service.errors import (
     BackendTimeout,
     BackendUnavailable,

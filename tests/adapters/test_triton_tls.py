@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from prediction_service.adapters.triton import TritonAdapter
-from prediction_service.adapters.triton_local import GrpcTls, LocalTriton, TritonNotInstalled
+from prediction_service.commands.servers.triton import GrpcTls, LocalTriton, TritonNotInstalled
 from prediction_service.errors import BackendUnavailable
 from prediction_service.registry import ModelVersion
 from prediction_service.settings import Settings, TritonSettings

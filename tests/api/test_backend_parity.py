@@ -98,7 +98,7 @@ async def test_triton_down_gives_503_and_not_ready_then_recovers(tiny_store, tmp
             ready = await http.get("/health/ready")
             assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
 
-            from prediction_service.adapters.triton_local import LocalTriton
+            from prediction_service.commands.servers.triton import LocalTriton
             server = LocalTriton(server.model_repository, http_port=server.http_port, grpc_port=server.grpc_port,
                                  metrics_port=server.metrics_port)
             await asyncio.to_thread(server.start)
@@ -124,7 +124,7 @@ async def _eventually_ready(http: httpx.AsyncClient, attempts: int = 100) -> Non
 
 @pytest.mark.torchserve
 async def test_torchserve_down_gives_503_and_not_ready_then_recovers(tiny_store, tmp_path):
-    from prediction_service.adapters.torchserve_local import LocalTorchServe
+    from prediction_service.commands.servers.torchserve import LocalTorchServe
     from tests.support.torchserve_fixtures import _require_torchserve
 
     _require_torchserve()

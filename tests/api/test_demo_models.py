@@ -19,7 +19,7 @@ async def test_all_demo_models_are_ready_and_in_production(demo_client):
 async def test_lstm_price_batch_matches_the_registered_state_dict(demo_client, demo_store):
     import torch
 
-    from prediction_service.modelzoo.architectures import build_model
+    from prediction_service.architectures import build_model
     from prediction_service.registry import RegistryReader
 
     windows = dataset_for("lstm_price", 4, seed=3).inputs["ohlcv"]

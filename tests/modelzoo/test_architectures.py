@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from prediction_service.errors import InvalidInput
-from prediction_service.modelzoo.architectures import ARCHITECTURES, build_model, signature_for
+from prediction_service.architectures import ARCHITECTURES, build_model, signature_for
 from prediction_service.modelzoo.datasets import dataset_for
 from prediction_service.modelzoo.training import TrainingPlan, train
 

@@ -22,7 +22,7 @@ import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
 from tritonclient.utils import InferenceServerException
 
-from prediction_service.adapters.triton_local import LocalTriton
+from prediction_service.commands.servers.triton import LocalTriton
 from prediction_service.registry import ModelRegistry, ModelVersion
 from tests.support.oip import publish, unpublish, wait_grpc_ready
 from tests.support.server import free_port, start_server

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prediction_service.errors import Conflict, InvalidInput
-from prediction_service.modelzoo.architectures import build_model, signature_for
+from prediction_service.architectures import build_model, signature_for
 from prediction_service.modelzoo.datasets import VOCAB_PATH, dataset_for
 from prediction_service.packaging.pipeline import (
     PackagingOptions,

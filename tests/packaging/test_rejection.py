@@ -9,7 +9,7 @@ import torch
 
 from prediction_service.commands import package as package_command
 from prediction_service.errors import ValidationFailed
-from prediction_service.modelzoo.architectures import signature_for
+from prediction_service.architectures import signature_for
 from prediction_service.packaging.pipeline import PackagingOptions, PackagingRequest, package_model
 from prediction_service.packaging.sources import load_source
 from prediction_service.packaging.validation import Tolerances, VariantTolerance, compare

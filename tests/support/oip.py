@@ -15,7 +15,7 @@ import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
 from tritonclient.utils import InferenceServerException
 
-from prediction_service.adapters.triton_local import LocalTriton
+from prediction_service.commands.servers.triton import LocalTriton
 from prediction_service.packaging.triton_config import TritonConfigOptions, choose_platform, render_config
 from prediction_service.packaging.triton_repository import remove_entry, write_entry
 from prediction_service.registry import ModelVersion

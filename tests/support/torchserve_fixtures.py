@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prediction_service.adapters.torchserve_local import LocalTorchServe, missing_requirements
+from prediction_service.commands.servers.torchserve import LocalTorchServe, missing_requirements
 from prediction_service.settings import Settings, TorchServeSettings
 from tests.support.torchserve_models import build_scripted_model, register_tiny
 

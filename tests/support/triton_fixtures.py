@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from prediction_service.adapters.triton_local import LocalTriton, TritonNotInstalled
+from prediction_service.commands.servers.triton import LocalTriton, TritonNotInstalled
 from prediction_service.settings import Settings, TritonSettings
 
 

@@ -10,9 +10,9 @@ from ..packaging.pipeline import PackagingOptions, PackagingRequest, package_mod
 from ..registry.layout import METADATA_FILE, RegistryLayout
 from ..registry.model_version import ModelVersion
 from ..registry.store import ModelRegistry
-from .architectures import signature_for
-from .datasets import VOCAB_PATH, dataset_for
-from .training import TrainedModel, default_plans, train
+from ..architectures import signature_for
+from ..modelzoo.datasets import VOCAB_PATH, dataset_for
+from ..modelzoo.training import TrainedModel, default_plans, train
 
 log = logging.getLogger(__name__)
 

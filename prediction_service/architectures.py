@@ -13,8 +13,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from ..errors import InvalidInput
-from ..signature import ModelSignature, TensorSpec, TextPreprocessing
+from .errors import InvalidInput
+from .signature import ModelSignature, TensorSpec, TextPreprocessing
 
 DIRECTION_LABELS = ["down", "flat", "up"]
 SENTIMENT_LABELS = ["negative", "neutral", "positive"]

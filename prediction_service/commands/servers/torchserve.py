@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...adapters.torchserve_client import read_key_file
+
 logger = logging.getLogger(__name__)
 
 KEY_FILE = "key_file.json"
@@ -256,9 +258,3 @@ class LocalTorchServe:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
-
-
-def read_key_file(path: Path) -> dict[str, str]:
-    """TorchServe's key_file.json -> ``{"inference": key, "management": key}``."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {"inference": document["inference"]["key"], "management": document["management"]["key"]}

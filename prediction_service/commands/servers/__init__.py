@@ -1,0 +1,2 @@
+"""Local Triton and TorchServe processes that the development commands and the tests start (not adapters:
+the adapters talk to whatever server their settings name)."""

@@ -1,0 +1,73 @@
+"""The package's rooms, drawn from its imports: no arrow runs back up (DESIGN.md, issue 21)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "prediction_service"
+
+# module prefix -> prefixes it must never import (directly, at any point in the file)
+FORBIDDEN = {
+    "prediction_service.dataplane": ("fastapi", "starlette", "grpc", "google.protobuf", "tritonclient",
+                                     "prediction_service.api", "prediction_service.grpc"),
+    "prediction_service.service": ("fastapi", "starlette", "prediction_service.api", "prediction_service.grpc"),
+    "prediction_service.inference": ("fastapi", "grpc", "prediction_service.dataplane"),
+    "prediction_service.processing": ("fastapi", "grpc", "prediction_service.dataplane"),
+    "prediction_service.monitoring": ("prediction_service.dataplane", "prediction_service.api", "fastapi"),
+    "prediction_service.modelzoo": ("prediction_service.packaging", "prediction_service.commands",
+                                    "prediction_service.adapters"),
+    "prediction_service.adapters": ("prediction_service.commands", "prediction_service.api", "fastapi",
+                                    "prediction_service.registry.store", "prediction_service.registry.writer"),
+    "prediction_service.registry": ("prediction_service.adapters", "prediction_service.api",
+                                    "prediction_service.commands", "fastapi"),
+    "prediction_service.grpc": ("prediction_service.api", "fastapi"),
+    "prediction_service.api": ("prediction_service.grpc.codec", "prediction_service.grpc.servicer"),
+    "prediction_service.experiments": ("prediction_service.api", "fastapi", "prediction_service.dataplane"),
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _rule_of(module: str) -> tuple[str, ...]:
+    return next((banned for prefix, banned in FORBIDDEN.items()
+                 if module == prefix or module.startswith(prefix + ".")), ())
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_import_runs_back_up(path: Path):
+    module = _module_name(path)
+    banned = _rule_of(module)
+    wrong = sorted(name for name in _imports(path)
+                   for prefix in banned if name == prefix or name.startswith(prefix + "."))
+    assert not wrong, f"{module} imports {wrong}"
+
+
+def test_the_rules_see_relative_imports():
+    """A guard on the guard: the relative imports of a known module resolve to absolute names."""
+    imports = _imports(PACKAGE / "dataplane.py")
+    assert "prediction_service.model_manager" in imports and "prediction_service.inference" in imports
