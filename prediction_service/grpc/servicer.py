@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from ..errors import NotFound, PredictionServiceError, ServiceUnavailable
+from ..errors import NotFound, NotReady, PredictionServiceError
 from . import codec
 from .status import status_code, trailing_metadata
 
@@ -183,7 +183,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _refuse_if_draining(self) -> None:
         if self.draining:
-            raise ServiceUnavailable("server is shutting down")
+            raise NotReady("server is shutting down")
 
 
 def _api_key(context: grpc.aio.ServicerContext) -> str | None:

@@ -9,14 +9,6 @@ from fastapi.routing import APIRoute
 from prediction_service.api.app import create_app
 from prediction_service.settings import Settings
 
-# Still declaring bodies, to move to api/model_body.read_model (issue 14, item 2); remove as they move.
-PENDING = {
-    ("POST", "/v1/experiments"),
-    ("POST", "/v1/experiments/{experiment_id}/stop"),
-    ("POST", "/v1/predictions/{request_id}/outcome"),
-}
-
-
 def _api_routes(routes) -> list[APIRoute]:
     found = []
     for route in routes:
@@ -31,4 +23,4 @@ def test_no_route_reads_its_body_before_the_key_check(tmp_path):
     routes = _api_routes(create_app(Settings(model_store=tmp_path / "store")).routes)
     assert any(route.path == "/v1/registry/models/{name}/versions" for route in routes)
     declared = {(method, route.path) for route in routes if route.body_field is not None for method in route.methods}
-    assert declared <= PENDING, f"routes with a declared body: {sorted(declared - PENDING)}"
+    assert not declared, f"routes with a declared body: {sorted(declared)}"

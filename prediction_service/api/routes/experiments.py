@@ -17,13 +17,17 @@ authorised exactly that, and whoever analyses first applies it the same way (com
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...experiments.models import Analysis, Experiment, ExperimentSpec, ExperimentStatus, OutcomeRecord
 from ...auth import ApiKey, Scope
 from ...experiments.service import ExperimentService, OutcomeReporter
-from ..deps import get_service, require_admin, require_read
+from ..body import read_body
+from ..deps import get_service, get_settings, require_admin, require_read
+from ..model_body import json_body_openapi, parse_model, read_model
 
 router = APIRouter(tags=["experiments"])
 
@@ -47,10 +51,12 @@ def _service(request: Request) -> ExperimentService:
     return get_service(request).experiments
 
 
+# Bodies are read after the key check (model_body.py): a route that declared one would read it first.
 @router.post("/v1/experiments", status_code=status.HTTP_201_CREATED, response_model=Experiment,
-             dependencies=[Depends(require_admin)])
-def create_experiment(spec: ExperimentSpec, request: Request) -> Experiment:
-    return _service(request).create(spec)
+             dependencies=[Depends(require_admin)], openapi_extra=json_body_openapi(ExperimentSpec))
+async def create_experiment(request: Request) -> Experiment:
+    spec = await read_model(request, ExperimentSpec, get_settings(request).limits)
+    return await asyncio.to_thread(_service(request).create, spec)
 
 
 @router.get("/v1/experiments", response_model=list[Experiment], dependencies=[Depends(require_read)])
@@ -72,14 +78,18 @@ def analyze_experiment(experiment_id: str, request: Request) -> Analysis:
 
 
 @router.post("/v1/experiments/{experiment_id}/stop", response_model=Experiment,
-             dependencies=[Depends(require_admin)])
-def stop_experiment(experiment_id: str, request: Request, body: StopRequest | None = None) -> Experiment:
-    return _service(request).stop(experiment_id, (body or StopRequest()).reason)
+             dependencies=[Depends(require_admin)], openapi_extra=json_body_openapi(StopRequest))
+async def stop_experiment(experiment_id: str, request: Request) -> Experiment:
+    limits = get_settings(request).limits
+    raw = await read_body(request, limits)  # the body is optional here
+    body = parse_model(StopRequest, raw, limits) if raw else StopRequest()
+    return await asyncio.to_thread(_service(request).stop, experiment_id, body.reason)
 
 
 @router.post("/v1/predictions/{request_id}/outcome", status_code=status.HTTP_201_CREATED,
-             response_model=OutcomeRecord)
-def record_outcome(request_id: str, body: OutcomeRequest, request: Request,
-                   key: ApiKey | None = Depends(require_read)) -> OutcomeRecord:
+             response_model=OutcomeRecord, openapi_extra=json_body_openapi(OutcomeRequest))
+async def record_outcome(request_id: str, request: Request,
+                         key: ApiKey | None = Depends(require_read)) -> OutcomeRecord:
+    body = await read_model(request, OutcomeRequest, get_settings(request).limits)
     reporter = None if key is None else OutcomeReporter(key.key_id, any_prediction=key.scope >= Scope.OUTCOME)
-    return _service(request).record_outcome(request_id, body.actual, body.pnl, reporter)
+    return await asyncio.to_thread(_service(request).record_outcome, request_id, body.actual, body.pnl, reporter)
