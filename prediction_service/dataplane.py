@@ -68,7 +68,8 @@ class DataPlane:
         a refusal costs next to nothing. ``infer`` checks again once the request is decoded."""
         refusal = self._refusal(name)
         if refusal is not None:
-            self.refuse(name, context, refusal)
+            self._notify(PredictionRecord(context, name, None, None, None, None, 0.0, int(refusal.status),
+                                          refusal.code, shed=True))
             raise refusal
 
     def _refusal(self, name: str) -> PredictionServiceError | None:

@@ -144,6 +144,9 @@ class PredictionRecord:
     inputs: dict[str, np.ndarray] | None = None
     outputs: dict[str, np.ndarray] | None = None
     backend: str | None = None
+    shed: bool = False
+    """Refused by admission (overload) before its body was read: metrics count it; the audit log, which
+    records predictions, does not (under overload it would spend the CPU the shedding saves)."""
 
 
 class PredictionObserver(Protocol):

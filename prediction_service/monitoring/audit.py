@@ -131,6 +131,8 @@ class AuditLog:
     # ---- request path -----------------------------------------------------------------------------
 
     def observe(self, record: PredictionRecord) -> None:
+        if record.shed:
+            return
         if len(self._queue) + len(self._pending) >= self.settings.max_backlog:
             self._dropped += 1
             return
