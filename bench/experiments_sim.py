@@ -7,7 +7,8 @@ rules (prediction_service/experiments/simulation.py -> decision.evaluate), with 
 Defaults: alpha 0.05, PROMOTE when the estimated gain is >= 1 point and significant, sizes planned for 80 %
 power at a true +2 points, ROLLBACK at a significant drop > 2 points or > 2 ms latency, >= 100 samples and
 >= 30 independent units per arm, 10 % of traffic to the challenger, champion accuracy 70 % as scored (1 %
-of requests fail and count as wrong), latency 10 +- 2 ms. Sequential cells are analysed after every 50 outcomes and
+of requests fail and count as wrong), latency 10 +- 2 ms; regression cells: MAE, gains relative to the
+champion's MAE, no failed requests. Sequential cells are analysed after every 50 outcomes and
 stop at the first PROMOTE / ROLLBACK (auto_apply); fixed cells decide once, at their planned size.
 Horizon: the planned total the module reports for the cell's design (iid variance), three times that for
 the autocorrelated cells (about what the module reports there; --long: the sticky-key cells too).
@@ -63,6 +64,8 @@ def cells(long: bool) -> list[Cell]:
         Cell(Scenario("+5 points", gain=0.05), POWER),
         Cell(Scenario("-5 points", gain=-0.05), WORSE),
         Cell(Scenario("+3 ms latency", latency_shift_ms=3.0), ROLLBACK),
+        Cell(Scenario("A/A regression (MAE, half-normal errors)", task="regression", error_rate=0.0), FALSE_PROMOTION),
+        Cell(Scenario("regression, MAE 2 % lower", task="regression", gain=0.02, error_rate=0.0), POWER),
         Cell(Scenario("A/A iid, fixed", mode=FIXED), FALSE_PROMOTION),
         Cell(Scenario("+2 points, fixed", gain=0.02, mode=FIXED), POWER),
         Cell(Scenario("-5 points, fixed", gain=-0.05, mode=FIXED), WORSE),

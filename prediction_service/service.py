@@ -19,6 +19,7 @@ from .auth import ApiKey, ApiKeyStore, Scope
 from .dataplane import DataPlane
 from .errors import NotFound
 from .experiments import ExperimentService, ExperimentStore
+from .experiments.service import RegistryCatalog
 from .inference import RequestContext
 from .model_manager import ModelManager
 from .monitoring.audit import AuditLog, audit_db_path
@@ -152,7 +153,7 @@ def _experiment_service(settings: Settings, model_registry: ModelRegistry) -> Ex
 
     store = ExperimentStore(path, busy_timeout_ms=settings.experiments.busy_timeout_ms)
     return ExperimentService(store=store, settings=settings.experiments, promoter=promote,
-                             version_exists=version_exists)
+                             version_exists=version_exists, catalog=RegistryCatalog(model_registry))
 
 
 async def _apply_experiment_decisions(service: ExperimentService, interval_s: float) -> None:

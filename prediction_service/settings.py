@@ -133,7 +133,9 @@ class SecuritySettings(BaseSettings):
     model_config = _section("")
 
     api_keys: str = ""
-    """Comma-separated API keys, each ``key`` (admin) or ``key:read`` / ``key:admin``. Empty = no auth."""
+    """Comma-separated API keys, each ``key`` (admin) or ``key:read`` / ``key:outcome`` / ``key:admin``.
+    ``outcome`` is read plus reporting outcomes for any prediction (the system that reports fills and
+    P&L). Empty = no auth."""
     predict_requires_key: bool = False
     """When true, predictions need an API key too (any scope)."""
     rate_limit_per_second: float = Field(0.0, ge=0)

@@ -195,21 +195,38 @@ def _describe(metric: str, a: np.ndarray, b: np.ndarray) -> Comparison:
                       cohens_d=stats.cohens_d(var_a, var_b, diff))
 
 
+def planned_totals(est: stats.Estimate, n_a, n_b, ctx: DecisionContext, scale) -> np.ndarray:
+    """Total scored outcomes at which the primary rule has the configured power at the target gain, at the
+    variance per scored outcome observed so far (arrays broadcast; inf where there is none).
+
+    Each arm's per-outcome variance is its mean's (unit-clustered) variance times its n; the time-bucket
+    part of a two-way variance scales both alike; stats.required_total plans each arm at the larger."""
+    th = ctx.thresholds
+    v_a, v_b = np.asarray(est.variance_a, dtype=np.float64), np.asarray(est.variance_b, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inflate = np.asarray(est.variance, dtype=np.float64) / (v_a + v_b)  # 1 unless time buckets add to it
+        scale2 = np.asarray(scale, dtype=np.float64) ** 2  # target, margin and tau scale with it: V with its square
+        total = stats.required_total(v_a * np.asarray(n_a) * inflate / scale2, v_b * np.asarray(n_b) * inflate / scale2,
+                                     th.target_accuracy_gain, th.alpha, th.power, ctx.traffic_split,
+                                     th.promote_min_accuracy_gain, ctx.mode is ExperimentMode.SEQUENTIAL,
+                                     th.msprt_tau or th.target_accuracy_gain)
+        total = np.ceil(total)
+    return np.where(np.isfinite(total) & (total > 0), total, np.inf)
+
+
 def plan(est: stats.Estimate, n_a: int, n_b: int, ctx: DecisionContext, scale: float
          ) -> tuple[int | None, int | None, int | None]:
-    """(planned_total, samples still needed by the slower-filling arm, expected_total) of the primary rule
-    at the variance per scored outcome observed so far (clustering included)."""
+    """(planned_total, samples still needed by the slower-filling arm, expected_total) of the primary rule."""
     th = ctx.thresholds
-    variance = float(np.asarray(est.variance))
-    if not (n_a >= 2 and n_b >= 2 and math.isfinite(variance) and variance > 0):
+    if n_a < 2 or n_b < 2:
+        return None, None, None
+    total = float(planned_totals(est, n_a, n_b, ctx, scale))
+    if not math.isfinite(total):
         return None, None, None
     sequential = ctx.mode is ExperimentMode.SEQUENTIAL
     target, margin = th.target_accuracy_gain * scale, th.promote_min_accuracy_gain * scale
     tau = float(primary_tau(ctx, scale))
-    needed = stats.required_variance(target, margin, th.alpha, th.power, sequential, tau)
-    if needed is None:
-        return None, None, None
-    planned = math.ceil(variance * (n_a + n_b) / needed)
+    planned = int(total)
     share = ctx.traffic_split
     remaining = math.ceil(max(0.0, (1 - share) * planned - n_a, share * planned - n_b))
     expected = stats.expected_total(planned, target, margin, th.alpha, th.power, tau) if sequential else None

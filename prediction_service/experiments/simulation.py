@@ -25,7 +25,8 @@ import numpy as np
 from scipy import stats as sps
 
 from . import stats
-from .decision import CONTINUE, PROMOTE, ROLLBACK, DecisionContext, Inputs, evaluate
+from .decision import (CONTINUE, PROMOTE, ROLLBACK, DecisionContext, Inputs, evaluate, planned_totals,
+                       primary_scale)
 from .metrics import ArmData
 from .models import ExperimentMode, Thresholds, VarianceMethod
 
@@ -36,7 +37,10 @@ class Scenario:
     accuracy: float = 0.70
     """Champion accuracy as scored: failed requests (``error_rate``) count as wrong and are part of it."""
     gain: float = 0.0
-    """Challenger accuracy minus champion accuracy, as scored."""
+    """Challenger accuracy minus champion accuracy, as scored; regression: the relative MAE reduction."""
+    task: str = "classification"
+    mae: float = 1.0
+    """regression: the champion's mean absolute error (errors half-normal)."""
     latency_ms: float = 10.0
     latency_shift_ms: float = 0.0
     latency_sd_ms: float = 2.0
@@ -56,6 +60,15 @@ class Scenario:
     @property
     def challenger_accuracy(self) -> float:
         return self.accuracy + self.gain
+
+    @property
+    def challenger_mae(self) -> float:
+        return self.mae * (1 - self.gain)
+
+    def __post_init__(self) -> None:
+        if self.task == "regression" and self.error_rate:
+            raise ValueError("regression scenarios have no failed requests (their worst-case score, the running "
+                             "largest error, is not modelled)")
 
 
 @dataclass
@@ -93,19 +106,24 @@ def wilson(count: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
 
 
 def context(scenario: Scenario, thresholds: Thresholds, split: float) -> DecisionContext:
-    return DecisionContext(task="classification", thresholds=thresholds, mode=scenario.mode,
+    return DecisionContext(task=scenario.task, thresholds=thresholds, mode=scenario.mode,
                            variance=scenario.variance, cluster_seconds=scenario.cluster_seconds,
                            traffic_split=split)
 
 
 def planned_total(scenario: Scenario, thresholds: Thresholds, split: float) -> int:
     """The total the module reports for the scenario (plan() at the design's per-outcome variances)."""
-    p_a, p_b = scenario.accuracy, scenario.challenger_accuracy
-    var_a, var_b = p_a * (1 - p_a), p_b * (1 - p_b)
+    if scenario.task == "regression":  # half-normal errors: variance MAE^2 (pi/2 - 1); gains relative to the MAE
+        scale = scenario.mae
+        var_a, var_b = (m**2 * (math.pi / 2 - 1) for m in (scenario.mae, scenario.challenger_mae))
+    else:
+        scale = 1.0
+        p_a, p_b = scenario.accuracy, scenario.challenger_accuracy
+        var_a, var_b = p_a * (1 - p_a), p_b * (1 - p_b)
     sequential = scenario.mode is ExperimentMode.SEQUENTIAL
-    tau = thresholds.msprt_tau or thresholds.target_accuracy_gain
-    total = stats.required_total(var_a, var_b, thresholds.target_accuracy_gain, thresholds.alpha, thresholds.power,
-                                 split, thresholds.promote_min_accuracy_gain, sequential, tau)
+    tau = (thresholds.msprt_tau or thresholds.target_accuracy_gain) * scale
+    total = stats.required_total(var_a, var_b, thresholds.target_accuracy_gain * scale, thresholds.alpha,
+                                 thresholds.power, split, thresholds.promote_min_accuracy_gain * scale, sequential, tau)
     return math.ceil(total)
 
 
@@ -116,7 +134,8 @@ class Requests:
     """Raw simulated requests, (sims, n) arrays in arrival order."""
 
     challenger: np.ndarray
-    correct: np.ndarray
+    primary: np.ndarray
+    """1.0 / 0.0 correct (classification, failures 0.0) or the absolute error (regression)."""
     error: np.ndarray
     latency: np.ndarray
     key: np.ndarray | None = None
@@ -147,38 +166,48 @@ def generate(scenario: Scenario, rng: np.random.Generator, sims: int, n: int, sp
         challenger = np.take_along_axis(challenger_key, key, axis=1)
     else:
         challenger = rng.random(shape) < split
-    # right when answered: the scored accuracy (failures count as wrong) is then scenario.accuracy
-    answered = 1 - scenario.error_rate
-    acc_a, acc_b = scenario.accuracy / answered, scenario.challenger_accuracy / answered
-    if key is not None and scenario.key_sd > 0:  # a key's accuracy in each arm, on the probit scale
-        effect = rng.normal(0.0, scenario.key_sd, (sims, scenario.keys))
-        p_a = sps.norm.cdf(sps.norm.ppf(acc_a) + effect)
-        p_b = sps.norm.cdf(sps.norm.ppf(acc_b) + effect)
-        p = np.take_along_axis(np.where(challenger_key, p_b, p_a), key, axis=1)
+    if scenario.task == "regression":
+        scale = np.where(challenger, scenario.challenger_mae, scenario.mae) * math.sqrt(math.pi / 2)
+        primary = np.abs(rng.standard_normal(shape)) * scale
+        if scenario.rho > 0:
+            primary = _dar1(primary, challenger, scenario.rho, rng)
+        error = np.zeros(shape, dtype=bool)
     else:
-        p = np.where(challenger, acc_b, acc_a)
-    hit = rng.random(shape) < p
-    if scenario.rho > 0:
-        hit = _dar1(hit, challenger, scenario.rho, rng)
-    error = rng.random(shape) < scenario.error_rate
-    correct = (hit & ~error).astype(np.float64)
+        # right when answered: the scored accuracy (failures count as wrong) is then scenario.accuracy
+        answered = 1 - scenario.error_rate
+        acc_a, acc_b = scenario.accuracy / answered, scenario.challenger_accuracy / answered
+        if key is not None and scenario.key_sd > 0:  # a key's accuracy in each arm, on the probit scale
+            effect = rng.normal(0.0, scenario.key_sd, (sims, scenario.keys))
+            p_a = sps.norm.cdf(sps.norm.ppf(acc_a) + effect)
+            p_b = sps.norm.cdf(sps.norm.ppf(acc_b) + effect)
+            p = np.take_along_axis(np.where(challenger_key, p_b, p_a), key, axis=1)
+        else:
+            p = np.where(challenger, acc_b, acc_a)
+        hit = rng.random(shape) < p
+        if scenario.rho > 0:
+            hit = _dar1(hit, challenger, scenario.rho, rng)
+        error = rng.random(shape) < scenario.error_rate
+        primary = (hit & ~error).astype(np.float64)
     latency = rng.normal(scenario.latency_ms, scenario.latency_sd_ms, shape)
     latency += np.where(challenger, scenario.latency_shift_ms, 0.0)
-    return Requests(challenger, correct, error.astype(np.float64), latency, key)
+    return Requests(challenger, primary, error.astype(np.float64), latency, key)
 
 
 def arm_data(requests: Requests, sim: int, n: int, challenger: bool, scenario: Scenario) -> ArmData:
     """The first n requests of one simulated experiment, one arm, as ``decide`` gets them from the store."""
     mine = requests.challenger[sim, :n] == challenger
     served_at = np.arange(n, dtype=np.float64)[mine] / scenario.requests_per_second
-    correct = requests.correct[sim, :n][mine]
+    primary = requests.primary[sim, :n][mine]
     error = requests.error[sim, :n][mine] == 1
     units = np.empty(0, dtype=object)
     if requests.key is not None:
         units = np.array([f"key-{k}" for k in requests.key[sim, :n][mine]], dtype=object)
+    nan = np.full(primary.size, np.nan)
+    regression = scenario.task == "regression"
+    predicted = nan if regression else np.where(primary == 1, 1.0, 0.0)  # actual 1: right means "predicted 1"
     return ArmData(latency_ms=requests.latency[sim, :n][mine], error=error, served_at=served_at,
-                   actual=np.ones(correct.size), predicted_class=np.where(correct == 1, 1.0, 0.0),
-                   correct=correct, abs_error=np.full(correct.size, np.nan), pnl=np.full(correct.size, np.nan),
+                   actual=np.ones(primary.size), predicted_class=predicted,
+                   correct=nan if regression else primary, abs_error=primary if regression else nan, pnl=nan,
                    outcome_served_at=served_at, unit=units, outcome_unit=units, worst_case=error)
 
 
@@ -292,10 +321,10 @@ def _arm_buckets(mask: np.ndarray, look_every: int, per_bucket: int) -> np.ndarr
 
 
 def summarize_looks(requests: Requests, scenario: Scenario, look_every: int) -> Looks:
-    metrics = {"primary": requests.correct, "error": requests.error, "latency": requests.latency}
+    metrics = {"primary": requests.primary, "error": requests.error, "latency": requests.latency}
     prefixes: dict[str, tuple | None] = dict.fromkeys(metrics)
     if requests.key is not None:  # units (keys) are nested in arms: one prefix serves both arms
-        *sums, c_prev = _within_unit_prefix(requests.key, [*metrics.values(), np.ones_like(requests.correct)])
+        *sums, c_prev = _within_unit_prefix(requests.key, [*metrics.values(), np.ones_like(requests.primary)])
         prefixes = {name: (s_prev, c_prev) for name, s_prev in zip(metrics, sums)}
     champion, challenger = {}, {}
     m_b = requests.challenger.astype(np.float64)
@@ -327,20 +356,16 @@ def _estimate(looks: Looks, metric: str) -> stats.Estimate:
     v_time, groups = looks.time[metric]
     # no keys: (request, bucket) cells are the requests, so V_unit&time = V_unit and V = V_time
     variance, df = stats.two_way(est.variance, est.df, v_time, groups, est.variance)
-    return stats.Estimate(est.difference, variance, df, "cluster")
+    return stats.Estimate(est.difference, variance, df, "cluster", est.variance_a, est.variance_b)
 
 
 def reported_total(looks: Looks, ctx: DecisionContext) -> np.ndarray:
     """The planned total decision.plan() reports at the last look of every experiment (inf: none)."""
     est = _estimate(looks, "primary")
     a, b = looks.champion["primary"], looks.challenger["primary"]
-    th = ctx.thresholds
-    needed = stats.required_variance(th.target_accuracy_gain, th.promote_min_accuracy_gain, th.alpha, th.power,
-                                     ctx.mode is ExperimentMode.SEQUENTIAL, th.msprt_tau or th.target_accuracy_gain)
-    if needed is None:
-        return np.full(a.n.shape[0], np.inf)
-    planned = np.ceil(np.asarray(est.variance)[:, -1] * (a.n[:, -1] + b.n[:, -1]) / needed)
-    return np.where(np.isfinite(planned), planned, np.inf)  # no variance yet (one unit in an arm): no size
+    last = stats.Estimate(*(np.asarray(getattr(est, f))[:, -1] for f in ("difference", "variance", "df")),
+                          est.method, np.asarray(est.variance_a)[:, -1], np.asarray(est.variance_b)[:, -1])
+    return planned_totals(last, a.n[:, -1], b.n[:, -1], ctx, primary_scale(ctx, a.mean[:, -1]))
 
 
 def decisions(looks: Looks, ctx: DecisionContext) -> np.ndarray:

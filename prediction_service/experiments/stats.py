@@ -53,8 +53,11 @@ Sample sizes for the rule the decision applies (``required_variance``, ``require
     Phi((delta - max(margin, c sqrt(V))) / sqrt(V)), where c is the test's critical value: z_{1-alpha/2}
     (fixed) or the mSPRT boundary b(V) = sqrt((1 + V/tau^2)(2 log(1/alpha) + log(1 + tau^2/V))). The
     planned size is the smallest total N whose V = K/N gives that probability ``power``; K =
-    var_a/(1-share) + var_b/share (per-request variances; the observed V * N when clustered, so the
-    design effect carries over). No size can give power > 50 % when delta <= margin: the answer is None.
+    var/(1-share) + var/share with var the LARGER of the two arms' per-request variances (clustered:
+    the observed variance of the arm's mean times its n, so the design effect carries over). The larger
+    one, because the test uses the variance estimated where the estimate lands, near the boundary, not at
+    the assumed truth: for a proportion that variance lies between the arms' (0.70 vs 0.72 planned at
+    0.72's variance loses 0.4 points of power). No size can give power > 50 % when delta <= margin: the answer is None.
     In sequential mode this is the power of the LAST look alone; every earlier look only adds chances to
     stop, so the power by N is at least this whatever the look schedule. ``expected_total`` gives the
     mean size at which the sequential test stops under delta (looks nearly continuous).
@@ -94,6 +97,9 @@ class Estimate:
     df: ArrayLike
     method: str
     """welch (every request its own unit) | cluster-unit (routing keys) | cluster (time buckets, two-way)."""
+    variance_a: ArrayLike = float("nan")
+    """Variance of the champion's mean, clustered on units (the part of ``variance`` each arm brings)."""
+    variance_b: ArrayLike = float("nan")
 
 
 def _as_scalar(result: TestResult) -> TestResult:
@@ -156,7 +162,7 @@ def cluster_from_summary(n_a, mean_a, var_a, g_a, n_b, mean_b, var_b, g_b,
                          method: str = "cluster-unit") -> Estimate:
     """Difference of two arms' means from each arm's (cluster-robust) variance of its mean."""
     mean_a, mean_b, var_a, var_b = (np.asarray(x, dtype=np.float64) for x in (mean_a, mean_b, var_a, var_b))
-    return Estimate(mean_b - mean_a, var_a + var_b, satterthwaite(var_a, g_a, var_b, g_b), method)
+    return Estimate(mean_b - mean_a, var_a + var_b, satterthwaite(var_a, g_a, var_b, g_b), method, var_a, var_b)
 
 
 def _codes(labels: np.ndarray) -> tuple[np.ndarray, int]:
@@ -218,7 +224,7 @@ def estimate(champion: np.ndarray, challenger: np.ndarray, champion_units: np.nd
     unit = cluster_from_summary(a.size, a.mean(), var_a, g_a, b.size, b.mean(), var_b, g_b,
                                 "welch" if singletons else "cluster-unit")
     if champion_buckets is None or challenger_buckets is None:
-        return Estimate(float(unit.difference), float(unit.variance), float(unit.df), unit.method)
+        return Estimate(float(unit.difference), float(unit.variance), float(unit.df), unit.method, var_a, var_b)
     v_time, groups_time = time_variance(a, champion_buckets, b, challenger_buckets)
     if singletons:
         v_both = float(unit.variance)  # (request, bucket) cells are the requests themselves
@@ -229,7 +235,7 @@ def estimate(champion: np.ndarray, challenger: np.ndarray, champion_units: np.nd
                               np.char.add("|", np.asarray(challenger_buckets).astype(str)))
         v_both = _arm_variance(a, cells_a)[0] + _arm_variance(b, cells_b)[0]
     variance, df = two_way(unit.variance, unit.df, v_time, groups_time, v_both)
-    return Estimate(float(unit.difference), float(variance), float(df), "cluster")
+    return Estimate(float(unit.difference), float(variance), float(df), "cluster", var_a, var_b)
 
 
 # -- tests -------------------------------------------------------------------------------------------
@@ -376,15 +382,17 @@ def required_variance(target: float, margin: float, alpha: float, power: float, 
     return min(margin_cap, lo**2)
 
 
-def required_total(var_a: float, var_b: float, min_effect: float, alpha: float, power: float,
-                   share: float, margin: float = 0.0, sequential: bool = False,
-                   tau: float | None = None) -> float:
+def required_total(var_a, var_b, min_effect: float, alpha: float, power: float, share: float,
+                   margin: float = 0.0, sequential: bool = False, tau: float | None = None):
     """Total requests (both arms) at which the rule has ``power`` at a true difference ``min_effect``
-    (per-request variances var_a, var_b; the challenger gets ``share``); inf when no size does."""
+    (per-request variances var_a, var_b, arrays broadcast, each arm planned at the larger; the challenger
+    gets ``share``); inf when no size does."""
     v = required_variance(min_effect, margin, alpha, power, sequential, tau)
     if v is None or v <= 0:
         return float("inf")
-    return float((var_a / (1 - share) + var_b / share) / v)
+    per_request = np.maximum(np.asarray(var_a, dtype=np.float64), np.asarray(var_b, dtype=np.float64))
+    total = per_request * (1 / (1 - share) + 1 / share) / v
+    return float(total) if np.ndim(total) == 0 else total
 
 
 def samples_still_needed(n_a: int, var_a: float, n_b: int, var_b: float, min_effect: float, alpha: float,

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as sps
 
 from prediction_service.experiments import simulation as sim
-from prediction_service.experiments.decision import DecisionContext, decide, run_test
+from prediction_service.experiments.decision import DecisionContext, decide, planned_totals, primary_scale, run_test
 from prediction_service.experiments.metrics import ArmData
 from prediction_service.experiments.models import Decision, ExperimentMode, Thresholds, VarianceMethod
 
@@ -180,6 +180,7 @@ CODES = {Decision.CONTINUE: 0, Decision.PROMOTE: 1, Decision.ROLLBACK: 2}
                  cluster_seconds=50.0),
     sim.Scenario("fixed mode", mode=ExperimentMode.FIXED, gain=0.05),
     sim.Scenario("slower, failing challenger", latency_shift_ms=1.0, error_rate=0.05),
+    sim.Scenario("regression, 10 % lower MAE", task="regression", gain=0.10, error_rate=0.0, mae=2.5),
 ], ids=lambda s: s.name)
 def test_simulation_engine_decides_as_decide_does(scenario):
     """Look by look, the engine's running sums give the p-values and decisions decide() gives on the same
@@ -200,12 +201,19 @@ def test_simulation_engine_decides_as_decide_does(scenario):
             for metric, comparison in (("primary", result.primary), ("latency", result.latency),
                                        ("error", result.error_rate)):
                 est = estimates[metric]
-                tau = {"primary": th.target_accuracy_gain, "latency": th.max_latency_degradation_ms,
+                level = float(looks.champion["primary"].mean[s, k]) if scenario.task == "regression" else 1.0
+                tau = {"primary": th.target_accuracy_gain * level, "latency": th.max_latency_degradation_ms,
                        "error": max(float(looks.champion["error"].mean[s, k]) * th.rollback_error_rate_increase, 0.01)}
                 ours = run_test(type(est)(est.difference[s, k], est.variance[s, k], est.df[s, k], est.method), ctx,
                                 tau[metric])
                 assert comparison.p_value == pytest.approx(float(ours.p_value), abs=1e-9), (metric, s, k)
                 compared += 1
+            est = estimates["primary"]
+            at_look = type(est)(*(np.asarray(getattr(est, f))[s, k] for f in ("difference", "variance", "df")),
+                                est.method, np.asarray(est.variance_a)[s, k], np.asarray(est.variance_b)[s, k])
+            a, b = looks.champion["primary"], looks.challenger["primary"]
+            planned = float(planned_totals(at_look, a.n[s, k], b.n[s, k], ctx, primary_scale(ctx, a.mean[s, k])))
+            assert result.primary.planned_total == (None if planned == float("inf") else planned)
     assert compared == 3 * 15 * 3
 
 
