@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from serve_bench import ensure_store  # noqa: E402
-from triton_bench import Phase, closed_loop  # noqa: E402
+from triton_bench import Phase, abba  # noqa: E402
 
 from prediction_service.commands.servers.triton import LocalTriton  # noqa: E402
 from prediction_service.packaging.triton_config import TritonConfigOptions  # noqa: E402
@@ -91,15 +91,7 @@ async def run(targets: list[Target], version: ModelVersion, args: argparse.Names
         for label, answer in answers.items():  # a bench of wrong answers would be worthless
             for name in outputs:
                 np.testing.assert_allclose(answer[name], reference[name], rtol=1e-4, atol=1e-4, err_msg=label)
-        totals = {label: Phase(label) for label in calls}
-        for label in [*calls, *reversed(calls)]:
-            print(f"running {label}: concurrency {args.concurrency}, {args.seconds / 2:g}s", flush=True)
-            part = await closed_loop(label, calls[label], args.concurrency, args.seconds / 2, args.warmup)
-            print("  " + part.line(), flush=True)
-            totals[label].latencies_ms += part.latencies_ms
-            totals[label].errors += part.errors
-            totals[label].seconds += part.seconds
-        return totals
+        return await abba(calls, args.concurrency, args.seconds, args.warmup)
     finally:
         for client in clients:
             await client.close()

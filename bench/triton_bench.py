@@ -81,6 +81,20 @@ async def closed_loop(label: str, call: Callable[[], Awaitable[object]], concurr
     return phase
 
 
+async def abba(calls: dict, concurrency: int, seconds: float, warmup: float) -> dict[str, Phase]:
+    """Each call for half of ``seconds`` in ABBA order, so neither side profits from running second
+    (warm caches, load drift); the halves are added up per label."""
+    totals = {label: Phase(label) for label in calls}
+    for label in [*calls, *reversed(calls)]:
+        print(f"running {label}: concurrency {concurrency}, {seconds / 2:g}s", flush=True)
+        part = await closed_loop(label, calls[label], concurrency, seconds / 2, warmup)
+        print("  " + part.line(), flush=True)
+        totals[label].latencies_ms += part.latencies_ms
+        totals[label].errors += part.errors
+        totals[label].seconds += part.seconds
+    return totals
+
+
 def direct_call(protocol: str, url: str, model: str, batch: dict[str, np.ndarray]):
     module = grpcclient if protocol == "grpc" else httpclient
     binary = {} if protocol == "grpc" else {"binary_data": True}
@@ -114,17 +128,7 @@ async def bench_protocol(protocol: str, args: argparse.Namespace, http_url: str,
         np.testing.assert_allclose(await direct(), (await adapter.predict(version.key, batch))["prediction"])
         calls = {f"{protocol} tritonclient": direct,
                  f"{protocol} TritonAdapter": lambda: adapter.predict(version.key, batch)}
-        totals = {label: Phase(label) for label in calls}
-        # ABBA order, half the time each: neither side profits from running second (warm caches, load drift).
-        order = [*calls, *reversed(calls)]
-        for label in order:
-            print(f"running {label}: concurrency {args.concurrency}, {args.seconds / 2:g}s", flush=True)
-            part = await closed_loop(label, calls[label], args.concurrency, args.seconds / 2, args.warmup)
-            print("  " + part.line(), flush=True)
-            totals[label].latencies_ms += part.latencies_ms
-            totals[label].errors += part.errors
-            totals[label].seconds += part.seconds
-        return list(totals.values())
+        return list((await abba(calls, args.concurrency, args.seconds, args.warmup)).values())
     finally:
         await client.close()
         await adapter.close()

@@ -9,7 +9,10 @@ import pytest
 
 from prediction_service.settings import BatchingSettings, Settings
 from tests.support.models import (CLASSIFIER_SIGNATURE, REGRESSOR_SIGNATURE, TinyClassifier, TinyRegressor,
-                                  register_tiny)
+                                  register_slow, register_tiny)
+
+SLOW_STEPS = 200
+"""~30 ms per row on one thread: long enough for queues to form under load."""
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +23,18 @@ def tiny_store_template(tmp_path_factory) -> Path:
     register_tiny(root, "tiny-regressor", "1.0.0", TinyRegressor(1.0), REGRESSOR_SIGNATURE, work)
     register_tiny(root, "tiny-regressor", "2.0.0", TinyRegressor(2.0), REGRESSOR_SIGNATURE, work, stage="staging")
     register_tiny(root, "tiny-classifier", "1.0.0", TinyClassifier(), CLASSIFIER_SIGNATURE, work)
+    return root
+
+
+@pytest.fixture(scope="session")
+def slow_store_template(tiny_store_template, tmp_path_factory) -> Path:
+    """The tiny registry plus slow-regressor 1.0.0 (production), a deliberately heavy TorchScript model
+    (overload, deadline and shutdown tests)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("slow-store") / "store"
+    shutil.copytree(tiny_store_template, root, symlinks=True)
+    register_slow(root, tmp_path_factory.mktemp("slow-export"), steps=SLOW_STEPS)
     return root
 
 

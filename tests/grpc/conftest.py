@@ -12,11 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.support.models import register_slow
 from tests.support.server import ServerProcess, free_port, launch
-
-SLOW_STEPS = 200
-"""~30 ms per row on one thread (as in tests/ops): long enough for calls to be in flight at SIGTERM."""
 
 
 @dataclass
@@ -68,18 +64,9 @@ def wait_grpc_ready(server: GrpcServer, timeout_s: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def grpc_store_template(tiny_store_template, tmp_path_factory) -> Path:
-    """The tiny registry plus slow-regressor 1.0.0 (production), a deliberately heavy TorchScript model."""
-    root = tmp_path_factory.mktemp("grpc-store") / "store"
-    shutil.copytree(tiny_store_template, root, symlinks=True)
-    register_slow(root, tmp_path_factory.mktemp("grpc-slow-export"), steps=SLOW_STEPS)
-    return root
-
-
-@pytest.fixture(scope="session")
-def grpc_server(grpc_store_template, tmp_path_factory) -> Iterator[GrpcServer]:
+def grpc_server(slow_store_template, tmp_path_factory) -> Iterator[GrpcServer]:
     """One server for the read-mostly tests (none changes the registry or its settings)."""
-    server = serve_grpc(grpc_store_template, tmp_path_factory.mktemp("grpc-server"),
+    server = serve_grpc(slow_store_template, tmp_path_factory.mktemp("grpc-server"),
                         env={"LIMIT_MAX_REQUEST_BYTES": str(256 * 1024)})
     try:
         yield server

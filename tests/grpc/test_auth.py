@@ -27,8 +27,8 @@ def row():
 
 
 @pytest.fixture(scope="module")
-def keyed_server(grpc_store_template, tmp_path_factory):
-    server = serve_grpc(grpc_store_template, tmp_path_factory.mktemp("grpc-auth"), env={
+def keyed_server(slow_store_template, tmp_path_factory):
+    server = serve_grpc(slow_store_template, tmp_path_factory.mktemp("grpc-auth"), env={
         "API_KEYS": "admin-secret,reader-secret:read,burst-secret:read", "PREDICT_REQUIRES_KEY": "true",
         "RATE_LIMIT_PER_SECOND": "10"})
     try:

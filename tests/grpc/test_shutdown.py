@@ -59,8 +59,8 @@ async def wait_not_ready(url: str, timeout_s: float = 30.0) -> None:
     raise TimeoutError("the server still says ready after SIGTERM")
 
 
-async def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(grpc_store_template, tmp_path):
-    server = serve_grpc(grpc_store_template, tmp_path, env={
+async def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(slow_store_template, tmp_path):
+    server = serve_grpc(slow_store_template, tmp_path, env={
         "SERVER_SHUTDOWN_GRACE_SECONDS": "60", "SERVER_SHUTDOWN_DRAIN_SECONDS": "0", "BATCH_MAX_BATCH_SIZE": str(ROWS),
         "BATCH_CONCURRENT_BATCHES": "1", "SIMPLE_INTRA_OP_THREADS": "1"})
     client = aioclient.InferenceServerClient(server.grpc_url)

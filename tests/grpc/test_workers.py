@@ -13,8 +13,8 @@ from tests.grpc.conftest import serve_grpc
 LISTENING = "gRPC (Open Inference Protocol) listening on"
 
 
-def test_every_worker_binds_the_grpc_port(grpc_store_template, tmp_path):
-    server = serve_grpc(grpc_store_template, tmp_path, workers=2)
+def test_every_worker_binds_the_grpc_port(slow_store_template, tmp_path):
+    server = serve_grpc(slow_store_template, tmp_path, workers=2)
     try:
         deadline = time.monotonic() + 60
         while server.process.log().count(LISTENING) < 2 and time.monotonic() < deadline:

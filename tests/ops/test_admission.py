@@ -30,8 +30,8 @@ def _refused_without_body(port: int, path: str) -> int | None:
 
 
 @pytest.mark.parametrize("path", ["/v1/models/slow-regressor/predict", "/v2/models/slow-regressor/infer"])
-async def test_a_refused_request_is_answered_before_its_body_is_read(ops_store_template, tmp_path, path):
-    server = start_server(ops_store_template, tmp_path, env={
+async def test_a_refused_request_is_answered_before_its_body_is_read(slow_store_template, tmp_path, path):
+    server = start_server(slow_store_template, tmp_path, env={
         "LIMIT_MAX_IN_FLIGHT": "2", "BATCH_MAX_BATCH_SIZE": "1", "BATCH_CONCURRENT_BATCHES": "1",
         "LIMIT_MAX_REQUEST_BYTES": str(DECLARED * 2), "AUDIT_ENABLED": "false"})
     try:

@@ -23,8 +23,8 @@ def _queue_depth(metrics_text: str) -> float:
     return _sample_sum(metrics_text, "prediction_queue_depth", "slow-regressor:1.0.0")
 
 
-async def test_overload_is_shed_fast_and_the_server_recovers(ops_store_template, tmp_path):
-    server = start_server(ops_store_template, tmp_path, env={
+async def test_overload_is_shed_fast_and_the_server_recovers(slow_store_template, tmp_path):
+    server = start_server(slow_store_template, tmp_path, env={
         "LIMIT_MAX_IN_FLIGHT": "6", "BATCH_MAX_QUEUE_SIZE": "2", "BATCH_MAX_BATCH_SIZE": "1",
         "BATCH_CONCURRENT_BATCHES": "1", "SIMPLE_INTRA_OP_THREADS": "1", "AUDIT_ENABLED": "false",
     })

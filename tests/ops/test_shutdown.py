@@ -28,8 +28,8 @@ async def _probe_readiness(url: str, until: float) -> list[int]:
     return seen
 
 
-async def test_sigterm_mid_traffic_drops_no_accepted_request(ops_store_template, tmp_path):
-    server = start_server(ops_store_template, tmp_path, env={
+async def test_sigterm_mid_traffic_drops_no_accepted_request(slow_store_template, tmp_path):
+    server = start_server(slow_store_template, tmp_path, env={
         "SERVER_SHUTDOWN_GRACE_SECONDS": "15", "SERVER_SHUTDOWN_DRAIN_SECONDS": "0.6", "BATCH_MAX_BATCH_SIZE": "4", "BATCH_CONCURRENT_BATCHES": "1",
         "SIMPLE_INTRA_OP_THREADS": "1", "AUDIT_FLUSH_INTERVAL_MS": "50",
     })
