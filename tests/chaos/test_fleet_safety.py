@@ -4,6 +4,7 @@ corrupt artifact used to do to readiness and throughput, reproduced on a real se
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -48,12 +49,13 @@ def test_cycling_versions_cannot_evict_production(tiny_store_template, tmp_path)
     server = start_server(tiny_store_template, tmp_path, env=env)
     try:
         predict = f"{server.url}/v1/models/tiny-regressor/predict"
-        statuses = []
-        for _ in range(10):
+        statuses, started = [], time.monotonic()
+        for _ in range(16):  # the finding: ~15 such requests evicted every production model
             statuses.append(httpx.post(predict, json={**ROW, "version": "2.0.0"}).status_code)
             assert httpx.post(f"{server.url}/v1/models/tiny-classifier/predict", json=ROW).status_code == 200
             time.sleep(0.6)
-        assert set(statuses) == {200, 429} and statuses.count(200) <= 6, statuses
+        budget = 6 + math.ceil((time.monotonic() - started) * 6 / 60)  # the burst, plus what refilled meanwhile
+        assert set(statuses) == {200, 429} and statuses.count(200) <= budget, statuses
         assert httpx.get(f"{server.url}/health/ready").status_code == 200
         assert "1.0.0" in _loaded(server.url, "tiny-regressor")
         assert "1.0.0" in _loaded(server.url, "tiny-classifier")
