@@ -73,19 +73,24 @@ class DataPlane:
             raise refusal
 
     def _refusal(self, name: str) -> PredictionServiceError | None:
-        limit = self.settings.limits.max_in_flight
-        if self.in_flight >= limit:
-            return ServiceUnavailable(f"server busy: {self.in_flight} predictions in flight", {"max_in_flight": limit})
+        busy = self._busy()
+        if busy is not None:
+            return busy
         key = self.manager.production_key(name)
         if key is not None and self.adapter.queue_full(key):
             return Overloaded(f"queue for {key} is full", {"model": name, "version": key.version})
         return None
 
+    def _busy(self) -> ServiceUnavailable | None:
+        limit = self.settings.limits.max_in_flight
+        if self.in_flight < limit:
+            return None
+        return ServiceUnavailable(f"server busy: {self.in_flight} predictions in flight", {"max_in_flight": limit})
+
     async def infer(self, name: str, selector: Selector, inputs: dict[str, Any],
                     context: RequestContext) -> InferenceResult:
-        limit = self.settings.limits.max_in_flight
-        if self.in_flight >= limit:
-            busy = ServiceUnavailable(f"server busy: {self.in_flight} predictions in flight", {"max_in_flight": limit})
+        busy = self._busy()
+        if busy is not None:
             self.refuse(name, context, busy)
             raise busy
         self.in_flight += 1
