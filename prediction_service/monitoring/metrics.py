@@ -266,7 +266,17 @@ class ServiceMetrics:
                            "scope": "this worker's most recent successful predictions"},
             "models_loaded": int(loaded),
             "process_resident_memory_bytes": int(rss),
+            "host": host_resources(),
         }
+
+
+def host_resources() -> dict[str, Any]:
+    """The machine's CPU and memory (psutil), beside the process figures: seed 002's system resources."""
+    memory = psutil.virtual_memory()
+    return {"cpu_count": psutil.cpu_count(), "cpu_percent": psutil.cpu_percent(interval=None),
+            "load_average_1m": round(os.getloadavg()[0], 3) if hasattr(os, "getloadavg") else None,
+            "memory_total_bytes": int(memory.total), "memory_available_bytes": int(memory.available),
+            "memory_percent": float(memory.percent)}
 
 
 def mark_worker_dead() -> None:
