@@ -283,6 +283,42 @@ class TorchServeSettings(BaseSettings):
     """Timeout of each management API call of the health check."""
 
 
+class MlflowSettings(BaseSettings):
+    model_config = _section("MLFLOW_")
+
+    tracking_uri: str = ""
+    """MLflow tracking server (and model registry) URI, e.g. http://mlflow:5000. Empty = no MLflow bridge."""
+    model_names: str = ""
+    """Comma-separated MLflow registered model names that `mlflow sync` mirrors into the filesystem registry."""
+    production_aliases: str = "production,champion"
+    """MLflow aliases that mean production, in priority order; the first one set wins."""
+    staging_aliases: str = "staging,challenger"
+    """MLflow aliases that mean staging, in priority order; the first one set wins."""
+    use_deprecated_stages: bool = True
+    """When no alias is set, a model version in MLflow's deprecated stage Production/Staging counts as one."""
+    version_prefix: str = Field("mlflow-", pattern=r"^[a-z0-9][a-z0-9._-]*$|^$")
+    """Filesystem version name = this prefix + the MLflow version number (mlflow-3), so mirrored versions
+    never collide with versions registered by hand."""
+    poll_interval_seconds: float = Field(30.0, gt=0)
+    """How often a following server re-syncs from MLflow (the `follow` mode; `mlflow sync` is one shot)."""
+
+    @staticmethod
+    def _names(value: str) -> list[str]:
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+    @property
+    def model_name_list(self) -> list[str]:
+        return self._names(self.model_names)
+
+    @property
+    def production_alias_list(self) -> list[str]:
+        return self._names(self.production_aliases)
+
+    @property
+    def staging_alias_list(self) -> list[str]:
+        return self._names(self.staging_aliases)
+
+
 class Settings(BaseSettings):
     """The whole configuration. Sections read their own env prefix."""
 
@@ -313,6 +349,7 @@ class Settings(BaseSettings):
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
 
     @field_validator("serving_adapter_type", mode="before")
     @classmethod
