@@ -21,7 +21,7 @@ from .auth import Scope
 from .errors import (DeadlineExceeded, Forbidden, ModelNotFound, Overloaded, PredictionServiceError,
                      ServiceUnavailable, Unauthorized)
 from .inference import (InferenceResult, ModelMetadata, PredictionObserver, PredictionRecord, Provenance,
-                        Readiness, RequestContext, Selector, TensorMetadata, TEXT_INPUT)
+                        Readiness, RequestContext, Selector, TensorMetadata, BARS_INPUT, TEXT_INPUT)
 from .model_manager import ModelManager
 from .processing import ModelProcessing
 from .registry import ModelVersion, validate_name
@@ -142,7 +142,7 @@ class DataPlane:
             record.arm, record.experiment_id = assignment.arm.value, assignment.experiment_id
         record.version, record.stage = target.version, served_stage
         processing = ModelProcessing(target, self.settings.limits)
-        if processing.takes_text(inputs):  # tokenizing a batch of texts is CPU work: off the event loop
+        if processing.runs_off_loop(inputs):  # tokenizing texts, bar features: CPU work, off the event loop
             arrays = await asyncio.to_thread(processing.preprocess, inputs)
         else:
             arrays = processing.preprocess(inputs)
@@ -248,6 +248,7 @@ class DataPlane:
             labels=tuple(signature.labels) if signature.labels else None,
             text_input=TensorMetadata(TEXT_INPUT, "object", (-1,)) if text is not None else None,
             loaded=loaded is not None,
+            bars_input=TensorMetadata(BARS_INPUT, "float64", (-1, -1, 5)) if signature.bars is not None else None,
         )
 
     def model_ready(self, name: str, version: str | None = None) -> bool:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 TEXT_INPUT = "text"
 """Name of the BYTES/string input that text models accept; the server tokenizes it (processing.py)."""
+BARS_INPUT = "bars"
+"""Name of the raw OHLCV input ([batch, n_bars, 5] or one [n_bars, 5] window) that models declaring a bars
+step accept; the server turns it into the model's tensor (processing.py, bars.py)."""
 SOLE_INPUT = ""
 """Name a codec gives a tensor when the caller did not name it (bare rows for a single-input model)."""
 
@@ -117,6 +120,8 @@ class ModelMetadata:
     text_input: TensorMetadata | None
     """The string input the server tokenizes, for text models (in addition to the tensor inputs)."""
     loaded: bool
+    bars_input: TensorMetadata | None = None
+    """The raw OHLCV input the server turns into the model's tensor, for models declaring a bars step."""
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,10 @@ def server_metadata(extensions: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _inputs_of(meta: ModelMetadata) -> tuple[TensorMetadata, ...]:
-    """The model's tensors, then the string input a text model tokenizes server side."""
-    return meta.inputs + ((meta.text_input,) if meta.text_input is not None else ())
+    """The model's tensors, then the string input a text model tokenizes server side, then the raw OHLCV
+    input a bars model turns into its tensor server side."""
+    extra = tuple(t for t in (meta.text_input, meta.bars_input) if t is not None)
+    return meta.inputs + extra
 
 
 def model_metadata(meta: ModelMetadata) -> dict[str, Any]:
@@ -44,7 +46,8 @@ def model_config(meta: ModelMetadata) -> dict[str, Any]:
     """Triton's model configuration (JSON mapping of its ModelConfig proto): with max_batch_size > 0 dims
     leave out the batch dimension."""
     batched = meta.max_batch_size > 0
-    either = meta.text_input is not None  # a text model takes its tensors or the text: none is required alone
+    # a text (bars) model takes its tensors or the text (bars): none is required alone
+    either = meta.text_input is not None or meta.bars_input is not None
 
     def entry(tensor: TensorMetadata, optional: bool) -> dict[str, Any]:
         datatype = oip_datatype(tensor.dtype)

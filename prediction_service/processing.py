@@ -2,7 +2,8 @@
 
 Pre-processing turns what a caller sends into the model's tensors: a text model (``signature.text``)
 takes strings in a ``text`` input and the server tokenizes them with the tokenizer shipped in the version;
-a single-input model takes an unnamed tensor. Post-processing shapes raw outputs into per-row predictions
+a model declaring a bars step (``signature.bars``) takes raw OHLCV in a ``bars`` input and the server runs
+the shipped step (bars.py) the training data was built with; a single-input model takes an unnamed tensor. Post-processing shapes raw outputs into per-row predictions
 (labels and scores for classifiers) for protocols that answer with them. Only fixed, shipped steps run
 here: nothing from the registry is executed.
 """
@@ -15,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .bars import expected_bars, preprocess_bars
 from .errors import InvalidInput, PayloadTooLarge
-from .inference import SOLE_INPUT, TEXT_INPUT
+from .inference import BARS_INPUT, SOLE_INPUT, TEXT_INPUT
 from .registry import ModelVersion
 from .settings import LimitSettings
 from .signature import ModelSignature
@@ -35,6 +37,20 @@ class ModelProcessing:
         """Whether ``inputs`` is text this model tokenizes (worth running off the event loop)."""
         return TEXT_INPUT in inputs and self.signature.text is not None and TEXT_INPUT not in self._input_names
 
+    def takes_bars(self, inputs: dict[str, Any]) -> bool:
+        """Whether ``inputs`` is raw OHLCV bars this model turns into its tensor."""
+        return BARS_INPUT in inputs and self.signature.bars is not None and BARS_INPUT not in self._input_names
+
+    def runs_off_loop(self, inputs: dict[str, Any]) -> bool:
+        """Whether pre-processing ``inputs`` is CPU work worth a thread: tokenizing texts, computing
+        indicators from bars, or normalising a batch of more than a few bar windows."""
+        if self.takes_text(inputs):
+            return True
+        if not self.takes_bars(inputs):
+            return False
+        bars = self.signature.bars
+        return bars.kind != "ohlcv_window" or _batch_len(inputs[BARS_INPUT]) > _INLINE_WINDOWS
+
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """Caller tensors -> validated model tensors (dtype, shape, finiteness, row limits)."""
         max_rows = self.limits.max_batch_rows
@@ -46,6 +62,15 @@ class ModelProcessing:
                 raise InvalidInput(f"send {TEXT_INPUT!r} alone, or the model's tensors",
                                    {"got": sorted(inputs)})
             inputs = self._tokenize(inputs[TEXT_INPUT], max_rows)
+        elif BARS_INPUT in inputs and BARS_INPUT not in self._input_names:
+            step = self.signature.bars
+            if step is None:
+                raise InvalidInput(f"model {self.name} does not take bars; send its tensors",
+                                   {"inputs": self._input_names})
+            if len(inputs) != 1:
+                raise InvalidInput(f"send {BARS_INPUT!r} alone, or the model's tensors",
+                                   {"got": sorted(inputs), "expected": expected_bars(step)})
+            inputs = {step.input: preprocess_bars(step, inputs[BARS_INPUT], max_rows)}
         elif SOLE_INPUT in inputs:
             inputs = self._name_sole_input(inputs)
         return self.signature.validate_inputs(inputs, max_rows)
@@ -93,6 +118,19 @@ class ModelProcessing:
         if spec.attention_mask:
             arrays[spec.attention_mask] = mask
         return arrays
+
+
+_INLINE_WINDOWS = 16
+"""Normalising up to this many bar windows costs less than a thread hop: done on the event loop."""
+
+
+def _batch_len(bars: Any) -> int:
+    """Windows in a bars input, cheaply (a list of windows or an array; one [n, 5] window counts 1)."""
+    if isinstance(bars, np.ndarray):
+        return bars.shape[0] if bars.ndim == 3 else 1
+    if isinstance(bars, list) and bars and isinstance(bars[0], list) and bars[0] and isinstance(bars[0][0], list):
+        return len(bars)
+    return 1
 
 
 def _strings(texts: Any) -> list[str]:

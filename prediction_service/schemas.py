@@ -15,11 +15,13 @@ MAX_DEADLINE_MS = 600_000
 
 class PredictRequest(BaseModel):
     """Exactly one of ``inputs`` (a batch, batch dim first), ``instances`` (a list of rows),
-    ``instance`` (one row) or ``text`` (for models that declare a tokenizer)."""
+    ``instance`` (one row), ``text`` (for models that declare a tokenizer) or ``bars`` (raw OHLCV, for
+    models that declare a bars pre-processing step)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"instance": {"ohlcv": [[100.0, 101.0, 99.5, 100.5, 12000.0]] * 60}},
         {"text": ["Shares rally after strong earnings beat"]},
+        {"bars": [[100.0, 101.0, 99.5, 100.5, 12000.0]] * 60},
     ]})
 
     # Tensor payloads are typed Any on purpose: pydantic would walk every number of a 60x110 window;
@@ -31,6 +33,9 @@ class PredictRequest(BaseModel):
     instance: Any = Field(None, description="One row (no batch dim): {tensor: row}, or a bare row for "
                           "single-input models.", json_schema_extra={"type": ["object", "array"]})
     text: list[str] | str | None = Field(None, description="Text for models with a tokenizer.")
+    bars: Any = Field(None, description="Raw OHLCV bars for models that declare a bars step: one window "
+                      "[[open, high, low, close, volume], ...] or a batch of windows; the server computes the "
+                      "model's input with the step it was trained with.", json_schema_extra={"type": "array"})
     version: str | None = Field(None, description="Serve this exact version (wins over stage).", max_length=128)
     stage: str | None = Field(None, description="production (default) or staging.", max_length=32)
     routing_key: str | None = Field(None, description="Sticky A/B routing key, e.g. a symbol or client id.",
@@ -38,9 +43,11 @@ class PredictRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_payload(self) -> "PredictRequest":
-        given = [f for f in ("inputs", "instances", "instance", "text") if getattr(self, f) is not None]
+        given = [f for f in ("inputs", "instances", "instance", "text", "bars") if getattr(self, f) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of inputs, instances, instance or text (got {given or 'none'})")
+            raise ValueError(f"give exactly one of inputs, instances, instance, text or bars (got {given or 'none'})")
+        if self.bars is not None and not isinstance(self.bars, list):
+            raise ValueError("bars must be an array of [open, high, low, close, volume] rows, or of such windows")
         if self.inputs is not None and not (isinstance(self.inputs, dict)
                                             and all(isinstance(v, list) for v in self.inputs.values())):
             raise ValueError("inputs must be an object of tensor name -> array")

@@ -60,6 +60,72 @@ class TextPreprocessing(BaseModel):
     attention_mask: str | None = "attention_mask"
 
 
+OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+class BarsPreprocessing(BaseModel):
+    """Models that take OHLCV bars declare which shipped step (prediction_service/bars.py) turns raw bars
+    into their input tensor; the service runs it on a ``bars`` request, the training data was built with
+    the same function. Only parameters live here: no code is ever read from the registry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["ohlcv_window", "ohlcv_features"]
+    """ohlcv_window: the last ``window`` bars, prices / last close and volume / mean volume (5 columns).
+    ohlcv_features: the indicator set (returns, SMA/EMA ratios, volatility, momentum, RSI, Bollinger,
+    stochastics, ATR, MACD, lagged returns, Parkinson/Garman-Klass volatility, volume z-scores) over the
+    last ``window + warmup`` bars, keeping the last ``window`` steps."""
+    step_version: Literal[1] = 1
+    """Version of the shipped step's definition; a changed formula gets a new number."""
+    input: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$", max_length=128)
+    """The model input the step fills."""
+    window: int = Field(ge=1, le=100_000)
+    """Time steps the model sees."""
+    warmup: int = Field(0, ge=0, le=100_000)
+    """Bars before the window that the indicators read (history); a request sends at least
+    ``window + warmup`` bars per row and the step uses the last that many."""
+    normalization: Literal["last_close_mean_volume"] = "last_close_mean_volume"
+    """ohlcv_window: prices / the window's last close, volume / the window's mean volume."""
+    indicator_windows: tuple[int, ...] = Field((5, 10, 20, 30, 50), min_length=1, max_length=16)
+    """ohlcv_features: rolling windows of the per-window indicator block."""
+    macd: tuple[tuple[int, int, int], ...] = Field(((12, 26, 9), (5, 35, 5)), max_length=8)
+    """ohlcv_features: (fast, slow, signal) EMA spans of each MACD block."""
+    clip: float = Field(50.0, gt=0)
+    """ohlcv_features: features are clipped to [-clip, clip]."""
+
+    @field_validator("indicator_windows")
+    @classmethod
+    def _positive_windows(cls, windows: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w < 1 for w in windows):
+            raise ValueError("indicator windows must be >= 1")
+        return windows
+
+    @field_validator("macd")
+    @classmethod
+    def _positive_spans(cls, spans: tuple[tuple[int, int, int], ...]) -> tuple[tuple[int, int, int], ...]:
+        if any(s < 1 for triple in spans for s in triple):
+            raise ValueError("MACD spans must be >= 1")
+        return spans
+
+    @model_validator(mode="after")
+    def _enough_history(self) -> "BarsPreprocessing":
+        if self.kind == "ohlcv_features" and self.min_bars < 2:
+            raise ValueError("ohlcv_features needs window + warmup >= 2 bars (returns read the previous close)")
+        return self
+
+    @property
+    def min_bars(self) -> int:
+        """Bars a request must send per row (more are allowed; the step uses the last ``min_bars``)."""
+        return self.window + self.warmup
+
+    @property
+    def n_features(self) -> int:
+        """Columns of the tensor the step makes."""
+        if self.kind == "ohlcv_window":
+            return len(OHLCV_COLUMNS)
+        return 29 + 15 * len(self.indicator_windows) + 3 * len(self.macd)
+
+
 class ModelSignature(BaseModel):
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
@@ -68,12 +134,32 @@ class ModelSignature(BaseModel):
     """Class names, index-aligned with the classifier's last output dim."""
     max_batch_size: int = Field(256, ge=1)
     text: TextPreprocessing | None = None
+    bars: BarsPreprocessing | None = None
+    """Set when the server turns raw OHLCV ``bars`` into this model's input (prediction_service/bars.py)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ModelSignature":
         names = [t.name for t in self.inputs + self.outputs]
         if len(names) != len(set(names)):
             raise ValueError(f"tensor names must be unique: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _bars_fill_the_input(self) -> "ModelSignature":
+        bars = self.bars
+        if bars is None:
+            return self
+        if len(self.inputs) != 1 or self.inputs[0].name != bars.input:
+            raise ValueError(f"bars.input {bars.input!r} must name the model's only input "
+                             f"(inputs: {[s.name for s in self.inputs]})")
+        spec = self.inputs[0]
+        if not spec.dtype.startswith("float") or len(spec.shape) != 3:
+            raise ValueError(f"bars fill a float [batch, steps, features] input; {spec.name!r} is "
+                             f"{spec.dtype} {list(spec.shape)}")
+        for want, got in zip((bars.window, bars.n_features), spec.shape[1:]):
+            if got != -1 and got != want:
+                raise ValueError(f"bars step makes [batch, {bars.window}, {bars.n_features}], the input "
+                                 f"{spec.name!r} is {list(spec.shape)}")
         return self
 
     def input(self, name: str) -> TensorSpec:

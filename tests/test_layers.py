@@ -16,6 +16,11 @@ FORBIDDEN = {
     "prediction_service.service": ("fastapi", "starlette", "prediction_service.api", "prediction_service.grpc"),
     "prediction_service.inference": ("fastapi", "grpc", "prediction_service.dataplane"),
     "prediction_service.processing": ("fastapi", "grpc", "prediction_service.dataplane"),
+    # the shipped pre-processing steps: training (modelzoo) and serving (processing) both call them
+    "prediction_service.bars": ("fastapi", "grpc", "torch", "prediction_service.processing",
+                                "prediction_service.dataplane", "prediction_service.modelzoo",
+                                "prediction_service.registry", "prediction_service.adapters",
+                                "prediction_service.api", "prediction_service.packaging"),
     "prediction_service.monitoring": ("prediction_service.dataplane", "prediction_service.api", "fastapi"),
     "prediction_service.modelzoo": ("prediction_service.packaging", "prediction_service.commands",
                                     "prediction_service.adapters"),

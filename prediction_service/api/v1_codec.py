@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import InvalidInput
-from ..inference import SOLE_INPUT, TEXT_INPUT, InferenceResult, Selector
+from ..inference import BARS_INPUT, SOLE_INPUT, TEXT_INPUT, InferenceResult, Selector
 from ..schemas import PredictRequest
 
 
@@ -27,6 +27,8 @@ def decode_predict(body: Any, max_rows: int) -> tuple[Selector, dict[str, Any]]:
         if not texts:
             raise InvalidInput("empty batch: text is empty")
         return selector, {TEXT_INPUT: texts}
+    if request.bars is not None:  # checked (rows, columns, finiteness) by the model's bars step
+        return selector, {BARS_INPUT: request.bars}
     if request.inputs is not None:
         return selector, request.inputs
     rows = [request.instance] if request.instance is not None else request.instances

@@ -11,7 +11,8 @@ from ..registry.layout import METADATA_FILE, RegistryLayout
 from ..registry.model_version import ModelVersion
 from ..registry.store import ModelRegistry
 from ..architectures import signature_for
-from ..modelzoo.datasets import VOCAB_PATH, dataset_for
+from ..signature import ModelSignature
+from ..modelzoo.datasets import VOCAB_PATH, bars_step_for, dataset_for
 from ..modelzoo.training import TrainedModel, default_plans, train
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def build_demo_registry(root: Path, force: bool = False, options: PackagingOptio
         model = (trained or {}).get(architecture) or train(plans[architecture])
         validation = dataset_for(architecture, options.validation_rows, seed=VALIDATION_SEED, config=model.config)
         request = PackagingRequest(
-            name=name, version=DEMO_VERSION, signature=signature_for(architecture, model.config),
+            name=name, version=DEMO_VERSION, signature=_declared_signature(architecture, model.config),
             architecture=architecture, architecture_config=model.config,
             description=_DESCRIPTIONS[architecture], tags={"source": "demo", "data": "synthetic"},
             metrics={"final_train_loss": model.final_loss},
@@ -64,3 +65,13 @@ def build_demo_registry(root: Path, force: bool = False, options: PackagingOptio
                  len(result.version.metadata.artifacts), len(result.rejected))
         registered[name] = result.version
     return registered
+
+
+def _declared_signature(architecture: str, config: dict) -> ModelSignature:
+    """The architecture's signature plus the bars pre-processing its training data was built with, so the
+    server accepts raw OHLCV bars for it (metadata.json records the step and its parameters)."""
+    signature = signature_for(architecture, config)
+    step = bars_step_for(architecture, config)
+    if step is None:
+        return signature
+    return ModelSignature.model_validate({**signature.model_dump(), "bars": step.model_dump()})

@@ -146,10 +146,13 @@ async def test_same_outputs_and_metadata_as_tritonserver(tritonserver, service, 
     assert (got.live, got.ready, got.model_ready) == (expected.live, expected.ready, expected.model_ready) \
         == (True, True, True)
     assert expected.inputs == [("ohlcv", "FP32", [-1, 60, 5])]  # what tritonserver reports for this config
-    assert got.inputs == expected.inputs
+    # One deliberate addition: the raw OHLCV input the service turns into ohlcv itself (the version declares
+    # a bars step), listed after the model's tensors as a text model lists "text".
+    assert got.inputs == expected.inputs + [("bars", "FP64", [-1, -1, 5])]
     assert got.outputs == expected.outputs == [("price", "FP32", [-1, 1])]
     assert got.batched and expected.batched
-    assert got.config_inputs == expected.config_inputs == [("ohlcv", "TYPE_FP32", [60, 5])]
+    assert expected.config_inputs == [("ohlcv", "TYPE_FP32", [60, 5])]
+    assert got.config_inputs == expected.config_inputs + [("bars", "TYPE_FP64", [-1, 5])]
     assert got.config_outputs == expected.config_outputs
     assert got.results.keys() == expected.results.keys() == {"price"}
     for name, want in expected.results.items():

@@ -1,0 +1,223 @@
+"""The shipped OHLCV pre-processing steps: raw bars -> a model's input tensor.
+
+One module, two callers: the model zoo builds its training and validation data with :func:`preprocess_bars`
+and the server (processing.py) runs the same function on the ``bars`` a request carries, with the
+parameters the model version declares (``ModelSignature.bars``, signature.py). So serving-time features
+are the training-time features, bit for bit. Steps are a fixed, versioned set; nothing from the registry
+is executed (numpy only).
+
+Rolling statistics use the rows available so far during warm-up (like pandas ``min_periods=1``), so every
+row is finite; divisions are guarded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInput
+from .signature import OHLCV_COLUMNS, BarsPreprocessing
+
+N_FEATURES = 110
+WINDOWS = (5, 10, 20, 30, 50)
+MACD_SPANS = ((12, 26, 9), (5, 35, 5))
+CLIP = 50.0
+_EPS = 1e-12
+
+
+def _div(num: np.ndarray, den: np.ndarray | float) -> np.ndarray:
+    den = np.asarray(den, dtype=np.float64)
+    safe = np.where(np.abs(den) < _EPS, _EPS, den)
+    return num / safe
+
+
+def _shift(x: np.ndarray, lag: int) -> np.ndarray:
+    """x[t - lag], holding the first value during warm-up."""
+    if lag <= 0:
+        return x
+    return np.concatenate([np.full(lag, x[0]), x[:-lag]])
+
+
+def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
+    cumsum = np.concatenate([[0.0], np.cumsum(x)])
+    idx = np.arange(len(x))
+    start = np.maximum(0, idx + 1 - window)
+    return (cumsum[idx + 1] - cumsum[start]) / (idx + 1 - start)
+
+
+def rolling_std(x: np.ndarray, window: int) -> np.ndarray:
+    mean = rolling_mean(x, window)
+    return np.sqrt(np.maximum(rolling_mean(x * x, window) - mean * mean, 0.0))
+
+
+def _rolling_extreme(x: np.ndarray, window: int, reduce) -> np.ndarray:
+    padded = np.concatenate([np.full(window - 1, x[0]), x])
+    return reduce(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
+
+
+def ema(x: np.ndarray, span: int) -> np.ndarray:
+    alpha = 2.0 / (span + 1.0)
+    out = np.empty_like(x)
+    out[0] = x[0]
+    for t in range(1, len(x)):
+        out[t] = alpha * x[t] + (1.0 - alpha) * out[t - 1]
+    return out
+
+
+def rsi(close: np.ndarray, window: int) -> np.ndarray:
+    change = np.diff(close, prepend=close[0])
+    gain = rolling_mean(np.maximum(change, 0.0), window)
+    loss = rolling_mean(np.maximum(-change, 0.0), window)
+    return 100.0 - 100.0 / (1.0 + _div(gain, loss + _EPS))
+
+
+def compute_features(ohlcv: np.ndarray, windows: tuple[int, ...] = WINDOWS,
+                     macd_spans: tuple[tuple[int, int, int], ...] = MACD_SPANS, clip: float = CLIP) -> np.ndarray:
+    """``[T, 5]`` open/high/low/close/volume -> ``[T, 110]`` float32 (with the default parameters), all
+    finite. Warm-up rows use the history available so far."""
+    ohlcv = np.asarray(ohlcv, dtype=np.float64)
+    if ohlcv.ndim != 2 or ohlcv.shape[1] != 5 or len(ohlcv) < 2:
+        raise InvalidInput(f"ohlcv must be [T>=2, 5], got {list(ohlcv.shape)}")
+    if not np.isfinite(ohlcv).all() or (ohlcv[:, :4] <= 0).any() or (ohlcv[:, 4] < 0).any():
+        raise InvalidInput("ohlcv needs finite positive prices and non-negative volume")
+    open_, high, low, close, volume = ohlcv.T
+    prev_close = _shift(close, 1)
+    log_ret = np.log(close / prev_close)
+    log_volume = np.log1p(volume)
+    true_range = np.maximum(high - low, np.maximum(np.abs(high - prev_close), np.abs(low - prev_close)))
+    hl_log_sq = np.log(high / low) ** 2
+
+    columns: list[np.ndarray] = [
+        close / prev_close - 1.0,
+        log_ret,
+        (high - low) / close,
+        (close - open_) / open_,
+        (high - np.maximum(open_, close)) / close,
+        (np.minimum(open_, close) - low) / close,
+        log_volume - rolling_mean(log_volume, 50),
+        np.diff(log_volume, prepend=log_volume[0]),
+    ]
+    for w in windows:
+        sma = rolling_mean(close, w)
+        std = rolling_std(close, w)
+        hi = _rolling_extreme(high, w, np.max)
+        lo = _rolling_extreme(low, w, np.min)
+        columns += [
+            close / sma - 1.0,                              # SMA ratio
+            close / ema(close, w) - 1.0,                    # EMA ratio
+            rolling_std(log_ret, w),                        # volatility
+            close / _shift(close, w) - 1.0,                 # momentum
+            rsi(close, w) / 100.0 - 0.5,                    # RSI, centred
+            _div(close - (sma - 2 * std), 4 * std) - 0.5,   # Bollinger %b, centred
+            4 * std / sma,                                  # Bollinger width
+            log_volume - rolling_mean(log_volume, w),       # volume vs its average
+            close / hi - 1.0,                               # distance to rolling high
+            close / lo - 1.0,                               # distance to rolling low
+            _div(close - lo, hi - lo) - 0.5,                # stochastic %K, centred
+            rolling_mean(log_ret, w),                       # mean return
+            rolling_mean(true_range, w) / close,            # ATR
+            _div(close - sma, std),                         # z-score
+            rolling_mean((high - low) / close, w),          # mean range
+        ]
+    for fast, slow, signal in macd_spans:
+        macd = ema(close, fast) - ema(close, slow)
+        macd_signal = ema(macd, signal)
+        columns += [macd / close, macd_signal / close, (macd - macd_signal) / close]
+    columns += [_shift(log_ret, lag) for lag in range(1, 11)]
+    columns += [
+        ema(close, 5) / ema(close, 20) - 1.0,
+        ema(close, 10) / ema(close, 50) - 1.0,
+        rolling_mean(close, 5) / rolling_mean(close, 30) - 1.0,
+        _div(rolling_std(log_ret, 5), rolling_std(log_ret, 20)) - 1.0,
+        _div(rolling_std(log_ret, 10), rolling_std(log_ret, 50)) - 1.0,
+        np.sqrt(rolling_mean(hl_log_sq, 10) / (4 * np.log(2))),  # Parkinson volatility
+        np.sqrt(rolling_mean(hl_log_sq, 20) / (4 * np.log(2))),
+        np.sqrt(np.maximum(rolling_mean(0.5 * hl_log_sq - (2 * np.log(2) - 1) * np.log(close / open_) ** 2, 20),
+                           0.0)),                                # Garman-Klass volatility
+        _div(log_volume - rolling_mean(log_volume, 20), rolling_std(log_volume, 20)),
+        _div(log_volume - rolling_mean(log_volume, 50), rolling_std(log_volume, 50)),
+        np.sign(log_ret) * (log_volume - rolling_mean(log_volume, 20)),  # signed volume surprise
+    ]
+    features = np.stack(columns, axis=1)
+    # a code invariant, not an input check: BarsPreprocessing.n_features counts the same columns
+    assert features.shape[1] == 29 + 15 * len(windows) + 3 * len(macd_spans), features.shape
+    # Ratios of near-constant windows can explode; clip so one odd row cannot dominate a batch.
+    return np.clip(features, -clip, clip).astype(np.float32)
+
+
+def feature_window(ohlcv: np.ndarray, seq_len: int = 60) -> np.ndarray:
+    """The model input for the last ``seq_len`` steps: ``[seq_len, 110]`` float32."""
+    if len(ohlcv) < seq_len:
+        raise InvalidInput(f"need at least {seq_len} OHLCV rows, got {len(ohlcv)}")
+    return compute_features(ohlcv)[-seq_len:]
+
+
+def normalize_ohlcv_window(window: np.ndarray) -> np.ndarray:
+    """LSTM price model input: prices divided by the window's last close, volume by its mean."""
+    window = np.asarray(window, dtype=np.float64)
+    prices = window[:, :4] / window[-1, 3]
+    volume = window[:, 4:5] / max(float(window[:, 4].mean()), _EPS)
+    return np.concatenate([prices, volume], axis=1).astype(np.float32)
+
+
+# ---- the declared steps -------------------------------------------------------------------------------------
+
+
+def expected_bars(step: BarsPreprocessing) -> dict[str, Any]:
+    """What a ``bars`` request must look like, for error details and metadata."""
+    return {"shape": [-1, f">={step.min_bars}", len(OHLCV_COLUMNS)], "columns": list(OHLCV_COLUMNS),
+            "min_bars": step.min_bars, "dtype": "float32 or float64, finite; prices > 0, volume >= 0"}
+
+
+def check_bars(bars: Any, step: BarsPreprocessing, max_rows: int | None = None) -> np.ndarray:
+    """Request bars (one window ``[n, 5]`` or a batch ``[batch, n, 5]``) -> float64 ``[batch, min_bars, 5]``
+    (the last ``min_bars`` of each row), or InvalidInput saying what was expected."""
+    expected = expected_bars(step)
+    if isinstance(bars, list) and max_rows is not None and len(bars) > max_rows \
+            and bars and isinstance(bars[0], list) and bars[0] and isinstance(bars[0][0], list):
+        raise InvalidInput(f"{len(bars)} bar windows exceed the limit of {max_rows}",  # before numpy sees them
+                           {"rows": len(bars), "max_rows": max_rows})
+    if isinstance(bars, np.ndarray):
+        array = bars
+    else:
+        try:
+            array = np.asarray(bars)
+        except (ValueError, TypeError):
+            array = None
+    if array is None or array.dtype.kind not in "fiu":
+        raise InvalidInput("bars must be a rectangular array of numbers [[open, high, low, close, volume], ...] "
+                           "(one window) or a list of such windows", {"expected": expected})
+    shape = list(array.shape)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[2] != len(OHLCV_COLUMNS):
+        raise InvalidInput(f"bars need 5 columns per bar (open, high, low, close, volume), as [n_bars, 5] or "
+                           f"[batch, n_bars, 5]; got shape {shape}", {"expected": expected, "got_shape": shape})
+    rows, count = array.shape[0], array.shape[1]
+    if rows == 0:
+        raise InvalidInput("empty batch: bars is empty", {"expected": expected})
+    if max_rows is not None and rows > max_rows:
+        raise InvalidInput(f"{rows} bar windows exceed the limit of {max_rows}", {"rows": rows, "max_rows": max_rows})
+    if count < step.min_bars:
+        raise InvalidInput(f"this model needs at least {step.min_bars} bars per window "
+                           f"({step.window} steps + {step.warmup} bars of indicator history); got {count}",
+                           {"expected": expected, "got_bars": count})
+    array = np.asarray(array[:, count - step.min_bars:], dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise InvalidInput("bars contain NaN or Inf; every open, high, low, close and volume must be finite",
+                           {"expected": expected})
+    if (array[..., :4] <= 0).any() or (array[..., 4] < 0).any():
+        raise InvalidInput("bars need positive prices (open, high, low, close) and non-negative volume",
+                           {"expected": expected})
+    return np.ascontiguousarray(array)
+
+
+def preprocess_bars(step: BarsPreprocessing, bars: Any, max_rows: int | None = None) -> np.ndarray:
+    """The declared step: bars -> float32 ``[batch, window, n_features]``, the model's input. Training data
+    (modelzoo/datasets.py) and serving (processing.py) both call this."""
+    windows = check_bars(bars, step, max_rows)
+    if step.kind == "ohlcv_window":
+        return np.stack([normalize_ohlcv_window(window) for window in windows])
+    return np.stack([compute_features(window, step.indicator_windows, step.macd, step.clip)[-step.window:]
+                     for window in windows])
