@@ -57,8 +57,11 @@ def test_racing_creates_yield_one_running_experiment(tmp_path):
 
 def test_concurrent_writers_lose_nothing(tmp_path):
     db = str(tmp_path / "exp.sqlite3")
-    exp = _service(db).create(ExperimentSpec(model_name="sentiment", champion_version="1.0.0",
-                                             challenger_version="1.1.0", traffic_split=0.5))
+    creator = _service(db)
+    exp = creator.create(ExperimentSpec(model_name="sentiment", champion_version="1.0.0",
+                                        challenger_version="1.1.0", traffic_split=0.5))
+    # No SQLite connection may be open across fork() (SQLite's rule): the children open their own.
+    creator.store.close()
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(2)
     procs = [ctx.Process(target=_serve, args=(db, w, 150, barrier)) for w in range(2)]
