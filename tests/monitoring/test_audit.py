@@ -202,9 +202,10 @@ async def test_a_failing_audit_disk_never_stops_serving_and_recovers(tiny_store,
             assert ready.json()["audit"]["failing"] is True and ready.json()["audit"]["dropped"] == 4
             metrics = (await http.get("/metrics")).text
             assert "prediction_audit_dropped_total 4.0" in metrics and "prediction_audit_backlog 8.0" in metrics
-            # the disk comes back: the backlog is written
+            # the disk comes back: the backlog is written (the writer's retry may create the directory
+            # itself between these two lines)
             blocker.unlink()
-            blocker.mkdir()
+            blocker.mkdir(exist_ok=True)
             await asyncio.to_thread(wait_for, lambda: app.state.service.audit.stats().written == 8)
             assert (await http.get("/health/ready")).json()["audit"]["failing"] is False
     assert AuditReader(blocker / "audit.sqlite3").count() == 8
