@@ -23,6 +23,8 @@ from .errors import (DeadlineExceeded, Forbidden, ModelNotFound, Overloaded, Pre
 from .inference import (InferenceResult, ModelMetadata, PredictionObserver, PredictionRecord, Provenance,
                         Readiness, RequestContext, Selector, TensorMetadata, BARS_INPUT, TEXT_INPUT)
 from .model_manager import ModelManager
+from .ensemble.runner import EnsembleRunner  # ensemble hook (issue 19)
+from .ensemble.store import EnsembleCatalog
 from .processing import ModelProcessing
 from .registry import ModelVersion, validate_name
 from .settings import Settings
@@ -59,18 +61,24 @@ class DataPlane:
         """Reported beside readiness, never flipping it."""
         self.shutting_down = False
         self.in_flight = 0
+        # ---- ensemble hook (issue 19): a registered ensemble's members come back through infer ----
+        self.ensembles = EnsembleRunner(EnsembleCatalog(manager.reader.root, settings.stage_poll_interval_seconds))
 
     # ---- inference ----------------------------------------------------------------------------------
 
-    def admit(self, name: str, context: RequestContext) -> None:
+    def admit(self, name: str, context: RequestContext) -> "Decoding":
         """Refuse at once, from the model name alone, when this worker is full (503) or the queue of the
         version production serves is (429): front doors call it before they read or decode a body, so
-        a refusal costs next to nothing. ``infer`` checks again once the request is decoded."""
+        a refusal costs next to nothing. ``infer`` checks again once the request is decoded.
+
+        Returns the guard a front door decodes under: ``with dataplane.admit(name, context): ...``, so a
+        request refused while its body is read or decoded is counted and audited like any failure."""
         refusal = self._refusal(name)
         if refusal is not None:
             self._notify(PredictionRecord(context, name, None, None, None, None, 0.0, int(refusal.status),
                                           refusal.code, shed=True))
             raise refusal
+        return Decoding(self, name, context)
 
     def _refusal(self, name: str) -> PredictionServiceError | None:
         busy = self._busy()
@@ -97,6 +105,8 @@ class DataPlane:
         started = time.perf_counter()
         record = PredictionRecord(context, name, None, selector.stage, None, None, 0.0, 200)
         try:
+            if self.ensembles.is_ensemble(name):  # ensemble hook (issue 19): a set lookup for models
+                return await self.ensembles.infer(self, name, selector, inputs, context, record)
             return await self._infer(name, selector, inputs, context, record, started)
         except PredictionServiceError as exc:
             record.status, record.error_code = int(exc.status), exc.code
@@ -270,6 +280,24 @@ class DataPlane:
         for detail in self.readiness_details:
             details.update(detail())
         return Readiness(not reasons, tuple(reasons), health.backend, health.detail, details)
+
+
+class Decoding:
+    """The span between admission and ``DataPlane.infer`` where a front door reads and decodes the
+    request: a domain error raised in it (bad body, bad header, too large) is recorded as a refusal."""
+
+    __slots__ = ("dataplane", "name", "context")
+
+    def __init__(self, dataplane: DataPlane, name: str, context: RequestContext):
+        self.dataplane, self.name, self.context = dataplane, name, context
+
+    def __enter__(self) -> RequestContext:
+        return self.context
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> bool:
+        if isinstance(error, PredictionServiceError):
+            self.dataplane.refuse(self.name, self.context, error)
+        return False
 
 
 def _preferred_artifact(version: ModelVersion):

@@ -11,12 +11,22 @@ from __future__ import annotations
 from fastapi import Request
 
 from ..auth import API_KEY_HEADER, ApiKey, Scope
+from ..inference import RequestContext
 from ..service import Service
 from ..settings import Settings
 
 
 def get_service(request: Request) -> Service:
     return request.app.state.service
+
+
+def open_context(request: Request, api_key: ApiKey | None, protocol: str) -> tuple[Service, RequestContext]:
+    """The Service and a new request context for an inference route. Its request id is the audit id,
+    sent back as X-Request-Id, on errors too (api/errors.py reads it from request.state)."""
+    service = request.app.state.service
+    context = service.request_context(api_key, None, protocol)
+    request.state.request_id = context.request_id
+    return service, context
 
 
 def get_settings(request: Request) -> Settings:

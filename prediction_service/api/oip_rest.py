@@ -13,11 +13,10 @@ import time
 from fastapi import APIRouter, Depends, Request, Response
 
 from ..auth import ApiKey
-from ..errors import PredictionServiceError
 from ..schemas import REQUEST_ID_HEADER
 from .body import read_body
 from .deadline import request_deadline
-from .deps import get_service, require_predict
+from .deps import get_service, open_context, require_predict
 from .direct_route import DirectRoute
 from ..oip_documents import model_config, model_metadata, server_metadata
 from .oip_codec import EXTENSIONS, HEADER_LENGTH, decode_infer_request, decompress, encode_infer_response
@@ -110,21 +109,13 @@ async def infer_version(name: str, version: str, request: Request, api_key=Depen
 
 
 async def _infer(request: Request, name: str, version: str | None, api_key: ApiKey | None) -> Response:
-    service = get_service(request)
+    service, context = open_context(request, api_key, "oip-rest")
     limits = service.settings.limits
-    context = service.request_context(api_key, None, "oip-rest")
-    # the audit id: reported as parameters.request_id and X-Request-Id (errors too, api/errors.py), and what
-    # an A/B outcome is posted under; the caller's own "id" is only echoed back
-    request.state.request_id = context.request_id
-    service.dataplane.admit(name, context)  # before the body is read: a refusal costs nothing
-    try:
+    with service.dataplane.admit(name, context):  # before the body is read: a refusal costs nothing
         context.deadline = request_deadline(request.headers, limits.default_deadline_ms)
         body = decompress(await read_body(request, limits), request.headers.get("content-encoding"),
                           limits.max_request_bytes)
         parsed = decode_infer_request(body, request.headers.get(HEADER_LENGTH), limits, version)
-    except PredictionServiceError as exc:  # refused before the data plane: still counted and audited
-        service.dataplane.refuse(name, context, exc)
-        raise
     if parsed.timeout_s is not None:  # Triton's own timeout parameter can only shorten the deadline
         context.deadline = min(context.deadline, time.monotonic() + parsed.timeout_s)
     result = await service.dataplane.infer(name, parsed.selector, parsed.inputs, context)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio  # the public name of the asyncio servicer
 from tritonclient.grpc import service_pb2_grpc
 
 from ..errors import PredictionServiceError
@@ -32,7 +32,7 @@ HEALTH_REFRESH_S = 1.0
 """How often Watch subscribers learn of readiness changes (Check always answers from the data plane)."""
 
 
-class ReadinessHealth(HealthServicer):
+class ReadinessHealth(health_aio.HealthServicer):
     """The standard health service, answering from the data plane's readiness: "" and the inference
     service name report the server; any other name is taken as a model name (SERVING = loaded)."""
 

@@ -156,12 +156,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                      time_remaining: float | None) -> service_pb2.ModelInferResponse:
         api_key = self.service.authorize_predict(key, caller)  # before the tensors are decoded
         context = self.service.request_context(api_key, None, "oip-grpc")
-        self.dataplane.admit(request.model_name, context)  # before the tensors are decoded
-        try:
+        with self.dataplane.admit(request.model_name, context):  # before the tensors are decoded
             decoded = codec.decode_request(request)
-        except PredictionServiceError as error:  # refused before the data plane: still counted and audited
-            self.dataplane.refuse(request.model_name, context, error)
-            raise
         context.deadline = self._deadline(time_remaining, decoded.timeout_s)
         result = await self.dataplane.infer(request.model_name, decoded.selector, decoded.inputs, context)
         return codec.encode_response(result, request.id, decoded.outputs)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from ...errors import PredictionServiceError
 from ...schemas import REQUEST_ID_HEADER, PredictRequest, PredictResponse
 from ..body import read_json
 from ..deadline import request_deadline
-from ..deps import get_service, require_predict
+from ..deps import open_context, require_predict
 from ..direct_route import DirectRoute
 from ..responses import FastJSONResponse
 from ..v1_codec import decode_predict, encode_result
@@ -28,16 +27,10 @@ router = APIRouter(tags=["predict"], route_class=DirectRoute)  # the hot path: s
                504: {"description": "Deadline exceeded"}},
 )
 async def predict(name: str, request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
-    service = get_service(request)
+    service, context = open_context(request, api_key, "v1")
     limits = service.settings.limits
-    context = service.request_context(api_key, None, "v1")
-    request.state.request_id = context.request_id  # errors carry it too (api/errors.py)
-    service.dataplane.admit(name, context)  # before the body is read: a refusal costs nothing
-    try:
+    with service.dataplane.admit(name, context):  # before the body is read: a refusal costs nothing
         context.deadline = request_deadline(request.headers, limits.default_deadline_ms)
         selector, inputs = decode_predict(await read_json(request, limits), limits.max_batch_rows)
-    except PredictionServiceError as exc:  # refused before the data plane: still counted and audited
-        service.dataplane.refuse(name, context, exc)
-        raise
     result = await service.dataplane.infer(name, selector, inputs, context)
     return FastJSONResponse(encode_result(result), headers={REQUEST_ID_HEADER: result.request_id})
