@@ -80,4 +80,7 @@ def provenance_parameters(result: InferenceResult) -> dict[str, str]:
               "experiment_id": result.experiment_id, "request_id": result.request_id,
               "backend": provenance.backend, "artifact": provenance.artifact, "format": provenance.format,
               "precision": provenance.precision, "sha256": provenance.sha256}
+    member_versions = getattr(provenance, "member_versions", None)  # an ensemble's members (ensemble/runner.py)
+    if member_versions is not None:
+        values.update({f"{role}_model_version": value for role, value in member_versions().items()})
     return {key: value for key, value in values.items() if value}

@@ -171,6 +171,22 @@ class AuditSettings(BaseSettings):
     in metrics, but serving continues: a full audit disk should not take every replica out of rotation."""
 
 
+class StateSettings(BaseSettings):
+    model_config = _section("STATE_")
+
+    database_url: str | None = None
+    """Where experiments, outcomes, the audit log and the registry event log live. Unset: SQLite files under
+    <MODEL_STORE>/.state/ (one host). postgresql://user:password@host:5432/db: one PostgreSQL for every pod
+    and node (required when pods on several nodes share the work). Keep it in a Secret."""
+    pool_size: int = Field(5, ge=1)
+    """PostgreSQL: connections each worker process keeps open (the audit writer uses one)."""
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    """PostgreSQL: how long opening a connection may take before the database counts as unavailable."""
+    auto_migrate: bool = True
+    """Create / upgrade the schema when a process first opens the state (behind a lock). False: refuse an
+    outdated schema and ask for `python -m prediction_service state migrate` (for a role without DDL rights)."""
+
+
 class ExperimentSettings(BaseSettings):
     model_config = _section("EXPERIMENT_")
 
@@ -301,6 +317,9 @@ class MlflowSettings(BaseSettings):
     never collide with versions registered by hand."""
     poll_interval_seconds: float = Field(30.0, gt=0)
     """How often a following server re-syncs from MLflow (the `follow` mode; `mlflow sync` is one shot)."""
+    follow: bool = True
+    """With a tracking URI and model names set, every server process re-syncs from MLflow on the poll interval
+    (MLflow aliases move what is served). false = only `mlflow sync` (cron, CI) changes the registry."""
 
     @staticmethod
     def _names(value: str) -> list[str]:
@@ -317,6 +336,23 @@ class MlflowSettings(BaseSettings):
     @property
     def staging_alias_list(self) -> list[str]:
         return self._names(self.staging_aliases)
+
+    @property
+    def follows(self) -> bool:
+        """Whether a running server follows MLflow (follow mode)."""
+        return self.follow and bool(self.tracking_uri) and bool(self.model_name_list)
+
+
+class SeedApiSettings(BaseSettings):
+    model_config = _section("SEED_API_")
+
+    price_model: str = "lstm-price"
+    """Model (or ensemble) that POST /api/v1/predict/price serves: seed 002's path, an alias of
+    /v1/models/<this>/predict taking {"bars": ...}."""
+    sentiment_model: str = "sentiment-transformer"
+    """Model that POST /api/v1/predict/sentiment serves ({"text": ...}; confidence = the top class score)."""
+    ensemble_model: str = "price-sentiment"
+    """Registered ensemble that POST /api/v1/predict/ensemble serves ({"bars": ..., "text": ...})."""
 
 
 class Settings(BaseSettings):
@@ -335,6 +371,9 @@ class Settings(BaseSettings):
     """Comma-separated stages whose versions load at startup; readiness waits for them."""
     stage_poll_interval_seconds: float = Field(1.0, gt=0)
     """How often each worker checks stage links for changes (hot reload by other processes)."""
+    health_check_interval_seconds: float = Field(5.0, ge=0)
+    """How often each worker checks the backend's health and its own readiness for the
+    prediction_backend_healthy / prediction_ready metrics (a scrape never calls the backend); 0 = never."""
     backend_lease_ttl_seconds: float = Field(600.0, gt=0)
     """A shared Triton/TorchServe model is unloaded by the last worker holding it. Holders on other hosts
     are known by heartbeat (every third of this); one silent for this long is taken for gone."""
@@ -350,6 +389,8 @@ class Settings(BaseSettings):
     triton: TritonSettings = Field(default_factory=TritonSettings)
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    seed_api: SeedApiSettings = Field(default_factory=SeedApiSettings)
 
     @field_validator("serving_adapter_type", mode="before")
     @classmethod

@@ -16,20 +16,25 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BackendTimeout, BackendUnavailable, DeadlineExceeded, ModelLoadError, ModelNotFound
 from ..packaging.triton_config import (TritonConfigOptions, TritonPlatform, choose_platform, render_config,
                                        warmup_files)
-from ..packaging.triton_repository import entry_name, remove_entry, write_entry
+from ..packaging.triton_repository import entry_name, remove_entry, write_entry, write_generated_entry
+from ..packaging.triton_ensemble import (COMBINER_MODEL_PATH, ENSEMBLE_OUTPUTS, TritonMember,
+                                         ensemble_max_batch_size, render_combiner_config, render_ensemble_config)
 from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
 from .base import AdapterHealth, LoadedModel, ServingAdapter
 from .leases import BackendLeases, lease_root
 from .shared_tasks import SharedTasks
 from .triton_client import TritonConnection, TritonModelMissing, TritonRequestFailed
+
+if TYPE_CHECKING:  # the type only: adapters stay below the ensemble's registry
+    from ..ensemble.combiners import Combiner
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +163,48 @@ class TritonAdapter(ServingAdapter):
             "metadata": await self._connection.model_metadata(model.triton_name, timeout),
             "statistics": await self._connection.inference_statistics(model.triton_name, timeout),
         }
+
+    # --- ensembles (issue 19) ------------------------------------------------------------------
+
+    async def load_ensemble(self, name: str, version: str, combiner: "Combiner",
+                            members: dict[str, ModelVersion]) -> str:
+        """Serve a registered ensemble as Triton's own: the members loaded as any model, the combiner as a
+        generated python-backend step, and an ``ensemble_scheduling`` entry over the three. ``members``:
+        role (price, sentiment) -> resolved version. Returns the ensemble's Triton entry name."""
+        for member in members.values():
+            await self.load(member)
+        price, sentiment = (TritonMember(entry_name(members[role].key), members[role].signature)
+                            for role in ("price", "sentiment"))
+        try:
+            max_batch = ensemble_max_batch_size([price, sentiment], self._config_options(TritonPlatform.PYTHON_ONNX))
+            positive, negative = combiner.label_indices(sentiment.signature.labels or [])
+        except ValueError as exc:
+            raise ModelLoadError(str(exc), {"ensemble": name, "version": version}) from exc
+        entry = entry_name(ModelKey(name, version))
+        step = f"{entry}__combiner"
+        model_py = COMBINER_MODEL_PATH.read_bytes()
+        configs = {
+            step: (render_combiner_config(step, price, sentiment, combiner.model_dump_json(), positive, negative,
+                                          max_batch), {"model.py": model_py}),
+            entry: (render_ensemble_config(entry, price, sentiment, step, max_batch), {}),
+        }
+        for triton_name, (config, files) in configs.items():  # the step first: the ensemble needs it
+            await asyncio.to_thread(write_generated_entry, self.repository, triton_name,
+                                    self._triton.default_model_version, config, files)
+            await self._load_into_triton(triton_name)
+        log.info("loaded ensemble %s %s into Triton as %s", name, version, entry)
+        return entry
+
+    async def predict_ensemble(self, entry: str, inputs: dict[str, np.ndarray], *,
+                               deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Run a loaded Triton ensemble on the members' model tensors."""
+        return await self._connection.infer(entry, inputs, list(ENSEMBLE_OUTPUTS), self._timeout(deadline))
+
+    async def unload_ensemble(self, entry: str) -> None:
+        """Unload and remove the ensemble and its combiner step (the members stay, as models of their own)."""
+        for triton_name in (entry, f"{entry}__combiner"):
+            await self._connection.unload_model(triton_name, self._triton.timeout_seconds)
+            await asyncio.to_thread(remove_entry, self.repository, triton_name)
 
     # --- internals ----------------------------------------------------------------------------
 

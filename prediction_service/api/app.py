@@ -16,7 +16,7 @@ from . import oip_rest
 from .errors import install_error_handlers
 from .hot_path import ServingApp
 from .responses import FastJSONResponse
-from .routes import experiments, health, models, monitoring, predict, registry
+from .routes import experiments, health, models, monitoring, predict, registry, seed_aliases
 from .shutdown import readiness_on_signal
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, metrics_registry: CollectorRegi
     )
     app.state.service = service
     install_error_handlers(app)
-    for module in (predict, models, registry, experiments, health, monitoring):
+    for module in (predict, models, registry, experiments, health, monitoring, seed_aliases):
         app.include_router(module.router)
     app.include_router(oip_rest.router)
     return app

@@ -62,6 +62,28 @@ def write_entry(
     return final
 
 
+def write_generated_entry(repository: Path, name: str, version_dir: str, config_text: str,
+                          version_files: dict[str, bytes]) -> Path:
+    """(Re)write an entry with no registry artifact: an ensemble (an empty version dir) or a step the
+    project generates (its shipped model.py), assembled and renamed into place like ``write_entry``."""
+    repository.mkdir(parents=True, exist_ok=True)
+    final = repository / name
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repository))
+    try:
+        staging.chmod(0o755)
+        (staging / CONFIG_FILE).write_text(config_text)
+        (staging / version_dir).mkdir()
+        for file_name, data in version_files.items():
+            (staging / version_dir / file_name).write_bytes(data)
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
 def remove_entry(repository: Path, name: str) -> None:
     target = repository / name
     if target.parent == repository and target.is_dir():

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..artifacts import DEFAULT_PRECISION, ArtifactFormat, Precision
 from ..errors import InvalidInput
 from .fsutil import atomic_symlink, atomic_write_bytes, fsync_dir, sha256_file
-from .layout import METADATA_FILE, RegistryLayout, validate_stage
+from .layout import METADATA_FILE, RegistryLayout, validate_file_name, validate_stage
 from .model_version import ArtifactInfo, ModelVersion, VersionMetadata
 
 
@@ -66,6 +66,27 @@ def register_version(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ModelVersion(path=final_dir, metadata=final_meta)
+
+
+def register_document_version(root: Path, name: str, version: str, file_name: str, document: bytes) -> Path:
+    """A version made of one document and no artifact (an ensemble: ensemble/store.py), assembled like
+    ``register_version`` (temp dir, fsync, rename). ``file_name`` is never metadata.json, so model readers
+    and the model manager's preload do not take the version for a model."""
+    final_dir = RegistryLayout(root).new_version_dir(name, version)
+    validate_file_name(file_name)  # refuses metadata.json (reserved) and anything with a separator
+    model_dir = final_dir.parent
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=model_dir))
+    try:
+        staging.chmod(0o755)
+        atomic_write_bytes(staging / file_name, document)
+        fsync_dir(staging)
+        staging.rename(final_dir)
+        fsync_dir(model_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final_dir
 
 
 def write_metadata(path: Path, metadata: VersionMetadata) -> None:

@@ -1,0 +1,242 @@
+"""EnsembleRegistry: register, list, resolve, promote and archive ensemble versions in the filesystem
+registry, with the model registry's own parts: its layout (names validated, nothing outside the root),
+its per-name file lock, atomic stage links, the lifecycle table and the event log.
+
+Members are checked against the registry when a version is registered and again when it enters
+production (``force`` overrides the latter, as for models without a passing validation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from filelock import FileLock, Timeout
+from pydantic import ValidationError
+
+from ..errors import Conflict, InvalidInput, ModelNotFound, PredictionServiceError, VersionNotFound
+from ..registry.errors import PromotionRefused, RegistryBusy
+from ..registry.events import EVENTS_FILE, EventLog
+from ..registry.fsutil import atomic_symlink, atomic_write_bytes, fsync_dir
+from ..registry.layout import STAGES, RegistryLayout, validate_name, validate_stage
+from ..registry.lifecycle import STAGE_OF_STATUS, check_transition
+from ..registry.reader import CorruptMetadata, RegistryReader, _version_sort_key
+from ..registry.store import LOCK_FILE, STATE_DIR
+from ..registry.writer import register_document_version
+from .combiners import Combiner
+from .spec import ENSEMBLE_FILE, Ensemble, EnsembleMember, EnsembleMetadata
+
+log = logging.getLogger(__name__)
+
+
+class EnsembleRegistry:
+    def __init__(self, root: Path, *, lock_timeout_s: float = 30.0):
+        self.layout = RegistryLayout(root)
+        self.models = RegistryReader(self.layout.root)
+        self.events = EventLog(self.layout.root / STATE_DIR / EVENTS_FILE)
+        self._lock_timeout_s = lock_timeout_s
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                      and any(p.glob(f"v*/{ENSEMBLE_FILE}")))
+
+    def versions(self, name: str) -> list[Ensemble]:
+        model_dir = self.layout.model_dir(name)
+        found = [self._load(p.parent) for p in model_dir.glob(f"v*/{ENSEMBLE_FILE}") if not p.parent.is_symlink()]
+        if not found:
+            raise ModelNotFound(f"ensemble {name!r} is not registered", {"ensemble": name})
+        return sorted(found, key=lambda e: _version_sort_key(e.version))
+
+    def get(self, name: str, version: str) -> Ensemble:
+        version_dir = self.layout.version_dir(name, version)
+        if not (version_dir / ENSEMBLE_FILE).is_file():
+            if name not in self.names():
+                raise ModelNotFound(f"ensemble {name!r} is not registered", {"ensemble": name})
+            raise VersionNotFound(f"ensemble {name!r} has no version {version!r}",
+                                  {"ensemble": name, "version": version})
+        return self._load(version_dir)
+
+    def stages(self, name: str) -> dict[str, str | None]:
+        return {stage: self.layout.read_stage(name, stage) for stage in STAGES}
+
+    def resolve(self, name: str, version: str | None = None, stage: str | None = None) -> Ensemble:
+        """An explicit version wins; otherwise the stage (default production)."""
+        if version is not None:
+            return self.get(name, version)
+        stage = validate_stage(stage or "production")
+        target = self.layout.read_stage(name, stage)
+        if target is None:
+            self.versions(name)  # ModelNotFound for an unknown ensemble
+            raise VersionNotFound(f"ensemble {name!r} has no {stage} version", {"ensemble": name, "stage": stage})
+        return self.get(name, target).model_copy(update={"stage": stage})
+
+    def member_problems(self, metadata: EnsembleMetadata) -> list[str]:
+        """Why the members cannot serve now (missing model, stage without a version, wrong kind of model)."""
+        problems = []
+        for member in metadata.members:
+            try:
+                version = self.models.resolve(member.model, member.version, member.followed_stage)
+            except PredictionServiceError as exc:
+                problems.append(f"{member.role} member {member.describe()}: {exc.message}")
+                continue
+            problem = _role_problem(member, version.signature, metadata.combiner)
+            if problem:
+                problems.append(f"{member.role} member {member.describe()}: {problem}")
+        return problems
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def register(self, name: str, version: str, members: Sequence[EnsembleMember], combiner: Combiner, *,
+                 description: str = "", tags: dict[str, str] | None = None, actor: str = "unknown") -> Ensemble:
+        """A new ensemble version (status ``none``); refused when a member cannot serve or the name is a model's."""
+        try:
+            metadata = EnsembleMetadata(name=name, version=version, members=tuple(members), combiner=combiner,
+                                        description=description, tags=dict(tags or {}))
+        except ValidationError as exc:
+            errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]
+            raise InvalidInput(f"invalid ensemble {name} {version}", {"errors": errors}) from exc
+        if name in self.models.model_names():
+            raise Conflict(f"{name!r} is a model; an ensemble needs a name of its own", {"ensemble": name})
+        problems = self.member_problems(metadata)
+        if problems:
+            raise InvalidInput(f"ensemble {name} {version}: members cannot serve", {"problems": problems})
+        with self._locked(name):
+            path = register_document_version(self.root, name, version, ENSEMBLE_FILE, _dump(metadata))
+            self.events.record("registered", name, version, actor=actor, details={
+                "ensemble": True, "members": [m.model_dump(mode="json", exclude_none=True) for m in metadata.members],
+                "combiner": metadata.combiner.kind})
+        log.info("registered ensemble %s %s", name, version)
+        return self._load(path)
+
+    def promote(self, name: str, version: str, stage: Literal["production", "staging"] = "production", *,
+                force: bool = False, actor: str = "unknown") -> Ensemble:
+        """Point ``stage`` at ``version``; the version it displaces is archived. Entering production needs
+        every member able to serve now (``force`` overrides, logged as a forced promotion)."""
+        validate_stage(stage)
+        with self._locked(name):
+            current = self.get(name, version).metadata
+            if current.status == stage:
+                return self.get(name, version)
+            check_transition(name, version, current.status, stage)
+            problems = self.member_problems(current) if stage == "production" else []
+            if problems and not force:
+                raise PromotionRefused(f"ensemble {name} {version}: members cannot serve; promote with force to "
+                                       "override", {"ensemble": name, "version": version, "problems": problems})
+            displaced = self.layout.read_stage(name, stage)
+            atomic_symlink(f"v{version}", self.layout.stage_link(name, stage))
+            if current.status == "staging":
+                self.layout.stage_link(name, "staging").unlink(missing_ok=True)
+                fsync_dir(self.layout.model_dir(name))
+            self._write(current.model_copy(update={"status": stage}))
+            if displaced is not None and displaced != version:
+                self._write(self.get(name, displaced).metadata.model_copy(update={"status": "archived"}))
+            self.events.record("stage_change", name, version, actor=actor, from_stage=current.status,
+                               to_stage=stage, details={"forced": bool(problems), "displaced": displaced})
+            if displaced is not None and displaced != version:
+                self.events.record("stage_change", name, displaced, actor=actor, from_stage=stage,
+                                   to_stage="archived", details={"displaced_by": version})
+            if problems:
+                self.events.record("forced_promotion", name, version, actor=actor, from_stage=current.status,
+                                   to_stage=stage, details={"problems": problems})
+        log.info("%s: ensemble %s %s -> %s (displaced %s)", actor, name, version, stage, displaced)
+        return self.get(name, version)
+
+    def archive(self, name: str, version: str, *, actor: str = "unknown") -> Ensemble:
+        """Retire a version; a stage link pointing at it is removed."""
+        with self._locked(name):
+            current = self.get(name, version).metadata
+            check_transition(name, version, current.status, "archived")
+            stage = STAGE_OF_STATUS.get(current.status)
+            if stage is not None:
+                self.layout.stage_link(name, stage).unlink(missing_ok=True)
+                fsync_dir(self.layout.model_dir(name))
+            self._write(current.model_copy(update={"status": "archived"}))
+            self.events.record("stage_change", name, version, actor=actor, from_stage=current.status,
+                               to_stage="archived")
+        return self.get(name, version)
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        model_dir = self.layout.model_dir(name)
+        model_dir.mkdir(exist_ok=True)
+        lock = FileLock(model_dir / LOCK_FILE, timeout=self._lock_timeout_s, preserve_lock_file=True)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise RegistryBusy(f"{name!r} is locked by another writer; try again", {"ensemble": name}) from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _write(self, metadata: EnsembleMetadata) -> None:
+        atomic_write_bytes(self.layout.version_dir(metadata.name, metadata.version) / ENSEMBLE_FILE, _dump(metadata))
+
+    def _load(self, version_dir: Path) -> Ensemble:
+        raw = (version_dir / ENSEMBLE_FILE).read_bytes()
+        try:
+            metadata = EnsembleMetadata.model_validate_json(raw)
+        except ValidationError as exc:
+            raise CorruptMetadata(f"invalid {ENSEMBLE_FILE} in {version_dir.name}",
+                                  {"errors": exc.errors()[:5]}) from exc
+        return Ensemble(path=version_dir, metadata=metadata, sha256=hashlib.sha256(raw).hexdigest())
+
+
+class EnsembleCatalog:
+    """Which names are ensembles, for the data plane's hot path: a set lookup, re-scanned at most every
+    ``refresh_s`` (a model request must not pay a directory scan)."""
+
+    def __init__(self, root: Path, refresh_s: float = 1.0):
+        self.registry = EnsembleRegistry(root)
+        self.refresh_s = refresh_s
+        self._names: frozenset[str] = frozenset()
+        self._scanned_at = float("-inf")
+
+    def is_ensemble(self, name: str) -> bool:
+        now = time.monotonic()
+        if now - self._scanned_at >= self.refresh_s:
+            self._scanned_at = now
+            try:
+                self._names = frozenset(self.registry.names())
+            except OSError as exc:  # keep the last good list; the next scan tries again
+                log.warning("ensemble scan failed: %s", exc)
+        return name in self._names
+
+
+def _dump(metadata: EnsembleMetadata) -> bytes:
+    return metadata.model_dump_json(indent=2).encode()
+
+
+def _role_problem(member: EnsembleMember, signature, combiner: Combiner) -> str | None:
+    first = signature.outputs[0]
+    if member.role == "price":
+        if signature.task != "regression" or any(d not in (-1, 1) for d in first.shape[1:]):
+            return f"a price member forecasts one value per row (regression); this model is {signature.task} " \
+                   f"with output {first.name} {list(first.shape)}"
+        return None
+    if signature.task != "classification" or not signature.labels:
+        return "a sentiment member is a classifier with labels"
+    try:
+        combiner.label_indices(signature.labels)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+__all__ = ["EnsembleCatalog", "EnsembleRegistry"]
