@@ -19,7 +19,7 @@ from .auth import ApiKey, ApiKeyStore, Scope
 from .dataplane import DataPlane
 from .errors import NotFound
 from .experiments import ExperimentService, ExperimentStore
-from .experiments.service import RegistryCatalog
+from .experiments.service import ExperimentObserver, RegistryCatalog
 from .inference import RequestContext
 from .model_manager import ModelManager
 from .monitoring.audit import AuditLog, audit_db_path
@@ -42,7 +42,7 @@ class Service:
         self.manager = ModelManager(settings, self.reader, self.adapter,
                                     on_event=_all(self.metrics.on_model_event, self._record_model_event))
         self.adapter.batch_observer = self.metrics.observe_batch
-        self.experiments = _experiment_service(settings, self.registry)
+        self.experiments = _experiment_service(settings, self.registry, observer=self.metrics)
         self.audit = AuditLog(settings.audit, audit_db_path(settings)) if settings.audit.enabled else None
         self.dataplane = DataPlane(settings, self.manager, self.adapter, experiments=self.experiments,
                                    observers=[self.metrics])
@@ -72,6 +72,13 @@ class Service:
         interval = self.settings.experiments.auto_apply_interval_seconds
         if interval > 0:
             self._background.append(asyncio.create_task(_apply_experiment_decisions(self.experiments, interval)))
+        try:
+            await self.check_health()  # the gauges start true to the state, not at 0 for one interval
+        except Exception:  # noqa: BLE001 - a metric never stops the start; the schedule retries
+            log.exception("health check failed")
+        if self.settings.health_check_interval_seconds > 0:
+            self._background.append(asyncio.create_task(
+                self.metrics.run_refresher(self.check_health, self.settings.health_check_interval_seconds)))
 
     async def stop(self) -> None:
         """After the front doors have drained: stop background work, unload, flush the audit log."""
@@ -96,6 +103,12 @@ class Service:
     async def refresh_metrics(self) -> None:
         await self.metrics.refresh(self.adapter, self.dataplane.in_flight,
                                    self.audit.stats() if self.audit else None)
+
+    async def check_health(self) -> None:
+        """Backend health and readiness into their gauges. On a schedule, not per scrape: a remote
+        adapter's health() calls its server (DESIGN.md review item 3)."""
+        self.metrics.observe_health(await self.adapter.health())
+        self.metrics.observe_readiness(await self.dataplane.server_ready())
 
     # ---- admission ---------------------------------------------------------------------------------
 
@@ -138,7 +151,8 @@ class Service:
             events.record(event, key.name, key.version, actor="server", details=details)
 
 
-def _experiment_service(settings: Settings, model_registry: ModelRegistry) -> ExperimentService:
+def _experiment_service(settings: Settings, model_registry: ModelRegistry,
+                        observer: ExperimentObserver | None = None) -> ExperimentService:
     path = settings.experiments.db_path or settings.state_dir / "experiments.sqlite3"
 
     def version_exists(name: str, version: str) -> bool:
@@ -153,7 +167,8 @@ def _experiment_service(settings: Settings, model_registry: ModelRegistry) -> Ex
 
     store = ExperimentStore(path, busy_timeout_ms=settings.experiments.busy_timeout_ms)
     return ExperimentService(store=store, settings=settings.experiments, promoter=promote,
-                             version_exists=version_exists, catalog=RegistryCatalog(model_registry))
+                             version_exists=version_exists, catalog=RegistryCatalog(model_registry),
+                             observer=observer)
 
 
 async def _apply_experiment_decisions(service: ExperimentService, interval_s: float) -> None:

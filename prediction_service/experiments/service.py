@@ -62,6 +62,21 @@ class VersionCatalog(Protocol):
     def facts(self, model_name: str, version: str) -> VersionFacts | None: ...
 
 
+class ExperimentObserver(Protocol):
+    """What monitoring learns from experiments (monitoring/metrics.py's ServiceMetrics implements it).
+    Called after the fact; an observer that fails is logged and never fails the experiment."""
+
+    def experiment_seen(self, experiment: Experiment) -> None: ...
+
+    def experiment_prediction(self, experiment: Experiment, arm: str) -> None: ...
+
+    def experiment_outcome(self, experiment: Experiment, arm: str) -> None: ...
+
+    def experiment_analysis(self, analysis: Analysis) -> None: ...
+
+    def experiment_applied_decision(self, experiment: Experiment, decision: str) -> None: ...
+
+
 class RegistryCatalog:
     """VersionCatalog over the model registry's public API (``stages`` and ``get``)."""
 
@@ -125,7 +140,7 @@ def summarize_prediction(prediction: np.ndarray | None, task: str) -> tuple[int 
 class ExperimentService:
     def __init__(self, store: ExperimentStore, settings: ExperimentSettings, promoter: Promoter | None,
                  version_exists: VersionExists, clock: Callable[[], float] = time.time, *,
-                 catalog: VersionCatalog | None = None):
+                 catalog: VersionCatalog | None = None, observer: ExperimentObserver | None = None):
         self.store = store
         self.settings = settings
         self.promoter = promoter
@@ -133,8 +148,9 @@ class ExperimentService:
         self.catalog = catalog
         """When given, create() checks the champion serves production and the challenger may enter it."""
         self.clock = clock
+        self.observer = observer
         self._route_cache: dict[str, tuple[float, Experiment | None]] = {}
-        self._tasks: dict[str, str] = {}  # experiment id -> task; a spec never changes
+        self._specs: dict[str, Experiment] = {}  # experiment id -> experiment; only its spec is read (never changes)
         self._lock = threading.Lock()
 
     # -- management ----------------------------------------------------------------------------------
@@ -237,11 +253,22 @@ class ExperimentService:
         experiment = self._running(model_name)
         return None if experiment is None else router.assign(experiment, routing_key)
 
+    def _spec(self, experiment_id: str) -> Experiment:
+        experiment = self._specs.get(experiment_id)
+        if experiment is None:
+            experiment = self._specs[experiment_id] = self.store.get_experiment(experiment_id)
+            self._observe("experiment_seen", experiment)
+        return experiment
+
     def _task(self, experiment_id: str) -> str:
-        task = self._tasks.get(experiment_id)
-        if task is None:
-            task = self._tasks[experiment_id] = self.store.get_experiment(experiment_id).task
-        return task
+        return self._spec(experiment_id).task
+
+    def _observe(self, method: str, *args: Any) -> None:
+        if self.observer is not None:
+            try:
+                getattr(self.observer, method)(*args)
+            except Exception:  # noqa: BLE001 - metrics never fail an experiment
+                log.exception("experiment observer %s failed", method)
 
     def record_prediction(self, request_id: str, assignment: Assignment, latency_ms: float, error: bool,
                           prediction: np.ndarray | None = None, *, api_key_id: str | None = None) -> bool:
@@ -250,11 +277,14 @@ class ExperimentService:
         made (a stale route): such a prediction is not part of the experiment."""
         predicted_class, predicted_value = summarize_prediction(prediction, self._task(assignment.experiment_id))
         error = bool(error) or not finite_output(prediction)
-        return self.store.insert_prediction(PredictionRecord(
+        recorded = self.store.insert_prediction(PredictionRecord(
             request_id=request_id, experiment_id=assignment.experiment_id, arm=assignment.arm,
             version=assignment.version, served_at=self.clock(), latency_ms=float(latency_ms), error=error,
             predicted_class=predicted_class, predicted_value=predicted_value, unit=assignment.unit,
             api_key_id=api_key_id))
+        if recorded:
+            self._observe("experiment_prediction", self._spec(assignment.experiment_id), assignment.arm.value)
+        return recorded
 
     def authorize_outcome(self, prediction: PredictionRecord, reporter: OutcomeReporter | None) -> None:
         """Forbidden unless ``reporter`` may report this prediction's outcome (None: a trusted in-process
@@ -297,6 +327,7 @@ class ExperimentService:
                                actual=actual, correct=correct, abs_error=abs_error, pnl=pnl,
                                recorded_at=self.clock(), worst_case=prediction.error)
         self.store.insert_outcome(record)
+        self._observe("experiment_outcome", self._spec(prediction.experiment_id), prediction.arm.value)
         return record
 
     # -- analysis ------------------------------------------------------------------------------------
@@ -317,6 +348,7 @@ class ExperimentService:
 
     def analyze(self, experiment_id: str) -> Analysis:
         experiment = self.store.get_experiment(experiment_id)
+        self._spec(experiment_id)  # observers see the experiment before a decision is applied
         thresholds = self.thresholds(experiment)
         ctx = DecisionContext(task=experiment.task, thresholds=thresholds, mode=experiment.mode,
                               variance=experiment.variance, cluster_seconds=experiment.cluster_seconds,
@@ -353,8 +385,11 @@ class ExperimentService:
                 metrics.time_buckets = int(np.unique(np.floor(times / ctx.cluster_seconds)).size)
                 metrics.scored_units = scored_units(units, times, times.size, ctx)
             arms[arm] = metrics
-        return Analysis(experiment=experiment, thresholds=thresholds, arms=arms, decision=result.decision,
-                        reasons=result.reasons, comparisons=comparisons, applied=applied, horizon_reached=reached)
+        analysis = Analysis(experiment=experiment, thresholds=thresholds, arms=arms, decision=result.decision,
+                            reasons=result.reasons, comparisons=comparisons, applied=applied,
+                            horizon_reached=reached)
+        self._observe("experiment_analysis", analysis)
+        return analysis
 
     def apply_due_decisions(self) -> list[Analysis]:
         """Analyse every running auto_apply experiment (acting on its decision); returns the ones applied.
@@ -394,6 +429,7 @@ class ExperimentService:
             if won:
                 log.warning("experiment %s rolled back, champion %s kept: %s", experiment.id,
                             experiment.champion_version, reason)
+                self._observe("experiment_applied_decision", experiment, decision.value)
         else:
             won = self.store.transition(experiment.id, ExperimentStatus.PROMOTED, reason, now)
             if won:
@@ -416,5 +452,6 @@ class ExperimentService:
                     raise
                 log.warning("experiment %s promoted %s %s: %s", experiment.id, experiment.model_name,
                             experiment.challenger_version, reason)
+                self._observe("experiment_applied_decision", experiment, decision.value)
         self._invalidate(experiment.model_name)
         return won

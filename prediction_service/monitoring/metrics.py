@@ -6,7 +6,11 @@ One ``ServiceMetrics`` per app. It is fed by the hooks the service already has:
 - ``observe_batch(model, rows)``: the in-process adapter's ``batch_observer``;
 - ``on_model_event(event, key, details)``: the ``ModelManager`` event hook (load / load_failed / unload);
 - ``refresh(...)``: at scrape time, gauges that are read rather than counted (queue depth per model,
-  models loaded, in-flight, audit backlog, process memory / CPU via psutil).
+  models loaded, in-flight, audit backlog, process memory / CPU via psutil);
+- the ``ExperimentObserver`` methods (``experiment_*``): A/B arms' predictions and outcomes, the last
+  analysis (decision, p-values, differences) and decisions applied, from ``ExperimentService``;
+- ``observe_health(health)`` / ``observe_readiness(readiness)``: the backend's health and the worker's
+  readiness, from the service's background health check (never a backend call per scrape).
 
 Several uvicorn workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set (``serve`` sets up a fresh one for
 more than one worker), prometheus_client writes every value to per-process files and ``exposition()``
@@ -38,8 +42,9 @@ from prometheus_client import multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from ..adapters.base import ServingAdapter
-    from ..inference import PredictionRecord
+    from ..adapters.base import AdapterHealth, ServingAdapter
+    from ..experiments.models import Analysis, Experiment
+    from ..inference import PredictionRecord, Readiness
     from ..registry import ModelKey
     from .audit import AuditStats
 
@@ -53,6 +58,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.
                    0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ANALYSIS_DECISIONS = ("continue", "promote", "rollback")
+APPLIED_DECISIONS = ("promote", "rollback")
 UNRESOLVED = "_unresolved"
 """Model label of predictions that never resolved to a version (unknown names stay out of label values)."""
 
@@ -149,6 +156,35 @@ class ServiceMetrics:
         self.rss = gauge("prediction_process_resident_memory_bytes", "Resident memory (sum over workers).", "livesum")
         self.cpu = gauge("prediction_process_cpu_seconds", "CPU time used (sum over workers).", "livesum")
         self.uptime = gauge("prediction_uptime_seconds", "Seconds since this worker started.", "livemax")
+        # Health: set by the background check (Service.check_health); min over workers, so one worker
+        # that is not ready (or cannot reach the backend) shows as 0.
+        self.ready = gauge("prediction_ready", "1 when the worker is ready to serve (min over workers).", "livemin")
+        self.backend_healthy = gauge("prediction_backend_healthy",
+                                     "1 when the serving backend answers its health check (min over workers).",
+                                     "livemin", ("backend",))
+        # A/B experiments. Few label sets: one per experiment and arm / decision / metric.
+        experiment = ("model", "experiment")
+        self.experiment_predictions = counter("prediction_experiment_predictions_total",
+                                              "Predictions served inside an A/B experiment, by arm.",
+                                              (*experiment, "arm"))
+        self.experiment_outcomes = counter("prediction_experiment_outcomes_total",
+                                           "Outcomes reported for an A/B experiment's predictions, by arm.",
+                                           (*experiment, "arm"))
+        self.experiment_decision = gauge("prediction_experiment_decision",
+                                         "1 for the decision of the experiment's last analysis, 0 for the others.",
+                                         "mostrecent", (*experiment, "decision"))
+        self.experiment_p_value = gauge("prediction_experiment_p_value",
+                                        "p-value of the last analysis per metric (always-valid mSPRT in sequential "
+                                        "mode, t-test in fixed mode); NaN before each arm has 2 samples.",
+                                        "mostrecent", (*experiment, "metric"))
+        self.experiment_difference = gauge("prediction_experiment_difference",
+                                           "Challenger minus champion per metric in the last analysis.",
+                                           "mostrecent", (*experiment, "metric"))
+        self.experiment_analyzed_at = gauge("prediction_experiment_last_analysis_timestamp_seconds",
+                                            "Unix time of the experiment's last analysis.", "max", experiment)
+        self.experiment_applied = counter("prediction_experiment_applied_total",
+                                          "Decisions applied by auto_apply (promote / rollback).",
+                                          (*experiment, "decision"))
         self._expired_feed = _CumulativeFeed(self.batcher_expired)
         self._shed_feed = _CumulativeFeed(self.batcher_shed)
         self._written_feed = _CumulativeFeed(self.audit_written)
@@ -194,6 +230,45 @@ class ServiceMetrics:
     def observe_rate_limited(self, endpoint: str) -> None:
         self.rate_limited.labels(endpoint).inc()
 
+    def observe_health(self, health: AdapterHealth) -> None:
+        self.backend_healthy.labels(health.backend).set(1 if health.healthy else 0)
+
+    def observe_readiness(self, readiness: Readiness) -> None:
+        self.ready.set(1 if readiness.ready else 0)
+
+    # ---- A/B experiments (experiments.service.ExperimentObserver) ------------------------------------
+
+    def experiment_seen(self, experiment: Experiment) -> None:
+        # Applied counters exist at 0 from the first sight of an experiment, so the first promotion or
+        # rollback is an increase Prometheus can see (a series born at 1 has no increase).
+        for decision in APPLIED_DECISIONS:
+            self.experiment_applied.labels(experiment.model_name, experiment.id, decision)
+
+    def experiment_prediction(self, experiment: Experiment, arm: str) -> None:
+        self.experiment_predictions.labels(experiment.model_name, experiment.id, arm).inc()
+
+    def experiment_outcome(self, experiment: Experiment, arm: str) -> None:
+        self.experiment_outcomes.labels(experiment.model_name, experiment.id, arm).inc()
+
+    def experiment_analysis(self, analysis: Analysis) -> None:
+        experiment = analysis.experiment
+        labels = (experiment.model_name, experiment.id)
+        self.experiment_seen(experiment)
+        for decision in ANALYSIS_DECISIONS:
+            self.experiment_decision.labels(*labels, decision).set(1 if analysis.decision.value == decision else 0)
+        for comparison in analysis.comparisons:
+            if comparison.method != "description":  # P&L is described, never tested
+                p_value = comparison.p_value
+                self.experiment_p_value.labels(*labels, comparison.metric).set(
+                    float("nan") if p_value is None else p_value)
+            difference = comparison.difference
+            self.experiment_difference.labels(*labels, comparison.metric).set(
+                float("nan") if difference is None else difference)
+        self.experiment_analyzed_at.labels(*labels).set(time.time())
+
+    def experiment_applied_decision(self, experiment: Experiment, decision: str) -> None:
+        self.experiment_applied.labels(experiment.model_name, experiment.id, decision).inc()
+
     # ---- scrape time ------------------------------------------------------------------------------
 
     async def refresh(self, adapter: ServingAdapter, in_flight: int = 0, audit: AuditStats | None = None) -> None:
@@ -222,7 +297,8 @@ class ServiceMetrics:
         self.uptime.set(time.time() - self.started_at)
 
     async def run_refresher(self, refresh, interval_s: float = 1.0) -> None:
-        """Keep read-at-scrape gauges fresh in every worker (multiprocess mode)."""
+        """Call ``refresh`` every ``interval_s``: read-at-scrape gauges in every worker (multiprocess mode),
+        the health check (Service.check_health)."""
         while True:
             await asyncio.sleep(interval_s)
             try:

@@ -173,3 +173,98 @@ def test_compose_builds_the_demo_registry_then_serves_it(compose):
     assert stop > drain + 2 * grace  # see test_kubernetes: drain, in-flight requests, audit flush
     assert api["read_only"] is True and api["tmpfs"] == ["/tmp"]
     assert settings_env["MODEL_STORE"] == "/models"
+
+
+# ---- compose profiles `triton` and `torchserve` -------------------------------------------------------------
+
+TRITON_RELEASE = (2, 51)
+"""The Triton server release the project's clients target (tritonclient, the nvidia-pytriton test server)."""
+
+
+def triton_release(tag: str) -> tuple[int, int]:
+    """NGC container YY.MM-py3 -> Triton 2.N (24.01 is 2.42, one minor per month)."""
+    match = re.fullmatch(r"(\d\d)\.(\d\d)-py3", tag)
+    assert match, f"pin an exact NGC release (YY.MM-py3), not {tag}"
+    return 2, (int(match[1]) - 24) * 12 + int(match[2]) + 41
+
+
+def properties(path) -> dict[str, str]:
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def url_port(url: str) -> str:
+    return re.fullmatch(r"(?:https?://)?[\w.-]+:(\d+)(?:/.*)?", url)[1]
+
+
+def healthcheck_port(service: dict) -> str:
+    check = service["healthcheck"]
+    assert check["test"][0] == "CMD" and check["retries"] >= 3, check
+    [url] = re.findall(r"http://127\.0\.0\.1:\d+/[\w/.-]*", " ".join(check["test"]))
+    return url_port(url)
+
+
+def host_ports(service: dict) -> list[str]:
+    return [entry.rsplit(":", 1)[0] for entry in service.get("ports", [])]
+
+
+def test_compose_backend_profiles_run_the_real_servers_with_a_switched_api(compose):
+    services = compose["services"]
+    api = services["api"]
+    requirements = (REPO / "requirements.txt").read_text()
+    for backend in ("triton", "torchserve"):
+        members = {name for name, service in services.items() if backend in service.get("profiles", [])}
+        assert members == {"backend-store", backend, f"api-{backend}"}, (backend, members)
+        server, switched = services[backend], services[f"api-{backend}"]
+        # the API is the default one with the adapter switched: same image, same hardening
+        env = switched["environment"]
+        assert env["SERVING_ADAPTER_TYPE"] == backend
+        assert switched["build"] == api["build"] and switched["image"] == api["image"]
+        for key in ("MODEL_STORE", "SERVER_HOST", "SERVER_PORT", "SERVER_GRPC_PORT", "API_KEYS"):
+            assert env[key] == api["environment"][key], (backend, key)
+        assert switched["read_only"] is True and switched["tmpfs"] == ["/tmp"]
+        assert switched["stop_grace_period"] == api["stop_grace_period"]
+        assert switched["depends_on"] == {backend: {"condition": "service_healthy"}}
+        assert server["depends_on"] == {"backend-store": {"condition": "service_completed_successfully"}}
+        # published on the host's loopback only, on ports no other service takes; the backend itself is not
+        assert all(port.startswith("127.0.0.1:") for port in switched["ports"]), backend
+        others = {port for name, s in services.items() if name != f"api-{backend}" for port in host_ports(s)}
+        assert not set(host_ports(switched)) & others, backend
+        assert "ports" not in server, f"{backend}: its management API stays on the compose network"
+        # the server reads the store the adapter writes: one volume, mounted at the same path
+        assert "model-store:/models" in switched["volumes"] and "model-store:/models:ro" in server["volumes"]
+        for volume in switched["volumes"] + server["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (COMPOSE.parent / source).resolve().exists(), f"{backend}: {source} missing"
+            else:
+                assert source in compose["volumes"], f"{backend}: undeclared volume {source}"
+        if backend == "triton":
+            [repository] = [arg.split("=", 1)[1] for arg in server["command"] if arg.startswith("--model-repository=")]
+            assert "--model-control-mode=explicit" in server["command"]  # the adapter loads and unloads
+            repository_setting, server_port = env["TRITON_MODEL_REPOSITORY"], "8000"  # Triton's default HTTP port
+            assert env["TRITON_SERVER_URL"] == f"triton:{server_port}"
+            image, _, tag = server["image"].rpartition(":")
+            assert image == "nvcr.io/nvidia/tritonserver" and triton_release(tag) == TRITON_RELEASE
+            backends = env["TRITON_BACKEND_DIRECTORY"]
+            [mount] = [v for v in switched["volumes"] if v.split(":")[1] == backends]
+            listed = {p.name for p in (COMPOSE.parent / mount.split(":")[0]).iterdir() if p.is_dir()}
+            assert "onnxruntime" in listed  # the native backend: the python one needs onnxruntime inside Triton
+        else:
+            assert server["command"][0] == "torchserve" and "--foreground" in server["command"]
+            config_path = server["command"][server["command"].index("--ts-config") + 1]
+            [mount] = [v for v in server["volumes"] if v.split(":")[1] == config_path]
+            config = properties(COMPOSE.parent / mount.split(":")[0])
+            repository, repository_setting = config["model_store"], env["TORCHSERVE_MODEL_STORE"]
+            assert config["enable_model_api"] == "true"  # the adapter registers models
+            assert config["allowed_urls"] == f"file://{repository}/.*"
+            server_port = url_port(config["inference_address"])
+            assert env["TORCHSERVE_INFERENCE_URL"] == f"http://torchserve:{server_port}"
+            assert env["TORCHSERVE_MANAGEMENT_URL"] == f"http://torchserve:{url_port(config['management_address'])}"
+            assert server["image"] == f"pytorch/torchserve:{pinned(requirements, 'torchserve')}-cpu"
+        assert repository == repository_setting and repository.startswith("/models/"), backend
+        assert healthcheck_port(server) == server_port, backend
+        assert repository in " ".join(services["backend-store"]["entrypoint"]), f"{repository} is never created"
+    store = services["backend-store"]
+    assert store["build"] == api["build"] and store["volumes"] == ["model-store:/models"]
+    assert store["depends_on"] == {"demo-registry": {"condition": "service_completed_successfully"}}

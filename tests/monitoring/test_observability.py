@@ -6,6 +6,7 @@ does not export)."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import signal
@@ -261,9 +262,16 @@ def test_compose_observability_profile():
                 assert source in yaml.safe_load(COMPOSE.read_text())["volumes"], f"{name}: undeclared {source}"
         for value in service.get("environment", {}).values():
             assert "PASSWORD" not in str(value) or str(value).startswith("${"), "secrets come from the host"
+    # Prometheus finds every API service of whichever profiles run (DNS names on the compose network)
     scrape = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())["scrape_configs"][0]
-    api_port = services["api"]["environment"]["SERVER_PORT"]
-    assert scrape["static_configs"][0]["targets"] == [f"api:{api_port}"]
+    apis = {name: s["environment"]["SERVER_PORT"] for name, s in services.items()
+            if s.get("command") is None and "SERVER_PORT" in s.get("environment", {})}
+    assert {"api", "api-triton", "api-torchserve"} <= set(apis)
+    [dns] = scrape["dns_sd_configs"]
+    assert dns["type"] == "A" and set(dns["names"]) == set(apis)
+    assert {str(dns["port"])} == set(apis.values())
+    [relabel] = scrape["relabel_configs"]
+    assert relabel["target_label"] == "instance" and relabel["replacement"] == f"$1:{dns['port']}"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
@@ -313,10 +321,42 @@ def wait_for(condition, what: str, timeout: float = 60.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def scraped(tiny_store, tmp_path) -> Iterator[tuple[httpx.Client, str, str, dict[str, int]]]:
-    """A running service under a small bounded load, and a Prometheus that has scraped it."""
-    server = launch(tiny_store)
+def run_experiment(api: httpx.Client, sent: dict[str, int], requests: int = 60) -> str:
+    """An A/B experiment on tiny-regressor: champion 2.0.0 (production since the promotion), challenger
+    1.0.0, auto_apply. Outcomes are what the champion predicts (plus noise), so the challenger's error is
+    about 100 times the champion's: a rollback at the first analysis. Returns the experiment id."""
+    spec = {"model_name": MODEL, "champion_version": "2.0.0", "challenger_version": "1.0.0", "traffic_split": 0.5,
+            "task": "regression", "auto_apply": True, "min_samples_per_arm": 5,
+            "thresholds": {"msprt_tau": 10.0}}  # the mixture prior's width at the size of this effect
+    created = api.post("/v1/experiments", json=spec)
+    assert created.status_code == 201, created.text
+    rng = random.Random(5)
+    arms = {"champion": 0, "challenger": 0}
+    for _ in range(requests):
+        response = api.post(PREDICT, json={"instance": [rng.uniform(0, 1) for _ in range(4)]})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        sent["200"] += 1
+        arms[body["arm"]] += 1
+        predicted = body["predictions"][0]  # TinyRegressor(2.0) predicts twice what TinyRegressor(1.0) does
+        actual = (predicted if body["arm"] == "champion" else 2 * predicted) + rng.gauss(0, 0.5)
+        outcome = api.post(f"/v1/predictions/{body['request_id']}/outcome", json={"actual": actual})
+        assert outcome.status_code == 201, outcome.text
+    assert min(arms.values()) >= 5, arms
+    sent["experiment"] = requests
+    return created.json()["id"]
+
+
+@pytest.fixture(scope="module")
+def scraped(tiny_store_template, tmp_path_factory) -> Iterator[tuple[httpx.Client, str, str, dict[str, int]]]:
+    """A running service under a small bounded load with an A/B experiment that rolls back by itself, and a
+    Prometheus that has scraped it. Shared by the tests below: they only read from it."""
+    tmp_path = tmp_path_factory.mktemp("scraped")
+    tiny_store = tmp_path / "store"
+    shutil.copytree(tiny_store_template, tiny_store, symlinks=True)
+    # The experiment's decision is applied by the test's analyze call, after Prometheus has scraped the
+    # experiment's counters at zero (the schedule could apply it before).
+    server = launch(tiny_store, env={"EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS": "0"})
     work = tmp_path / "prometheus"
     work.mkdir()
     process = None
@@ -369,6 +409,21 @@ def scraped(tiny_store, tmp_path) -> Iterator[tuple[httpx.Client, str, str, dict
                 load(130)
                 wait_for(lambda: seen(1), "Prometheus to scrape the load")
             wait_for(lambda: seen(3), "Prometheus to scrape the whole load")
+
+            def total(expr: str) -> float | None:
+                result = query(http, prometheus, f"sum({expr})")
+                return float(result[0]["value"][1]) if result else None
+
+            experiment = run_experiment(api, sent)
+            wait_for(lambda: total(f'prediction_experiment_outcomes_total{{job="{JOB}"}}') == sent["experiment"]
+                     and total(f'prediction_experiment_applied_total{{job="{JOB}"}}') == 0,
+                     "Prometheus to scrape the experiment's counters")
+            analysis = api.get(f"/v1/experiments/{experiment}/analyze")
+            assert analysis.status_code == 200, analysis.text
+            assert analysis.json()["decision"] == "rollback" and analysis.json()["applied"], analysis.json()["reasons"]
+            wait_for(lambda: total(f'prediction_experiment_applied_total{{job="{JOB}", decision="rollback"}}') == 1
+                     and seen(1), "Prometheus to scrape the rollback")
+            sent["experiment_id"] = experiment
             yield http, prometheus, target, sent
     finally:
         if process is not None:
@@ -407,6 +462,18 @@ def test_service_figures_reach_prometheus(scraped):
     assert up["value"][1] == "1"
     [loaded] = query(http, prometheus, f'prediction_models_loaded{{job="{JOB}"}}')
     assert float(loaded["value"][1]) >= 1
+    experiment = f'job="{JOB}", model="{MODEL}", experiment="{sent["experiment_id"]}"'
+    for name in ("prediction_experiment_predictions_total", "prediction_experiment_outcomes_total"):
+        arms = {s["metric"]["arm"]: float(s["value"][1]) for s in query(
+            http, prometheus, f"sum by (arm) ({name}{{{experiment}}})")}
+        assert set(arms) == {"champion", "challenger"} and sum(arms.values()) == sent["experiment"], (name, arms)
+    decisions = {s["metric"]["decision"]: s["value"][1] for s in query(
+        http, prometheus, f"prediction_experiment_decision{{{experiment}}}")}
+    assert decisions == {"continue": "0", "promote": "0", "rollback": "1"}
+    [p_value] = query(http, prometheus, f'prediction_experiment_p_value{{{experiment}, metric="abs_error"}}')
+    assert float(p_value["value"][1]) < 0.05
+    assert query(http, prometheus, f'prediction_ready{{job="{JOB}"}} == 1')
+    assert query(http, prometheus, f'prediction_backend_healthy{{job="{JOB}", backend="simple"}} == 1')
 
 
 def test_alert_rules_evaluate_cleanly_against_the_real_series(scraped):
@@ -421,8 +488,19 @@ def test_alert_rules_evaluate_cleanly_against_the_real_series(scraped):
     found = wait_for(evaluated, "the alert rules to be evaluated")
     assert {rule["name"] for rule in found} == {rule["alert"] for rule in rules()}
     assert all(rule["health"] == "ok" for rule in found), [(r["name"], r.get("lastError")) for r in found]
-    firing = {rule["name"] for rule in found if rule["state"] == "firing"}
-    assert "PredictionServiceDown" not in firing and "PredictionNoModelsLoaded" not in firing
+    state = {rule["name"]: rule["state"] for rule in found}
+    for name in ("PredictionServiceDown", "PredictionNoModelsLoaded", "PredictionNotReady",
+                 "PredictionBackendUnavailable"):
+        assert state[name] == "inactive", (name, state[name])
+
+    def applied_alert():
+        groups = http.get(f"{prometheus}/api/v1/rules").json()["data"]["groups"]
+        [rule] = [r for g in groups for r in g["rules"] if r["name"] == "PredictionExperimentAutoApplied"]
+        return rule if rule["state"] == "firing" else None
+
+    rule = wait_for(applied_alert, "the experiment's rollback to fire PredictionExperimentAutoApplied")
+    [alert] = rule["alerts"]
+    assert alert["labels"]["decision"] == "rollback" and alert["labels"]["model"] == MODEL
 
 
 async def test_stats_report_host_cpu_and_memory(client):
