@@ -79,6 +79,12 @@ class Service:
         if self.settings.health_check_interval_seconds > 0:
             self._background.append(asyncio.create_task(
                 self.metrics.run_refresher(self.check_health, self.settings.health_check_interval_seconds)))
+        if self.settings.mlflow.follows:  # MLflow aliases move what is served (issue 18; imported only then)
+            from .mlflow_bridge.follow import MlflowFollower
+
+            follower = MlflowFollower(self.registry, self.settings.mlflow)
+            self.dataplane.readiness_details.append(follower.details)
+            self._background.append(asyncio.create_task(follower.run()))
 
     async def stop(self) -> None:
         """After the front doors have drained: stop background work, unload, flush the audit log."""

@@ -21,7 +21,7 @@ EXIT_PARTIAL = 2
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("mlflow", help="bridge to an MLflow Model Registry")
     commands = parser.add_subparsers(dest="mlflow_command", required=True)
-    sync = commands.add_parser("sync", help="one shot: mirror ONNX model versions and production/staging aliases")
+    sync = commands.add_parser("sync", help="one shot: mirror ONNX/TorchScript model versions and production/staging aliases")
     sync.add_argument("models", nargs="*", help="MLflow registered model names (default: MLFLOW_MODEL_NAMES)")
     sync.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     sync.add_argument("--store", type=Path, default=None, help="registry root (default: MODEL_STORE setting)")

@@ -13,9 +13,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidInput, PredictionServiceError
-from ..settings import Settings
+from ..settings import MlflowSettings, Settings
+
+if TYPE_CHECKING:
+    from ..registry.model_version import ModelVersion
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--description", default="")
     parser.add_argument("--validation-rows", type=int, default=64)
     parser.add_argument("--benchmark-runs", type=int, default=50, help="batch-1 runs per variant (0 = skip)")
+    parser.add_argument("--mlflow", action="store_true",
+                        help="also log the packaged version to MLflow as a run + registered model version "
+                             "(MLFLOW_TRACKING_URI; docs/mlflow.md)")
+    parser.add_argument("--mlflow-tracking-uri", default=None, help="with --mlflow: default MLFLOW_TRACKING_URI")
+    parser.add_argument("--mlflow-experiment", default=None, help="with --mlflow: experiment (default: Default)")
     parser.set_defaults(func=run)
 
 
@@ -49,7 +58,13 @@ def run(args: argparse.Namespace) -> int:
     from ..packaging.summary import summary_table
     from ..packaging.validation import Tolerances
 
-    store = args.store or Settings().model_store
+    settings = Settings()
+    store = args.store or settings.model_store
+    mlflow_settings = settings.mlflow.model_copy(update={"tracking_uri": args.mlflow_tracking_uri}) \
+        if args.mlflow_tracking_uri else settings.mlflow
+    if args.mlflow and not mlflow_settings.tracking_uri:  # say so before minutes of packaging
+        print("error: --mlflow needs MLFLOW_TRACKING_URI or --mlflow-tracking-uri", file=sys.stderr)
+        return 2
     try:
         source = load_source(args.source, args.architecture, _json_arg(args.config, "--config"))
         options = PackagingOptions(
@@ -74,6 +89,18 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(exc.details, indent=2, default=str), file=sys.stderr)
         return 1
     print(summary_table(result))
+    return _log_to_mlflow(result.version, mlflow_settings, args.mlflow_experiment) if args.mlflow else 0
+
+
+def _log_to_mlflow(version: ModelVersion, mlflow_settings: MlflowSettings, experiment: str | None) -> int:
+    from ..mlflow_bridge.publish import publish_version
+
+    try:
+        published = publish_version(version, mlflow_settings, experiment=experiment)
+    except PredictionServiceError as exc:
+        print(f"error: {version.key} is registered here but was not logged to MLflow: {exc.message}", file=sys.stderr)
+        return 1
+    print(published.text())
     return 0
 
 

@@ -74,3 +74,13 @@ def _tensor(side: str, index: int, spec: Any) -> TensorSpec:
     except ValueError as exc:
         raise SignatureNotConvertible(f"{side} tensor {name!r} cannot be expressed: {exc}",
                                       {**where, "tensor": name}) from exc
+
+
+def to_mlflow_signature(signature: ModelSignature) -> dict[str, str]:
+    """The MLmodel ``signature`` block for a strict signature: named tensor specs, what convert_signature reads
+    back (pre-processing such as a tokenizer is the service's own, so MLflow sees the tensors)."""
+    def side(specs: list[TensorSpec]) -> str:
+        return json.dumps([{"name": spec.name, "type": "tensor",
+                            "tensor-spec": {"dtype": spec.dtype, "shape": list(spec.shape)}} for spec in specs])
+
+    return {"inputs": side(list(signature.inputs)), "outputs": side(list(signature.outputs))}

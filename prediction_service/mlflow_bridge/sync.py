@@ -1,18 +1,20 @@
-"""One-shot sync from an MLflow Model Registry into the filesystem registry.
+"""Sync from an MLflow Model Registry into the filesystem registry (``mlflow sync``, and follow.py's loop).
 
-For each configured registered model, every MLflow model version with an ONNX artifact (the ``onnx``
-flavour of its MLmodel file, or a plain ``model.onnx`` at the model's root) becomes the filesystem version
-``<prefix><n>`` (``mlflow-3``) through ``ModelRegistry.register``: the file is copied and hashed, the MLflow
-signature is converted to the strict one, and the registry's smoke run checks the ONNX against it. The
-MLflow run id, run metrics and tags are recorded in metadata.json. Then the aliases that mean production /
-staging become ``ModelRegistry.promote`` calls, through the same validation gate as any promotion.
+For each configured registered model, every MLflow model version with a servable artifact (artifacts.py:
+the ``onnx`` flavour with its external weights and extra files, a TorchScript ``pytorch`` flavour, a plain
+``model.onnx``, or what ``package --mlflow`` logged) becomes the filesystem version ``<prefix><n>``
+(``mlflow-3``) through ``ModelRegistry.register``: files copied and hashed, the MLflow signature converted to
+the strict one, a smoke run against it. The MLflow run id, run metrics and tags are recorded in
+metadata.json. Then the aliases that mean production / staging become ``ModelRegistry.promote`` calls,
+through the same validation gate as any promotion.
 
-Safety: only two files are ever downloaded per version (MLmodel, parsed with yaml.safe_load, and the ONNX
-file), by names that must be plain file names (no path can leave the staging dir), into a private staging
-dir on the store's filesystem. Nothing from MLflow is loaded as code. Idempotent: a version already
-mirrored (its metadata names the same MLflow model and version) is not downloaded again, a stage already
-on its version is not moved. Concurrent syncs (several pods) serialize on the registry's per-model lock; the
-loser of a race for the same version sees Conflict and reports the version as already mirrored.
+Safety: MLmodel is parsed with yaml.safe_load; only the files the plan names are downloaded, by paths that
+must be plain relative names (artifacts.safe_path: nothing can leave the staging dir), into a private staging
+dir on the store's filesystem. Nothing from MLflow is unpickled or imported (TorchScript is told from a pickle
+by its zip's table of contents before anything loads it). Idempotent: a version already mirrored (its
+metadata names the same MLflow model and version) is not downloaded again, a stage already on its version is
+not moved. Concurrent syncs (several workers or pods) serialize on the registry's per-model lock; the loser
+of a race for the same version sees Conflict and reports the version as already mirrored.
 """
 
 from __future__ import annotations
@@ -24,21 +26,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from ..errors import Conflict, InvalidInput, InvalidName, PredictionServiceError, ServiceUnavailable, ValidationFailed
 from ..registry.errors import InvalidTransition, PromotionRefused
-from ..registry.layout import validate_file_name, validate_name
+from ..registry.layout import validate_name
+from ..registry.model_version import ValidationReport
 from ..registry.reconcile import read_metadata
 from ..registry.store import ModelRegistry
 from ..registry.writer import ArtifactSource
 from ..settings import MlflowSettings
+from ..signature import ModelSignature
+from .artifacts import (
+    MAX_DEPTH,
+    MAX_LISTED,
+    MLMODEL_FILE,
+    NoServableArtifact,
+    external_data_files,
+    is_torchscript_archive,
+    plan_mirror,
+    safe_path,
+)
 from .signature import SignatureNotConvertible, convert_signature
 
 log = logging.getLogger(__name__)
 
-MLMODEL_FILE = "MLmodel"
-PLAIN_ONNX_FILE = "model.onnx"
-ARTIFACT_FILE = "model.onnx"
-"""Name of the ONNX artifact inside the filesystem version, whatever MLflow called it."""
 TAG_MODEL, TAG_VERSION, TAG_RUN, TAG_MODEL_ID, TAG_SOURCE, TAG_FLAVOR = (
     "mlflow.registered_model", "mlflow.version", "mlflow.run_id", "mlflow.model_id", "mlflow.source", "mlflow.flavor")
 STAGES = ("production", "staging")
@@ -112,6 +124,9 @@ class MlflowSync:
 
             client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self.client = client
+        self._settled: dict[tuple[str, str], SyncAction] = {}
+        """Versions skipped or refused for what they are (not for MLflow being down): an MLflow model version's
+        artifacts never change, so a follower reusing this object does not download them every interval."""
 
     # ---- entry point ---------------------------------------------------------------------------
 
@@ -174,21 +189,27 @@ class MlflowSync:
         existing = self._existing(name, version, mlflow_version)
         if existing is not None:
             return existing
+        settled = self._settled.get((name, mlflow_version))
+        if settled is not None:
+            return settled
         try:
             with self.registry.upload_staging() as staging:
-                return self._download_and_register(name, mv, version, staging)
+                action = self._download_and_register(name, mv, version, staging)
         except Conflict:  # another sync registered it between our check and our write
             return self._existing(name, version, mlflow_version) or done
+        except MlflowUnavailable as exc:  # transient: tried again next time
+            return SyncAction(name, "refused", mlflow_version, version, reason=exc.message)
         except SignatureNotConvertible as exc:
-            return SyncAction(name, "refused", mlflow_version, version, reason=f"signature: {exc.message}")
+            action = SyncAction(name, "refused", mlflow_version, version, reason=f"signature: {exc.message}")
         except ValidationFailed as exc:
             problems = exc.details.get("problems")
-            return SyncAction(name, "refused", mlflow_version, version,
-                              reason=f"failed validation: {exc.message}" + (f" {problems}" if problems else ""))
-        except MlflowUnavailable as exc:
-            return SyncAction(name, "refused", mlflow_version, version, reason=exc.message)
+            action = SyncAction(name, "refused", mlflow_version, version,
+                                reason=f"failed validation: {exc.message}" + (f" {problems}" if problems else ""))
         except (InvalidInput, InvalidName) as exc:
-            return SyncAction(name, "refused", mlflow_version, version, reason=exc.message)
+            action = SyncAction(name, "refused", mlflow_version, version, reason=exc.message)
+        if action.action in ("skipped", "refused"):
+            self._settled[(name, mlflow_version)] = action
+        return action
 
     def _existing(self, name: str, version: str, mlflow_version: str) -> SyncAction | None:
         if not self.registry.layout.metadata_path(name, version).is_file():
@@ -204,47 +225,80 @@ class MlflowSync:
         mlflow_version = str(mv.version)
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+        what = f"{name} v{mlflow_version}"
         uri = self._mlflow(lambda: self.client.get_model_version_download_uri(name, mlflow_version),
-                           f"locate the artifacts of {name} v{mlflow_version}")
+                           f"locate the artifacts of {what}")
         repo = get_artifact_repository(uri, tracking_uri=self.uri, registry_uri=self.uri)
-        listing = self._mlflow(lambda: repo.list_artifacts(), f"list the artifacts of {name} v{mlflow_version}")
-        files = {info.path.rsplit("/", 1)[-1] for info in listing if not info.is_dir}
+        files = self._list_files(repo, what)
         mlmodel: dict[str, Any] = {}
         if MLMODEL_FILE in files:
-            mlmodel = _read_mlmodel(Path(self._download(repo, MLMODEL_FILE, staging)))
-        flavors = mlmodel.get("flavors") or {}
-        if "onnx" in flavors:
-            onnx_name, flavor = str((flavors["onnx"] or {}).get("data") or PLAIN_ONNX_FILE), "onnx"
-        elif PLAIN_ONNX_FILE in files:
-            onnx_name, flavor = PLAIN_ONNX_FILE, "plain"
-        else:
-            kinds = ", ".join(sorted(flavors)) or "none"
-            return SyncAction(name, "skipped", mlflow_version, version,
-                              reason=f"no ONNX artifact (flavours: {kinds}); nothing from MLflow is executed, so "
-                                     "only ONNX versions are mirrored")
-        try:  # MLmodel is MLflow's data: a path in it must not lead out of the staging dir
-            validate_file_name(onnx_name)
-        except InvalidName as exc:
-            raise InvalidInput(f"the ONNX artifact path {onnx_name!r} is not a plain file name: refused") from exc
-        if onnx_name not in files:
-            raise InvalidInput(f"MLmodel names {onnx_name!r} but the model version has no such file")
+            mlmodel = _read_mlmodel(self._download(repo, MLMODEL_FILE, staging))
+        try:
+            plan = plan_mirror(mlmodel, files)
+        except NoServableArtifact as exc:
+            return SyncAction(name, "skipped", mlflow_version, version, reason=exc.message)
         signature = convert_signature(mlmodel.get("signature"))
-        onnx_path = Path(self._download(repo, onnx_name, staging))
-        if onnx_path.resolve().parent != staging.resolve() or not onnx_path.is_file():
-            raise InvalidInput(f"the ONNX artifact of {name} v{mlflow_version} did not download as a plain file")
-        _refuse_external_data(onnx_path)
+        if plan.signature is not None:
+            signature = _published_signature(plan.signature, signature)
+        artifacts: list[ArtifactSource] = []
+        extra_files: list[Path] = []
+        for wanted in plan.files:
+            path = self._download(repo, wanted.path, staging)
+            if wanted.format is None:
+                extra_files.append(path)  # plan_mirror: its own name is its name in the version
+                continue
+            if wanted.format == "torchscript" and not is_torchscript_archive(path):
+                return SyncAction(name, "skipped", mlflow_version, version, reason=(
+                    f"{wanted.path} is a pickled PyTorch model (torch.save), not TorchScript; nothing is unpickled: "
+                    "log torch.jit.script(model) / torch.jit.trace(...) or ONNX"))
+            if wanted.format == "onnx":  # weights kept beside the graph come along, under the names it uses
+                folder = wanted.path.rpartition("/")[0]
+                for location in external_data_files(path):
+                    side = f"{folder}/{location}" if folder else location
+                    if side not in files:
+                        raise InvalidInput(f"{wanted.path} keeps weights in {location!r}, which the model version "
+                                           "does not have")
+                    if location not in {Path(e).name for e in extra_files}:
+                        extra_files.append(self._download(repo, side, staging))
+            artifacts.append(ArtifactSource(path, wanted.format, wanted.precision, wanted.file_name))
+        validation = None
+        if not any(a.format == "onnx" for a in artifacts):  # the registry smoke-runs ONNX only
+            if signature is None:
+                raise SignatureNotConvertible("a TorchScript model version needs a tensor-based MLflow signature "
+                                              "(there is no ONNX graph to read one from)")
+            validation = smoke_torchscript(artifacts[0].path, signature)
         metrics, tags = self._run_record(mv)
         tags.update({str(k): str(v) for k, v in (getattr(mv, "tags", None) or {}).items()})
-        tags.update({TAG_MODEL: name, TAG_VERSION: mlflow_version, TAG_FLAVOR: flavor})
+        tags.update({TAG_MODEL: name, TAG_VERSION: mlflow_version, TAG_FLAVOR: plan.flavor})
         for key, value in ((TAG_RUN, mv.run_id), (TAG_MODEL_ID, getattr(mv, "model_id", None)),
                            (TAG_SOURCE, mv.source)):
             if value:
                 tags[key] = str(value)
         self.registry.register(
-            name, version, [ArtifactSource(onnx_path, "onnx", file_name=ARTIFACT_FILE)], signature=signature,
-            metrics=metrics, tags=tags, description=mv.description or "", actor=self.actor)
+            name, version, artifacts, signature=signature, metrics=metrics, tags=tags,
+            description=mv.description or "", architecture=plan.architecture,
+            architecture_config=plan.architecture_config, validation=validation, extra_files=extra_files,
+            actor=self.actor)
         how = "MLflow signature converted" if signature else "no MLflow signature: taken from the ONNX graph"
-        return SyncAction(name, "mirrored", mlflow_version, version, reason=how)
+        files_note = ", ".join([a.file_name or a.path.name for a in artifacts] + [p.name for p in extra_files])
+        return SyncAction(name, "mirrored", mlflow_version, version, reason=f"{how}; {files_note}")
+
+    def _list_files(self, repo: Any, what: str) -> set[str]:
+        """Every file path of the model version, MAX_DEPTH levels deep (deeper files are never wanted)."""
+        files: set[str] = set()
+        folders: list[str | None] = [None]
+        while folders:
+            folder = folders.pop()
+            listing = self._mlflow(lambda: repo.list_artifacts(folder), f"list the artifacts of {what}")
+            for info in listing:
+                if info.is_dir:
+                    if info.path.count("/") + 1 < MAX_DEPTH:
+                        folders.append(info.path)
+                else:
+                    files.add(info.path)
+            if len(files) > MAX_LISTED:
+                raise InvalidInput(f"{what} lists more than {MAX_LISTED} files; refused")
+        return files
 
     def _run_record(self, mv: Any) -> tuple[dict[str, float], dict[str, str]]:
         """The run's latest metrics (finite ones) and its user tags (MLflow's own ``mlflow.*`` tags left out)."""
@@ -256,9 +310,13 @@ class MlflowSync:
         tags = {str(k): str(v) for k, v in run.data.tags.items() if not str(k).startswith("mlflow.")}
         return metrics, tags
 
-    def _download(self, repo: Any, file_name: str, staging: Path) -> str:
-        return self._mlflow(lambda: repo.download_artifacts(file_name, dst_path=str(staging)),
-                            f"download {file_name}")
+    def _download(self, repo: Any, path: str, staging: Path) -> Path:
+        """Download one file by a path checked by safe_path; it must land where that path says, as a file."""
+        safe_path(path, "artifact")
+        local = Path(self._mlflow(lambda: repo.download_artifacts(path, dst_path=str(staging)), f"download {path}"))
+        if local.resolve() != (staging / path).resolve() or local.is_symlink() or not local.is_file():
+            raise InvalidInput(f"{path} did not download as a plain file inside the staging dir: refused")
+        return local
 
     # ---- promotion -----------------------------------------------------------------------------
 
@@ -315,18 +373,42 @@ def _read_mlmodel(path: Path) -> dict[str, Any]:
     return data
 
 
-def _refuse_external_data(onnx_path: Path) -> None:
-    """A version is one self-contained ONNX file; weights in side files (MLflow's save_as_external_data for
-    models over the size threshold) are not mirrored yet, so such a version is refused rather than half copied."""
-    import onnx
-
+def _published_signature(published: dict[str, Any], tensors: ModelSignature | None) -> ModelSignature:
+    """The strict signature ``package --mlflow`` logged; its tensors must be the ones MLflow's signature shows."""
     try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError / ValueError / OSError for bad files
-        raise InvalidInput(f"the ONNX artifact is not a readable ONNX model: {exc}") from exc
-    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
-        raise InvalidInput("the ONNX artifact keeps its weights in external data files, which are not mirrored; "
-                           "log it with mlflow.onnx.log_model(..., save_as_external_data=False)")
+        signature = ModelSignature.model_validate(published)
+    except ValueError as exc:
+        raise SignatureNotConvertible(f"the logged prediction_service signature is not valid: {exc}") from exc
+    if tensors is not None and (signature.inputs, signature.outputs) != (tensors.inputs, tensors.outputs):
+        raise SignatureNotConvertible("the logged prediction_service signature and the MLflow signature disagree "
+                                      "on the tensors; log the model again")
+    return signature
+
+
+def smoke_torchscript(path: Path, signature: ModelSignature) -> ValidationReport:
+    """The registry smoke-runs ONNX only; a TorchScript-only version gets the same check here (what serving
+    does: torch.jit.load, then a run on generated inputs), so it can pass the gate into production."""
+    from ..registry.signature_inference import smoke_inputs
+    from ..runtimes import open_artifact
+
+    inputs = smoke_inputs(signature)
+    try:
+        # threads=0: leave torch's process-wide thread count alone (a following server serves with it)
+        outputs = open_artifact(path, "torchscript", signature, threads=0).run(inputs)
+    except Exception as exc:  # noqa: BLE001 - ModelLoadError, or whatever the scripted code raises
+        raise ValidationFailed(f"the TorchScript model failed its smoke run: {exc}") from exc
+    rows = next(iter(inputs.values())).shape[0]
+    problems = []
+    for spec in signature.outputs:
+        got = np.asarray(outputs.get(spec.name))
+        if got.ndim != len(spec.shape) or got.shape[0] != rows or got.dtype.name != spec.dtype:
+            problems.append({"output": spec.name, "expected": [spec.dtype, list(spec.shape)],
+                             "got": [got.dtype.name, list(got.shape)]})
+        elif got.dtype.kind == "f" and not np.isfinite(got).all():
+            problems.append({"output": spec.name, "problem": "NaN or Inf on smoke inputs"})
+    if problems:
+        raise ValidationFailed("model outputs do not match the signature", {"problems": problems})
+    return ValidationReport(passed=True, kind="smoke", details={"runtime": "torchscript", "rows": rows})
 
 
 def _safe_uri(uri: str) -> str:

@@ -162,7 +162,7 @@ def test_sync_mirrors_converts_records_and_promotes(mlflow_server, mlflow_models
     assert plain_version.metadata.artifacts[0].sha256 == _sha256(files["plain"])
     assert plain_version.metadata.tags["mlflow.flavor"] == "plain"
     skipped = _action(report, PLAIN, "2")
-    assert skipped.action == "skipped" and "no ONNX artifact" in skipped.reason
+    assert skipped.action == "skipped" and "no ONNX or TorchScript artifact" in skipped.reason
     escape = _action(report, PLAIN, "3")
     assert escape.action == "refused" and "not a plain file name" in escape.reason
     assert not (registry.root / PLAIN / "vmlflow-3").exists()
