@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..registry import ModelKey
+from ..registry.fsutil import assembled_dir
 from .triton_config import PYTHON_MODEL_FILE, WARMUP_DIR, TritonPlatform
 
 CONFIG_FILE = "config.pbtxt"
@@ -39,10 +39,7 @@ def write_entry(
 ) -> Path:
     """(Re)write the entry ``name``: config, the artifact under Triton's expected file name, model.py if
     needed, and the data files the config's model_warmup names (``warmup/``)."""
-    repository.mkdir(parents=True, exist_ok=True)
-    final = repository / name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repository))
-    try:
+    with assembled_dir(repository / name, replace=True, durable=False) as staging:
         (staging / CONFIG_FILE).write_text(config_text)
         version_path = staging / version_dir
         version_path.mkdir()
@@ -53,35 +50,19 @@ def write_entry(
             (staging / WARMUP_DIR).mkdir()
             for file_name, data in warmup_files.items():
                 (staging / WARMUP_DIR / file_name).write_bytes(data)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
+    return repository / name
 
 
 def write_generated_entry(repository: Path, name: str, version_dir: str, config_text: str,
                           version_files: dict[str, bytes]) -> Path:
     """(Re)write an entry with no registry artifact: an ensemble (an empty version dir) or a step the
     project generates (its shipped model.py), assembled and renamed into place like ``write_entry``."""
-    repository.mkdir(parents=True, exist_ok=True)
-    final = repository / name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repository))
-    try:
-        staging.chmod(0o755)
+    with assembled_dir(repository / name, replace=True, durable=False) as staging:
         (staging / CONFIG_FILE).write_text(config_text)
         (staging / version_dir).mkdir()
         for file_name, data in version_files.items():
             (staging / version_dir / file_name).write_bytes(data)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
+    return repository / name
 
 
 def remove_entry(repository: Path, name: str) -> None:

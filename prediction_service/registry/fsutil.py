@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -50,3 +53,28 @@ def atomic_symlink(target: str, link: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(link.parent)
+
+
+@contextmanager
+def assembled_dir(final: Path, *, replace: bool = False, durable: bool = True) -> Iterator[Path]:
+    """A directory built under a temporary name beside ``final`` and renamed into place when the block
+    succeeds, so a reader sees all of it or none of it; removed when the block fails. ``replace``: an
+    existing ``final`` is removed first (generated entries); else the rename fails if it exists.
+    ``durable``: fsync the new directory and its parent (registry versions)."""
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=parent))
+    try:
+        # mkdtemp makes 0700: a backend running as another user (Triton, TorchServe) must read it
+        staging.chmod(0o755)
+        yield staging
+        if durable:
+            fsync_dir(staging)
+        if replace and final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+        if durable:
+            fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

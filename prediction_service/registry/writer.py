@@ -7,13 +7,12 @@ whole or not at all. The registry issue builds lifecycle, locking and events on 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import DEFAULT_PRECISION, ArtifactFormat, Precision
 from ..errors import InvalidInput
-from .fsutil import atomic_symlink, atomic_write_bytes, fsync_dir, sha256_file
+from .fsutil import assembled_dir, atomic_symlink, atomic_write_bytes, sha256_file
 from .layout import METADATA_FILE, RegistryLayout, validate_file_name, validate_stage
 from .model_version import ArtifactInfo, ModelVersion, VersionMetadata
 
@@ -42,12 +41,7 @@ def register_version(
     final_dir = RegistryLayout(root).new_version_dir(metadata.name, metadata.version)
     if not artifacts:
         raise InvalidInput("a version needs at least one artifact")
-    model_dir = final_dir.parent
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=model_dir))
-    try:
-        # mkdtemp makes 0700: a backend running as another user (Triton, TorchServe) must read versions.
-        staging.chmod(0o755)
+    with assembled_dir(final_dir) as staging:
         infos = []
         for source in artifacts:
             name = source.file_name or source.path.name
@@ -59,12 +53,6 @@ def register_version(
             shutil.copyfile(extra, staging / Path(extra).name)
         final_meta = metadata.model_copy(update={"artifacts": infos})
         write_metadata(staging / METADATA_FILE, final_meta)
-        fsync_dir(staging)
-        staging.rename(final_dir)
-        fsync_dir(model_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ModelVersion(path=final_dir, metadata=final_meta)
 
 
@@ -74,18 +62,8 @@ def register_document_version(root: Path, name: str, version: str, file_name: st
     and the model manager's preload do not take the version for a model."""
     final_dir = RegistryLayout(root).new_version_dir(name, version)
     validate_file_name(file_name)  # refuses metadata.json (reserved) and anything with a separator
-    model_dir = final_dir.parent
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=model_dir))
-    try:
-        staging.chmod(0o755)
+    with assembled_dir(final_dir) as staging:
         atomic_write_bytes(staging / file_name, document)
-        fsync_dir(staging)
-        staging.rename(final_dir)
-        fsync_dir(model_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final_dir
 
 
