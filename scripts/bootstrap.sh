@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "[bootstrap] creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-stamp=".venv/.installed-$(cat requirements.txt "$REQS" | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$(cat requirements*.txt "$REQS" | sha256sum | cut -c1-16)"  # any pinned file, -r includes too
 if [ ! -f "$stamp" ]; then
   echo "[bootstrap] installing $REQS (torch is the pinned CPU build)"
   .venv/bin/python -m pip install --quiet --upgrade pip
