@@ -47,8 +47,21 @@ def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def rolling_std(x: np.ndarray, window: int) -> np.ndarray:
-    mean = rolling_mean(x, window)
-    return np.sqrt(np.maximum(rolling_mean(x * x, window) - mean * mean, 0.0))
+    """Population std of the last ``window`` values (the ones so far during warm-up), two-pass per window:
+    the E[x^2] - E[x]^2 shortcut lost up to 1e-8 to cancellation on price levels (TA-Lib agrees to 1e-9)."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    warm = min(window - 1, len(x))  # rows before the first full window: the std of the rows so far
+    if warm:
+        seen = np.tri(warm, dtype=bool)  # row t sees x[0..t]
+        mean = np.cumsum(x[:warm]) / np.arange(1, warm + 1)
+        deviation = np.where(seen, x[None, :warm] - mean[:, None], 0.0)
+        out[:warm] = np.sqrt((deviation * deviation).sum(axis=1) / np.arange(1, warm + 1))
+    if len(x) >= window:
+        full = np.lib.stride_tricks.sliding_window_view(x, window)
+        deviation = full - full.mean(axis=1, keepdims=True)
+        out[warm:] = np.sqrt((deviation * deviation).mean(axis=1))
+    return out
 
 
 def _rolling_extreme(x: np.ndarray, window: int, reduce) -> np.ndarray:
@@ -168,6 +181,58 @@ def expected_bars(step: BarsPreprocessing) -> dict[str, Any]:
     """What a ``bars`` request must look like, for error details and metadata."""
     return {"shape": [-1, f">={step.min_bars}", len(OHLCV_COLUMNS)], "columns": list(OHLCV_COLUMNS),
             "min_bars": step.min_bars, "dtype": "float32 or float64, finite; prices > 0, volume >= 0"}
+
+
+def bars_from_columns(bars: dict[str, Any] | list[Any], max_rows: int | None = None) -> np.ndarray:
+    """Named-column bars -> the row form (``[n_bars, 5]`` or ``[batch, n_bars, 5]``) the steps take.
+
+    ``{"open": [...], "high": [...], "low": [...], "close": [...], "volume": [...]}`` is one window (or a batch
+    when every column is a list of per-window lists); a list of such objects is a batch. Exactly the five
+    columns, numbers only, equal lengths; what a window holds (NaN, prices, count) is then checked by
+    :func:`check_bars` like any bars.
+    """
+    windows = bars if isinstance(bars, list) else [bars]
+    if not windows:
+        raise InvalidInput("empty batch: bars is empty", {"expected": {"columns": list(OHLCV_COLUMNS)}})
+    if max_rows is not None and len(windows) > max_rows:  # before numpy sees them
+        raise InvalidInput(f"{len(windows)} bar windows exceed the limit of {max_rows}",
+                           {"rows": len(windows), "max_rows": max_rows})
+    arrays = [_window_from_columns(window, index) for index, window in enumerate(windows)]
+    if isinstance(bars, dict):
+        return arrays[0]
+    shapes = {array.shape for array in arrays}
+    if len(shapes) != 1 or arrays[0].ndim != 2:
+        raise InvalidInput("a batch of named-column windows needs one-dimensional columns of the same length in "
+                           "every window", {"shapes": sorted(list(s) for s in shapes)})
+    return np.stack(arrays)
+
+
+def _window_from_columns(columns: Any, index: int) -> np.ndarray:
+    expected = {"columns": list(OHLCV_COLUMNS), "form": {"open": "[...]", "high": "[...]", "low": "[...]",
+                                                          "close": "[...]", "volume": "[...]"}}
+    if not isinstance(columns, dict):
+        raise InvalidInput(f"bars window {index}: named columns are an object of column -> numbers",
+                           {"expected": expected})
+    missing = [c for c in OHLCV_COLUMNS if c not in columns]
+    unexpected = sorted(k for k in columns if k not in OHLCV_COLUMNS)
+    if missing or unexpected:
+        raise InvalidInput(f"bars window {index}: named columns must be exactly {', '.join(OHLCV_COLUMNS)}",
+                           {"expected": expected, "missing": missing, "unexpected": unexpected})
+    arrays = []
+    for name in OHLCV_COLUMNS:
+        try:
+            array = np.asarray(columns[name])
+        except (ValueError, TypeError):
+            array = None
+        if array is None or array.dtype.kind not in "fiu" or array.ndim not in (1, 2):
+            raise InvalidInput(f"bars window {index}: column {name!r} must be an array of numbers",
+                               {"expected": expected, "column": name})
+        arrays.append(array)
+    lengths = {name: list(array.shape) for name, array in zip(OHLCV_COLUMNS, arrays)}
+    if len({tuple(shape) for shape in lengths.values()}) != 1:
+        raise InvalidInput(f"bars window {index}: the columns differ in length", {"expected": expected,
+                                                                                 "lengths": lengths})
+    return np.stack(arrays, axis=-1)
 
 
 def check_bars(bars: Any, step: BarsPreprocessing, max_rows: int | None = None) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Per-model pre- and post-processing, chosen from what the model version declares in its signature.
 
 Pre-processing turns what a caller sends into the model's tensors: a text model (``signature.text``)
-takes strings in a ``text`` input and the server tokenizes them with the tokenizer shipped in the version;
-a model declaring a bars step (``signature.bars``) takes raw OHLCV in a ``bars`` input and the server runs
-the shipped step (bars.py) the training data was built with; a single-input model takes an unnamed tensor. Post-processing shapes raw outputs into per-row predictions
-(labels and scores for classifiers) for protocols that answer with them. Only fixed, shipped steps run
+takes strings in a ``text`` input and the server tokenizes them with the declared step (``word`` or BERT
+``wordpiece``, tokenizer.py) over the vocab file stored in the version; a model declaring a bars step
+(``signature.bars``) takes raw OHLCV in a ``bars`` input and the server runs the shipped step (bars.py) the
+training data was built with; a single-input model takes an unnamed tensor. Post-processing shapes raw
+outputs into per-row predictions (labels and scores for classifiers) for protocols that answer with them. Only fixed, shipped steps run
 here: nothing from the registry is executed.
 """
 
@@ -109,14 +110,29 @@ class ModelProcessing:
             raise InvalidInput(f"{len(items)} texts exceed the limit of {max_rows}", {"rows": len(items)})
         max_chars = spec.max_length * self.limits.max_text_chars_per_token
         for index, text in enumerate(items):
-            if len(text) > max_chars:  # refused before tokenizing: a huge text costs nothing
-                raise PayloadTooLarge(f"text {index} has {len(text)} characters; this model reads at most "
-                                      f"{spec.max_length} tokens ({max_chars} characters)",
-                                      {"index": index, "chars": len(text), "max_chars": max_chars})
-        ids, mask = _tokenizer(self.path / spec.tokenizer).encode_batch(items, spec.max_length, truncate=False)
+            if len(text) <= max_chars:
+                continue
+            if spec.truncation:
+                # The model reads only the first max_length tokens, which in any ordinary text lie well inside
+                # max_length x max_text_chars_per_token characters: cut there first, so a huge text costs little.
+                items[index] = text[:max_chars]
+                continue
+            # refused before tokenizing: a huge text costs nothing
+            raise PayloadTooLarge(f"text {index} has {len(text)} characters; this model reads at most "
+                                  f"{spec.max_length} tokens ({max_chars} characters)",
+                                  {"index": index, "chars": len(text), "max_chars": max_chars})
+        vocab = self.path / spec.tokenizer
+        if spec.kind == "wordpiece":
+            encoded = _wordpiece(vocab, spec.max_length, spec.lowercase, spec.truncation, spec.padding) \
+                .encode_batch(items)
+            ids, mask = encoded.input_ids, encoded.attention_mask
+        else:
+            ids, mask = _tokenizer(vocab).encode_batch(items, spec.max_length, truncate=spec.truncation)
         arrays = {spec.input_ids: ids}
         if spec.attention_mask:
             arrays[spec.attention_mask] = mask
+        if spec.token_type_ids:
+            arrays[spec.token_type_ids] = encoded.token_type_ids
         return arrays
 
 
@@ -159,3 +175,10 @@ def _tokenizer(path: Path):
     from .tokenizer import Tokenizer
 
     return Tokenizer.from_file(path)
+
+
+@lru_cache(maxsize=32)
+def _wordpiece(path: Path, max_length: int, lowercase: bool, truncation: bool, padding: str):
+    from .tokenizer import WordPieceTokenizer
+
+    return WordPieceTokenizer(path, max_length, lowercase=lowercase, truncation=truncation, padding=padding)

@@ -34,8 +34,10 @@ class PredictRequest(BaseModel):
                           "single-input models.", json_schema_extra={"type": ["object", "array"]})
     text: list[str] | str | None = Field(None, description="Text for models with a tokenizer.")
     bars: Any = Field(None, description="Raw OHLCV bars for models that declare a bars step: one window "
-                      "[[open, high, low, close, volume], ...] or a batch of windows; the server computes the "
-                      "model's input with the step it was trained with.", json_schema_extra={"type": "array"})
+                      "[[open, high, low, close, volume], ...] or a batch of windows, or named columns "
+                      '{"open": [...], "high": [...], "low": [...], "close": [...], "volume": [...]} (a list of '
+                      "such objects is a batch); the server computes the model's input with the step it was "
+                      "trained with.", json_schema_extra={"type": ["array", "object"]})
     version: str | None = Field(None, description="Serve this exact version (wins over stage).", max_length=128)
     stage: str | None = Field(None, description="production (default) or staging.", max_length=32)
     routing_key: str | None = Field(None, description="Sticky A/B routing key, e.g. a symbol or client id.",
@@ -46,8 +48,9 @@ class PredictRequest(BaseModel):
         given = [f for f in ("inputs", "instances", "instance", "text", "bars") if getattr(self, f) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of inputs, instances, instance, text or bars (got {given or 'none'})")
-        if self.bars is not None and not isinstance(self.bars, list):
-            raise ValueError("bars must be an array of [open, high, low, close, volume] rows, or of such windows")
+        if self.bars is not None and not isinstance(self.bars, (list, dict)):
+            raise ValueError("bars must be an array of [open, high, low, close, volume] rows (or of such windows), "
+                             "or named columns {open: [...], high: [...], low: [...], close: [...], volume: [...]}")
         if self.inputs is not None and not (isinstance(self.inputs, dict)
                                             and all(isinstance(v, list) for v in self.inputs.values())):
             raise ValueError("inputs must be an object of tensor name -> array")

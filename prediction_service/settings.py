@@ -126,7 +126,8 @@ class LimitSettings(BaseSettings):
     requests get 429 so they cannot thrash the pinned stage versions. 0 = unbounded."""
     max_text_chars_per_token: int = Field(16, ge=1)
     """Text inputs longer than the model's max tokens x this many characters are refused (413) before
-    tokenization, so a huge text costs nothing."""
+    tokenization, so a huge text costs nothing; for a model whose text step truncates (``truncation``) they
+    are cut to that many characters instead, and served."""
 
 
 class SecuritySettings(BaseSettings):

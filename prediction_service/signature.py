@@ -50,14 +50,50 @@ class TensorSpec(BaseModel):
         return self.shape[1:]
 
 
-class TextPreprocessing(BaseModel):
-    """Models that take text declare their tokenizer; the service tokenizes ``text`` requests."""
+WORDPIECE_MAX_LENGTH = 512
+"""BERT-family encoders have 512 positions."""
 
+
+class TextPreprocessing(BaseModel):
+    """Models that take text declare their tokenizer; the service tokenizes ``text`` requests with the
+    shipped step named by ``kind`` (tokenizer.py) over a vocab file stored with the version."""
+
+    kind: Literal["word", "wordpiece"] = "word"
+    """word: the plain-Python word-level tokenizer of the small demo transformer (refuses texts longer than
+    ``max_length`` unless ``truncation``). wordpiece: BERT's WordPiece through the ``tokenizers`` library
+    (BERT normaliser and pre-tokenizer, ``[CLS] ... [SEP]``, ``##`` continuation pieces)."""
+    step_version: Literal[1] = 1
+    """Version of the shipped step's definition; a changed tokenization gets a new number."""
     tokenizer: str
-    """Tokenizer file name inside the version directory (a vocab file, never code)."""
+    """Tokenizer file name inside the version directory (a vocab file, one token per line, never code)."""
     max_length: int = Field(ge=1)
+    """Tokens per text, ``[CLS]`` and ``[SEP]`` included (at most 512 for wordpiece)."""
+    truncation: bool = False
+    """Keep the first ``max_length`` tokens of a longer text (ending with ``[SEP]``) instead of refusing it."""
+    padding: Literal["max_length", "longest"] = "max_length"
+    """max_length: every row is padded to ``max_length``; longest: to the longest row of the request (the
+    model's sequence dim must then be dynamic, -1), so a short headline does not pay for 512 positions."""
+    lowercase: bool = True
+    """wordpiece: lowercase and strip accents first (uncased BERT vocabularies)."""
     input_ids: str = "input_ids"
     attention_mask: str | None = "attention_mask"
+    token_type_ids: str | None = None
+    """wordpiece: the model input that takes segment ids (all 0 for one text), when the model has one."""
+
+    @model_validator(mode="after")
+    def _wordpiece_limits(self) -> "TextPreprocessing":
+        if self.kind == "wordpiece" and self.max_length > WORDPIECE_MAX_LENGTH:
+            raise ValueError(f"wordpiece max_length is at most {WORDPIECE_MAX_LENGTH}, got {self.max_length}")
+        if self.max_length < 2:
+            raise ValueError("max_length must leave room for [CLS] and [SEP]")
+        if self.kind == "word" and (self.token_type_ids is not None or self.padding != "max_length"):
+            raise ValueError("token_type_ids and padding 'longest' are wordpiece options")
+        return self
+
+    @property
+    def tensor_names(self) -> list[str]:
+        """The model inputs this step fills."""
+        return [n for n in (self.input_ids, self.attention_mask, self.token_type_ids) if n is not None]
 
 
 OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -160,6 +196,26 @@ class ModelSignature(BaseModel):
             if got != -1 and got != want:
                 raise ValueError(f"bars step makes [batch, {bars.window}, {bars.n_features}], the input "
                                  f"{spec.name!r} is {list(spec.shape)}")
+        return self
+
+    @model_validator(mode="after")
+    def _text_fills_the_inputs(self) -> "ModelSignature":
+        text = self.text
+        if text is None or text.kind == "word":  # word: checked per request, as before (older registries)
+            return self
+        names = {spec.name: spec for spec in self.inputs}
+        filled = text.tensor_names
+        if sorted(filled) != sorted(names):
+            raise ValueError(f"the text step fills {filled}; the model's inputs are {sorted(names)}")
+        for name in filled:
+            spec = names[name]
+            if not spec.dtype.startswith("int") or len(spec.shape) != 2:
+                raise ValueError(f"text fills int [batch, tokens] inputs; {name!r} is {spec.dtype} "
+                                 f"{list(spec.shape)}")
+            if text.padding == "longest" and spec.shape[1] != -1:
+                raise ValueError(f"padding 'longest' needs a dynamic token dim; {name!r} is {list(spec.shape)}")
+            if spec.shape[1] not in (-1, text.max_length):
+                raise ValueError(f"text rows have {text.max_length} tokens; {name!r} is {list(spec.shape)}")
         return self
 
     def input(self, name: str) -> TensorSpec:

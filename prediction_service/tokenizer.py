@@ -1,14 +1,17 @@
-"""A plain-Python word-level tokenizer over a vocab file (one token per line, never code).
+"""The shipped tokenization steps, each over a vocab file stored with the model version (one token per
+line, never code): ``word`` (a plain-Python word-level tokenizer, the small demo transformer's) and
+``wordpiece`` (BERT's WordPiece through the ``tokenizers`` library).
 
 Ids: the vocab line number. ``[PAD]``, ``[UNK]``, ``[CLS]`` and ``[SEP]`` must be present; a sequence
-is ``[CLS] tokens... [SEP]`` padded with ``[PAD]`` to ``max_length``.
+is ``[CLS] tokens... [SEP]`` padded with ``[PAD]``.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -81,3 +84,88 @@ class Tokenizer:
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
         return input_ids, attention_mask
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized batch: int64 ``[rows, tokens]`` arrays."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+
+
+class WordPieceTokenizer:
+    """BERT WordPiece (the ``tokenizers`` library, Rust) built from a vocab file and declared options only:
+    BERT normaliser (clean text, CJK split, lowercase + accent stripping when ``lowercase``), BERT
+    pre-tokenizer, WordPiece with ``##`` pieces and ``[UNK]``, ``[CLS] $A [SEP]`` with type id 0. This is
+    what ``BertTokenizerFast`` / a BERT ``tokenizer.json`` does; nothing beyond the vocab is read from the
+    registry, so a version cannot bring its own normaliser or code.
+    """
+
+    def __init__(self, vocab_path: Path, max_length: int, *, lowercase: bool = True, truncation: bool = True,
+                 padding: Literal["max_length", "longest"] = "max_length"):
+        from tokenizers import Tokenizer as HFTokenizer, decoders, normalizers, pre_tokenizers, processors
+        from tokenizers.models import WordPiece
+
+        if max_length < 2:
+            raise InvalidInput("max_length must leave room for [CLS] and [SEP]", {"max_length": max_length})
+        vocab = _read_vocab(Path(vocab_path))
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if missing:
+            raise InvalidInput(f"vocab lacks special tokens {missing}", {"missing": missing})
+        tokenizer = HFTokenizer(WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=100))
+        tokenizer.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                          strip_accents=None, lowercase=lowercase)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{CLS}:0 $A:0 {SEP}:0", pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
+            special_tokens=[(CLS, vocab[CLS]), (SEP, vocab[SEP])])
+        tokenizer.decoder = decoders.WordPiece(prefix="##")
+        self.truncation = truncation
+        self.max_length = max_length
+        # Without truncation the tokenizer must see the whole text to report its length: check, then pad.
+        tokenizer.enable_truncation(max_length if truncation else WORDPIECE_NO_LIMIT)
+        tokenizer.enable_padding(pad_id=vocab[PAD], pad_token=PAD,
+                                 length=max_length if padding == "max_length" else None)
+        self._tokenizer = tokenizer
+        self.vocab = vocab
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id = (vocab[t] for t in SPECIAL_TOKENS)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def tokenize(self, text: str) -> list[str]:
+        """The WordPiece tokens of ``text`` (no special tokens, no truncation): for tests and debugging."""
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        return [token for token, real in zip(encoding.tokens, encoding.attention_mask) if real]
+
+    def encode_batch(self, texts: Sequence[str]) -> Encoded:
+        for row, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidInput(f"text {row} is not a string", {"index": row})
+        encodings = self._tokenizer.encode_batch(list(texts))
+        if not self.truncation:
+            for row, encoding in enumerate(encodings):
+                length = sum(encoding.attention_mask)
+                if length > self.max_length:
+                    raise InvalidInput(
+                        f"text {row} has {length} tokens (with [CLS]/[SEP]), more than the limit of {self.max_length}",
+                        {"index": row, "tokens": length, "max_length": self.max_length})
+        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        token_type_ids = np.zeros_like(input_ids)  # one segment: all 0 (pair inputs are not served)
+        return Encoded(input_ids, attention_mask, token_type_ids)
+
+
+WORDPIECE_NO_LIMIT = 1 << 20
+"""Token cap used when a step does not truncate (the text is then refused past max_length)."""
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    """Vocab file -> token: line number, read as ``tokenizers``' own ``WordPiece.read_file`` does (trailing
+    whitespace trimmed; a duplicate token keeps its last line)."""
+    if path.stat().st_size > MAX_VOCAB_BYTES:
+        raise InvalidInput(f"vocab file {path.name} is larger than {MAX_VOCAB_BYTES} bytes")
+    tokens = path.read_text(encoding="utf-8").splitlines()
+    return {token.rstrip(): index for index, token in enumerate(tokens) if token.strip()}

@@ -1,7 +1,8 @@
 """The /v1 JSON API's codec: a PredictRequest body -> (Selector, tensors); an InferenceResult -> its JSON.
 
-``inputs`` (a batch), ``instances`` (rows), ``instance`` (one row) or ``text`` become the tensors the data
-plane takes. Rows are stacked here; the data plane validates them against the signature.
+``inputs`` (a batch), ``instances`` (rows), ``instance`` (one row), ``text`` or ``bars`` (rows of
+``[o, h, l, c, v]``, or named columns ``{"open": [...], ...}``) become the tensors the data plane takes.
+Rows are stacked here; the data plane validates them against the signature.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..bars import bars_from_columns
 from ..errors import InvalidInput
 from ..inference import BARS_INPUT, SOLE_INPUT, TEXT_INPUT, InferenceResult, Selector
 from ..schemas import PredictRequest
@@ -28,7 +30,10 @@ def decode_predict(body: Any, max_rows: int) -> tuple[Selector, dict[str, Any]]:
             raise InvalidInput("empty batch: text is empty")
         return selector, {TEXT_INPUT: texts}
     if request.bars is not None:  # checked (rows, columns, finiteness) by the model's bars step
-        return selector, {BARS_INPUT: request.bars}
+        bars = request.bars
+        if isinstance(bars, dict) or (isinstance(bars, list) and bars and isinstance(bars[0], dict)):
+            bars = bars_from_columns(bars, max_rows)  # named columns -> the [.., 5] row form
+        return selector, {BARS_INPUT: bars}
     if request.inputs is not None:
         return selector, request.inputs
     rows = [request.instance] if request.instance is not None else request.instances

