@@ -36,14 +36,15 @@ class Service:
         """``metrics_registry``: where the Prometheus metrics are defined (tests pass their own)."""
         self.settings = settings
         self.adapter: ServingAdapter = ServingAdapterFactory.create(settings)  # names checked by Settings
-        self.registry = ModelRegistry(settings.model_store)
+        self.registry = ModelRegistry(settings.model_store, state=settings.state)
         self.reader = self.registry.reader
         self.metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
         self.manager = ModelManager(settings, self.reader, self.adapter,
                                     on_event=_all(self.metrics.on_model_event, self._record_model_event))
         self.adapter.batch_observer = self.metrics.observe_batch
         self.experiments = _experiment_service(settings, self.registry, observer=self.metrics)
-        self.audit = AuditLog(settings.audit, audit_db_path(settings)) if settings.audit.enabled else None
+        self.audit = (AuditLog(settings.audit, audit_db_path(settings), state=settings.state)
+                      if settings.audit.enabled else None)
         self.dataplane = DataPlane(settings, self.manager, self.adapter, experiments=self.experiments,
                                    observers=[self.metrics])
         if self.audit is not None:
@@ -171,7 +172,7 @@ def _experiment_service(settings: Settings, model_registry: ModelRegistry,
     def promote(name: str, version: str) -> None:
         model_registry.promote(name, version, "production", actor="experiment")
 
-    store = ExperimentStore(path, busy_timeout_ms=settings.experiments.busy_timeout_ms)
+    store = ExperimentStore(path, busy_timeout_ms=settings.experiments.busy_timeout_ms, state=settings.state)
     return ExperimentService(store=store, settings=settings.experiments, promoter=promote,
                              version_exists=version_exists, catalog=RegistryCatalog(model_registry),
                              observer=observer)

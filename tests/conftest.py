@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-pytest_plugins = ["tests.support.torchserve_fixtures", "tests.support.triton_fixtures"]
+pytest_plugins = ["tests.support.torchserve_fixtures", "tests.support.triton_fixtures", "tests.support.postgres"]
 
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """``audit``: from the prediction audit log, which version(s) of a model served at a given second, or
-what happened to one request (by the ``X-Request-Id`` every response carries, failed ones included)."""
+what happened to one request (by the ``X-Request-Id`` every response carries, failed ones included).
+Reads the configured state backend: PostgreSQL when STATE_DATABASE_URL is set, else the SQLite file."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                    " needs --model")
     query.add_argument("--request-id", help="one request, by the X-Request-Id its response carried")
     parser.add_argument("--model", help="model name (with --at)")
-    parser.add_argument("--store", help="model registry root (default MODEL_STORE); the log is <store>/.state/")
-    parser.add_argument("--db", help="audit database (default AUDIT_DB_PATH or <store>/.state/audit.sqlite3)")
+    parser.add_argument("--store", help="model registry root (default MODEL_STORE); the SQLite log is <store>/.state/")
+    parser.add_argument("--db", help="an SQLite audit file to read, whatever STATE_DATABASE_URL says "
+                                     "(default: STATE_DATABASE_URL, else AUDIT_DB_PATH or "
+                                     "<store>/.state/audit.sqlite3)")
     parser.set_defaults(func=run)
 
 
@@ -31,16 +34,23 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..monitoring.audit import AuditReader, audit_db_path
-    from ..settings import Settings
+    from ..settings import Settings, StateSettings
+    from ..state import StateUnavailable
 
     if args.store:
         os.environ["MODEL_STORE"] = args.store
-    path = Path(args.db) if args.db else audit_db_path(Settings())
+    settings = Settings()
+    path, state = (Path(args.db), StateSettings(database_url=None)) if args.db else (audit_db_path(settings),
+                                                                                    settings.state)
     try:
-        reader = AuditReader(path)
-    except FileNotFoundError as exc:
+        reader = AuditReader(path, state)
+        return _query(reader, args)
+    except (FileNotFoundError, StateUnavailable) as exc:
         print(f"error: {exc}")
         return 2
+
+
+def _query(reader, args: argparse.Namespace) -> int:
     if args.request_id:
         return _show_request(reader, args.request_id)
     if not args.model:

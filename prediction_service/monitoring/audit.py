@@ -1,21 +1,21 @@
-"""Prediction audit log: every prediction, by a batched background writer, into SQLite (WAL).
+"""Prediction audit log: every prediction, by a batched background writer, into the state database
+(prediction_service/state: an SQLite file in WAL mode by default, PostgreSQL with STATE_DATABASE_URL).
 
 The request path only calls ``observe(record)``, which appends the record to a bounded deque (no
 hashing, no I/O: those happen in the writer thread). Past ``max_backlog`` waiting records new ones are
 dropped and counted. The writer wakes every ``flush_interval_ms`` (or when a batch is full) and writes
-up to ``batch_size`` records per transaction. When the disk fails, the batch is kept and retried with
-backoff while the service keeps serving; backlog, drops and the last error show in metrics and in the
-readiness detail. ``close()`` flushes what is left (bounded by a timeout). With ``retention_days`` set,
+up to ``batch_size`` records per transaction. When the disk fails or the database goes away, the batch
+is kept and retried with backoff (a transaction that failed wrote nothing) while the service keeps
+serving; backlog, drops and the last error show in metrics and in the readiness detail. ``close()`` flushes what is left (bounded by a timeout). With ``retention_days`` set,
 the same thread deletes records past the retention in small chunks, between batches.
 
-Every worker process has its own writer; they share the database file (WAL, busy timeout).
+Every worker process has its own writer; they share the database (SQLite: WAL, busy timeout).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
-from ..settings import AuditSettings, Settings
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..settings import AuditSettings, Settings, StateSettings
+from ..state import SchemaOutdated, StateDatabase, StateUnavailable, open_area
+from ..state.tables import AUDIT
+from ..state.tables import audit_predictions as table
 
 if TYPE_CHECKING:
     from ..inference import PredictionRecord
@@ -36,45 +42,15 @@ log = logging.getLogger(__name__)
 
 MAX_RETRY_BACKOFF_S = 5.0
 PRUNE_CHUNK_ROWS = 5000  # rows per DELETE: keeps the write lock short for the other workers' writers
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id INTEGER PRIMARY KEY,
-    ts TEXT NOT NULL,            -- UTC ISO-8601, when the request arrived
-    ts_epoch REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    model TEXT NOT NULL,
-    version TEXT,
-    stage TEXT,
-    arm TEXT,
-    experiment_id TEXT,
-    latency_ms REAL NOT NULL,
-    status INTEGER NOT NULL,
-    error_code TEXT,
-    backend TEXT,
-    api_key_id TEXT,
-    inputs TEXT,                 -- NULL, sha256 hex, or JSON (AUDIT_RECORD_PAYLOADS)
-    outputs TEXT
-);
-CREATE INDEX IF NOT EXISTS predictions_model_time ON predictions (model, ts_epoch);
-CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id);
-CREATE INDEX IF NOT EXISTS predictions_time ON predictions (ts_epoch);  -- retention and oldest()
-"""
-INSERT = ("INSERT INTO predictions (ts, ts_epoch, request_id, model, version, stage, arm, experiment_id, "
-          "latency_ms, status, error_code, backend, api_key_id, inputs, outputs) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+COLUMNS = ("ts", "ts_epoch", "request_id", "model", "version", "stage", "arm", "experiment_id", "latency_ms",
+           "status", "error_code", "backend", "api_key_id", "inputs", "outputs")
+INSERT = insert(table)
+# What a failed write raises: the database (either backend, wrapped or not) or the file system under SQLite.
+WRITE_ERRORS = (SQLAlchemyError, StateUnavailable, SchemaOutdated, OSError)
 
 
 def audit_db_path(settings: Settings) -> Path:
     return settings.audit.db_path or settings.state_dir / "audit.sqlite3"
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    return conn
 
 
 def _payload(arrays: dict[str, np.ndarray] | None, mode: str) -> str | None:
@@ -90,12 +66,13 @@ def _payload(arrays: dict[str, np.ndarray] | None, mode: str) -> str | None:
     return digest.hexdigest()
 
 
-def _row(record: PredictionRecord, mode: str) -> tuple:
+def _row(record: PredictionRecord, mode: str) -> dict:
     at = record.context.received_at
-    return (datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"), at,
-            record.context.request_id, record.model, record.version, record.stage, record.arm,
-            record.experiment_id, round(record.latency_ms, 3), record.status, record.error_code, record.backend,
-            record.context.api_key_id, _payload(record.inputs, mode), _payload(record.outputs, mode))
+    ts = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dict(zip(COLUMNS, (
+        ts, at, record.context.request_id, record.model, record.version, record.stage, record.arm,
+        record.experiment_id, round(record.latency_ms, 3), record.status, record.error_code, record.backend,
+        record.context.api_key_id, _payload(record.inputs, mode), _payload(record.outputs, mode))))
 
 
 @dataclass(frozen=True)
@@ -114,9 +91,12 @@ class AuditStats:
 class AuditLog:
     """Bounded in-memory queue + one writer thread. ``observe`` is a ``DataPlane`` observer."""
 
-    def __init__(self, settings: AuditSettings, path: Path):
+    def __init__(self, settings: AuditSettings, path: Path, state: StateSettings | None = None):
+        """``path``: the SQLite file when no STATE_DATABASE_URL is set; ``state``: None reads STATE_* from
+        the environment. Nothing is opened here: the writer thread opens (and reopens) the database."""
         self.settings = settings
         self.path = path
+        self.state = state if state is not None else StateSettings()
         self._queue: deque[PredictionRecord] = deque()
         self._pending: list[PredictionRecord] = []  # the batch being written (kept across failed attempts)
         self._wake = threading.Event()
@@ -145,7 +125,8 @@ class AuditLog:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
-        log.info("audit log: %s (payloads: %s)", self.path, self.settings.record_payloads)
+        where = "the state database (STATE_DATABASE_URL)" if self.state.database_url else self.path
+        log.info("audit log: %s (payloads: %s)", where, self.settings.record_payloads)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Write what is queued (giving up after ``timeout_s`` if the disk keeps failing)."""
@@ -176,7 +157,7 @@ class AuditLog:
     # ---- writer thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
+        db: StateDatabase | None = None
         interval = self.settings.flush_interval_ms / 1000.0
         failures = 0
         give_up_at: float | None = None
@@ -189,18 +170,15 @@ class AuditLog:
                 self._pending = [self._queue.popleft() for _ in range(take)]
             if self._pending:
                 try:
-                    conn = conn or _connect(self.path)
-                    self._write(conn, self._pending)
-                except (sqlite3.Error, OSError) as exc:
+                    db = db or self._open()
+                    self._write(db, self._pending)
+                except WRITE_ERRORS as exc:
                     failures += 1
                     self._write_errors += 1
                     self._last_error = f"{type(exc).__name__}: {exc}"
                     self._failing = True
                     if failures == 1 or failures % 20 == 0:
                         log.error("audit write failed (%d in a row): %s", failures, self._last_error)
-                    if conn is not None:
-                        conn.close()
-                        conn = None
                     if give_up_at is not None and time.monotonic() >= give_up_at:
                         break
                     backoff = min(MAX_RETRY_BACKOFF_S, interval * 2 ** min(failures, 10))
@@ -220,9 +198,9 @@ class AuditLog:
                     and time.monotonic() >= next_prune:
                 more = False
                 try:
-                    conn = conn or _connect(self.path)
-                    more = self._prune_chunk(conn)
-                except (sqlite3.Error, OSError) as exc:  # the next interval tries again; writes matter more
+                    db = db or self._open()
+                    more = self._prune_chunk(db)
+                except WRITE_ERRORS as exc:  # the next interval tries again; writes matter more
                     log.warning("audit retention: prune failed: %s: %s", type(exc).__name__, exc)
                 next_prune = time.monotonic() + (0.0 if more else self.settings.prune_interval_seconds)
                 if more:
@@ -230,35 +208,29 @@ class AuditLog:
             if not self._stop.is_set():
                 self._wake.wait(interval)
                 self._wake.clear()
-        if conn is not None:
-            conn.close()
 
-    def _prune_chunk(self, conn: sqlite3.Connection) -> bool:
+    def _open(self) -> StateDatabase:
+        return open_area(AUDIT, self.path, self.state)
+
+    def _prune_chunk(self, db: StateDatabase) -> bool:
         """Delete up to ``prune_chunk_rows`` records past the retention; True when more may be left."""
         assert self.settings.retention_days is not None
         cutoff = time.time() - self.settings.retention_days * 86400.0
-        deleted = conn.execute(
-            "DELETE FROM predictions WHERE id IN "
-            "(SELECT id FROM predictions WHERE ts_epoch < ? ORDER BY ts_epoch LIMIT ?)",
-            (cutoff, self.prune_chunk_rows)).rowcount
+        oldest = select(table.c.id).where(table.c.ts_epoch < cutoff).order_by(table.c.ts_epoch)
+        with db.write() as conn:
+            deleted = conn.execute(delete(table).where(
+                table.c.id.in_(oldest.limit(self.prune_chunk_rows).scalar_subquery()))).rowcount
         if deleted:
             self._pruned += deleted
             log.info("audit retention: deleted %d records older than %s", deleted,
                      datetime.fromtimestamp(cutoff, UTC).isoformat(timespec="seconds"))
         return deleted == self.prune_chunk_rows
 
-    def _write(self, conn: sqlite3.Connection, records: list[PredictionRecord]) -> None:
+    def _write(self, db: StateDatabase, records: list[PredictionRecord]) -> None:
+        """One transaction per batch: all of it is written, or (rolled back) none of it."""
         rows = [_row(record, self.settings.record_payloads) for record in records]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(INSERT, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            # SQLite rolls back by itself on some errors (a full disk): a second ROLLBACK would replace the
-            # real error with "cannot rollback - no transaction is active".
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        with db.write() as conn:
+            conn.execute(INSERT, rows)
 
 
 # ---- reading -------------------------------------------------------------------------------------
@@ -309,13 +281,14 @@ class VersionLookup:
 
 
 class AuditReader:
-    def __init__(self, path: Path):
-        if not path.is_file():
+    def __init__(self, path: Path, state: StateSettings | None = None):
+        """The SQLite file ``path`` (FileNotFoundError when there is none), or the PostgreSQL of
+        ``state`` (None: STATE_* from the environment)."""
+        state = state if state is not None else StateSettings()
+        if not state.database_url and not Path(path).is_file():
             raise FileNotFoundError(f"no audit log at {path}")
         self.path = path
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0)
+        self.db = open_area(AUDIT, Path(path), state)
 
     def which_version(self, model: str, at: datetime) -> VersionLookup:
         """Which version(s) served ``model`` during the second containing ``at`` (naive = UTC)."""
@@ -323,38 +296,39 @@ class AuditReader:
         second = at.replace(microsecond=0)
         start = second.timestamp()
         end = (second + timedelta(seconds=1)).timestamp()
-        ok = "status = 200 AND version IS NOT NULL"
-        with self._connect() as conn:
+        c = table.c
+        ok = (c.model == model, c.status == 200, c.version.is_not(None))
+        entry = (c.ts, c.request_id, c.version, c.stage, c.arm, c.status)
+        with self.db.read() as conn:
             served = [ServedVersion(*row) for row in conn.execute(
-                f"SELECT version, stage, arm, COUNT(*), MIN(ts), MAX(ts) FROM predictions "
-                f"WHERE model = ? AND ts_epoch >= ? AND ts_epoch < ? AND {ok} "
-                f"GROUP BY version, stage, arm ORDER BY MIN(ts_epoch)", (model, start, end))]
-            columns = "ts, request_id, version, stage, arm, status"
-            before = conn.execute(f"SELECT {columns} FROM predictions WHERE model = ? AND ts_epoch < ? AND {ok} "
-                                  f"ORDER BY ts_epoch DESC LIMIT 1", (model, start)).fetchone()
-            after = conn.execute(f"SELECT {columns} FROM predictions WHERE model = ? AND ts_epoch >= ? AND {ok} "
-                                 f"ORDER BY ts_epoch ASC LIMIT 1", (model, end)).fetchone()
+                select(c.version, c.stage, c.arm, func.count(), func.min(c.ts), func.max(c.ts))
+                .where(*ok, c.ts_epoch >= start, c.ts_epoch < end)
+                .group_by(c.version, c.stage, c.arm).order_by(func.min(c.ts_epoch)))]
+            before = conn.execute(select(*entry).where(*ok, c.ts_epoch < start)
+                                  .order_by(c.ts_epoch.desc()).limit(1)).first()
+            after = conn.execute(select(*entry).where(*ok, c.ts_epoch >= end)
+                                 .order_by(c.ts_epoch.asc()).limit(1)).first()
         return VersionLookup(model, second, served, AuditEntry(*before) if before else None,
                              AuditEntry(*after) if after else None)
 
     def request(self, request_id: str) -> RequestEntry | None:
         """One prediction by its request id (indexed)."""
-        with self._connect() as conn:
-            row = conn.execute("SELECT ts, request_id, model, version, stage, arm, status, error_code, latency_ms, "
-                               "backend FROM predictions WHERE request_id = ? ORDER BY id LIMIT 1",
-                               (request_id,)).fetchone()
+        c = table.c
+        with self.db.read() as conn:
+            row = conn.execute(select(c.ts, c.request_id, c.model, c.version, c.stage, c.arm, c.status, c.error_code,
+                                      c.latency_ms, c.backend)
+                               .where(c.request_id == request_id).order_by(c.id).limit(1)).first()
         return RequestEntry(*row) if row else None
 
     def oldest(self) -> str | None:
         """Time of the oldest record kept (older ones may have been pruned by the retention)."""
-        with self._connect() as conn:
-            row = conn.execute("SELECT ts FROM predictions ORDER BY ts_epoch LIMIT 1").fetchone()
-        return row[0] if row else None
+        with self.db.read() as conn:
+            return conn.execute(select(table.c.ts).order_by(table.c.ts_epoch).limit(1)).scalar()
 
     def request_ids(self) -> set[str]:
-        with self._connect() as conn:
-            return {row[0] for row in conn.execute("SELECT request_id FROM predictions")}
+        with self.db.read() as conn:
+            return set(conn.execute(select(table.c.request_id)).scalars())
 
     def count(self) -> int:
-        with self._connect() as conn:
-            return conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        with self.db.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(table)).scalar_one())

@@ -1,42 +1,34 @@
-"""Append-only registry event log in SQLite (WAL): who moved which version where, and when.
+"""Append-only registry event log in the state database: who moved which version where, and when.
 
-Shared by every process that touches the store (CLI, server workers), so each call opens its own
-short-lived connection. ``production_at`` replays the production moves to answer
-"what served production for X at time T".
+Shared by every process that touches the store (CLI, server workers): an SQLite file under the
+registry's ``.state/`` by default, the PostgreSQL of STATE_DATABASE_URL when set (prediction_service/state).
+The schema is set up on the first use, not on open, so opening a registry never needs the database.
+``production_at`` replays the production moves to answer "what served production for X at time T".
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from contextlib import closing
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from sqlalchemy import insert, select
+
+from ..settings import StateSettings
+from ..state import StateDatabase, open_area
+from ..state.tables import EVENTS
+from ..state.tables import registry_events as events_table
+
+_INSERT = insert(events_table).returning(events_table.c.id)  # built once: loads and unloads write one each
 
 EventKind = Literal[
     "registered", "stage_change", "forced_promotion", "deleted", "metrics_updated",
     "validation_updated", "reconciled", "loaded", "unloaded",
 ]
 EVENTS_FILE = "registry_events.sqlite3"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts_us INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    version TEXT,
-    event TEXT NOT NULL,
-    from_stage TEXT,
-    to_stage TEXT,
-    actor TEXT NOT NULL,
-    details TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS events_model_ts ON events (model, ts_us);
-"""
-
 
 class RegistryEvent(BaseModel):
     id: int
@@ -61,21 +53,22 @@ def _from_us(ts_us: int) -> datetime:
 
 
 class EventLog:
-    def __init__(self, path: Path, busy_timeout_s: float = 30.0):
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0, state: StateSettings | None = None):
+        """``path``: the SQLite file when no STATE_DATABASE_URL is set; ``state``: None reads STATE_* from
+        the environment."""
         self.path = Path(path)
         self._busy_timeout_s = busy_timeout_s
-        self._initialized = False
+        self._state = state
+        self._db: StateDatabase | None = None
+        self._open_lock = threading.Lock()
 
-    def _connect(self) -> sqlite3.Connection:
-        if not self._initialized:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
-        if not self._initialized:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-            self._initialized = True
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return conn
+    @property
+    def db(self) -> StateDatabase:
+        if self._db is None:
+            with self._open_lock:
+                if self._db is None:
+                    self._db = open_area(EVENTS, self.path, self._state, self._busy_timeout_s)
+        return self._db
 
     def record(
         self,
@@ -90,14 +83,12 @@ class EventLog:
         at: datetime | None = None,
     ) -> int:
         ts_us = _to_us(at or datetime.now(timezone.utc))
-        with closing(self._connect()) as conn:
-            cursor = conn.execute(
-                "INSERT INTO events (ts_us, model, version, event, from_stage, to_stage, actor, details)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (ts_us, model, version, event, from_stage, to_stage, actor,
-                 json.dumps(details or {}, sort_keys=True, default=str)),
-            )
-            return int(cursor.lastrowid)
+        with self.db.write() as conn:
+            result = conn.execute(_INSERT, {
+                "ts_us": ts_us, "model": model, "version": version, "event": event, "from_stage": from_stage,
+                "to_stage": to_stage, "actor": actor,
+                "details": json.dumps(details or {}, sort_keys=True, default=str)})
+            return int(result.scalar_one())
 
     def record_load(self, model: str, version: str, *, actor: str = "server",
                     details: dict[str, Any] | None = None) -> int:
@@ -118,36 +109,29 @@ class EventLog:
         limit: int = 1000,
     ) -> list[RegistryEvent]:
         """Events in the order they were written (oldest first), the newest ``limit`` of them."""
-        clauses, params = [], []
+        c = events_table.c
+        query = select(c.id, c.ts_us, c.model, c.version, c.event, c.from_stage, c.to_stage, c.actor, c.details)
         if model is not None:
-            clauses.append("model = ?")
-            params.append(model)
+            query = query.where(c.model == model)
         if since is not None:
-            clauses.append("ts_us >= ?")
-            params.append(_to_us(since))
+            query = query.where(c.ts_us >= _to_us(since))
         if until is not None:
-            clauses.append("ts_us <= ?")
-            params.append(_to_us(until))
+            query = query.where(c.ts_us <= _to_us(until))
         if kinds:
-            clauses.append(f"event IN ({','.join('?' * len(kinds))})")
-            params.extend(kinds)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with closing(self._connect()) as conn:
-            rows = conn.execute(
-                f"SELECT id, ts_us, model, version, event, from_stage, to_stage, actor, details FROM events"
-                f" {where} ORDER BY id DESC LIMIT ?", (*params, limit),
-            ).fetchall()
+            query = query.where(c.event.in_(kinds))
+        with self.db.read() as conn:
+            rows = conn.execute(query.order_by(c.id.desc()).limit(limit)).all()
         return [_event(row) for row in reversed(rows)]
 
     def production_at(self, model: str, moment: datetime) -> str | None:
         """The version in production for ``model`` at ``moment``, replaying production moves up to then."""
-        with closing(self._connect()) as conn:
+        c = events_table.c
+        with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT version, from_stage, to_stage FROM events"
-                " WHERE model = ? AND ts_us <= ? AND event IN ('stage_change', 'reconciled')"
-                " AND (from_stage = 'production' OR to_stage = 'production') ORDER BY id",
-                (model, _to_us(moment)),
-            ).fetchall()
+                select(c.version, c.from_stage, c.to_stage)
+                .where(c.model == model, c.ts_us <= _to_us(moment), c.event.in_(("stage_change", "reconciled")),
+                       (c.from_stage == "production") | (c.to_stage == "production"))
+                .order_by(c.id)).all()
         current = None
         for version, from_stage, to_stage in rows:
             if to_stage == "production":

@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from ..artifacts import ARTIFACT_FORMATS, PRECISIONS
 from ..errors import InvalidInput, InvalidName, VersionNotFound
+from ..settings import StateSettings
 from ..signature import ModelSignature
 from .checkpoints import step
 from .compare import VersionComparison, compare_versions
@@ -45,12 +46,14 @@ UPLOADS_DIR = "uploads"
 
 
 class ModelRegistry:
-    def __init__(self, root: Path, *, repair: bool = True, lock_timeout_s: float = 30.0):
-        """Open (creating if needed) the store at ``root``; with ``repair``, reconcile every model."""
+    def __init__(self, root: Path, *, repair: bool = True, lock_timeout_s: float = 30.0,
+                 state: StateSettings | None = None):
+        """Open (creating if needed) the store at ``root``; with ``repair``, reconcile every model.
+        ``state``: where the event log lives (None: STATE_* from the environment)."""
         Path(root).expanduser().mkdir(parents=True, exist_ok=True)
         self.layout = RegistryLayout(root)
         self.reader = RegistryReader(self.layout.root)
-        self.events = EventLog(self.layout.root / STATE_DIR / EVENTS_FILE)
+        self.events = EventLog(self.layout.root / STATE_DIR / EVENTS_FILE, state=state)
         self._lock_timeout_s = lock_timeout_s
         if repair:
             self.reconcile()

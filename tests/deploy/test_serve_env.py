@@ -36,6 +36,7 @@ def manifest_command_and_env(store: Path, metrics_dir: Path) -> tuple[list[str],
     mount = env["MODEL_STORE"]
     env["POD_NAME"] = "prediction-service-test-pod"  # the downward API
     env["API_KEYS"] = ADMIN_KEY  # what the Secret would hold
+    env["STATE_DATABASE_URL"] = ""  # its Secret holds a PostgreSQL URL; one process here: SQLite (tests/state)
     env["AUDIT_DB_PATH"] = env["AUDIT_DB_PATH"].replace("$(POD_NAME)", env["POD_NAME"]).replace(mount, str(store), 1)
     env["MODEL_STORE"] = str(store)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -112,7 +113,7 @@ def test_serve_takes_port_workers_and_secret_from_the_manifest_environment(tiny_
         assert process.wait(60) == 0
         # The audit log was flushed on shutdown into the per-pod database the manifest names.
         with sqlite3.connect(env["AUDIT_DB_PATH"]) as db:
-            rows = db.execute("SELECT model, status FROM predictions").fetchall()
+            rows = db.execute("SELECT model, status FROM audit_predictions").fetchall()
         assert rows == [("tiny-regressor", 200)]
     finally:
         stop(process)

@@ -23,6 +23,8 @@ from prediction_service.settings import ExperimentSettings
 
 from .conftest import Catalog, RecordingPromoter, version_exists
 
+pytestmark = pytest.mark.usefixtures("state_backend")  # SQLite and PostgreSQL
+
 
 def spec(**overrides) -> ExperimentSpec:
     values = dict(model_name="sentiment", champion_version="1.0.0", challenger_version="1.1.0", traffic_split=0.5)
@@ -143,8 +145,9 @@ def test_requests_without_a_key_are_their_own_units(make_service):
 
 def test_time_buckets_count_as_units_when_configured(make_service):
     service = make_service(min_samples_per_arm=50)
-    exp = service.create(spec(variance=VarianceMethod.CLUSTER))
-    feed(service, 600, champion=0.5, challenger=0.95)  # served within a second: one time bucket
+    # day-long buckets: 600 predictions (seconds on PostgreSQL under load) fall in one bucket, whatever the clock says
+    exp = service.create(spec(variance=VarianceMethod.CLUSTER, cluster_seconds=86400.0))
+    feed(service, 600, champion=0.5, challenger=0.95)
     analysis = service.analyze(exp.id)
     assert analysis.arms[Arm.CHALLENGER].time_buckets == 1 and analysis.arms[Arm.CHALLENGER].scored_units == 1
     assert analysis.decision is Decision.CONTINUE and any("time buckets" in r for r in analysis.reasons)
@@ -268,6 +271,7 @@ def test_analysis_reports_the_planned_and_expected_size(make_service):
     assert any(r.startswith("planned size") for r in service.analyze(exp.id).reasons)
 
 
+@pytest.mark.parametrize("state_backend", ["sqlite"], indirect=True)  # legacy files are SQLite
 def test_a_database_from_before_units_is_upgraded(db_path):
     db_path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(db_path)

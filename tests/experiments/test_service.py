@@ -14,6 +14,8 @@ from prediction_service.settings import ExperimentSettings
 
 from .conftest import RecordingPromoter, version_exists
 
+pytestmark = pytest.mark.usefixtures("state_backend")  # SQLite and PostgreSQL
+
 
 def spec(**overrides) -> ExperimentSpec:
     values = dict(model_name="sentiment", champion_version="1.0.0", challenger_version="1.1.0", traffic_split=0.5)

@@ -1,9 +1,12 @@
-"""Several worker processes share one SQLite file: one running experiment wins, concurrent writes all land."""
+"""Several worker processes share one state database (SQLite file, PostgreSQL): one running experiment
+wins, concurrent writes all land."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from pathlib import Path
+
+import pytest
 
 from prediction_service.errors import Conflict
 from prediction_service.experiments.models import ExperimentSpec
@@ -12,6 +15,8 @@ from prediction_service.experiments.store import ExperimentStore
 from prediction_service.settings import ExperimentSettings
 
 from .conftest import version_exists
+
+pytestmark = pytest.mark.usefixtures("state_backend")  # SQLite and PostgreSQL
 
 
 def _service(db_path: str) -> ExperimentService:

@@ -1,4 +1,5 @@
-"""The prediction audit log: written off the request path, queryable by instant, survives a failing disk."""
+"""The prediction audit log: written off the request path, queryable by instant, survives a failing disk.
+Runs against both state backends (SQLite file, PostgreSQL) except where the subject is the SQLite file."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy import select
 
 from prediction_service.api.app import create_app
 from prediction_service.inference import PredictionRecord, RequestContext
 from prediction_service.monitoring.audit import AuditLog, AuditReader
 from prediction_service.settings import AuditSettings, Settings
+from prediction_service.state.tables import audit_predictions
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 PREDICT = "/v1/models/tiny-regressor/predict"
@@ -40,19 +43,34 @@ def wait_for(condition, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def sqlite_only(test):
+    """For tests about the SQLite file itself (its directory, its size)."""
+    return pytest.mark.parametrize("state_backend", ["sqlite"], indirect=True)(test)
+
+
+@pytest.fixture(autouse=True)
+def _backend(state_backend):  # every test here: once per backend unless marked sqlite_only
+    return state_backend
+
+
 @pytest.mark.parametrize("mode", ["none", "hash", "full"])
-def test_records_are_written_in_batches_with_payloads_per_mode(tmp_path, mode):
+def test_records_are_written_in_batches_with_payloads_per_mode(tmp_path, mode, state_backend):
     log = AuditLog(AuditSettings(record_payloads=mode, batch_size=7, flush_interval_ms=20), tmp_path / "a.db")
     log.start()
     for i in range(20):
         log.observe(record(1_700_000_000.0 + i))
     wait_for(lambda: log.stats().written == 20)
     log.close()
-    import sqlite3
-    with sqlite3.connect(tmp_path / "a.db") as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        rows = conn.execute(
-            "SELECT ts, model, version, status, inputs, outputs FROM predictions ORDER BY id").fetchall()
+    if state_backend == "sqlite":
+        import sqlite3
+        with sqlite3.connect(tmp_path / "a.db") as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    else:
+        assert not (tmp_path / "a.db").exists()
+    c = audit_predictions.c
+    with AuditReader(tmp_path / "a.db").db.read() as conn:
+        rows = [tuple(row) for row in conn.execute(
+            select(c.ts, c.model, c.version, c.status, c.inputs, c.outputs).order_by(c.id))]
     assert len(rows) == 20 and rows[0][:4] == ("2023-11-14T22:13:20.000Z", "m", "1.0.0", 200)
     inputs = rows[0][4]
     if mode == "none":
@@ -64,6 +82,7 @@ def test_records_are_written_in_batches_with_payloads_per_mode(tmp_path, mode):
         assert json.loads(inputs) == {"x": [[0.0, 1.0, 2.0, 3.0]]} and json.loads(rows[0][5]) == {"y": [[3.0]]}
 
 
+@sqlite_only
 def test_backlog_is_bounded_and_drops_are_counted(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the audit directory should be")
@@ -78,7 +97,7 @@ def test_backlog_is_bounded_and_drops_are_counted(tmp_path):
     assert log.stats().dropped == 12  # closed with the disk still broken: what was left is counted too
 
 
-def test_which_version_and_cli(tmp_path):
+def test_which_version_and_cli(tmp_path, state_backend):
     db = tmp_path / "audit.sqlite3"
     log = AuditLog(AuditSettings(flush_interval_ms=10), db)
     log.start()
@@ -94,9 +113,12 @@ def test_which_version_and_cli(tmp_path):
     assert [(s.version, s.requests) for s in lookup.served] == [("1.0.0", 1), ("2.0.0", 2)]
     assert lookup.before.version == "1.0.0" and lookup.after.version == "2.0.0"
 
+    # the CLI reads the configured backend (STATE_DATABASE_URL is inherited); --db names an SQLite file
+    where = ["--db", str(db)] if state_backend == "sqlite" else ["--store", str(tmp_path / "store")]
+
     def cli(at: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "prediction_service", "audit", "--model", "m", "--at", at,
-                               "--db", str(db)], cwd=REPO, capture_output=True, text=True, timeout=60)
+                               *where], cwd=REPO, capture_output=True, text=True, timeout=60)
 
     out = cli("2026-11-22T14:32:05Z")
     assert out.returncode == 0, out.stderr
@@ -106,7 +128,7 @@ def test_which_version_and_cli(tmp_path):
 
 
 
-def test_retention_deletes_old_records_in_chunks_and_keeps_recent_ones(tmp_path):
+def test_retention_deletes_old_records_in_chunks_and_keeps_recent_ones(tmp_path, state_backend):
     db = tmp_path / "audit.sqlite3"
     log = AuditLog(AuditSettings(retention_days=1, prune_interval_seconds=0.05, flush_interval_ms=10), db)
     log.prune_chunk_rows = 7  # several chunks, so the "more left" path runs
@@ -123,7 +145,8 @@ def test_retention_deletes_old_records_in_chunks_and_keeps_recent_ones(tmp_path)
     assert reader.count() == 5 and log.stats().written == 35
     assert reader.oldest() == datetime.fromtimestamp(recent[0], UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
-    quiet = subprocess.run([sys.executable, "-m", "prediction_service", "audit", "--model", "m", "--db", str(db),
+    where = ["--db", str(db)] if state_backend == "sqlite" else []
+    quiet = subprocess.run([sys.executable, "-m", "prediction_service", "audit", "--model", "m", *where,
                             "--at", datetime.fromtimestamp(now - 2 * 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "audit log starts at" in quiet.stdout and "AUDIT_RETENTION_DAYS" in quiet.stdout
@@ -185,6 +208,7 @@ async def test_a_failed_request_is_found_by_the_id_its_error_response_carried(ti
     assert cli("--at", "2026-11-22T14:32:05Z").returncode == 2  # --at needs --model
 
 
+@sqlite_only
 async def test_a_failing_audit_disk_never_stops_serving_and_recovers(tiny_store, tmp_path):
     blocker = tmp_path / "audit-dir"
     blocker.write_text("not a directory")
@@ -211,6 +235,7 @@ async def test_a_failing_audit_disk_never_stops_serving_and_recovers(tiny_store,
     assert AuditReader(blocker / "audit.sqlite3").count() == 8
 
 
+@sqlite_only
 async def test_audit_failure_can_be_made_a_readiness_condition(tiny_store, tmp_path):
     blocker = tmp_path / "audit-dir"
     blocker.write_text("not a directory")
@@ -226,18 +251,24 @@ async def test_audit_failure_can_be_made_a_readiness_condition(tiny_store, tmp_p
         app.state.service.audit.close(timeout_s=0.1)
 
 
+@sqlite_only
 def test_a_full_disk_is_reported_as_such(tmp_path):
     """SQLite rolls a transaction back itself when the disk fills; the error must name that, not the
-    failed ROLLBACK after it."""
-    import sqlite3
+    failed ROLLBACK after it, and the batch stays waiting (nothing of it written)."""
+    from sqlalchemy import event
 
-    from prediction_service.monitoring.audit import _connect
-
-    log = AuditLog(AuditSettings(record_payloads="full"), tmp_path / "audit.sqlite3")
-    conn = _connect(log.path)
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    conn.execute(f"PRAGMA max_page_count={pages + 1}")  # a disk with room for one more page
-    records = [record(time.time()) for _ in range(2000)]
-    with pytest.raises(sqlite3.OperationalError, match="full"):
-        log._write(conn, records)
-    assert not conn.in_transaction
+    log = AuditLog(AuditSettings(record_payloads="full", flush_interval_ms=10), tmp_path / "audit.sqlite3")
+    db = log._open()  # the schema, then a disk with room for one more page
+    with db.read() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+    event.listen(db.engine, "connect", lambda conn, _: conn.execute(f"PRAGMA max_page_count = {pages + 1}"))
+    db.engine.dispose()
+    log.start()
+    for _ in range(2000):
+        log.observe(record(time.time()))
+    wait_for(lambda: log.stats().write_errors > 0)
+    stats = log.stats()
+    assert stats.failing and "full" in stats.last_error and "rollback" not in stats.last_error.lower()
+    assert stats.written == 0 and stats.backlog == 2000
+    log.close(timeout_s=0.2)
+    assert AuditReader(tmp_path / "audit.sqlite3").count() == 0

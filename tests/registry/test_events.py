@@ -1,4 +1,4 @@
-"""The SQLite event log: what happened, and what was in production at a given time."""
+"""The registry event log (SQLite and PostgreSQL): what happened, and what was in production at a given time."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from prediction_service.registry import ModelRegistry
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.usefixtures("state_backend")
 
 
 def _now() -> datetime:
@@ -50,6 +56,17 @@ def test_events_record_who_did_what_in_order(two_versions):
     assert [e.event for e in reg.model_events("price", limit=2)] == ["loaded", "unloaded"]
 
 
+def test_a_second_registry_object_sees_the_same_log(two_versions, state_backend):
+    # another process in production: same store root, same state database
+    assert len(ModelRegistry(two_versions.root).model_events("price")) == 2
+    sqlite_file = two_versions.root / ".state" / "registry_events.sqlite3"
+    assert sqlite_file.exists() == (state_backend == "sqlite")
+    # and so does the CLI (a separate process, configured by the same environment)
+    out = run_cli("registry", "events", "price", "--store", str(two_versions.root)).stdout
+    assert out.count("registered") == 2
+
+
+@pytest.mark.parametrize("state_backend", ["sqlite"], indirect=True)
 def test_event_log_is_sqlite_wal_under_state_dir(two_versions):
     path = two_versions.root / ".state" / "registry_events.sqlite3"
     assert path.is_file()

@@ -1,0 +1,3 @@
+from prediction_service.state.migrations.env_common import run
+
+run("events")
