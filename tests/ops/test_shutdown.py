@@ -32,6 +32,8 @@ async def test_sigterm_mid_traffic_drops_no_accepted_request(slow_store_template
     server = start_server(slow_store_template, tmp_path, env={
         "SERVER_SHUTDOWN_GRACE_SECONDS": "15", "SERVER_SHUTDOWN_DRAIN_SECONDS": "0.6", "BATCH_MAX_BATCH_SIZE": "4", "BATCH_CONCURRENT_BATCHES": "1",
         "SIMPLE_INTRA_OP_THREADS": "1", "AUDIT_FLUSH_INTERVAL_MS": "50",
+        # what is tested is the drain, not deadlines: a queue of slow batches on a busy machine may pass 1 s
+        "LIMIT_DEFAULT_DEADLINE_MS": "20000",
     })
     url = f"{server.url}/v1/models/slow-regressor/predict"
     try:
