@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "prediction_service.commands.config_example",
     "prediction_service.commands.torchserve_local",
     "prediction_service.commands.registry",
+    "prediction_service.commands.ensemble",
     "prediction_service.commands.package",
     "prediction_service.commands.setup_demo",
     "prediction_service.commands.triton_local",

@@ -242,6 +242,8 @@ class DataPlane:
         return versions[-1]
 
     def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        if self.ensembles.is_ensemble(name):  # ensemble metadata (issue 19): bars + text in, combiner out
+            return self.ensembles.metadata(self, name, version)
         target = self.model_version(name, version)
         signature = target.signature
         loaded = self.adapter.loaded_model(target.key)
@@ -263,7 +265,17 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether a request for ``name`` (at ``version``, else production) would run without a load."""
+        if self.ensembles.is_ensemble(name):  # ensemble readiness (issue 19): every member's version loaded
+            return not self.shutting_down and self.ensembles.ready(self, name, version)
         return not self.shutting_down and self.adapter.is_loaded(self.model_version(name, version).key)
+
+    def ensemble_summaries(self) -> list[dict[str, Any]]:
+        """GET /v1/models entries for the registered ensembles (issue 19), marked ``kind: ensemble``."""
+        return self.ensembles.summaries()
+
+    def model_detail(self, name: str) -> dict[str, Any] | None:
+        """GET /v1/models/{name} for an ensemble (issue 19); None for a model (the route describes those)."""
+        return self.ensembles.detail(self, name) if self.ensembles.is_ensemble(name) else None
 
     def server_live(self) -> bool:
         return True

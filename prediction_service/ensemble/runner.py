@@ -17,18 +17,20 @@ import numpy as np
 
 from ..auth import Scope
 from ..errors import InvalidInput, ModelLoadError, NotFound, PredictionServiceError, ServiceUnavailable
-from ..inference import (BARS_INPUT, TEXT_INPUT, InferenceResult, PredictionRecord, Provenance, RequestContext,
-                         Selector)
+from ..inference import (BARS_INPUT, TEXT_INPUT, InferenceResult, ModelMetadata, PredictionRecord, Provenance,
+                         RequestContext, Selector)
+from ..processing import ModelProcessing
 from ..registry import ModelVersion
 from .combiners import OUTPUTS
 from .errors import MemberUnavailable
-from .spec import ENSEMBLE_FILE, Ensemble, EnsembleMember
+from . import metadata as descriptions
+from . import triton_path
+from .spec import ENSEMBLE_BACKEND, ENSEMBLE_FILE, Ensemble, EnsembleMember
 from .store import EnsembleCatalog
 
 if TYPE_CHECKING:
     from ..dataplane import DataPlane
 
-ENSEMBLE_BACKEND = "ensemble"
 RAW_INPUT = {"price": BARS_INPUT, "sentiment": TEXT_INPUT}
 """The raw input each role takes besides its model's own tensors."""
 
@@ -79,19 +81,52 @@ class EnsembleRunner:
     def __init__(self, catalog: EnsembleCatalog):
         self.catalog = catalog
         self.registry = catalog.registry
+        self.native = triton_path.NativeEnsembles()
+        """Backend-generated ensembles (Triton's ensemble_scheduling), used when the adapter has them."""
 
     def is_ensemble(self, name: str) -> bool:
         return self.catalog.is_ensemble(name)
 
+    # ---- metadata and readiness (the data plane's metadata section hands ensembles here) ------------
+
+    def metadata(self, dataplane: "DataPlane", name: str, version: str | None = None) -> ModelMetadata:
+        return descriptions.model_metadata(dataplane, self.registry, name, version)
+
+    def ready(self, dataplane: "DataPlane", name: str, version: str | None = None) -> bool:
+        """Ready when every member's version is loaded (unknown ensemble or version: NotFound, as for models)."""
+        return descriptions.ready(dataplane, descriptions.describe_version(self.registry, name, version))
+
+    def summaries(self) -> list[dict[str, Any]]:
+        return [descriptions.summary(self.registry, name) for name in self.registry.names()]
+
+    def detail(self, dataplane: "DataPlane", name: str) -> dict[str, Any]:
+        return descriptions.detail(dataplane, self.registry, name)
+
+    # ---- inference -----------------------------------------------------------------------------------
+
+    def resolve_cached(self, name: str, selector: Selector) -> Ensemble | None:
+        """The ensemble a stage selects, without reading ensemble.json (None: ask ``registry.resolve``)."""
+        if selector.version is not None:
+            return None
+        return self.registry.resolve_cached(name, selector.stage or "production")
+
     async def infer(self, dataplane: "DataPlane", name: str, selector: Selector, inputs: dict[str, Any],
                     context: RequestContext, record: PredictionRecord | None = None) -> InferenceResult:
-        ensemble = await asyncio.to_thread(self.registry.resolve, name, selector.version, selector.stage)
+        ensemble = self.resolve_cached(name, selector)
+        if ensemble is None:  # first request, or the stage link / ensemble.json changed: read it off the loop
+            ensemble = await asyncio.to_thread(self.registry.resolve, name, selector.version, selector.stage)
         if record is not None:
             record.version, record.stage, record.backend = ensemble.version, ensemble.stage, ENSEMBLE_BACKEND
         members = {m.role: m for m in ensemble.metadata.members}
         versions = {role: self._member_version(ensemble, member, dataplane) for role, member in members.items()}
         split = split_inputs(ensemble, inputs, versions)
         started = time.perf_counter()
+        backend = triton_path.native(dataplane.adapter)
+        if backend is not None and not _member_experiments(dataplane, ensemble, selector):
+            served = await self._run_native(dataplane, backend, ensemble, split, context)
+            if served is not None:
+                outputs, member_provenance = served
+                return _result(ensemble, context, outputs, member_provenance, started)
         results = await asyncio.gather(
             *(self._run_member(dataplane, ensemble, members[role], split[role], selector, context)
               for role in ("price", "sentiment")), return_exceptions=True)
@@ -99,17 +134,56 @@ class EnsembleRunner:
             if isinstance(result, BaseException):
                 raise result
         price, sentiment = results
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
         outputs = combine(ensemble, price, sentiment)
-        provenance = EnsembleProvenance(
-            backend=ENSEMBLE_BACKEND, artifact=ENSEMBLE_FILE, format=ENSEMBLE_BACKEND, precision="",
-            sha256=ensemble.sha256,
-            members=tuple(_member_provenance(role, result) for role, result in (("price", price),
-                                                                              ("sentiment", sentiment))))
-        return InferenceResult(model=name, version=ensemble.version, stage=ensemble.stage, arm=None,
-                               experiment_id=None, request_id=context.request_id,
-                               inference_time_ms=round(elapsed_ms, 3), outputs=outputs, provenance=provenance,
-                               processing=EnsembleProcessing())  # type: ignore[arg-type]
+        members = tuple(_member_provenance(role, result) for role, result in (("price", price),
+                                                                            ("sentiment", sentiment)))
+        return _result(ensemble, context, outputs, members, started)
+
+    async def _run_native(self, dataplane: "DataPlane", backend: triton_path.EnsembleBackend, ensemble: Ensemble,
+                          split: dict[str, dict[str, Any]], context: RequestContext
+                          ) -> tuple[dict[str, np.ndarray], tuple[MemberProvenance, ...]] | None:
+        """The backend's own ensemble over the members' tensors; None hands the request to the in-process
+        combination (the backend refused or lost the generated ensemble)."""
+        members = {m.role: m for m in ensemble.metadata.members}
+        targets: dict[str, ModelVersion] = {}
+        for role, member in members.items():  # loaded as a member request would load it
+            try:
+                targets[role] = await dataplane.manager.resolve(member.model, version=member.version,
+                                                               stage=member.followed_stage)
+            except (NotFound, ModelLoadError) as exc:
+                raise _unavailable(ensemble, member, exc) from exc
+        entry = self.native.entry(backend, ensemble, targets)
+        if entry is None:  # being generated (or refused): this request combines in-process
+            return None
+        arrays: dict[str, dict[str, np.ndarray]] = {}
+        for role, target in targets.items():  # the same pre-processing and validation as a member request
+            processing = ModelProcessing(target, dataplane.settings.limits)
+            given = split[role]
+            arrays[role] = (await asyncio.to_thread(processing.preprocess, given)
+                            if processing.runs_off_loop(given) else processing.preprocess(given))
+        rows = next(iter(arrays["price"].values())).shape[0]
+        sentiment_rows = next(iter(arrays["sentiment"].values())).shape[0]
+        if sentiment_rows != rows:
+            _check_rows(ensemble, rows, sentiment_rows)
+            arrays["sentiment"] = triton_path.repeat_rows(arrays["sentiment"], rows)
+        started = time.perf_counter()
+        try:
+            async with dataplane.manager.serving(targets["price"]), dataplane.manager.serving(targets["sentiment"]):
+                outputs = await backend.predict_ensemble(entry, {**arrays["price"], **arrays["sentiment"]},
+                                                         deadline=context.deadline)
+        except ServiceUnavailable as exc:
+            if exc.code != "backend_model_missing":
+                raise
+            self.native.forget(ensemble)  # Triton restarted: regenerate next time, combine in-process now
+            return None
+        elapsed_ms = round((time.perf_counter() - started) * 1000.0, 3)
+        stages = {role: target.stage or _stage_of(dataplane, target) for role, target in targets.items()}
+        provenance = tuple(
+            MemberProvenance(role=role, model=target.name, version=target.version, stage=stages[role], arm=None,
+                             request_id=context.request_id, inference_time_ms=elapsed_ms,
+                             provenance=_loaded_provenance(dataplane, target))
+            for role, target in targets.items())
+        return outputs, provenance
 
     def _member_version(self, ensemble: Ensemble, member: EnsembleMember, dataplane: "DataPlane") -> ModelVersion:
         """What the member serves now (for routing the request's inputs); missing -> 503 naming it."""
@@ -168,13 +242,51 @@ def combine(ensemble: Ensemble, price: InferenceResult, sentiment: InferenceResu
     probabilities = next(iter(sentiment.outputs.values()))
     rows, sentiment_rows = price_values.shape[0], probabilities.shape[0]
     if sentiment_rows != rows:
-        if sentiment_rows != 1:
-            raise InvalidInput(f"ensemble {ensemble.name}: {rows} bars windows but {sentiment_rows} texts; send "
-                               "one text per window, or one text for all", {"price_rows": rows,
-                                                                           "sentiment_rows": sentiment_rows})
+        _check_rows(ensemble, rows, sentiment_rows)
         probabilities = np.repeat(probabilities, rows, axis=0)
     labels = sentiment.processing.signature.labels  # checked against the combiner at registration
     return ensemble.metadata.combiner.combine(price_values, probabilities, labels).outputs()
+
+
+def _check_rows(ensemble: Ensemble, rows: int, sentiment_rows: int) -> None:
+    if sentiment_rows != 1:
+        raise InvalidInput(f"ensemble {ensemble.name}: {rows} bars windows but {sentiment_rows} texts; send "
+                           "one text per window, or one text for all", {"price_rows": rows,
+                                                                       "sentiment_rows": sentiment_rows})
+
+
+def _member_experiments(dataplane: "DataPlane", ensemble: Ensemble, selector: Selector) -> bool:
+    """Whether an A/B experiment runs on a member this request would route: its split happens in the data
+    plane (per member request), which a backend's ensemble with fixed member entries would bypass."""
+    router = dataplane.experiments
+    return router is not None and any(
+        member.followed_stage == "production" and router.route(member.model, selector.routing_key) is not None
+        for member in ensemble.metadata.members)
+
+
+def _result(ensemble: Ensemble, context: RequestContext, outputs: dict[str, np.ndarray],
+            members: tuple[MemberProvenance, ...], started: float) -> InferenceResult:
+    provenance = EnsembleProvenance(backend=ENSEMBLE_BACKEND, artifact=ENSEMBLE_FILE, format=ENSEMBLE_BACKEND,
+                                    precision="", sha256=ensemble.sha256, members=members)
+    elapsed_ms = (time.perf_counter() - started) * 1000.0
+    return InferenceResult(model=ensemble.name, version=ensemble.version, stage=ensemble.stage, arm=None,
+                           experiment_id=None, request_id=context.request_id,
+                           inference_time_ms=round(elapsed_ms, 3), outputs=outputs, provenance=provenance,
+                           processing=EnsembleProcessing())  # type: ignore[arg-type]
+
+
+def _stage_of(dataplane: "DataPlane", version: ModelVersion) -> str | None:
+    stages = dataplane.manager.reader.stages(version.name)
+    return next((stage for stage, v in stages.items() if v == version.version), None)
+
+
+def _loaded_provenance(dataplane: "DataPlane", version: ModelVersion) -> Provenance:
+    """What a member request's provenance says about the loaded artifact (as DataPlane._infer builds it)."""
+    loaded = dataplane.adapter.loaded_model(version.key)
+    if loaded is None:
+        return Provenance(dataplane.adapter.name, "", "", "", "")
+    artifact = loaded.artifact
+    return Provenance(loaded.backend, artifact.file, artifact.format, artifact.precision, artifact.sha256)
 
 
 def _member_provenance(role: str, result: InferenceResult) -> MemberProvenance:

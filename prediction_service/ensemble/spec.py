@@ -19,6 +19,8 @@ from ..registry.model_version import Status
 from .combiners import Combiner
 
 ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_BACKEND = "ensemble"
+"""Backend, format and platform an ensemble reports: it runs no artifact of its own."""
 Role = Literal["price", "sentiment"]
 ROLES: tuple[Role, ...] = ("price", "sentiment")
 """The members a price + sentiment ensemble has, one model each."""

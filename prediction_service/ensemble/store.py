@@ -2,6 +2,10 @@
 registry, with the model registry's own parts: its layout (names validated, nothing outside the root),
 its per-name file lock, atomic stage links, the lifecycle table and the event log.
 
+Reads are cached as registry/reader.py caches models: a parsed ensemble.json is kept by its file's stamp
+(inode, mtime_ns, size), and a resolved (name, stage) is reused while the stage link's target and that
+stamp are unchanged, so a request for an ensemble costs one readlink and one stat, never a read or parse.
+
 Members are checked against the registry when a version is registered and again when it enters
 production (``force`` overrides the latter, as for models without a passing validation).
 """
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,9 +29,9 @@ from ..errors import Conflict, InvalidInput, ModelNotFound, PredictionServiceErr
 from ..registry.errors import PromotionRefused, RegistryBusy
 from ..registry.events import EVENTS_FILE, EventLog
 from ..registry.fsutil import atomic_symlink, atomic_write_bytes, fsync_dir
-from ..registry.layout import STAGES, RegistryLayout, validate_name, validate_stage
+from ..registry.layout import STAGES, RegistryLayout, validate_stage
 from ..registry.lifecycle import STAGE_OF_STATUS, check_transition
-from ..registry.reader import CorruptMetadata, RegistryReader, _version_sort_key
+from ..registry.reader import CorruptMetadata, RegistryReader, _stamp, _version_sort_key
 from ..registry.store import LOCK_FILE, STATE_DIR
 from ..registry.writer import register_document_version
 from .combiners import Combiner
@@ -40,6 +46,10 @@ class EnsembleRegistry:
         self.models = RegistryReader(self.layout.root)
         self.events = EventLog(self.layout.root / STATE_DIR / EVENTS_FILE)
         self._lock_timeout_s = lock_timeout_s
+        self._cache_lock = threading.Lock()
+        self._parsed: dict[Path, tuple[tuple[int, int, int], Ensemble]] = {}
+        self._resolved: dict[tuple[str, str], tuple[str, str, tuple[int, int, int], Ensemble]] = {}
+        """(name, stage) -> (stage link path, its target, ensemble.json's stamp, the resolved ensemble)."""
 
     @property
     def root(self) -> Path:
@@ -77,12 +87,33 @@ class EnsembleRegistry:
         """An explicit version wins; otherwise the stage (default production)."""
         if version is not None:
             return self.get(name, version)
+        fast = self.resolve_cached(name, stage or "production")
+        if fast is not None:
+            return fast
         stage = validate_stage(stage or "production")
         target = self.layout.read_stage(name, stage)
         if target is None:
             self.versions(name)  # ModelNotFound for an unknown ensemble
             raise VersionNotFound(f"ensemble {name!r} has no {stage} version", {"ensemble": name, "stage": stage})
-        return self.get(name, target).model_copy(update={"stage": stage})
+        found = self.get(name, target).model_copy(update={"stage": stage})
+        with self._cache_lock:  # the stamp of the bytes parsed, not a later stat: a write in between re-reads
+            stamp = self._parsed[found.path / ENSEMBLE_FILE][0]
+            self._resolved[(name, stage)] = (str(self.layout.stage_link(name, stage)), f"v{target}", stamp, found)
+        return found
+
+    def resolve_cached(self, name: str, stage: str = "production") -> Ensemble | None:
+        """The hot path: what ``resolve`` last answered for (name, stage) while its stage link and file are
+        unchanged (one readlink, one stat; safe on the event loop), else None for the slow path."""
+        cached = self._resolved.get((name, stage))
+        if cached is None:
+            return None
+        link, target, stamp, found = cached
+        try:
+            if os.readlink(link) != target or _stamp(found.path / ENSEMBLE_FILE) != stamp:
+                return None
+        except OSError:
+            return None
+        return found
 
     def member_problems(self, metadata: EnsembleMetadata) -> list[str]:
         """Why the members cannot serve now (missing model, stage without a version, wrong kind of model)."""
@@ -189,13 +220,22 @@ class EnsembleRegistry:
         atomic_write_bytes(self.layout.version_dir(metadata.name, metadata.version) / ENSEMBLE_FILE, _dump(metadata))
 
     def _load(self, version_dir: Path) -> Ensemble:
-        raw = (version_dir / ENSEMBLE_FILE).read_bytes()
+        path = version_dir / ENSEMBLE_FILE
+        stamp = _stamp(path)
+        with self._cache_lock:
+            cached = self._parsed.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        raw = path.read_bytes()
         try:
             metadata = EnsembleMetadata.model_validate_json(raw)
         except ValidationError as exc:
             raise CorruptMetadata(f"invalid {ENSEMBLE_FILE} in {version_dir.name}",
                                   {"errors": exc.errors()[:5]}) from exc
-        return Ensemble(path=version_dir, metadata=metadata, sha256=hashlib.sha256(raw).hexdigest())
+        found = Ensemble(path=version_dir, metadata=metadata, sha256=hashlib.sha256(raw).hexdigest())
+        with self._cache_lock:
+            self._parsed[path] = (stamp, found)
+        return found
 
 
 class EnsembleCatalog:

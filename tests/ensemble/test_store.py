@@ -88,3 +88,23 @@ def test_production_needs_members_that_serve_unless_forced(ensemble_store):
     registry.promote(ENSEMBLE, "1.1.0", force=True, actor="test")
     assert registry.stages(ENSEMBLE)["production"] == "1.1.0"
     assert "forced_promotion" in [e.event for e in ModelRegistry(ensemble_store).model_events(ENSEMBLE)]
+
+
+def test_resolution_is_cached_until_the_stage_link_or_file_changes(ensemble_store):
+    registry = EnsembleRegistry(ensemble_store)
+    assert registry.resolve_cached(ENSEMBLE) is None  # nothing resolved yet
+    first = registry.resolve(ENSEMBLE)
+    assert registry.resolve_cached(ENSEMBLE) is first and registry.resolve(ENSEMBLE) is first  # no re-read
+
+    register_ensemble(ensemble_store, "1.1.0", stage=None)  # another writer, another process's registry
+    assert registry.resolve_cached(ENSEMBLE) is first  # a new version alone changes nothing served
+    EnsembleRegistry(ensemble_store).promote(ENSEMBLE, "1.1.0", actor="test")  # the stage link moves
+    assert registry.resolve_cached(ENSEMBLE) is None
+    assert registry.resolve(ENSEMBLE).version == "1.1.0"
+
+    document = ensemble_store / ENSEMBLE / "v1.1.0" / ENSEMBLE_FILE  # the file rewritten in place
+    changed = json.loads(document.read_text())
+    changed["description"] = "edited"
+    document.write_text(json.dumps(changed))
+    assert registry.resolve_cached(ENSEMBLE) is None
+    assert registry.resolve(ENSEMBLE).metadata.description == "edited"

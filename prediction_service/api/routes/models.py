@@ -24,7 +24,8 @@ def _summary(request: Request, name: str) -> dict:
             dependencies=[Depends(require_read)])
 async def list_models(request: Request) -> FastJSONResponse:
     names = get_service(request).reader.model_names()
-    return FastJSONResponse([_summary(request, name) for name in names])
+    ensembles = get_service(request).dataplane.ensemble_summaries()
+    return FastJSONResponse([_summary(request, name) for name in names] + ensembles)
 
 
 @router.get("/v1/models/{name}", response_model=ModelDetail, summary="One model: versions, signature, serving state",
@@ -32,6 +33,9 @@ async def list_models(request: Request) -> FastJSONResponse:
 async def get_model(name: str, request: Request) -> FastJSONResponse:
     validate_name(name)
     service = get_service(request)
+    ensemble = service.dataplane.model_detail(name)
+    if ensemble is not None:
+        return FastJSONResponse(ensemble)
     reader, adapter, manager = service.reader, service.adapter, service.manager
     summary = _summary(request, name)
     versions = reader.versions(name)

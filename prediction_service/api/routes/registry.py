@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from ...artifacts import DEFAULT_PRECISION, ArtifactFormat, Precision
 from ...auth import ApiKey
+from ...ensemble import EnsembleMember, EnsembleMetadata, EnsembleRegistry, WeightedPriceSentiment
 from ...errors import InvalidInput, PayloadTooLarge
 from ...registry.compare import VersionComparison
 from ...registry.events import RegistryEvent
@@ -184,6 +185,78 @@ def delete_version(name: str, version: str, request: Request,
     _registry(request).delete(name, version, actor=_actor(key))
     return Response(status_code=204)
 
+
+# ---- ensembles (issue 19): the same operations as for models, on EnsembleRegistry ---------------
+
+class EnsembleRegisterRequest(BaseModel):
+    version: str
+    members: list[EnsembleMember] = Field(min_length=2, max_length=2)
+    combiner: WeightedPriceSentiment = Field(default_factory=WeightedPriceSentiment)
+    description: str = ""
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class RegistryEnsembleSummary(BaseModel):
+    name: str
+    production: str | None
+    staging: str | None
+    versions: int
+
+
+class RegistryEnsembleDetail(BaseModel):
+    name: str
+    stages: dict[str, str | None]
+    versions: list[EnsembleMetadata]
+
+
+def _ensembles(request: Request) -> EnsembleRegistry:
+    return get_service(request).dataplane.ensembles.registry  # the one the data plane serves from
+
+
+@router.get("/ensembles", dependencies=[Depends(require_read)])
+def list_ensembles(request: Request) -> list[RegistryEnsembleSummary]:
+    registry = _ensembles(request)
+    return [RegistryEnsembleSummary(name=name, versions=len(registry.versions(name)), **registry.stages(name))
+            for name in registry.names()]
+
+
+@router.get("/ensembles/{name}", dependencies=[Depends(require_read)])
+def show_ensemble(name: str, request: Request) -> RegistryEnsembleDetail:
+    registry = _ensembles(request)
+    versions = [e.metadata for e in registry.versions(name)]
+    return RegistryEnsembleDetail(name=name, stages=registry.stages(name), versions=versions)
+
+
+@router.get("/ensembles/{name}/versions/{version}", dependencies=[Depends(require_read)])
+def show_ensemble_version(name: str, version: str, request: Request) -> EnsembleMetadata:
+    return _ensembles(request).get(name, version).metadata
+
+
+@router.post("/ensembles/{name}/versions", status_code=201, openapi_extra=json_body_openapi(EnsembleRegisterRequest))
+async def register_ensemble(name: str, request: Request,
+                            key: ApiKey | None = Depends(require_admin)) -> EnsembleMetadata:
+    body = await read_model(request, EnsembleRegisterRequest, get_settings(request).limits)
+    created = await asyncio.to_thread(_ensembles(request).register, name, body.version, body.members, body.combiner,
+                                      description=body.description, tags=body.tags, actor=_actor(key))
+    return created.metadata
+
+
+@router.post("/ensembles/{name}/versions/{version}/promote", openapi_extra=json_body_openapi(PromoteRequest))
+async def promote_ensemble(name: str, version: str, request: Request,
+                           key: ApiKey | None = Depends(require_admin)) -> EnsembleMetadata:
+    body = await read_model(request, PromoteRequest, get_settings(request).limits)
+    promoted = await asyncio.to_thread(_ensembles(request).promote, name, version, body.stage, force=body.force,
+                                       actor=_actor(key))
+    return promoted.metadata
+
+
+@router.post("/ensembles/{name}/versions/{version}/archive")
+def archive_ensemble(name: str, version: str, request: Request,
+                     key: ApiKey | None = Depends(require_admin)) -> EnsembleMetadata:
+    return _ensembles(request).archive(name, version, actor=_actor(key)).metadata
+
+
+# ---- upload helpers ------------------------------------------------------------------------------
 
 def upload_body_limit(limits: LimitSettings) -> int:
     """Bytes an upload body may carry: the artifacts' limit in base64 (4 characters per 3 bytes), plus

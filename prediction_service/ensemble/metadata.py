@@ -1,0 +1,107 @@
+"""What every front door says about an ensemble: OIP/gRPC model metadata and readiness, and the /v1
+model list and detail. The data plane's metadata section hands ensemble names here (a set lookup, as
+for inference), so no route assembles any of it.
+
+An ensemble takes the raw inputs its members pre-process (``bars`` for the price member, ``text`` for
+the sentiment member) and answers the combiner's four outputs, float64, one value per row. It is ready
+when every member's version (the one its stage serves, or the pinned one) is loaded in this worker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import PredictionServiceError, VersionNotFound
+from ..inference import BARS_INPUT, TEXT_INPUT, ModelMetadata, TensorMetadata
+from .combiners import OUTPUTS
+from .spec import ENSEMBLE_BACKEND, Ensemble, EnsembleMember
+from .store import EnsembleRegistry
+
+if TYPE_CHECKING:
+    from ..dataplane import DataPlane
+
+KIND = "ensemble"
+"""``kind`` of an ensemble in the /v1 model list (model entries are unchanged and carry no ``kind``)."""
+INPUTS = (TensorMetadata(BARS_INPUT, "float64", (-1, -1, 5)), TensorMetadata(TEXT_INPUT, "object", (-1,)))
+OUTPUT_TENSORS = tuple(TensorMetadata(name, "float64", (-1, 1)) for name in OUTPUTS)
+
+
+def describe_version(registry: EnsembleRegistry, name: str, version: str | None) -> Ensemble:
+    """``version``, or production's, or the newest when nothing is in production (as for models)."""
+    if version is not None:
+        found = registry.get(name, version)
+        stage = next((s for s, v in registry.stages(name).items() if v == version), None)
+        return found.model_copy(update={"stage": stage})
+    try:
+        return registry.resolve(name)
+    except VersionNotFound:
+        return registry.versions(name)[-1]
+
+
+def member_ready(dataplane: "DataPlane", member: EnsembleMember) -> bool:
+    """The member's version this worker would run is loaded; a member that cannot be resolved is not ready."""
+    try:
+        if member.version is None and member.followed_stage != "production":
+            version = dataplane.manager.reader.resolve(member.model, None, member.followed_stage).version
+            return dataplane.model_ready(member.model, version)
+        return dataplane.model_ready(member.model, member.version)
+    except PredictionServiceError:
+        return False
+
+
+def ready(dataplane: "DataPlane", ensemble: Ensemble) -> bool:
+    return all(member_ready(dataplane, member) for member in ensemble.metadata.members)
+
+
+def model_metadata(dataplane: "DataPlane", registry: EnsembleRegistry, name: str,
+                   version: str | None) -> ModelMetadata:
+    ensemble = describe_version(registry, name, version)
+    batch = []
+    for member in ensemble.metadata.members:
+        try:
+            batch.append(dataplane.manager.reader.resolve(member.model, member.version,
+                                                          member.followed_stage).signature.max_batch_size)
+        except PredictionServiceError:
+            continue  # an unavailable member says nothing about batching; readiness says it is not ready
+    inputs = {tensor.name: tensor for tensor in INPUTS}
+    return ModelMetadata(
+        name=name, version=ensemble.version, versions=tuple(e.version for e in registry.versions(name)),
+        stage=ensemble.stage, platform=ENSEMBLE_BACKEND, backend=ENSEMBLE_BACKEND, inputs=(),
+        outputs=OUTPUT_TENSORS, max_batch_size=min(batch) if batch else 1, task="regression", labels=None,
+        text_input=inputs[TEXT_INPUT], bars_input=inputs[BARS_INPUT], loaded=ready(dataplane, ensemble))
+
+
+def summary(registry: EnsembleRegistry, name: str) -> dict[str, Any]:
+    """One /v1 model-list entry (ModelSummary's fields, plus ``kind``)."""
+    return {"name": name, "kind": KIND, "versions": [e.version for e in registry.versions(name)],
+            "stages": registry.stages(name), "loaded_versions": []}
+
+
+def detail(dataplane: "DataPlane", registry: EnsembleRegistry, name: str) -> dict[str, Any]:
+    """GET /v1/models/{ensemble}: its versions and stages, members (with what each serves and whether it
+    is ready), the combiner, inputs and outputs."""
+    current = describe_version(registry, name, None)
+    members = []
+    for member in current.metadata.members:
+        try:
+            serves = dataplane.manager.reader.resolve(member.model, member.version, member.followed_stage).version
+        except PredictionServiceError as exc:
+            serves = None
+            problem = exc.message
+        else:
+            problem = None
+        members.append({**member.model_dump(mode="json"), "serves": serves, "ready": member_ready(dataplane, member),
+                        **({"problem": problem} if problem else {})})
+    return {
+        **summary(registry, name),
+        "version": current.version, "ready": all(m["ready"] for m in members), "members": members,
+        "combiner": current.metadata.combiner.model_dump(mode="json"),
+        "inputs": [_tensor(t) for t in INPUTS], "outputs": [_tensor(t) for t in OUTPUT_TENSORS],
+        "versions_detail": [{"version": e.version, "status": e.metadata.status, "sha256": e.sha256,
+                             "created_at": e.metadata.created_at.isoformat(), "description": e.metadata.description}
+                            for e in registry.versions(name)],
+    }
+
+
+def _tensor(tensor: TensorMetadata) -> dict[str, Any]:
+    return {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape)}
