@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--port", type=int, default=8000, help="Serve proxy HTTP port (default 8000)")
     run.add_argument("--replicas", type=int, default=2, help="fixed replica count (default 2)")
     run.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (default 1)")
+    run.add_argument("--replica-gpus", type=float, default=0.0,
+                     help="GPU fraction reserved per replica, e.g. 0.5 (seed 004, where GPUs are present; default 0)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray node (default: all)")
     run.set_defaults(func=_run)
     profile = commands.add_parser("profile", help="the autoscaling profile in force (market hours / off hours)")
@@ -56,6 +58,16 @@ def _profile(args: argparse.Namespace) -> int:
     serve_cli = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
     command = [serve_cli, "deploy", str(path)] + (["--address", args.address] if args.address else [])
     return subprocess.run(command, check=False).returncode
+
+
+def deployment_options(args: argparse.Namespace) -> dict:
+    """The Serve deployment options ``ray run`` deploys with: fixed replicas and what each reserves."""
+    if args.replica_gpus < 0 or args.replica_cpus <= 0:
+        raise SystemExit("--replica-cpus must be > 0 and --replica-gpus >= 0")
+    actor: dict[str, float] = {"num_cpus": args.replica_cpus}
+    if args.replica_gpus:  # Ray then places the replica on a GPU node and sets its CUDA_VISIBLE_DEVICES
+        actor["num_gpus"] = args.replica_gpus
+    return {"num_replicas": args.replicas, "ray_actor_options": actor}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -78,8 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(application(RayAppArgs(env=env), num_replicas=args.replicas,
-                              ray_actor_options={"num_cpus": args.replica_cpus}), name="prediction", route_prefix="/")
+        serve.run(application(RayAppArgs(env=env), **deployment_options(args)), name="prediction", route_prefix="/")
         print(f"serving {store} on http://{args.host}:{args.port} with {args.replicas} Serve replicas", flush=True)
         stop.wait()
         if args.address:  # a shared cluster stays up: take our application off it (replicas drain)

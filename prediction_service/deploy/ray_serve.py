@@ -12,13 +12,21 @@ What Serve adds and the service does not duplicate: replicas and their placement
 requests, health checks (``check_health`` = the service's readiness), replacement of dead replicas, and
 graceful shutdown (the app's lifespan runs ``Service.stop()``). What stays the service's own: dynamic
 batching (batching.py, inside each replica; Serve's ``@serve.batch`` would batch one Python method, not
-the ASGI door), hot reload (every replica polls the shared registry's stage links), and metrics.
+the ASGI door; bench/ray_bench.py measures both), hot reload (every replica polls the shared registry's
+stage links), and metrics.
+
+One request id: Serve's proxy gives every request an id (the caller's ``X-Request-Id``, else a uuid4),
+puts it in the request's headers and appends it to the response. A replica takes that id as the request's
+own (body ``request_id``, audit log, experiment records) and drops the service's copy of the header, so a
+response carries one ``X-Request-Id``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from contextvars import ContextVar
 from pathlib import Path
 
 import ray
@@ -28,6 +36,8 @@ from ray.serve import Application
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api.app import create_app
+from ..auth import ApiKey
+from ..inference import RequestContext
 from ..service import Service
 from ..settings import Settings
 from .replica_metrics import ReplicaMetricsExporter
@@ -37,6 +47,13 @@ log = logging.getLogger(__name__)
 DEPLOYMENT = "prediction-service"
 REPLICA_HEADER = "x-serve-replica"
 NODE_HEADER = "x-ray-node-id"
+SERVE_REQUEST_ID_HEADER = "x-request-id"
+"""Where Serve's proxy puts the request's id (ray.serve._private.constants.SERVE_HTTP_REQUEST_ID_HEADER)."""
+
+# A caller may choose the id (Serve passes its X-Request-Id through): only a plain token becomes an audit
+# id. Anything else keeps the service's own id, and the response then carries both.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_serve_request_id: ContextVar[str | None] = ContextVar("serve_request_id", default=None)
 
 
 class RayAppArgs(BaseModel):
@@ -67,7 +84,7 @@ class PredictionReplica:
     """One Serve replica: one Service, one app. Settings come from the replica's environment."""
 
     def __init__(self, metrics_sd_dir: str | None = None, metrics_host: str = "127.0.0.1") -> None:
-        self.service = Service(Settings())
+        self.service = ReplicaService(Settings())
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
         self.node = ray.get_runtime_context().get_node_id()
@@ -105,9 +122,32 @@ class PredictionReplica:
             self._exporter.close()
 
 
+class ReplicaService(Service):
+    """The Service with Serve's request id: a request context opened while a request that Serve's proxy
+    named is handled (``ReplicaHeaders``) carries that id instead of a new one."""
+
+    def request_context(self, key: ApiKey | None, deadline: float | None, protocol: str) -> RequestContext:
+        context = super().request_context(key, deadline, protocol)
+        request_id = _serve_request_id.get()
+        if request_id is not None:
+            context.request_id = request_id
+        return context
+
+
+def serve_request_id(scope: Scope) -> str | None:
+    """The id Serve's proxy gave this request, when it is a plain token (see ``_REQUEST_ID``)."""
+    for name, value in scope.get("headers", ()):
+        if name == SERVE_REQUEST_ID_HEADER.encode():  # ASGI header names are lower case
+            request_id = value.decode("latin-1")
+            return request_id if _REQUEST_ID.fullmatch(request_id) else None
+    return None
+
+
 class ReplicaHeaders:
     """Names the replica and node that answered (``x-serve-replica``, ``x-ray-node-id``) on every
-    response, the predict hot path included (which bypasses the app's middleware stack)."""
+    response, the predict hot path included (which bypasses the app's middleware stack), and hands
+    Serve's request id to the service (``ReplicaService``), dropping the service's own copy of the header:
+    the proxy appends that id to the response itself."""
 
     def __init__(self, app: ASGIApp, replica: str, node: str):
         self.app = app
@@ -121,12 +161,21 @@ class ReplicaHeaders:
             await self.app(scope, receive, send)
             return
 
+        request_id = serve_request_id(scope)
+        duplicate = (SERVE_REQUEST_ID_HEADER.encode(), request_id.encode()) if request_id else None
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *self._headers]
+                headers = [(name, value) for name, value in message.get("headers", ())
+                           if (name.lower(), value) != duplicate]
+                message["headers"] = [*headers, *self._headers]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        token = _serve_request_id.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            _serve_request_id.reset(token)
 
 
 def build_app(args: RayAppArgs) -> Application:

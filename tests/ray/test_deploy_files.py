@@ -13,7 +13,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from prediction_service.cli import build_parser
 from prediction_service.deploy.profiles import CONFIG_DIR, Profile, TradingSchedule
-from prediction_service.deploy.ray_serve import DEPLOYMENT, RayAppArgs, build_app
+from prediction_service.deploy.ray_serve import DEPLOYMENT, PredictionReplica, RayAppArgs, build_app
 from tests.deploy.manifests import REPO, settings_variables
 
 CONFIGS = ["default.yaml", "market-hours.yaml", "off-hours.yaml"]
@@ -43,6 +43,40 @@ def test_serve_configs_follow_the_seed_and_the_code(name):
     env = app.runtime_env["env_vars"]
     assert set(env) <= settings_variables(), "runtime_env sets a variable Settings does not read"
     assert (env["BATCH_MAX_BATCH_SIZE"], env["BATCH_MAX_QUEUE_DELAY_MS"]) == ("32", "10")
+
+
+GPU_LINE = "# num_gpus: 0.5"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_gpu_option_of_each_config_is_valid_and_changes_only_the_reservation(name):
+    """Seed 004's "0.5 GPU where present" is one commented line per config: uncommented, Serve accepts it
+    and it reserves half a GPU per replica, nothing else changes."""
+    text = (CONFIG_DIR / name).read_text()
+    assert text.count(GPU_LINE) == 1
+    gpu = ServeDeploySchema.model_validate(yaml.safe_load(text.replace(GPU_LINE, GPU_LINE.lstrip("# "))))
+    app, deployment = only_app(gpu)
+    assert deployment.ray_actor_options.num_gpus == 0.5
+    build_app(RayAppArgs.model_validate(app.args))
+    cpu = serve_config(name).model_dump(exclude_unset=True)
+    with_gpu = gpu.model_dump(exclude_unset=True)
+    assert with_gpu["applications"][0]["deployments"][0]["ray_actor_options"].pop("num_gpus") == 0.5
+    assert with_gpu == cpu
+
+
+def test_ray_run_reserves_a_gpu_fraction_only_when_asked():
+    from prediction_service.commands.ray import deployment_options
+
+    def options(*flags: str) -> dict:
+        return deployment_options(build_parser().parse_args(["ray", "run", *flags]))
+
+    assert options() == {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1.0}}
+    gpu = options("--replicas", "3", "--replica-cpus", "2", "--replica-gpus", "0.5")
+    assert gpu == {"num_replicas": 3, "ray_actor_options": {"num_cpus": 2.0, "num_gpus": 0.5}}
+    replica = PredictionReplica.options(**gpu)  # Serve validates the options here
+    assert replica.ray_actor_options["num_gpus"] == 0.5 and replica.num_replicas == 3
+    with pytest.raises(SystemExit, match="replica-gpus"):
+        options("--replica-gpus", "-1")
 
 
 def test_profiles_differ_only_in_autoscaling():

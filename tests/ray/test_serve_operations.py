@@ -10,7 +10,7 @@ import httpx
 import ray
 from ray import serve
 
-from prediction_service.deploy.ray_serve import REPLICA_HEADER, RayAppArgs, application
+from prediction_service.deploy.ray_serve import RayAppArgs, application
 from prediction_service.registry import ModelRegistry
 from tests.ray.conftest import APP
 from tests.ray.load import Load, wait_until

@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from prediction_service.deploy.ray_serve import NODE_HEADER, REPLICA_HEADER, RayAppArgs, application
+from prediction_service.monitoring.audit import AuditReader
 from tests.ray.conftest import deployed
+from tests.ray.load import wait_until
 
 PREDICT = "/v1/models/tiny-regressor/predict"
 ROWS = [[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.0], [3.0, 3.0, 3.0, 3.0]]
@@ -54,8 +56,8 @@ async def test_predictions_equal_the_standalone_service_from_both_nodes(two_node
             standalone = await client.post(PREDICT, json={"instance": row})
             assert _stable(through_ray.json()) == _stable(standalone.json())
             assert through_ray.json()["provenance"]["sha256"]
-            # The service's id (body, audit log) comes first; Serve's proxy appends its own for its logs.
-            assert through_ray.headers.get_list("x-request-id")[0] == through_ray.json()["request_id"]
+            # One id: the replica took Serve's (the proxy's header), for the body and the audit log alike.
+            assert through_ray.headers.get_list("x-request-id") == [through_ray.json()["request_id"]]
             if len(nodes) == 2 and attempt >= len(ROWS):
                 break
     assert nodes == set(two_nodes.node_ids), "the two replicas are not on the two nodes"
@@ -74,6 +76,35 @@ async def test_open_inference_protocol_rest_through_serve(two_nodes, client):
     assert ray_body["model_version"] == local_body["model_version"] == "1.0.0"
     metadata = httpx.get(two_nodes.url + "/v2/models/tiny-regressor", timeout=30)
     assert metadata.json() == (await client.get("/v2/models/tiny-regressor")).json()
+
+
+def test_one_request_id_for_header_body_and_audit_log(two_nodes, parity_store):
+    """Serve's proxy names each request (the caller's X-Request-Id, else a uuid4) and appends that id to
+    the response; the replica takes it as its own, so the header, the body and the audit log agree."""
+    audit = parity_store / ".state" / "audit.sqlite3"
+    with httpx.Client(base_url=two_nodes.url, timeout=30) as ray_http:
+        generated = ray_http.post(PREDICT, json={"instance": ROWS[0]})
+        chosen = ray_http.post(PREDICT, json={"instance": ROWS[0]}, headers={"X-Request-Id": "trade-42.a:1"})
+        refused = ray_http.post(PREDICT, json={"instance": [1.0, 2.0]}, headers={"X-Request-Id": "bad-7"})
+        odd = ray_http.post(PREDICT, json={"instance": ROWS[0]}, headers={"X-Request-Id": "not a token"})
+    assert generated.status_code == chosen.status_code == odd.status_code == 200
+    (serve_id,) = generated.headers.get_list("x-request-id")
+    assert generated.json()["request_id"] == serve_id
+    assert chosen.headers.get_list("x-request-id") == ["trade-42.a:1"] == [chosen.json()["request_id"]]
+    assert refused.status_code == 422 and refused.headers.get_list("x-request-id") == ["bad-7"]
+    # Not a plain token: the audit log keeps the service's own id, and the proxy still echoes the caller's.
+    assert odd.headers.get_list("x-request-id") == [odd.json()["request_id"], "not a token"]
+
+    def audited() -> bool:
+        if not audit.is_file():
+            return False
+        reader = AuditReader(audit)
+        return all(reader.request(i) is not None for i in (serve_id, "trade-42.a:1", "bad-7"))
+
+    wait_until(audited, 30, "the three requests in the audit log")
+    reader = AuditReader(audit)
+    assert (reader.request(serve_id).status, reader.request("trade-42.a:1").status) == (200, 200)
+    assert reader.request("bad-7").status == 422
 
 
 BAD = [
