@@ -62,7 +62,8 @@ class DataPlane:
         self.shutting_down = False
         self.in_flight = 0
         # ---- ensemble hook (issue 19): a registered ensemble's members come back through infer ----
-        self.ensembles = EnsembleRunner(EnsembleCatalog(manager.reader.root, settings.stage_poll_interval_seconds))
+        self.ensembles = EnsembleRunner(EnsembleCatalog(manager.reader.root, settings.stage_poll_interval_seconds,
+                                                        state=settings.state))
 
     # ---- inference ----------------------------------------------------------------------------------
 

@@ -22,18 +22,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from ..errors import Conflict, InvalidInput, ModelNotFound, PredictionServiceError, VersionNotFound
-from ..registry.errors import PromotionRefused, RegistryBusy
+from ..registry.errors import PromotionRefused
 from ..registry.events import EVENTS_FILE, EventLog
 from ..registry.fsutil import atomic_symlink, atomic_write_bytes, fsync_dir
 from ..registry.layout import STAGES, RegistryLayout, validate_stage
 from ..registry.lifecycle import STAGE_OF_STATUS, check_transition
-from ..registry.reader import CorruptMetadata, RegistryReader, _stamp, _version_sort_key
-from ..registry.store import LOCK_FILE, STATE_DIR
+from ..registry.reader import CorruptMetadata, RegistryReader, file_stamp, version_sort_key
+from ..registry.store import STATE_DIR, writer_lock
 from ..registry.writer import register_document_version
+from ..settings import StateSettings
 from .combiners import Combiner
 from .spec import ENSEMBLE_FILE, Ensemble, EnsembleMember, EnsembleMetadata
 
@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 
 
 class EnsembleRegistry:
-    def __init__(self, root: Path, *, lock_timeout_s: float = 30.0):
+    def __init__(self, root: Path, *, lock_timeout_s: float = 30.0, state: StateSettings | None = None):
+        """``state``: where the event log lives (None: STATE_* from the environment)."""
         self.layout = RegistryLayout(root)
         self.models = RegistryReader(self.layout.root)
-        self.events = EventLog(self.layout.root / STATE_DIR / EVENTS_FILE)
+        self.events = EventLog(self.layout.root / STATE_DIR / EVENTS_FILE, state=state)
         self._lock_timeout_s = lock_timeout_s
         self._cache_lock = threading.Lock()
         self._parsed: dict[Path, tuple[tuple[int, int, int], Ensemble]] = {}
@@ -69,7 +70,7 @@ class EnsembleRegistry:
         found = [self._load(p.parent) for p in model_dir.glob(f"v*/{ENSEMBLE_FILE}") if not p.parent.is_symlink()]
         if not found:
             raise ModelNotFound(f"ensemble {name!r} is not registered", {"ensemble": name})
-        return sorted(found, key=lambda e: _version_sort_key(e.version))
+        return sorted(found, key=lambda e: version_sort_key(e.version))
 
     def get(self, name: str, version: str) -> Ensemble:
         version_dir = self.layout.version_dir(name, version)
@@ -109,7 +110,7 @@ class EnsembleRegistry:
             return None
         link, target, stamp, found = cached
         try:
-            if os.readlink(link) != target or _stamp(found.path / ENSEMBLE_FILE) != stamp:
+            if os.readlink(link) != target or file_stamp(found.path / ENSEMBLE_FILE) != stamp:
                 return None
         except OSError:
             return None
@@ -204,24 +205,15 @@ class EnsembleRegistry:
 
     @contextmanager
     def _locked(self, name: str) -> Iterator[None]:
-        model_dir = self.layout.model_dir(name)
-        model_dir.mkdir(exist_ok=True)
-        lock = FileLock(model_dir / LOCK_FILE, timeout=self._lock_timeout_s, preserve_lock_file=True)
-        try:
-            lock.acquire()
-        except Timeout as exc:
-            raise RegistryBusy(f"{name!r} is locked by another writer; try again", {"ensemble": name}) from exc
-        try:
+        with writer_lock(self.layout, name, self._lock_timeout_s):
             yield
-        finally:
-            lock.release()
 
     def _write(self, metadata: EnsembleMetadata) -> None:
         atomic_write_bytes(self.layout.version_dir(metadata.name, metadata.version) / ENSEMBLE_FILE, _dump(metadata))
 
     def _load(self, version_dir: Path) -> Ensemble:
         path = version_dir / ENSEMBLE_FILE
-        stamp = _stamp(path)
+        stamp = file_stamp(path)
         with self._cache_lock:
             cached = self._parsed.get(path)
         if cached is not None and cached[0] == stamp:
@@ -242,8 +234,8 @@ class EnsembleCatalog:
     """Which names are ensembles, for the data plane's hot path: a set lookup, re-scanned at most every
     ``refresh_s`` (a model request must not pay a directory scan)."""
 
-    def __init__(self, root: Path, refresh_s: float = 1.0):
-        self.registry = EnsembleRegistry(root)
+    def __init__(self, root: Path, refresh_s: float = 1.0, state: StateSettings | None = None):
+        self.registry = EnsembleRegistry(root, state=state)
         self.refresh_s = refresh_s
         self._names: frozenset[str] = frozenset()
         self._scanned_at = float("-inf")

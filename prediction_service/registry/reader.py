@@ -58,7 +58,7 @@ class RegistryReader:
             if meta.parent.is_symlink():
                 continue
             found.append(self._load(meta.parent))
-        return sorted(found, key=lambda v: _version_sort_key(v.version))
+        return sorted(found, key=lambda v: version_sort_key(v.version))
 
     def stages(self, name: str) -> dict[str, str | None]:
         self.layout.model_dir(name)
@@ -90,7 +90,7 @@ class RegistryReader:
         meta_path = os.path.join(found.path, METADATA_FILE)
         with self._lock:
             self._links[(name, stage)] = str(self.layout.stage_link(name, stage))
-            self._resolved[(name, stage)] = (f"v{target}", _stamp(meta_path), found)
+            self._resolved[(name, stage)] = (f"v{target}", file_stamp(meta_path), found)
         return found
 
     # ---- reload requests: a signal between workers, not a registry change (no lock, no event) -------
@@ -119,7 +119,7 @@ class RegistryReader:
             return None
         try:
             target = os.readlink(link)
-            if target != cached[0] or _stamp(os.path.join(cached[2].path, METADATA_FILE)) != cached[1]:
+            if target != cached[0] or file_stamp(os.path.join(cached[2].path, METADATA_FILE)) != cached[1]:
                 return None
         except OSError:
             return None
@@ -127,7 +127,7 @@ class RegistryReader:
 
     def _load(self, version_dir: Path) -> ModelVersion:
         meta_path = version_dir / METADATA_FILE
-        stamp = _stamp(meta_path)
+        stamp = file_stamp(meta_path)
         with self._lock:
             cached = self._cache.get(meta_path)
         if cached is None or cached[0] != stamp:
@@ -142,13 +142,13 @@ class RegistryReader:
         return ModelVersion(path=version_dir, metadata=metadata)
 
 
-def _stamp(path: Path | str) -> tuple[int, int, int]:
+def file_stamp(path: Path | str) -> tuple[int, int, int]:
     # The inode too: metadata is replaced (new inode) and two writes can share an mtime tick.
     stat = os.stat(path)
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-def _version_sort_key(version: str) -> tuple:
+def version_sort_key(version: str) -> tuple:
     parts = []
     for piece in version.replace("-", ".").split("."):
         parts.append((0, int(piece), "") if piece.isdigit() else (1, 0, piece))

@@ -45,6 +45,24 @@ STATE_DIR = ".state"
 UPLOADS_DIR = "uploads"
 
 
+@contextmanager
+def writer_lock(layout: RegistryLayout, name: str, timeout_s: float) -> Iterator[None]:
+    """The one writer lock of ``name``'s directory (models and ensembles alike): every registry write to
+    a name holds it, across threads, processes and pods sharing the volume."""
+    model_dir = layout.model_dir(name)
+    model_dir.mkdir(exist_ok=True)
+    lock = FileLock(model_dir / LOCK_FILE, timeout=timeout_s, preserve_lock_file=True)
+    try:
+        lock.acquire()
+    except Timeout as exc:
+        raise RegistryBusy(f"{name!r} is locked by another writer; try again",
+                           {"model": name, "waited_s": timeout_s}) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class ModelRegistry:
     def __init__(self, root: Path, *, repair: bool = True, lock_timeout_s: float = 30.0,
                  state: StateSettings | None = None):
@@ -287,20 +305,10 @@ class ModelRegistry:
 
     @contextmanager
     def _locked(self, name: str, *, reconcile: bool = True) -> Iterator[None]:
-        model_dir = self.layout.model_dir(name)
-        model_dir.mkdir(exist_ok=True)
-        lock = FileLock(model_dir / LOCK_FILE, timeout=self._lock_timeout_s, preserve_lock_file=True)
-        try:
-            lock.acquire()
-        except Timeout as exc:
-            raise RegistryBusy(f"model {name!r} is locked by another writer; try again",
-                               {"model": name, "waited_s": self._lock_timeout_s}) from exc
-        try:
+        with writer_lock(self.layout, name, self._lock_timeout_s):
             if reconcile:  # repair what a crashed writer left before building on it
                 reconcile_model(self.layout, self.events, name)
             yield
-        finally:
-            lock.release()
 
     def _read_for_write(self, name: str, version: str) -> VersionMetadata:
         if not self.layout.metadata_path(name, version).is_file():
