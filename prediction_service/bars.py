@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
 from .errors import InvalidInput
 from .signature import OHLCV_COLUMNS, BarsPreprocessing
@@ -25,6 +26,12 @@ MACD_SPANS = ((12, 26, 9), (5, 35, 5))
 CLIP = 50.0
 _EPS = 1e-12
 
+# Every primitive works along the last axis (time) and broadcasts over any leading axes, so one call computes
+# a whole batch of windows: ``[T]`` or ``[batch, T]``. Per row the arithmetic is the same, in the same order, as
+# for one window alone: elementwise ops, sequential cumulative sums and recursions, and reductions over the
+# window axis only. A batch's features therefore equal each window's own, bit for bit
+# (tests/modelzoo/test_bars.py).
+
 
 def _div(num: np.ndarray, den: np.ndarray | float) -> np.ndarray:
     den = np.asarray(den, dtype=np.float64)
@@ -33,17 +40,21 @@ def _div(num: np.ndarray, den: np.ndarray | float) -> np.ndarray:
 
 
 def _shift(x: np.ndarray, lag: int) -> np.ndarray:
-    """x[t - lag], holding the first value during warm-up."""
+    """x[..., t - lag], holding the first value during warm-up."""
     if lag <= 0:
         return x
-    return np.concatenate([np.full(lag, x[0]), x[:-lag]])
+    return np.concatenate([np.repeat(x[..., :1], lag, axis=-1), x[..., :-lag]], axis=-1)
 
 
 def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
-    cumsum = np.concatenate([[0.0], np.cumsum(x)])
-    idx = np.arange(len(x))
-    start = np.maximum(0, idx + 1 - window)
-    return (cumsum[idx + 1] - cumsum[start]) / (idx + 1 - start)
+    """Mean of the last ``window`` values (the ones so far during warm-up), from one cumulative sum."""
+    x = np.asarray(x, dtype=np.float64)
+    cumsum = np.cumsum(x, axis=-1)
+    out = np.empty_like(cumsum)
+    warm = min(window, x.shape[-1])
+    out[..., :warm] = cumsum[..., :warm] / np.arange(1, warm + 1)
+    out[..., warm:] = (cumsum[..., warm:] - cumsum[..., :-warm]) / window
+    return out
 
 
 def rolling_std(x: np.ndarray, window: int) -> np.ndarray:
@@ -51,55 +62,81 @@ def rolling_std(x: np.ndarray, window: int) -> np.ndarray:
     the E[x^2] - E[x]^2 shortcut lost up to 1e-8 to cancellation on price levels (TA-Lib agrees to 1e-9)."""
     x = np.asarray(x, dtype=np.float64)
     out = np.empty_like(x)
-    warm = min(window - 1, len(x))  # rows before the first full window: the std of the rows so far
+    length = x.shape[-1]
+    warm = min(window - 1, length)  # rows before the first full window: the std of the rows so far
     if warm:
         seen = np.tri(warm, dtype=bool)  # row t sees x[0..t]
-        mean = np.cumsum(x[:warm]) / np.arange(1, warm + 1)
-        deviation = np.where(seen, x[None, :warm] - mean[:, None], 0.0)
-        out[:warm] = np.sqrt((deviation * deviation).sum(axis=1) / np.arange(1, warm + 1))
-    if len(x) >= window:
-        full = np.lib.stride_tricks.sliding_window_view(x, window)
-        deviation = full - full.mean(axis=1, keepdims=True)
-        out[warm:] = np.sqrt((deviation * deviation).mean(axis=1))
+        mean = np.cumsum(x[..., :warm], axis=-1) / np.arange(1, warm + 1)
+        deviation = np.where(seen, x[..., None, :warm] - mean[..., :, None], 0.0)
+        out[..., :warm] = np.sqrt((deviation * deviation).sum(axis=-1) / np.arange(1, warm + 1))
+    if length >= window:
+        full = np.lib.stride_tricks.sliding_window_view(x, window, axis=-1)
+        deviation = full - full.mean(axis=-1, keepdims=True)
+        out[..., warm:] = np.sqrt((deviation * deviation).mean(axis=-1))
     return out
 
 
-def _rolling_extreme(x: np.ndarray, window: int, reduce) -> np.ndarray:
-    padded = np.concatenate([np.full(window - 1, x[0]), x])
-    return reduce(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
+def rolling_max(x: np.ndarray, window: int) -> np.ndarray:
+    """Max of the last ``window`` values (the first value repeated before the start). A max is exact, so
+    scipy's O(n) filter equals the max over every window."""
+    return maximum_filter1d(x, size=window, axis=-1, mode="nearest", origin=(window - 1) // 2)
+
+
+def rolling_min(x: np.ndarray, window: int) -> np.ndarray:
+    return minimum_filter1d(x, size=window, axis=-1, mode="nearest", origin=(window - 1) // 2)
+
+
+def _emas(x: np.ndarray, spans: tuple[int, ...]) -> np.ndarray:
+    """EMAs of the rows of ``x`` (``[..., len(spans), T]``, one row per span, or ``[..., 1, T]``: one series
+    for every span) -> ``[..., len(spans), T]``. One pass over time for all spans and windows at once: the
+    recursion is sequential in t only."""
+    x = np.asarray(x, dtype=np.float64)
+    rows = np.broadcast_to(x, x.shape[:-2] + (len(spans), x.shape[-1]))
+    alpha = 2.0 / (np.asarray(spans, dtype=np.float64) + 1.0)
+    keep = np.broadcast_to(1.0 - alpha, rows.shape[:-1]).reshape(-1)
+    alpha = np.broadcast_to(alpha, rows.shape[:-1]).reshape(-1)
+    # time first and every series side by side: each step below is three flat vector operations
+    steps = np.moveaxis(rows, -1, 0).reshape(rows.shape[-1], -1)
+    out = np.empty(steps.shape)
+    out[0] = steps[0]
+    for t in range(1, len(steps)):
+        out[t] = alpha * steps[t] + keep * out[t - 1]
+    return np.moveaxis(out.reshape((rows.shape[-1],) + rows.shape[:-1]), 0, -1)
 
 
 def ema(x: np.ndarray, span: int) -> np.ndarray:
-    alpha = 2.0 / (span + 1.0)
-    out = np.empty_like(x)
-    out[0] = x[0]
-    for t in range(1, len(x)):
-        out[t] = alpha * x[t] + (1.0 - alpha) * out[t - 1]
-    return out
+    return _emas(np.asarray(x, dtype=np.float64)[..., None, :], (span,))[..., 0, :]
 
 
 def rsi(close: np.ndarray, window: int) -> np.ndarray:
-    change = np.diff(close, prepend=close[0])
+    change = np.diff(close, axis=-1, prepend=close[..., :1])
     gain = rolling_mean(np.maximum(change, 0.0), window)
     loss = rolling_mean(np.maximum(-change, 0.0), window)
     return 100.0 - 100.0 / (1.0 + _div(gain, loss + _EPS))
 
 
 def compute_features(ohlcv: np.ndarray, windows: tuple[int, ...] = WINDOWS,
-                     macd_spans: tuple[tuple[int, int, int], ...] = MACD_SPANS, clip: float = CLIP) -> np.ndarray:
+                     macd_spans: tuple[tuple[int, int, int], ...] = MACD_SPANS, clip: float = CLIP,
+                     last: int | None = None) -> np.ndarray:
     """``[T, 5]`` open/high/low/close/volume -> ``[T, 110]`` float32 (with the default parameters), all
-    finite. Warm-up rows use the history available so far."""
+    finite; a batch ``[batch, T, 5]`` -> ``[batch, T, 110]``, each window computed from its own bars only
+    (equal to calling this on each window alone). Warm-up rows use the history available so far.
+    ``last``: return only the last that many rows (the same values, without assembling the others)."""
     ohlcv = np.asarray(ohlcv, dtype=np.float64)
-    if ohlcv.ndim != 2 or ohlcv.shape[1] != 5 or len(ohlcv) < 2:
-        raise InvalidInput(f"ohlcv must be [T>=2, 5], got {list(ohlcv.shape)}")
-    if not np.isfinite(ohlcv).all() or (ohlcv[:, :4] <= 0).any() or (ohlcv[:, 4] < 0).any():
+    if ohlcv.ndim not in (2, 3) or ohlcv.shape[-1] != 5 or ohlcv.shape[-2] < 2:
+        raise InvalidInput(f"ohlcv must be [T>=2, 5] (or a batch [batch, T>=2, 5]), got {list(ohlcv.shape)}")
+    if not np.isfinite(ohlcv).all() or (ohlcv[..., :4] <= 0).any() or (ohlcv[..., 4] < 0).any():
         raise InvalidInput("ohlcv needs finite positive prices and non-negative volume")
-    open_, high, low, close, volume = ohlcv.T
+    open_, high, low, close, volume = np.moveaxis(ohlcv, -1, 0)
     prev_close = _shift(close, 1)
     log_ret = np.log(close / prev_close)
     log_volume = np.log1p(volume)
     true_range = np.maximum(high - low, np.maximum(np.abs(high - prev_close), np.abs(low - prev_close)))
     hl_log_sq = np.log(high / low) ** 2
+    # every EMA of the close in one pass over time (the indicator windows, MACD legs, crossovers)
+    spans = tuple(sorted({*windows, *(s for fast, slow, _ in macd_spans for s in (fast, slow)), 5, 10, 20, 50}))
+    close_emas = dict(zip(spans, np.moveaxis(_emas(close[..., None, :], spans), -2, 0)))
+    std_log_ret = {w: rolling_std(log_ret, w) for w in sorted({*windows, 5, 10, 20, 50})}
 
     columns: list[np.ndarray] = [
         close / prev_close - 1.0,
@@ -109,17 +146,17 @@ def compute_features(ohlcv: np.ndarray, windows: tuple[int, ...] = WINDOWS,
         (high - np.maximum(open_, close)) / close,
         (np.minimum(open_, close) - low) / close,
         log_volume - rolling_mean(log_volume, 50),
-        np.diff(log_volume, prepend=log_volume[0]),
+        np.diff(log_volume, axis=-1, prepend=log_volume[..., :1]),
     ]
     for w in windows:
         sma = rolling_mean(close, w)
         std = rolling_std(close, w)
-        hi = _rolling_extreme(high, w, np.max)
-        lo = _rolling_extreme(low, w, np.min)
+        hi = rolling_max(high, w)
+        lo = rolling_min(low, w)
         columns += [
             close / sma - 1.0,                              # SMA ratio
-            close / ema(close, w) - 1.0,                    # EMA ratio
-            rolling_std(log_ret, w),                        # volatility
+            close / close_emas[w] - 1.0,                    # EMA ratio
+            std_log_ret[w],                                 # volatility
             close / _shift(close, w) - 1.0,                 # momentum
             rsi(close, w) / 100.0 - 0.5,                    # RSI, centred
             _div(close - (sma - 2 * std), 4 * std) - 0.5,   # Bollinger %b, centred
@@ -133,17 +170,18 @@ def compute_features(ohlcv: np.ndarray, windows: tuple[int, ...] = WINDOWS,
             _div(close - sma, std),                         # z-score
             rolling_mean((high - low) / close, w),          # mean range
         ]
-    for fast, slow, signal in macd_spans:
-        macd = ema(close, fast) - ema(close, slow)
-        macd_signal = ema(macd, signal)
+    macds = np.stack([close_emas[fast] - close_emas[slow] for fast, slow, _ in macd_spans], axis=-2)
+    signals = _emas(macds, tuple(signal for _, _, signal in macd_spans))
+    for i in range(len(macd_spans)):
+        macd, macd_signal = macds[..., i, :], signals[..., i, :]
         columns += [macd / close, macd_signal / close, (macd - macd_signal) / close]
     columns += [_shift(log_ret, lag) for lag in range(1, 11)]
     columns += [
-        ema(close, 5) / ema(close, 20) - 1.0,
-        ema(close, 10) / ema(close, 50) - 1.0,
+        close_emas[5] / close_emas[20] - 1.0,
+        close_emas[10] / close_emas[50] - 1.0,
         rolling_mean(close, 5) / rolling_mean(close, 30) - 1.0,
-        _div(rolling_std(log_ret, 5), rolling_std(log_ret, 20)) - 1.0,
-        _div(rolling_std(log_ret, 10), rolling_std(log_ret, 50)) - 1.0,
+        _div(std_log_ret[5], std_log_ret[20]) - 1.0,
+        _div(std_log_ret[10], std_log_ret[50]) - 1.0,
         np.sqrt(rolling_mean(hl_log_sq, 10) / (4 * np.log(2))),  # Parkinson volatility
         np.sqrt(rolling_mean(hl_log_sq, 20) / (4 * np.log(2))),
         np.sqrt(np.maximum(rolling_mean(0.5 * hl_log_sq - (2 * np.log(2) - 1) * np.log(close / open_) ** 2, 20),
@@ -152,9 +190,10 @@ def compute_features(ohlcv: np.ndarray, windows: tuple[int, ...] = WINDOWS,
         _div(log_volume - rolling_mean(log_volume, 50), rolling_std(log_volume, 50)),
         np.sign(log_ret) * (log_volume - rolling_mean(log_volume, 20)),  # signed volume surprise
     ]
-    features = np.stack(columns, axis=1)
+    rows = slice(-last, None) if last else slice(None)
+    features = np.stack([column[..., rows] for column in columns], axis=-1)
     # a code invariant, not an input check: BarsPreprocessing.n_features counts the same columns
-    assert features.shape[1] == 29 + 15 * len(windows) + 3 * len(macd_spans), features.shape
+    assert features.shape[-1] == 29 + 15 * len(windows) + 3 * len(macd_spans), features.shape
     # Ratios of near-constant windows can explode; clip so one odd row cannot dominate a batch.
     return np.clip(features, -clip, clip).astype(np.float32)
 
@@ -163,15 +202,16 @@ def feature_window(ohlcv: np.ndarray, seq_len: int = 60) -> np.ndarray:
     """The model input for the last ``seq_len`` steps: ``[seq_len, 110]`` float32."""
     if len(ohlcv) < seq_len:
         raise InvalidInput(f"need at least {seq_len} OHLCV rows, got {len(ohlcv)}")
-    return compute_features(ohlcv)[-seq_len:]
+    return compute_features(ohlcv, last=seq_len)
 
 
 def normalize_ohlcv_window(window: np.ndarray) -> np.ndarray:
-    """LSTM price model input: prices divided by the window's last close, volume by its mean."""
+    """LSTM price model input: prices divided by the window's last close, volume by its mean. ``[n, 5]`` or a
+    batch ``[batch, n, 5]``, each window normalised by its own last close and mean volume."""
     window = np.asarray(window, dtype=np.float64)
-    prices = window[:, :4] / window[-1, 3]
-    volume = window[:, 4:5] / max(float(window[:, 4].mean()), _EPS)
-    return np.concatenate([prices, volume], axis=1).astype(np.float32)
+    prices = window[..., :4] / window[..., -1:, 3:4]
+    volume = window[..., 4:5] / np.maximum(window[..., 4:5].mean(axis=-2, keepdims=True), _EPS)
+    return np.concatenate([prices, volume], axis=-1).astype(np.float32)
 
 
 # ---- the declared steps -------------------------------------------------------------------------------------
@@ -283,6 +323,6 @@ def preprocess_bars(step: BarsPreprocessing, bars: Any, max_rows: int | None = N
     (modelzoo/datasets.py) and serving (processing.py) both call this."""
     windows = check_bars(bars, step, max_rows)
     if step.kind == "ohlcv_window":
-        return np.stack([normalize_ohlcv_window(window) for window in windows])
-    return np.stack([compute_features(window, step.indicator_windows, step.macd, step.clip)[-step.window:]
-                     for window in windows])
+        return normalize_ohlcv_window(windows)
+    # the whole batch at once (vectorised over windows); each window still sees only its own bars
+    return compute_features(windows, step.indicator_windows, step.macd, step.clip, last=step.window)

@@ -31,6 +31,8 @@ from ..signature import ModelSignature
 from ..torch_threads import torch_threads
 from .benchmark import BenchmarkResult, benchmark
 from .export import OnnxOptimization, TorchScriptMethod, export_onnx, export_torchscript, optimize_onnx
+from .quantize import (Calibration, QuantizationSummary, StaticInt8Options, calibration_batches,
+                       make_int8_static)
 from .validation import Tolerances, VariantValidation, validate_runner
 from .variants import make_fp16, make_int8
 
@@ -50,7 +52,10 @@ class PackagingOptions(BaseModel):
     fp16: bool = False
     """Also build an fp16 ONNX variant."""
     int8: bool = False
-    """Also build an int8 (dynamic quantization) ONNX variant."""
+    """Also build an int8 ONNX variant: dynamic quantization, or static with ``int8_static``."""
+    int8_static: StaticInt8Options | None = None
+    """Build the int8 variant by static (calibrated) quantization with this recipe instead of dynamic;
+    package_model then needs ``calibration_inputs``. Validated against the same int8 tolerances."""
     torchscript: bool = True
     torchscript_method: TorchScriptMethod = "auto"
     """auto = script, falling back to trace for code the TorchScript compiler rejects."""
@@ -112,17 +117,23 @@ class _Variant:
 
 def package_model(model: nn.Module, request: PackagingRequest, store: Path,
                   options: PackagingOptions | None = None,
-                  validation_inputs: dict[str, np.ndarray] | None = None) -> PackagingResult:
+                  validation_inputs: dict[str, np.ndarray] | None = None,
+                  calibration_inputs: Calibration | None = None) -> PackagingResult:
+    """``calibration_inputs``: rows the static int8 recipe measures activation ranges on (other rows than
+    the validation set's, or validation would grade the calibration data), as tensors or a list of batches."""
     options = options or PackagingOptions()
     store = Path(store)
     RegistryLayout(store).new_version_dir(request.name, request.version)  # Conflict before any expensive work
     _check_extra_files(request)
+    if options.int8 and options.int8_static is not None and not calibration_inputs:
+        raise InvalidInput("static int8 quantization (int8_static) needs calibration_inputs",
+                           {"variant": "onnx-int8"})
     work_root = store / WORK_DIR
     work_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{request.name}-{request.version}-", dir=work_root))
     try:
         with torch_threads(options.threads):
-            return _package(model.eval(), request, store, options, validation_inputs, work)
+            return _package(model.eval(), request, store, options, validation_inputs, calibration_inputs, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         with suppress(OSError):  # leave no empty scratch dir behind (another packaging may still use it)
@@ -130,14 +141,18 @@ def package_model(model: nn.Module, request: PackagingRequest, store: Path,
 
 
 def _package(model: nn.Module, request: PackagingRequest, store: Path, options: PackagingOptions,
-             validation_inputs: dict[str, np.ndarray] | None, work: Path) -> PackagingResult:
+             validation_inputs: dict[str, np.ndarray] | None, calibration_inputs: Calibration | None,
+             work: Path) -> PackagingResult:
     signature = request.signature
     inputs = _validation_set(signature, validation_inputs, options)
     log.info("[%s:%s] validation set: %d rows", request.name, request.version, _rows(inputs))
     reference = TorchRuntime(model, signature, options.threads).run(inputs)
     example = {name: array[:2] for name, array in inputs.items()}
 
-    variants = _export_all(model, request, options, example, work)
+    if options.int8 and options.int8_static is not None:  # each batch checked like a request
+        calibration_inputs = [signature.validate_inputs(batch) for batch in
+                              calibration_batches(calibration_inputs, options.int8_static.calibration_batch)]
+    variants, quantization = _export_all(model, request, options, example, calibration_inputs, work)
     validations: dict[str, VariantValidation] = {}
     for variant in variants:
         result = validate_runner(variant.open(request, options), inputs, reference, signature, variant.key,
@@ -172,6 +187,7 @@ def _package(model: nn.Module, request: PackagingRequest, store: Path, options: 
             "rows": _rows(inputs),
             "variants": {key: v.model_dump(mode="json") for key, v in validations.items() if v.passed},
             "rejected": [v.model_dump(mode="json") for v in validations.values() if not v.passed],
+            **({"quantization": quantization.model_dump(mode="json")} if quantization else {}),
         },
     )
     metadata = VersionMetadata(
@@ -197,7 +213,8 @@ def register(store: Path, metadata: VersionMetadata, sources: list[ArtifactSourc
 
 
 def _export_all(model: nn.Module, request: PackagingRequest, options: PackagingOptions,
-                example: dict[str, np.ndarray], work: Path) -> list[_Variant]:
+                example: dict[str, np.ndarray], calibration_inputs: Calibration | None,
+                work: Path) -> tuple[list[_Variant], QuantizationSummary | None]:
     signature = request.signature
     tag = f"[{request.name}:{request.version}]"
     raw_onnx = export_onnx(model, signature, example, work / "raw.onnx", opset=options.opset)
@@ -225,11 +242,20 @@ def _export_all(model: nn.Module, request: PackagingRequest, options: PackagingO
         fp16_path = make_fp16(raw_onnx, work / "model.fp16.onnx")
         log.info("%s variant onnx fp16 built", tag)
         variants.append(_Variant("onnx-fp16", "onnx", "fp16", fp16_path, "model.fp16.onnx", False))
+    quantization = None
     if options.int8:
-        int8_path = make_int8(raw_onnx, work / "model.int8.onnx")
-        log.info("%s variant onnx int8 (dynamic quantization) built", tag)
+        int8_path = work / "model.int8.onnx"
+        if options.int8_static is None:
+            make_int8(raw_onnx, int8_path)
+            log.info("%s variant onnx int8 (dynamic quantization) built", tag)
+        else:
+            assert calibration_inputs is not None  # package_model checked it
+            quantization = make_int8_static(raw_onnx, int8_path, options.int8_static, calibration_inputs)
+            log.info("%s variant onnx int8 (static quantization, QDQ, %d nodes int8, %d fp32, calibrated on %d "
+                     "rows) built", tag, quantization.quantized_nodes, quantization.fp32_nodes,
+                     quantization.calibration_rows)
         variants.append(_Variant("onnx-int8", "onnx", "int8", int8_path, "model.int8.onnx", False))
-    return variants
+    return variants, quantization
 
 
 def _validation_set(signature: ModelSignature, given: dict[str, np.ndarray] | None,

@@ -64,6 +64,39 @@ def test_served_lstm_windows_equal_the_training_windows():
     np.testing.assert_array_equal(one, training[:1])
 
 
+def _mixed_batch(step) -> np.ndarray:
+    """Windows unlike each other in one batch: price levels from 0.01 to 5,000, a flat window with zero volume,
+    and a gap; a feature leaking across windows (a cumulative sum, an EMA, a rolling max) would show."""
+    windows = [synthetic_ohlcv(step.min_bars, seed=seed, start_price=price)
+               for seed, price in enumerate([100.0, 5000.0, 0.01, 1.0, 42.0])]
+    windows.append(np.tile([10.0, 10.0, 10.0, 10.0, 0.0], (step.min_bars, 1)))
+    gap = synthetic_ohlcv(step.min_bars, seed=9)
+    gap[step.min_bars // 2:, :4] *= 1.5
+    return np.stack(windows + [gap])
+
+
+@pytest.mark.parametrize("architecture", ["cnn_lstm_direction", "lstm_price"])
+def test_a_batch_is_computed_at_once_and_equals_each_window_alone(architecture):
+    step = bars_step_for(architecture)
+    batch = _mixed_batch(step)
+    together = preprocess_bars(step, batch)
+    assert together.shape == (len(batch), step.window, step.n_features) and together.dtype == np.float32
+    alone = np.concatenate([preprocess_bars(step, window) for window in batch])
+    np.testing.assert_array_equal(together, alone)
+    # and the batch order does not matter: a window's features depend on its own bars only
+    np.testing.assert_array_equal(preprocess_bars(step, batch[::-1]), together[::-1])
+
+
+def test_compute_features_takes_a_batch_of_windows():
+    series = [synthetic_ohlcv(130, seed=seed, start_price=price) for seed, price in [(1, 100.0), (2, 5000.0)]]
+    batch = compute_features(np.stack(series))
+    assert batch.shape == (2, 130, 110)
+    for row, window in zip(batch, series):
+        np.testing.assert_array_equal(row, compute_features(window))
+    with pytest.raises(InvalidInput, match="batch"):
+        compute_features(np.ones((2, 3, 130, 5)))
+
+
 @pytest.mark.parametrize("bars, says", [
     (np.ones((1, 30, 5)), "at least 110 bars"),
     (np.ones((1, 120, 4)), "5 columns"),

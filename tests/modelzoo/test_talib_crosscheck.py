@@ -40,8 +40,8 @@ def test_rolling_statistics_match_talib(series, window):
     full = window - 1  # first row with a full window
     _close(bars.rolling_mean(close, window), talib.SMA(close, window), full)
     _close(bars.rolling_std(close, window), talib.STDDEV(close, window, 1.0), full)
-    _close(bars._rolling_extreme(high, window, np.max), talib.MAX(high, window), full)
-    _close(bars._rolling_extreme(low, window, np.min), talib.MIN(low, window), full)
+    _close(bars.rolling_max(high, window), talib.MAX(high, window), full)
+    _close(bars.rolling_min(low, window), talib.MIN(low, window), full)
     _close(close / bars._shift(close, window) - 1.0, talib.ROCR(close, window) - 1.0, window)
 
 
@@ -52,7 +52,7 @@ def test_bollinger_and_stochastics_match_talib(series, window):
     upper, middle, lower = talib.BBANDS(close, window, 2.0, 2.0, 0)
     _close(bars._div(close - (sma - 2 * std), 4 * std), (close - lower) / (upper - lower), window - 1)
     _close(4 * std / sma, (upper - lower) / middle, window - 1)
-    hi, lo = bars._rolling_extreme(high, window, np.max), bars._rolling_extreme(low, window, np.min)
+    hi, lo = bars.rolling_max(high, window), bars.rolling_min(low, window)
     fast_k, _ = talib.STOCHF(high, low, close, window, 1, 0)
     _close(bars._div(close - lo, hi - lo), fast_k / 100.0, window - 1)
 
@@ -107,3 +107,27 @@ def test_rolling_std_warm_up_rows_use_the_rows_so_far(length):
     for window in WINDOWS:
         expected = [x[max(0, t - window + 1): t + 1].std() for t in range(length)]
         np.testing.assert_allclose(bars.rolling_std(x, window), expected, rtol=0, atol=TOLERANCE)
+
+
+def test_the_batched_primitives_match_talib_row_by_row():
+    """bars.py computes a batch of windows at once (the batch axis first, time last); each row must still be
+    TA-Lib's indicator of that row alone."""
+    batch = np.stack([synthetic_ohlcv(1200, seed=seed, start_price=price)
+                      for seed, price in [(3, 100.0), (4, 5000.0), (5, 0.5)]])
+    high, low, close = batch[..., 1], batch[..., 2], batch[..., 3]
+    for window in WINDOWS:
+        full = window - 1
+        sma, std = bars.rolling_mean(close, window), bars.rolling_std(close, window)
+        hi, lo = bars.rolling_max(high, window), bars.rolling_min(low, window)
+        for row in range(len(batch)):
+            _close(sma[row], talib.SMA(close[row], window), full)
+            _close(std[row], talib.STDDEV(close[row], window, 1.0), full)
+            _close(hi[row], talib.MAX(high[row], window), full)
+            _close(lo[row], talib.MIN(low[row], window), full)
+    for fast, slow, signal in bars.MACD_SPANS:
+        macd = bars.ema(close, fast) - bars.ema(close, slow)
+        macd_signal = bars.ema(macd, signal)
+        for row in range(len(batch)):
+            want, want_signal, _ = talib.MACD(close[row], fast, slow, signal)
+            _close(macd[row], want, 1000)  # the seeds' difference has decayed far below 1e-9 by then
+            _close(macd_signal[row], want_signal, 1000)
