@@ -7,13 +7,14 @@ has to import another to learn a type.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from .request_ids import new_request_id
 
 if TYPE_CHECKING:
     from .auth import Scope
@@ -41,8 +42,8 @@ class Selector:
 
 @dataclass
 class RequestContext:
-    request_id: str = field(default_factory=lambda: os.urandom(16).hex())
-    """128 random bits as 32 hex digits (uuid4's randomness without building a UUID per request)."""
+    request_id: str = field(default_factory=new_request_id)
+    """A UUIDv7 as 32 hex digits: time-ordered, so the audit log's request-id index grows at its edge."""
     deadline: float | None = None
     """time.monotonic() instant after which the work is dropped."""
     received_at: float = field(default_factory=time.time)
