@@ -4,10 +4,10 @@ pytest_plugins = ["tests.support.torchserve_fixtures", "tests.support.triton_fix
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from prediction_service.settings import BatchingSettings, Settings
+from tests.support.asgi import served_app
 from tests.support.models import (CLASSIFIER_SIGNATURE, REGRESSOR_SIGNATURE, TinyClassifier, TinyRegressor,
                                   register_slow, register_tiny)
 
@@ -55,14 +55,9 @@ def settings(tiny_store) -> Settings:
 
 @pytest.fixture
 async def client(settings):
-    from prediction_service.api.app import create_app
-
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            http.app = app
-            yield http
+    async with served_app(settings) as (app, http):
+        http.app = app
+        yield http
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +72,5 @@ def demo_store(tmp_path_factory) -> Path:
 
 @pytest.fixture
 async def demo_client(demo_store):
-    from prediction_service.api.app import create_app
-
-    app = create_app(Settings(model_store=demo_store))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-            yield http
+    async with served_app(model_store=demo_store) as (_, http):
+        yield http

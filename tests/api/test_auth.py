@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prediction_service.api.app import create_app
 from prediction_service.ratelimit import RateLimiter
 from prediction_service.errors import RateLimited
 from prediction_service.settings import AuditSettings, SecuritySettings, Settings
+from tests.support.asgi import served_app
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 PREDICT = "/v1/models/tiny-regressor/predict"
@@ -17,16 +16,14 @@ RELOAD = "/v1/models/tiny-regressor/reload"
 KEYS = "admin-secret,reader-secret:read"
 
 
-async def _client(tiny_store, **security):
+def _served(tiny_store, **security):
     settings = Settings(model_store=tiny_store, security=SecuritySettings(**security),
                         audit=AuditSettings(enabled=False))
-    app = create_app(settings, metrics_registry=CollectorRegistry())
-    return app, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    return served_app(settings, metrics_registry=CollectorRegistry())
 
 
 async def test_management_endpoint_needs_an_admin_key(tiny_store):
-    app, http = await _client(tiny_store, api_keys=KEYS)
-    async with app.router.lifespan_context(app), http:
+    async with _served(tiny_store, api_keys=KEYS) as (_, http):
         missing = await http.post(RELOAD)
         assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
         assert missing.headers["www-authenticate"] == "ApiKey"
@@ -43,8 +40,7 @@ async def test_management_endpoint_needs_an_admin_key(tiny_store):
 
 
 async def test_predict_can_require_a_key(tiny_store):
-    app, http = await _client(tiny_store, api_keys=KEYS, predict_requires_key=True)
-    async with app.router.lifespan_context(app), http:
+    async with _served(tiny_store, api_keys=KEYS, predict_requires_key=True) as (_, http):
         assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 401
         assert (await http.post(PREDICT, json={"instance": ROW}, headers={"X-API-Key": "nope"})).status_code == 401
         reader = await http.post(PREDICT, json={"instance": ROW}, headers={"X-API-Key": "reader-secret"})
@@ -52,14 +48,12 @@ async def test_predict_can_require_a_key(tiny_store):
 
 
 async def test_no_keys_configured_means_open(tiny_store):
-    app, http = await _client(tiny_store)
-    async with app.router.lifespan_context(app), http:
+    async with _served(tiny_store) as (_, http):
         assert (await http.post(RELOAD)).status_code == 200
 
 
 async def test_rate_limit_per_key_and_per_address(tiny_store):
-    app, http = await _client(tiny_store, api_keys=KEYS, predict_requires_key=True, rate_limit_per_second=3)
-    async with app.router.lifespan_context(app), http:
+    async with _served(tiny_store, api_keys=KEYS, predict_requires_key=True, rate_limit_per_second=3) as (_, http):
         admin, reader = {"X-API-Key": "admin-secret"}, {"X-API-Key": "reader-secret"}
         statuses = [(await http.post(PREDICT, json={"instance": ROW}, headers=reader)).status_code for _ in range(6)]
         assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:]
@@ -71,8 +65,7 @@ async def test_rate_limit_per_key_and_per_address(tiny_store):
         metrics = (await http.get("/metrics")).text
         assert 'prediction_rate_limited_total{endpoint="predict"}' in metrics
 
-    app, http = await _client(tiny_store, rate_limit_per_second=2)  # no keys: by client address
-    async with app.router.lifespan_context(app), http:
+    async with _served(tiny_store, rate_limit_per_second=2) as (_, http):  # no keys: by client address
         statuses = [(await http.post(PREDICT, json={"instance": ROW})).status_code for _ in range(5)]
         assert statuses[:2] == [200, 200] and statuses[-1] == 429
         assert (await http.post(RELOAD)).status_code == 429  # management shares the caller's bucket

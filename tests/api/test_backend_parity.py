@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from contextlib import asynccontextmanager
 
 import httpx
 import numpy as np
 import pytest
 
-from prediction_service.api.app import create_app
 from prediction_service.modelzoo.datasets import dataset_for
 from prediction_service.settings import AdapterType, Settings, TorchServeSettings, TritonSettings
+from tests.support.asgi import served_app
 
 REQUESTS = {
     "lstm-price": lambda: {"inputs": {"ohlcv": dataset_for("lstm_price", 3, seed=21).inputs["ohlcv"].tolist()}},
@@ -22,14 +21,6 @@ REQUESTS = {
         "features": dataset_for("cnn_lstm_direction", 2, seed=22).inputs["features"].tolist()}},
     "sentiment-transformer": lambda: {"text": ["Shares rally after strong earnings beat", "Guidance cut, stock falls"]},
 }
-
-
-@asynccontextmanager
-async def serving(settings: Settings):
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            yield http
 
 
 def backend_settings(kind: str, store, request) -> Settings:
@@ -47,7 +38,7 @@ def backend_settings(kind: str, store, request) -> Settings:
 @pytest.fixture(scope="module")
 def reference_responses(demo_store):
     async def collect():
-        async with serving(Settings(model_store=demo_store)) as http:
+        async with served_app(Settings(model_store=demo_store)) as (_, http):
             return {name: (await http.post(f"/v1/models/{name}/predict", json=make())).json()
                     for name, make in REQUESTS.items()}
     return asyncio.run(collect())
@@ -58,7 +49,7 @@ async def test_every_zoo_model_answers_the_same_on_every_backend(kind, demo_stor
                                                                  reference_responses):
     store = tmp_path / "store"
     shutil.copytree(demo_store, store, symlinks=True)
-    async with serving(backend_settings(kind, store, request)) as http:
+    async with served_app(backend_settings(kind, store, request)) as (_, http):
         ready = await http.get("/health/ready")
         assert ready.status_code == 200, ready.text
         for name, make in REQUESTS.items():
@@ -87,7 +78,7 @@ async def test_triton_down_gives_503_and_not_ready_then_recovers(tiny_store, tmp
         timeout_seconds=2.0))
     predict = "/v1/models/tiny-regressor/predict"
     try:
-        async with serving(settings) as http:
+        async with served_app(settings) as (_, http):
             assert (await http.post(predict, json={"instance": [1, 2, 3, 4]})).json()["predictions"] == [
                 pytest.approx(31.0)]
             server.kill()
@@ -135,7 +126,7 @@ async def test_torchserve_down_gives_503_and_not_ready_then_recovers(tiny_store,
                                                       model_store=server.model_store, timeout_seconds=2.0))
     predict = "/v1/models/tiny-regressor/predict"
     try:
-        async with serving(settings) as http:
+        async with served_app(settings) as (_, http):
             assert (await http.post(predict, json={"instance": [1, 2, 3, 4]})).status_code == 200
             server.kill()
             down = await http.post(predict, json={"instance": [1, 2, 3, 4]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prediction_service.settings import LimitSettings, Settings
+from tests.support.asgi import served_app
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 PREDICT = "/v1/models/tiny-regressor/predict"
@@ -98,23 +99,18 @@ async def test_path_like_version(client):
 
 
 async def test_body_over_the_limit_is_413(tiny_store):
-    import httpx
+    settings = Settings(model_store=tiny_store, limits=LimitSettings(max_request_bytes=2048))
+    async with served_app(settings) as (_, http):
+        big = {"instances": [ROW] * 400}
+        _error(await http.post(PREDICT, json=big), 413, "payload_too_large")
 
-    from prediction_service.api.app import create_app
-
-    app = create_app(Settings(model_store=tiny_store, limits=LimitSettings(max_request_bytes=2048)))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            big = {"instances": [ROW] * 400}
-            _error(await http.post(PREDICT, json=big), 413, "payload_too_large")
-
-            async def chunked():  # no content-length: the limit is enforced while reading
-                yield b'{"instances": ['
-                for _ in range(200):
-                    yield b"[1.0, 2.0, 3.0, 4.0],"
-                yield b"[1.0, 2.0, 3.0, 4.0]]}"
-            _error(await http.post(PREDICT, content=chunked(), headers={"content-type": "application/json"}), 413)
-            assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 200
+        async def chunked():  # no content-length: the limit is enforced while reading
+            yield b'{"instances": ['
+            for _ in range(200):
+                yield b"[1.0, 2.0, 3.0, 4.0],"
+            yield b"[1.0, 2.0, 3.0, 4.0]]}"
+        _error(await http.post(PREDICT, content=chunked(), headers={"content-type": "application/json"}), 413)
+        assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 200
 
 
 async def test_bad_deadline_header(client):

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from prediction_service.api.direct_route import DirectRoute
+from tests.support.asgi import asgi_client
 
 
 async def async_check(request: Request) -> str:
@@ -35,8 +36,6 @@ def test_unsupported_signatures_fail_at_definition():
 
 
 async def test_path_params_request_and_dependencies_reach_the_endpoint():
-    import httpx
-
     router = APIRouter(route_class=DirectRoute)
 
     @router.post("/m/{name}")
@@ -45,7 +44,7 @@ async def test_path_params_request_and_dependencies_reach_the_endpoint():
 
     app = FastAPI()
     app.include_router(router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    async with asgi_client(app, lifespan=False) as client:
         response = await client.post("/m/lstm-price")
     assert response.json() == {"name": "lstm-price", "key": "ok", "path": "/m/lstm-price"}
     assert "/m/{name}" in app.openapi()["paths"]

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from prediction_service.registry.fsutil import sha256_file
+from tests.support.asgi import served_app
 
 ROW = [1.0, 2.0, 3.0, 4.0]  # tiny-regressor 1.0.0: y = x . [1,2,3,4] + 1 = 31
 
@@ -85,22 +86,17 @@ async def test_health_and_readiness(client):
 
 
 async def test_not_ready_when_a_production_model_cannot_load(settings, tiny_store):
-    from prediction_service.api.app import create_app
-    import httpx
-
     (tiny_store / "tiny-classifier" / "v1.0.0" / "model.onnx").write_bytes(b"corrupted")
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            ready = await http.get("/health/ready")
-            assert ready.status_code == 503
-            assert any("tiny-classifier" in reason for reason in ready.json()["reasons"])
-            failed = await http.post("/v1/models/tiny-classifier/predict", json={"instance": ROW})
-            assert failed.status_code == 503
-            assert failed.json()["error"]["code"] == "model_load_failed"
-            # the other model serves regardless
-            ok = await http.post("/v1/models/tiny-regressor/predict", json={"instance": ROW})
-            assert ok.status_code == 200
+    async with served_app(settings) as (_, http):
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 503
+        assert any("tiny-classifier" in reason for reason in ready.json()["reasons"])
+        failed = await http.post("/v1/models/tiny-classifier/predict", json={"instance": ROW})
+        assert failed.status_code == 503
+        assert failed.json()["error"]["code"] == "model_load_failed"
+        # the other model serves regardless
+        ok = await http.post("/v1/models/tiny-regressor/predict", json={"instance": ROW})
+        assert ok.status_code == 200
 
 
 async def test_openapi_documents_every_route(client):

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from prediction_service.api.errors import install_error_handlers
 from prediction_service.api.routes.experiments import router
 from prediction_service.experiments.service import ExperimentService
-from prediction_service.service import Service
 from prediction_service.settings import SecuritySettings, Settings
+from tests.support.asgi import asgi_client, router_app
 
 ADMIN = {"X-API-Key": "admin-key"}
 READ = {"X-API-Key": "read-key"}
@@ -21,18 +20,15 @@ SPEC = {"model_name": "sentiment", "champion_version": "1.0.0", "challenger_vers
 
 @pytest.fixture
 def app(service: ExperimentService, tmp_path) -> FastAPI:
-    app = FastAPI()
-    app.state.service = Service(Settings(model_store=tmp_path / "store",
-                                         security=SecuritySettings(api_keys="admin-key,read-key:read")))
+    app = router_app(router, Settings(model_store=tmp_path / "store",
+                                      security=SecuritySettings(api_keys="admin-key,read-key:read")))
     app.state.service.experiments = service  # the recording promoter of tests/experiments/conftest.py
-    install_error_handlers(app)
-    app.include_router(router)
     return app
 
 
 @pytest.fixture
 async def client(app: FastAPI):
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+    async with asgi_client(app, lifespan=False) as c:
         yield c
 
 

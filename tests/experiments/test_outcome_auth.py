@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from prediction_service.api.errors import install_error_handlers
 from prediction_service.api.routes.experiments import router
 from prediction_service.auth import ApiKeyStore, Scope
 from prediction_service.experiments.models import ExperimentSpec
 from prediction_service.experiments.service import ExperimentService
-from prediction_service.service import Service
 from prediction_service.settings import SecuritySettings, Settings
+from tests.support.asgi import asgi_client, router_app
 
 KEYS = "admin-key,read-key:read,other-key:read,fills-key:outcome"
 ADMIN, READ, OTHER, FILLS = ({"X-API-Key": k} for k in ("admin-key", "read-key", "other-key", "fills-key"))
@@ -28,16 +27,13 @@ def key_id(raw: str) -> str:
 
 
 def make_app(service: ExperimentService, tmp_path, api_keys: str = KEYS) -> FastAPI:
-    app = FastAPI()
-    app.state.service = Service(Settings(model_store=tmp_path / "store", security=SecuritySettings(api_keys=api_keys)))
+    app = router_app(router, Settings(model_store=tmp_path / "store", security=SecuritySettings(api_keys=api_keys)))
     app.state.service.experiments = service
-    install_error_handlers(app)
-    app.include_router(router)
     return app
 
 
 async def post_outcome(app: FastAPI, request_id: str, headers: dict | None) -> httpx.Response:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+    async with asgi_client(app, lifespan=False) as client:
         return await client.post(f"/v1/predictions/{request_id}/outcome", json={"actual": 1}, headers=headers or {})
 
 

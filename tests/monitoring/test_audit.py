@@ -12,17 +12,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
-from prediction_service.api.app import create_app
 from prediction_service.inference import PredictionRecord, RequestContext
 from prediction_service.monitoring.audit import AuditLog, AuditReader
 from prediction_service.settings import AuditSettings, Settings
 from prediction_service.state.tables import audit_predictions
+from tests.support.asgi import served_app
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 PREDICT = "/v1/models/tiny-regressor/predict"
@@ -164,12 +163,10 @@ def test_without_retention_nothing_is_deleted(tmp_path):
 
 async def test_every_prediction_is_audited_through_the_api(tiny_store):
     settings = Settings(model_store=tiny_store, audit=AuditSettings(flush_interval_ms=20))
-    app = create_app(settings, metrics_registry=CollectorRegistry())
     started = datetime.now(UTC)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            responses = await asyncio.gather(*(http.post(PREDICT, json={"instance": ROW}) for _ in range(15)))
-            await http.post(PREDICT, json={"instance": ROW, "stage": "staging"})
+    async with served_app(settings, metrics_registry=CollectorRegistry()) as (_, http):
+        responses = await asyncio.gather(*(http.post(PREDICT, json={"instance": ROW}) for _ in range(15)))
+        await http.post(PREDICT, json={"instance": ROW, "stage": "staging"})
     # lifespan exit flushed the writer
     ids = {r.json()["request_id"] for r in responses}
     reader = AuditReader(tiny_store / ".state" / "audit.sqlite3")
@@ -186,11 +183,9 @@ async def test_every_prediction_is_audited_through_the_api(tiny_store):
 
 async def test_a_failed_request_is_found_by_the_id_its_error_response_carried(tiny_store):
     settings = Settings(model_store=tiny_store, audit=AuditSettings(flush_interval_ms=20))
-    app = create_app(settings, metrics_registry=CollectorRegistry())
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            failed = await http.post(PREDICT, json={"instance": [1.0, 2.0, 3.0]})  # wrong shape
-            served = await http.post(PREDICT, json={"instance": ROW, "stage": "staging"})
+    async with served_app(settings, metrics_registry=CollectorRegistry()) as (_, http):
+        failed = await http.post(PREDICT, json={"instance": [1.0, 2.0, 3.0]})  # wrong shape
+        served = await http.post(PREDICT, json={"instance": ROW, "stage": "staging"})
     assert failed.status_code == 422 and served.status_code == 200
     failed_id = failed.headers["X-Request-Id"]
 
@@ -214,24 +209,22 @@ async def test_a_failing_audit_disk_never_stops_serving_and_recovers(tiny_store,
     blocker.write_text("not a directory")
     settings = Settings(model_store=tiny_store,
                         audit=AuditSettings(db_path=blocker / "audit.sqlite3", flush_interval_ms=10, max_backlog=8))
-    app = create_app(settings, metrics_registry=CollectorRegistry())
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            for _ in range(12):
-                assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 200
-            await asyncio.to_thread(wait_for, lambda: app.state.service.audit.stats().write_errors > 0)
-            ready = await http.get("/health/ready")
-            # reported, but by default not a reason to leave the load balancer (AUDIT_REQUIRED_FOR_READINESS)
-            assert ready.status_code == 200
-            assert ready.json()["audit"]["failing"] is True and ready.json()["audit"]["dropped"] == 4
-            metrics = (await http.get("/metrics")).text
-            assert "prediction_audit_dropped_total 4.0" in metrics and "prediction_audit_backlog 8.0" in metrics
-            # the disk comes back: the backlog is written (the writer's retry may create the directory
-            # itself between these two lines)
-            blocker.unlink()
-            blocker.mkdir(exist_ok=True)
-            await asyncio.to_thread(wait_for, lambda: app.state.service.audit.stats().written == 8)
-            assert (await http.get("/health/ready")).json()["audit"]["failing"] is False
+    async with served_app(settings, metrics_registry=CollectorRegistry()) as (app, http):
+        for _ in range(12):
+            assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 200
+        await asyncio.to_thread(wait_for, lambda: app.state.service.audit.stats().write_errors > 0)
+        ready = await http.get("/health/ready")
+        # reported, but by default not a reason to leave the load balancer (AUDIT_REQUIRED_FOR_READINESS)
+        assert ready.status_code == 200
+        assert ready.json()["audit"]["failing"] is True and ready.json()["audit"]["dropped"] == 4
+        metrics = (await http.get("/metrics")).text
+        assert "prediction_audit_dropped_total 4.0" in metrics and "prediction_audit_backlog 8.0" in metrics
+        # the disk comes back: the backlog is written (the writer's retry may create the directory
+        # itself between these two lines)
+        blocker.unlink()
+        blocker.mkdir(exist_ok=True)
+        await asyncio.to_thread(wait_for, lambda: app.state.service.audit.stats().written == 8)
+        assert (await http.get("/health/ready")).json()["audit"]["failing"] is False
     assert AuditReader(blocker / "audit.sqlite3").count() == 8
 
 
@@ -241,13 +234,11 @@ async def test_audit_failure_can_be_made_a_readiness_condition(tiny_store, tmp_p
     blocker.write_text("not a directory")
     settings = Settings(model_store=tiny_store, audit=AuditSettings(
         db_path=blocker / "audit.sqlite3", flush_interval_ms=10, required_for_readiness=True))
-    app = create_app(settings, metrics_registry=CollectorRegistry())
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 200
-            await asyncio.to_thread(wait_for, lambda: app.state.service.audit.stats().write_errors > 0)
-            ready = await http.get("/health/ready")
-            assert ready.status_code == 503 and any("audit" in r for r in ready.json()["reasons"])
+    async with served_app(settings, metrics_registry=CollectorRegistry()) as (app, http):
+        assert (await http.post(PREDICT, json={"instance": ROW})).status_code == 200
+        await asyncio.to_thread(wait_for, lambda: app.state.service.audit.stats().write_errors > 0)
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 503 and any("audit" in r for r in ready.json()["reasons"])
         app.state.service.audit.close(timeout_s=0.1)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from prediction_service.api.app import create_app
 from prediction_service.monitoring.metrics import LatencyWindow
+from tests.support.asgi import served_app
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 PREDICT = "/v1/models/tiny-regressor/predict"
@@ -28,11 +28,9 @@ def value(parsed, name: str, **labels) -> float:
 @pytest.fixture
 async def app_client(settings):
     registry = CollectorRegistry()
-    app = create_app(settings, metrics_registry=registry)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            http.app, http.registry = app, registry
-            yield http
+    async with served_app(settings, metrics_registry=registry) as (app, http):
+        http.app, http.registry = app, registry
+        yield http
 
 
 async def test_metrics_count_requests_latency_batches_and_models(app_client):

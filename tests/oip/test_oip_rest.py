@@ -13,6 +13,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from prediction_service.settings import LimitSettings, SecuritySettings, Settings
+from tests.support.asgi import served_app
 from tests.support.models import CLASSIFIER_SIGNATURE, TinyClassifier, register_tiny
 from tests.support.server import launch
 
@@ -355,15 +356,10 @@ async def test_a_failed_infer_still_reports_its_audit_id(client):
 @pytest.fixture
 async def small_client(tiny_store):
     """Bodies over 1 KiB refused; predictions need a key (so admission is checked before the body)."""
-    from prediction_service.api.app import create_app
-
     settings = Settings(model_store=tiny_store, limits=LimitSettings(max_request_bytes=1024),
                         security=SecuritySettings(api_keys="read-secret:read", predict_requires_key=True))
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                     headers=READ) as http:
-            yield http
+    async with served_app(settings, headers=READ) as (_, http):
+        yield http
 
 
 async def test_oversized_bodies_are_413_declared_or_streamed(small_client):
@@ -403,17 +399,14 @@ async def test_admission_comes_before_the_body(small_client):
 
 
 async def test_served_and_refused_requests_are_audited_under_their_x_request_id(tiny_store):
-    from prediction_service.api.app import create_app
     from prediction_service.monitoring.audit import AuditReader, audit_db_path
 
     settings = Settings(model_store=tiny_store)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-            served = await http.post(INFER, json={**GOOD, "parameters": {"stage": "staging"}})
-            body, header_length = _binary(16, b"\0" * 12)
-            refused = await http.post(INFER, content=body,  # framing error: never reaches the data plane
-                                      headers={"Inference-Header-Content-Length": str(header_length)})
+    async with served_app(settings) as (_, http):
+        served = await http.post(INFER, json={**GOOD, "parameters": {"stage": "staging"}})
+        body, header_length = _binary(16, b"\0" * 12)
+        refused = await http.post(INFER, content=body,  # framing error: never reaches the data plane
+                                  headers={"Inference-Header-Content-Length": str(header_length)})
     assert served.status_code == 200 and refused.status_code == 400
     reader = AuditReader(audit_db_path(settings))  # the lifespan's end flushed the writer
     entry = reader.request(served.headers["X-Request-Id"])

@@ -8,12 +8,10 @@ import tracemalloc
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from prediction_service.api.errors import install_error_handlers
 from prediction_service.api.routes.registry import router, upload_body_limit
-from prediction_service.service import Service
 from prediction_service.settings import LimitSettings, SecuritySettings, Settings
+from tests.support.asgi import asgi_client, router_app
 
 ADMIN = {"X-API-Key": "admin-secret"}
 READ = {"X-API-Key": "read-secret"}
@@ -43,12 +41,9 @@ def limits() -> LimitSettings:
 
 @pytest.fixture
 async def client(tmp_path, limits):
-    app = FastAPI()
-    app.state.service = Service(Settings(model_store=tmp_path / "store", limits=limits,
-                                         security=SecuritySettings(api_keys="admin-secret,read-secret:read")))
-    install_error_handlers(app)
-    app.include_router(router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+    app = router_app(router, Settings(model_store=tmp_path / "store", limits=limits,
+                                      security=SecuritySettings(api_keys="admin-secret,read-secret:read")))
+    async with asgi_client(app, lifespan=False) as http:
         yield http
 
 

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
-from prediction_service.settings import Settings
+from tests.support.asgi import served_app
 
 
 @pytest.fixture(scope="session")
@@ -22,9 +21,5 @@ def minilm_store(tmp_path_factory) -> Path:
 
 @pytest.fixture
 async def minilm_client(minilm_store):
-    from prediction_service.api.app import create_app
-
-    app = create_app(Settings(model_store=minilm_store))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-            yield http
+    async with served_app(model_store=minilm_store) as (_, http):
+        yield http
