@@ -24,6 +24,7 @@ from .inference import (InferenceResult, ModelMetadata, PredictionObserver, Pred
                         Readiness, RequestContext, Selector, TensorMetadata, BARS_INPUT, TEXT_INPUT)
 from .model_manager import ModelManager
 from .ensemble.runner import EnsembleRunner  # ensemble hook (issue 19)
+from .ensemble.metadata import EnsembleDetail, EnsembleSummary
 from .ensemble.store import EnsembleCatalog
 from .processing import ModelProcessing
 from .registry import ModelVersion, validate_name
@@ -62,8 +63,8 @@ class DataPlane:
         self.shutting_down = False
         self.in_flight = 0
         # ---- ensemble hook (issue 19): a registered ensemble's members come back through infer ----
-        self.ensembles = EnsembleRunner(EnsembleCatalog(manager.reader.root, settings.stage_poll_interval_seconds,
-                                                        state=settings.state))
+        self.ensembles = EnsembleRunner(EnsembleCatalog(manager.reader.root, state=settings.state))
+        manager.add_refresher(self.ensembles.refresh)  # which names are ensembles: rescanned off the loop
 
     # ---- inference ----------------------------------------------------------------------------------
 
@@ -270,11 +271,11 @@ class DataPlane:
             return not self.shutting_down and self.ensembles.ready(self, name, version)
         return not self.shutting_down and self.adapter.is_loaded(self.model_version(name, version).key)
 
-    def ensemble_summaries(self) -> list[dict[str, Any]]:
+    def ensemble_summaries(self) -> list[EnsembleSummary]:
         """GET /v1/models entries for the registered ensembles (issue 19), marked ``kind: ensemble``."""
         return self.ensembles.summaries()
 
-    def model_detail(self, name: str) -> dict[str, Any] | None:
+    def model_detail(self, name: str) -> EnsembleDetail | None:
         """GET /v1/models/{name} for an ensemble (issue 19); None for a model (the route describes those)."""
         return self.ensembles.detail(self, name) if self.ensembles.is_ensemble(name) else None
 

@@ -5,6 +5,10 @@ response always names the version the link pointed to when the request arrived. 
 links (changes by CLI, REST or another worker process) and a per-model reload generation file, loads a
 new target beside the old one, switches, then drains and unloads versions that left every stage.
 If a new target fails to load, stage requests keep going to the last version that served.
+
+Other registry views that requests read (the names that are ensembles) are refreshed with the same
+poll: ``add_refresher`` hands the manager a blocking callable, run in a worker thread once before the
+manager reports started and after every poll pass, so no request pays the scan.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ LOAD_RETRY_MAX_SECONDS = 300.0
 DRAIN_TIMEOUT_SECONDS = 30.0
 
 ModelEventHook = Callable[[str, ModelKey, dict], None]
+Refresher = Callable[[], object]
+"""A blocking re-read of something requests look up (a directory scan); run off the event loop."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class ModelManager:
         self._generations: dict[str, bytes] = {}
         self._watcher: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
+        self._refreshers: list[Refresher] = []
         per_minute = settings.limits.version_loads_per_minute
         self._version_loads = RateLimiter(per_minute / 60.0, burst=max(1.0, per_minute))
         self.started = False
@@ -66,8 +73,13 @@ class ModelManager:
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
+    def add_refresher(self, refresher: Refresher) -> None:
+        """Run ``refresher`` in a thread in ``start`` (before anything is served) and after every poll."""
+        self._refreshers.append(refresher)
+
     async def start(self) -> None:
-        """Load every version a preload stage points to; then watch links for changes."""
+        """Run the refreshers; load every version a preload stage points to; then watch links for changes."""
+        await self._refresh()
         for name in self.reader.model_names():
             self._generations[name] = self.reader.reload_generation(name)
             for stage in self.settings.preload_stage_list:
@@ -221,16 +233,29 @@ class ModelManager:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.stage_poll_interval_seconds)
+            await self.poll()
+
+    async def poll(self) -> None:
+        """One pass of the stage watcher (it runs one every STAGE_POLL_INTERVAL_SECONDS): follow moved stage
+        links and reload generations, bring back lost pinned versions, then run the refreshers."""
+        try:
+            for name in self.reader.model_names():
+                generation = self.reader.reload_generation(name)
+                if generation != self._generations.get(name):
+                    self._generations[name] = generation
+                    self._failures = {k: v for k, v in self._failures.items() if k.name != name}
+                await self._sync_model(name)
+            await self._reload_missing()
+        except Exception:  # noqa: BLE001 - the watcher must outlive any one bad model
+            log.exception("stage watcher pass failed")
+        await self._refresh()
+
+    async def _refresh(self) -> None:
+        for refresher in self._refreshers:
             try:
-                for name in self.reader.model_names():
-                    generation = self.reader.reload_generation(name)
-                    if generation != self._generations.get(name):
-                        self._generations[name] = generation
-                        self._failures = {k: v for k, v in self._failures.items() if k.name != name}
-                    await self._sync_model(name)
-                await self._reload_missing()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad model
-                log.exception("stage watcher pass failed")
+                await asyncio.to_thread(refresher)
+            except Exception:  # noqa: BLE001 - a refresher keeps what it had; the next poll tries again
+                log.exception("refresh %r failed", refresher)
 
     async def _reload_missing(self) -> None:
         """A pinned version the backend lost (restart, crash) comes back without waiting for traffic;

@@ -5,15 +5,21 @@ for inference), so no route assembles any of it.
 An ensemble takes the raw inputs its members pre-process (``bars`` for the price member, ``text`` for
 the sentiment member) and answers the combiner's four outputs, float64, one value per row. It is ready
 when every member's version (the one its stage serves, or the pinned one) is loaded in this worker.
+
+The /v1 list entry and detail are typed (``EnsembleSummary``, ``EnsembleDetail``); the route encodes them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ..errors import PredictionServiceError, VersionNotFound
 from ..inference import BARS_INPUT, TEXT_INPUT, ModelMetadata, TensorMetadata
-from .combiners import OUTPUTS
+from ..registry.model_version import Status
+from .combiners import OUTPUTS, Combiner
 from .spec import ENSEMBLE_BACKEND, Ensemble, EnsembleMember
 from .store import EnsembleRegistry
 
@@ -24,6 +30,57 @@ KIND = "ensemble"
 """``kind`` of an ensemble in the /v1 model list (model entries are unchanged and carry no ``kind``)."""
 INPUTS = (TensorMetadata(BARS_INPUT, "float64", (-1, -1, 5)), TensorMetadata(TEXT_INPUT, "object", (-1,)))
 OUTPUT_TENSORS = tuple(TensorMetadata(name, "float64", (-1, 1)) for name in OUTPUTS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleSummary:
+    """An ensemble's /v1 model-list entry: ModelSummary's fields, plus ``kind``. An ensemble has no
+    artifact of its own, so nothing of it is loaded (``loaded_versions`` is empty)."""
+
+    name: str
+    versions: tuple[str, ...]
+    """Oldest first."""
+    stages: Mapping[str, str | None]
+    """Stage -> the version it points to (None: no version)."""
+    kind: str = KIND
+    loaded_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """A member as the detail shows it: what the ensemble names, what it serves now, whether it is ready."""
+
+    member: EnsembleMember
+    serves: str | None
+    """The member model's version a request would run now (None: it cannot be resolved)."""
+    ready: bool
+    problem: str | None = None
+    """Why it cannot be resolved (only then)."""
+
+
+@dataclass(frozen=True)
+class EnsembleVersionInfo:
+    version: str
+    status: Status
+    sha256: str
+    """Of ensemble.json."""
+    created_at: datetime
+    description: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleDetail(EnsembleSummary):
+    """GET /v1/models/{ensemble}: the summary, the version described (production's, else the newest),
+    its members, combiner, inputs and outputs, and every version."""
+
+    version: str
+    ready: bool
+    """Every member is ready."""
+    members: tuple[MemberStatus, ...]
+    combiner: Combiner
+    inputs: tuple[TensorMetadata, ...] = INPUTS
+    outputs: tuple[TensorMetadata, ...] = OUTPUT_TENSORS
+    versions_detail: tuple[EnsembleVersionInfo, ...]
 
 
 def describe_version(registry: EnsembleRegistry, name: str, version: str | None) -> Ensemble:
@@ -71,13 +128,13 @@ def model_metadata(dataplane: "DataPlane", registry: EnsembleRegistry, name: str
         text_input=inputs[TEXT_INPUT], bars_input=inputs[BARS_INPUT], loaded=ready(dataplane, ensemble))
 
 
-def summary(registry: EnsembleRegistry, name: str) -> dict[str, Any]:
-    """One /v1 model-list entry (ModelSummary's fields, plus ``kind``)."""
-    return {"name": name, "kind": KIND, "versions": [e.version for e in registry.versions(name)],
-            "stages": registry.stages(name), "loaded_versions": []}
+def summary(registry: EnsembleRegistry, name: str) -> EnsembleSummary:
+    """One /v1 model-list entry."""
+    return EnsembleSummary(name=name, versions=tuple(e.version for e in registry.versions(name)),
+                           stages=registry.stages(name))
 
 
-def detail(dataplane: "DataPlane", registry: EnsembleRegistry, name: str) -> dict[str, Any]:
+def detail(dataplane: "DataPlane", registry: EnsembleRegistry, name: str) -> EnsembleDetail:
     """GET /v1/models/{ensemble}: its versions and stages, members (with what each serves and whether it
     is ready), the combiner, inputs and outputs."""
     current = describe_version(registry, name, None)
@@ -86,22 +143,14 @@ def detail(dataplane: "DataPlane", registry: EnsembleRegistry, name: str) -> dic
         try:
             serves = dataplane.manager.reader.resolve(member.model, member.version, member.followed_stage).version
         except PredictionServiceError as exc:
-            serves = None
-            problem = exc.message
+            serves, problem = None, exc.message
         else:
             problem = None
-        members.append({**member.model_dump(mode="json"), "serves": serves, "ready": member_ready(dataplane, member),
-                        **({"problem": problem} if problem else {})})
-    return {
-        **summary(registry, name),
-        "version": current.version, "ready": all(m["ready"] for m in members), "members": members,
-        "combiner": current.metadata.combiner.model_dump(mode="json"),
-        "inputs": [_tensor(t) for t in INPUTS], "outputs": [_tensor(t) for t in OUTPUT_TENSORS],
-        "versions_detail": [{"version": e.version, "status": e.metadata.status, "sha256": e.sha256,
-                             "created_at": e.metadata.created_at.isoformat(), "description": e.metadata.description}
-                            for e in registry.versions(name)],
-    }
-
-
-def _tensor(tensor: TensorMetadata) -> dict[str, Any]:
-    return {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape)}
+        members.append(MemberStatus(member, serves, member_ready(dataplane, member), problem))
+    versions = registry.versions(name)
+    return EnsembleDetail(
+        name=name, versions=tuple(e.version for e in versions), stages=registry.stages(name),
+        version=current.version, ready=all(m.ready for m in members), members=tuple(members),
+        combiner=current.metadata.combiner,
+        versions_detail=tuple(EnsembleVersionInfo(e.version, e.metadata.status, e.sha256, e.metadata.created_at,
+                                                  e.metadata.description) for e in versions))

@@ -76,7 +76,8 @@ class EnsembleProcessing:
 
 
 class EnsembleRunner:
-    """The data plane's hook: ``is_ensemble`` on every request (a set lookup), ``infer`` for ensembles."""
+    """The data plane's hook: ``is_ensemble`` on every request (a set lookup, see EnsembleCatalog: the set is
+    refreshed off the event loop by ``refresh``), ``infer`` for ensembles."""
 
     def __init__(self, catalog: EnsembleCatalog):
         self.catalog = catalog
@@ -87,6 +88,10 @@ class EnsembleRunner:
     def is_ensemble(self, name: str) -> bool:
         return self.catalog.is_ensemble(name)
 
+    def refresh(self) -> bool:
+        """Rescan which names are ensembles (blocking: the model manager runs it in a thread)."""
+        return self.catalog.refresh()
+
     # ---- metadata and readiness (the data plane's metadata section hands ensembles here) ------------
 
     def metadata(self, dataplane: "DataPlane", name: str, version: str | None = None) -> ModelMetadata:
@@ -96,10 +101,10 @@ class EnsembleRunner:
         """Ready when every member's version is loaded (unknown ensemble or version: NotFound, as for models)."""
         return descriptions.ready(dataplane, descriptions.describe_version(self.registry, name, version))
 
-    def summaries(self) -> list[dict[str, Any]]:
+    def summaries(self) -> list[descriptions.EnsembleSummary]:
         return [descriptions.summary(self.registry, name) for name in self.registry.names()]
 
-    def detail(self, dataplane: "DataPlane", name: str) -> dict[str, Any]:
+    def detail(self, dataplane: "DataPlane", name: str) -> descriptions.EnsembleDetail:
         return descriptions.detail(dataplane, self.registry, name)
 
     # ---- inference -----------------------------------------------------------------------------------

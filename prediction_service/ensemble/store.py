@@ -8,6 +8,10 @@ stamp are unchanged, so a request for an ensemble costs one readlink and one sta
 
 Members are checked against the registry when a version is registered and again when it enters
 production (``force`` overrides the latter, as for models without a passing validation).
+
+Which names are ensembles (``EnsembleCatalog``) is a set the data plane looks up on every request; it is
+rescanned off the event loop (at start and with the model manager's stage poll), and a write through
+the catalog's own registry adds its name at once.
 """
 
 from __future__ import annotations
@@ -16,8 +20,7 @@ import hashlib
 import logging
 import os
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -41,9 +44,12 @@ log = logging.getLogger(__name__)
 
 
 class EnsembleRegistry:
-    def __init__(self, root: Path, *, lock_timeout_s: float = 30.0, state: StateSettings | None = None):
-        """``state``: where the event log lives (None: STATE_* from the environment)."""
+    def __init__(self, root: Path, *, lock_timeout_s: float = 30.0, state: StateSettings | None = None,
+                 on_write: Callable[[str], None] | None = None):
+        """``state``: where the event log lives (None: STATE_* from the environment). ``on_write``: called
+        with the ensemble's name after this registry registered, promoted or archived one of its versions."""
         self.layout = RegistryLayout(root)
+        self.on_write = on_write
         self.models = RegistryReader(self.layout.root)
         self.events = EventLog(self.layout.root / STATE_DIR / EVENTS_FILE, state=state)
         self._lock_timeout_s = lock_timeout_s
@@ -152,6 +158,7 @@ class EnsembleRegistry:
                 "ensemble": True, "members": [m.model_dump(mode="json", exclude_none=True) for m in metadata.members],
                 "combiner": metadata.combiner.kind})
         log.info("registered ensemble %s %s", name, version)
+        self._written(name)
         return self._load(path)
 
     def promote(self, name: str, version: str, stage: Literal["production", "staging"] = "production", *,
@@ -185,6 +192,7 @@ class EnsembleRegistry:
                 self.events.record("forced_promotion", name, version, actor=actor, from_stage=current.status,
                                    to_stage=stage, details={"problems": problems})
         log.info("%s: ensemble %s %s -> %s (displaced %s)", actor, name, version, stage, displaced)
+        self._written(name)
         return self.get(name, version)
 
     def archive(self, name: str, version: str, *, actor: str = "unknown") -> Ensemble:
@@ -199,9 +207,18 @@ class EnsembleRegistry:
             self._write(current.model_copy(update={"status": "archived"}))
             self.events.record("stage_change", name, version, actor=actor, from_stage=current.status,
                                to_stage="archived")
+        self._written(name)
         return self.get(name, version)
 
     # ---- internals ---------------------------------------------------------------------------
+
+    def _written(self, name: str) -> None:
+        if self.on_write is None:
+            return
+        try:
+            self.on_write(name)
+        except Exception:  # noqa: BLE001 - the write is done and durable; a listener never fails it
+            log.exception("ensemble write listener failed for %s", name)
 
     @contextmanager
     def _locked(self, name: str) -> Iterator[None]:
@@ -231,24 +248,60 @@ class EnsembleRegistry:
 
 
 class EnsembleCatalog:
-    """Which names are ensembles, for the data plane's hot path: a set lookup, re-scanned at most every
-    ``refresh_s`` (a model request must not pay a directory scan)."""
+    """Which names are ensembles, for the data plane's hot path: ``is_ensemble`` is a lookup in a frozenset
+    and never touches the filesystem (a request must not pay a directory scan, least of all on a network
+    volume).
 
-    def __init__(self, root: Path, refresh_s: float = 1.0, state: StateSettings | None = None):
-        self.registry = EnsembleRegistry(root, state=state)
-        self.refresh_s = refresh_s
+    ``refresh()`` rescans the registry root; it blocks, so a server runs it in a thread: once before it
+    serves (``ModelManager.start``) and after every stage poll (``ModelManager.add_refresher``). A version
+    registered, promoted or archived through ``self.registry`` (the admin API's path) adds its name at
+    once. Without a model manager (CLI commands, tests) the set is what the constructor's scan found
+    (``scan=False`` skips it) until ``refresh()`` is called. A failed scan keeps the last good set."""
+
+    def __init__(self, root: Path, state: StateSettings | None = None, *, scan: bool = True):
+        self.registry = EnsembleRegistry(root, state=state, on_write=self.add)
         self._names: frozenset[str] = frozenset()
-        self._scanned_at = float("-inf")
+        self._lock = threading.Lock()  # writers only (scans and adds, from threads); lookups read the reference
+        self._scan_lock = threading.Lock()  # one scan at a time, so a slow old scan never lands after a newer one
+        self._writes = 0
+        self._added: dict[str, int] = {}
+        """name -> the write count when ``add`` saw it: a scan that began earlier keeps the name."""
+        if scan:
+            self.refresh()
 
     def is_ensemble(self, name: str) -> bool:
-        now = time.monotonic()
-        if now - self._scanned_at >= self.refresh_s:
-            self._scanned_at = now
-            try:
-                self._names = frozenset(self.registry.names())
-            except OSError as exc:  # keep the last good list; the next scan tries again
-                log.warning("ensemble scan failed: %s", exc)
         return name in self._names
+
+    @property
+    def names(self) -> frozenset[str]:
+        return self._names
+
+    def refresh(self) -> bool:
+        """Rescan the registry root (blocking: call it off the event loop). False when the scan failed and
+        the last good set was kept."""
+        with self._scan_lock:
+            with self._lock:
+                started = self._writes
+            try:
+                scanned = frozenset(self.registry.names())
+            except OSError as exc:  # keep the last good set; the next scan tries again
+                log.warning("ensemble scan of %s failed, keeping the %d known ensemble(s): %s",
+                            self.registry.root, len(self._names), exc)
+                return False
+            with self._lock:
+                # A name added while this scan ran may be missing from it (its directory listed before it
+                # was written): keep it. Names added before the scan began are the scan's to confirm.
+                self._added = {name: seen for name, seen in self._added.items() if seen > started}
+                self._names = scanned | self._added.keys()
+            return True
+
+    def add(self, name: str) -> None:
+        """``name`` is an ensemble now (this process registered or changed one of its versions)."""
+        with self._lock:
+            self._writes += 1
+            self._added[name] = self._writes
+            if name not in self._names:
+                self._names = self._names | {name}
 
 
 def _dump(metadata: EnsembleMetadata) -> bytes:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 
+from ...ensemble.metadata import EnsembleDetail, EnsembleSummary, MemberStatus
+from ...inference import TensorMetadata
 from ...registry import validate_name
 from ...schemas import ModelDetail, ModelSummary
 from ..deps import get_service, require_admin, require_read
@@ -25,7 +29,7 @@ def _summary(request: Request, name: str) -> dict:
 async def list_models(request: Request) -> FastJSONResponse:
     names = get_service(request).reader.model_names()
     ensembles = get_service(request).dataplane.ensemble_summaries()
-    return FastJSONResponse([_summary(request, name) for name in names] + ensembles)
+    return FastJSONResponse([_summary(request, name) for name in names] + [_ensemble_summary(e) for e in ensembles])
 
 
 @router.get("/v1/models/{name}", response_model=ModelDetail, summary="One model: versions, signature, serving state",
@@ -35,7 +39,7 @@ async def get_model(name: str, request: Request) -> FastJSONResponse:
     service = get_service(request)
     ensemble = service.dataplane.model_detail(name)
     if ensemble is not None:
-        return FastJSONResponse(ensemble)
+        return FastJSONResponse(_ensemble_detail(ensemble))
     reader, adapter, manager = service.reader, service.adapter, service.manager
     summary = _summary(request, name)
     versions = reader.versions(name)
@@ -68,3 +72,32 @@ async def reload_model(name: str, request: Request) -> FastJSONResponse:
     manager = get_service(request).manager
     serving = await manager.reload(name)
     return FastJSONResponse({"model": name, "serving": serving, "load_failures": manager.failures(name)})
+
+
+# ---- ensembles (issue 19): the data plane's typed descriptions, as JSON ----------------------------
+
+def _ensemble_summary(summary: EnsembleSummary) -> dict[str, Any]:
+    """ModelSummary's fields plus ``kind``."""
+    return {"name": summary.name, "kind": summary.kind, "versions": list(summary.versions),
+            "stages": dict(summary.stages), "loaded_versions": list(summary.loaded_versions)}
+
+
+def _ensemble_detail(detail: EnsembleDetail) -> dict[str, Any]:
+    return {
+        **_ensemble_summary(detail),
+        "version": detail.version, "ready": detail.ready, "members": [_member(m) for m in detail.members],
+        "combiner": detail.combiner.model_dump(mode="json"),
+        "inputs": [_tensor(t) for t in detail.inputs], "outputs": [_tensor(t) for t in detail.outputs],
+        "versions_detail": [{"version": v.version, "status": v.status, "sha256": v.sha256,
+                             "created_at": v.created_at.isoformat(), "description": v.description}
+                            for v in detail.versions_detail],
+    }
+
+
+def _member(status: MemberStatus) -> dict[str, Any]:
+    return {**status.member.model_dump(mode="json"), "serves": status.serves, "ready": status.ready,
+            **({"problem": status.problem} if status.problem else {})}
+
+
+def _tensor(tensor: TensorMetadata) -> dict[str, Any]:
+    return {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape)}

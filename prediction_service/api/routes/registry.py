@@ -210,7 +210,9 @@ class RegistryEnsembleDetail(BaseModel):
 
 
 def _ensembles(request: Request) -> EnsembleRegistry:
-    return get_service(request).dataplane.ensembles.registry  # the one the data plane serves from
+    # The one the data plane serves from: what it registers or promotes is an ensemble to requests at once
+    # (its writes add the name to the data plane's set; other writers are seen at the next stage poll).
+    return get_service(request).dataplane.ensembles.registry
 
 
 @router.get("/ensembles", dependencies=[Depends(require_read)])
