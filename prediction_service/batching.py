@@ -169,6 +169,8 @@ class DynamicBatcher:
             collect_until = time.monotonic() + self.max_queue_delay
             while rows < self.max_batch_size:
                 if not self._queue:
+                    if self._waiting >= self.max_queue_size:
+                        break  # nothing more can join (new requests are shed): waiting would only add delay
                     remaining = collect_until - time.monotonic()
                     if remaining <= 0 or not await self._wait_for_item(remaining):
                         break

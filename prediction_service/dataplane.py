@@ -75,14 +75,20 @@ class DataPlane:
 
         Returns the guard a front door decodes under: ``with dataplane.admit(name, context): ...``, so a
         request refused while its body is read or decoded is counted and audited like any failure."""
-        refusal = self._refusal(name)
+        refusal = self.refusal(name)
         if refusal is not None:
-            self._notify(PredictionRecord(context, name, None, None, None, None, 0.0, int(refusal.status),
-                                          refusal.code, shed=True))
+            self.count_shed(name, context, refusal)
             raise refusal
         return Decoding(self, name, context)
 
-    def _refusal(self, name: str) -> PredictionServiceError | None:
+    def count_shed(self, name: str, context: RequestContext, refusal: PredictionServiceError) -> None:
+        """A request refused by admission: metrics count it; the audit log, which records predictions,
+        skips it (``shed``). Called by ``admit`` and by the ASGI edge (api/early_refusal.py)."""
+        self._notify(PredictionRecord(context, name, None, None, None, None, 0.0, int(refusal.status),
+                                      refusal.code, shed=True))
+
+    def refusal(self, name: str) -> PredictionServiceError | None:
+        """What ``admit`` would refuse ``name`` with now (nothing counted), else None."""
         busy = self._busy()
         if busy is not None:
             return busy

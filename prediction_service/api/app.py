@@ -13,6 +13,7 @@ from .. import __version__
 from ..service import Service
 from ..settings import Settings
 from . import oip_rest
+from .early_refusal import EarlyRefusal
 from .errors import install_error_handlers
 from .hot_path import ServingApp
 from .responses import FastJSONResponse
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, metrics_registry: CollectorRegi
         lifespan=lifespan,
     )
     app.state.service = service
+    app.early_refusal = EarlyRefusal(service)
     install_error_handlers(app)
     for module in (predict, models, registry, experiments, health, monitoring, seed_aliases):
         app.include_router(module.router)

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from ..errors import PredictionServiceError
 from ..log_throttle import ThrottledLog
@@ -34,15 +35,27 @@ def error_response(exc: PredictionServiceError) -> ORJSONResponse:
 OIP_PREFIX = "/v2"
 
 
-def _is_oip(request: Request) -> bool:
-    path, root = request.scope["path"], request.scope.get("root_path", "")
+def is_oip(scope: Scope) -> bool:
+    path, root = scope["path"], scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root):]
     return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
 
 
 def _body_for(request: Request, code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"error": message} if _is_oip(request) else error_body(code, message, details)
+    return {"error": message} if is_oip(request.scope) else error_body(code, message, details)
+
+
+def domain_error_response(scope: Scope, exc: PredictionServiceError, request_id: str | None) -> ORJSONResponse:
+    """A domain error as the door at ``scope``'s path answers it: the exception handler and the ASGI
+    edge's overload refusals (early_refusal.py) both answer through here."""
+    if int(exc.status) >= 500:
+        _server_errors.warning(exc.code, f"{exc.code}: {exc.message}")
+    body = {"error": exc.message} if is_oip(scope) else error_body(exc.code, exc.message, exc.details)
+    headers = exc.headers()
+    if request_id is not None:  # a failed prediction is in the audit log under this id: the caller quotes it
+        headers[REQUEST_ID_HEADER] = request_id
+    return ORJSONResponse(body, status_code=int(exc.status), headers=headers)
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -54,15 +67,7 @@ def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PredictionServiceError)
     async def _domain(request: Request, exc: PredictionServiceError) -> ORJSONResponse:
-        if int(exc.status) >= 500:
-            _server_errors.warning(exc.code, f"{exc.code}: {exc.message}")
-        response = ORJSONResponse(_body_for(request, exc.code, exc.message, exc.details),
-                                  status_code=int(exc.status), headers=exc.headers())
-        # A failed prediction is in the audit log under this id: the caller gets it to quote.
-        request_id = getattr(request.state, "request_id", None)
-        if request_id is not None:
-            response.headers[REQUEST_ID_HEADER] = request_id
-        return response
+        return domain_error_response(request.scope, exc, getattr(request.state, "request_id", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> ORJSONResponse:

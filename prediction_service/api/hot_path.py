@@ -6,7 +6,8 @@ middlewares, router matching over every route, telemetry hooks). The hot routes 
 endpoints (direct_route.py): they take the Request and return a Response, and every error they raise is
 a domain error mapped by the app's own exception handlers (api/errors.py). So the app matches their
 paths itself, calls their handlers, and maps exceptions through the same handler table; everything else
-(and OpenAPI, which still documents them) goes through FastAPI as usual.
+(and OpenAPI, which still documents them) goes through FastAPI as usual. Before a hot route runs, the
+overload check (``early_refusal``) may answer it at once.
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ from .direct_route import DirectRoute
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+RefusalCheck = Callable[[Scope, str], Response | None]
+"""(scope, model name) -> the overload refusal to send without running the route, or None."""
+
+
 class ServingApp(FastAPI):
     _hot: list[tuple[Route, Handler]] | None = None
+    early_refusal: RefusalCheck | None = None
+    """Asked first for hot routes with a ``{name}`` (api/early_refusal.py); None: every request runs its route."""
 
     def include_router(self, router: APIRouter, **kwargs: Any) -> None:
         super().include_router(router, **kwargs)
@@ -37,6 +44,12 @@ class ServingApp(FastAPI):
             for route, handler in self._hot_routes():
                 match = route.path_regex.match(scope["path"])
                 if match is not None:
+                    name = match.groupdict().get("name")
+                    if name is not None and self.early_refusal is not None:
+                        refused = self.early_refusal(scope, name)
+                        if refused is not None:  # shed before any per-request object exists
+                            await refused(scope, receive, send)
+                            return
                     scope["app"] = self
                     scope["route"] = route
                     scope["path_params"] = {name: route.param_convertors[name].convert(value)

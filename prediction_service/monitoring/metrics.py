@@ -191,7 +191,7 @@ class ServiceMetrics:
         self._dropped_feed = _CumulativeFeed(self.audit_dropped)
         self._write_error_feed = _CumulativeFeed(self.audit_write_errors)
         self._pruned_feed = _CumulativeFeed(self.audit_pruned)
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int, str | None], tuple[Any, Any, Any]] = {}
 
     # ---- hooks ----------------------------------------------------------------------------------
 
@@ -199,16 +199,19 @@ class ServiceMetrics:
         resolved = record.version is not None
         model = record.model if resolved else UNRESOLVED
         version = record.version or ""
-        key = (model, version, record.status)
+        error_code = record.error_code
+        key = (model, version, record.status, error_code)
         children = self._children.get(key)
         if children is None:  # labels() validates and locks on every call: resolve the children once
             if len(self._children) > MAX_CACHED_LABEL_SETS:
                 self._children.clear()
-            children = self._children[key] = (self.requests.labels(model, version, str(record.status)),
-                                              self.latency.labels(model, version) if resolved else None)
+            children = self._children[key] = (
+                self.requests.labels(model, version, str(record.status)),
+                self.latency.labels(model, version) if resolved else None,
+                self.errors.labels(model, error_code) if error_code is not None else None)
         children[0].inc()
-        if record.error_code is not None:
-            self.errors.labels(model, record.error_code).inc()
+        if children[2] is not None:  # refusals under overload come here thousands of times a second
+            children[2].inc()
         if children[1] is not None:
             children[1].observe(record.latency_ms / 1000.0)
         if record.status == 200:

@@ -141,3 +141,14 @@ async def test_close_drains_queued_work():
     await batcher.close(drain_timeout=5)
     results = await asyncio.gather(*pending)
     assert [float(r["y"][0, 0]) for r in results] == [2.0 * i for i in range(6)]
+
+
+async def test_a_batch_that_holds_the_whole_queue_runs_without_waiting_for_more():
+    """With the queue at its cap no request can join the forming batch (they are shed), so it runs at
+    once instead of waiting out max_queue_delay (a minute here)."""
+    model = RecordingModel()
+    batcher = DynamicBatcher(model, max_batch_size=32, max_queue_delay_ms=60_000, max_queue_size=3)
+    answers = await asyncio.wait_for(asyncio.gather(*(batcher.submit(rows(i)) for i in range(3))), timeout=30)
+    assert [float(a["y"][0, 0]) for a in answers] == [0.0, 2.0, 4.0]
+    assert model.batches == [3]
+    await batcher.close()

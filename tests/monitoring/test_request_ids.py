@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -34,3 +35,19 @@ def test_every_request_context_gets_one():
     first, second = RequestContext(), RequestContext()
     assert first.request_id != second.request_id
     assert uuid.UUID(hex=first.request_id).version == 7
+
+
+def test_a_forked_child_does_not_reuse_its_parents_random_bytes():
+    """Ids draw from a block of os.urandom bytes; a forked worker must read its own."""
+    new_request_id()  # the parent now holds a block with bytes left
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    ours = new_request_id()
+    assert len(theirs) == 32 and theirs[12:] != ours[12:]  # the random part (after the milliseconds)

@@ -1,0 +1,62 @@
+"""Overload refusals answered at the ASGI edge (api/early_refusal.py): the same answer the route gives
+(status, body per door, Retry-After, X-Request-Id, metrics), without reading or parsing the body, and a
+caller who must present a key still learns that it is missing first."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+
+from prometheus_client import CollectorRegistry
+
+from prediction_service.settings import AuditSettings, BatchingSettings, LimitSettings, SecuritySettings, Settings
+from tests.support.asgi import served_app
+from tests.support.models import register_slow
+
+MODEL = "slower-regressor"
+PREDICT = f"/v1/models/{MODEL}/predict"
+ROW = [1.0, 2.0, 3.0, 4.0]
+READER = {"X-API-Key": "reader-secret"}
+
+
+async def test_a_full_server_refuses_at_the_edge_after_checking_the_key(slow_store_template, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(slow_store_template, store, symlinks=True)
+    register_slow(store, tmp_path / "export", name=MODEL, steps=4000)  # seconds per request: the slot stays taken
+    settings = Settings(model_store=store, limits=LimitSettings(max_in_flight=1),
+                        batching=BatchingSettings(max_batch_size=1), audit=AuditSettings(enabled=False),
+                        security=SecuritySettings(api_keys="admin-secret,reader-secret:read",
+                                                  predict_requires_key=True))
+    metrics = CollectorRegistry()
+    async with served_app(settings, metrics_registry=metrics) as (app, http):
+        dataplane = app.state.service.dataplane
+        slow = asyncio.create_task(http.post(PREDICT, headers=READER,
+                                             json={"instance": ROW}, timeout=120))
+        for _ in range(600):  # until the slow prediction holds the only in-flight slot
+            if dataplane.in_flight == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert dataplane.in_flight == 1, (await slow).text
+
+        # no key: the 401 comes first, as when the server is idle
+        missing = await http.post(PREDICT, content=b"not json")
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
+
+        # a valid key: refused without parsing the body (an admitted "not json" would be a 400)
+        refused = await http.post(PREDICT, headers=READER, content=b"not json")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "unavailable"
+        assert refused.headers["retry-after"] == "1"
+        assert uuid.UUID(hex=refused.headers["x-request-id"]).version == 7
+        oip = await http.post(f"/v2/models/{MODEL}/infer", headers=READER, content=b"not json")
+        assert oip.status_code == 503 and set(oip.json()) == {"error"}  # OIP's error body
+
+        assert (await slow).status_code == 200
+        answered = await http.post(PREDICT, headers=READER, json={"instance": ROW},
+                                   timeout=120)
+        assert answered.status_code == 200
+    # counted like the route counts them (refused before a version was resolved)
+    assert metrics.get_sample_value("prediction_requests_total",
+                                    {"model": "_unresolved", "version": "", "status": "503"}) == 2
+    assert metrics.get_sample_value("prediction_errors_total", {"model": "_unresolved", "code": "unavailable"}) == 2
