@@ -6,7 +6,8 @@
     --store DIR serves a registry that has lstm-price (default: the demo registry, built in a temp dir)
 
 Default mode: the demo registry's lstm-price, one row [1, 60, 5] float32 per request, served by
-(a) bench/lean_server.py (Starlette + orjson + ONNX Runtime micro-batcher, no features),
+(a) bench/lean_server.py (Starlette + orjson + ONNX Runtime micro-batcher, no features) and its gRPC twin
+    bench/lean_grpc_server.py (grpc.aio ModelInfer, same batcher): what Python costs at least, per protocol,
 (b) tritonserver (LocalTriton + the project's config, dynamic batching up to 32; HTTP OIP JSON and gRPC;
     started once, measured with the first worker count, compared with every count),
 (c) the service: REST /v1 JSON, OIP REST JSON, OIP REST binary, OIP gRPC unary, OIP gRPC streaming,
@@ -33,6 +34,7 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -66,7 +68,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 TRITON = 0  # the worker-count key of tritonserver's figures (measured once, compared with every count)
 RATIOS = [("service REST v1 JSON", "lean"), ("service REST v1 JSON", "Triton HTTP JSON"),
           ("service OIP REST JSON", "Triton HTTP JSON"), ("service OIP gRPC unary", "Triton gRPC"),
-          ("service OIP gRPC stream", "Triton gRPC")]
+          ("service OIP gRPC stream", "Triton gRPC"), ("service OIP gRPC unary", "lean gRPC unary"),
+          ("lean gRPC unary", "Triton gRPC"), ("lean", "Triton HTTP JSON")]
 
 
 @dataclass
@@ -155,6 +158,13 @@ def bench_workers(args: argparse.Namespace, workers: int, triton: LocalTriton | 
         stack.enter_context(process([sys.executable, str(REPO / "bench" / "lean_server.py"), "--model", str(model),
                                      "--port", str(lean_port), "--workers", str(workers)],
                                     f"http://127.0.0.1:{lean_port}/predict"))
+        lean_grpc = f"127.0.0.1:{free_port()}"
+        for _ in range(workers):  # grpc sets SO_REUSEPORT: the processes share the port like uvicorn's workers
+            lean_grpc_process = subprocess.Popen([sys.executable, str(REPO / "bench" / "lean_grpc_server.py"),
+                                                  "--model", str(model), "--port", lean_grpc.rsplit(":", 1)[1]],
+                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stack.callback(stop_process, lean_grpc_process)
+        asyncio.run(wait_grpc_ready(lean_grpc))
         service = launch(store, env={"SERVER_GRPC_PORT": str(grpc_port)}, workers=workers,
                          log_path=work / f"service-w{workers}.log")
         stack.callback(service.stop)
@@ -165,7 +175,8 @@ def bench_workers(args: argparse.Namespace, workers: int, triton: LocalTriton | 
         http = http_targets(f"http://127.0.0.1:{lean_port}", service.url, triton and f"http://{triton.http_url}",
                             version, next(iter(batch.values())))
         unary, streaming = grpc_openers(f"127.0.0.1:{grpc_port}", MODEL, batch, output, args.streams)
-        grpc = {"service OIP gRPC unary": unary, "service OIP gRPC stream": streaming}
+        grpc = {"lean gRPC unary": grpc_openers(lean_grpc, MODEL, batch, output, 1)[0],
+                "service OIP gRPC unary": unary, "service OIP gRPC stream": streaming}
         if triton:
             grpc["Triton gRPC"] = grpc_openers(triton.grpc_url, MODEL, batch, output, 1)[0]
         verify(http, grpc)
@@ -182,6 +193,14 @@ def bench_workers(args: argparse.Namespace, workers: int, triton: LocalTriton | 
                 else:
                     table.add(label, key, asyncio.run(run_grpc(grpc[label], label, CONCURRENCY, args.seconds,
                                                                args.warmup)))
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def report(table: Table, workers: list[int]) -> None:
