@@ -18,6 +18,7 @@ MODEL = "slower-regressor"
 PREDICT = f"/v1/models/{MODEL}/predict"
 ROW = [1.0, 2.0, 3.0, 4.0]
 READER = {"X-API-Key": "reader-secret"}
+NO_DEADLINE = {"X-Request-Deadline-Ms": "120000"}  # the slow model may take longer than the 1 s default
 
 
 async def test_a_full_server_refuses_at_the_edge_after_checking_the_key(slow_store_template, tmp_path):
@@ -31,7 +32,7 @@ async def test_a_full_server_refuses_at_the_edge_after_checking_the_key(slow_sto
     metrics = CollectorRegistry()
     async with served_app(settings, metrics_registry=metrics) as (app, http):
         dataplane = app.state.service.dataplane
-        slow = asyncio.create_task(http.post(PREDICT, headers=READER,
+        slow = asyncio.create_task(http.post(PREDICT, headers={**READER, **NO_DEADLINE},
                                              json={"instance": ROW}, timeout=120))
         for _ in range(600):  # until the slow prediction holds the only in-flight slot
             if dataplane.in_flight == 1:
@@ -53,7 +54,7 @@ async def test_a_full_server_refuses_at_the_edge_after_checking_the_key(slow_sto
         assert oip.status_code == 503 and set(oip.json()) == {"error"}  # OIP's error body
 
         assert (await slow).status_code == 200
-        answered = await http.post(PREDICT, headers=READER, json={"instance": ROW},
+        answered = await http.post(PREDICT, headers={**READER, **NO_DEADLINE}, json={"instance": ROW},
                                    timeout=120)
         assert answered.status_code == 200
     # counted like the route counts them (refused before a version was resolved)
