@@ -24,8 +24,7 @@ def alias_store(demo_store, tmp_path_factory):
 
 @pytest.fixture
 async def http(alias_store):
-    app, client = app_client(alias_store)
-    async with app.router.lifespan_context(app), client:
+    async with app_client(alias_store) as (_, client):
         yield client
 
 
@@ -113,9 +112,8 @@ async def test_bad_requests_are_422_like_v1(http):
 
 
 async def test_aliases_need_a_key_when_predictions_do(alias_store):
-    app, client = app_client(alias_store, security=SecuritySettings(api_keys="admin-secret,reader:read",
-                                                                     predict_requires_key=True))
-    async with app.router.lifespan_context(app), client:
+    async with app_client(alias_store, security=SecuritySettings(api_keys="admin-secret,reader:read",
+                                                                  predict_requires_key=True)) as (_, client):
         refused = await client.post("/api/v1/predict/sentiment", json={"text": TEXT})
         assert refused.status_code == 401
         ok = await client.post("/api/v1/predict/sentiment", json={"text": TEXT}, headers={"X-API-Key": "reader"})

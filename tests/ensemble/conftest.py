@@ -5,12 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from prediction_service.ensemble import EnsembleMember, EnsembleRegistry, WeightedPriceSentiment
 from prediction_service.settings import AuditSettings, Settings
+from tests.support.asgi import served_app
 
 ENSEMBLE = "price-sentiment"
 MEMBERS = (EnsembleMember(role="price", model="lstm-price"),
@@ -36,16 +36,13 @@ def ensemble_store(demo_store, tmp_path) -> Path:
 
 
 def app_client(root: Path, **overrides):
-    from prediction_service.api.app import create_app
-
+    """The app on ``root`` (audit off, its own metrics registry), started, with a client: ``(app, http)``."""
     settings = Settings(model_store=root, audit=AuditSettings(enabled=False), **overrides)
-    app = create_app(settings, metrics_registry=CollectorRegistry())
-    return app, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    return served_app(settings, metrics_registry=CollectorRegistry())
 
 
 @pytest.fixture
 async def ensemble_client(ensemble_store):
-    app, http = app_client(ensemble_store)
-    async with app.router.lifespan_context(app), http:
+    async with app_client(ensemble_store) as (app, http):
         http.app = app
         yield http

@@ -40,8 +40,7 @@ class ScanRecorder:
 
 @pytest.fixture
 async def served(ensemble_store):
-    app, http = app_client(ensemble_store, stage_poll_interval_seconds=NO_POLL)
-    async with app.router.lifespan_context(app), http:
+    async with app_client(ensemble_store, stage_poll_interval_seconds=NO_POLL) as (app, http):
         http.app = app
         yield http
 
@@ -79,8 +78,7 @@ async def test_requests_never_scan_and_the_poll_finds_an_ensemble_registered_els
 
 
 async def test_the_stage_watcher_rescans_off_the_event_loop(ensemble_store, monkeypatch):
-    app, http = app_client(ensemble_store, stage_poll_interval_seconds=0.05)
-    async with app.router.lifespan_context(app), http:
+    async with app_client(ensemble_store, stage_poll_interval_seconds=0.05) as (app, http):
         catalog = app.state.service.dataplane.ensembles.catalog
         scans = ScanRecorder(catalog.registry)
         monkeypatch.setattr(catalog.registry, "names", scans)

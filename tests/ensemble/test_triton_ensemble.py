@@ -65,10 +65,9 @@ async def test_the_service_serves_the_ensemble_through_tritons_own(ensemble_stor
 
     # a generous per-call timeout: Triton starts the combiner's python stub beside these requests (2 cores)
     base = triton_settings(shared_triton, ensemble_store, timeout_seconds=60.0)
-    app, http = app_client(ensemble_store, triton=base.triton, serving_adapter_type=AdapterType.TRITON)
     bars = [synthetic_ohlcv(60, seed=50 + row).tolist() for row in range(3)]
     texts = TEXTS + ["Company schedules annual meeting"]
-    async with app.router.lifespan_context(app), http:
+    async with app_client(ensemble_store, triton=base.triton, serving_adapter_type=AdapterType.TRITON) as (app, http):
         async def ask(text: list[str]) -> dict:
             response = await http.post(f"/v1/models/{ENSEMBLE}/predict", headers=SLOW_MACHINE,
                                        json={"inputs": {"bars": bars, "text": text}})
