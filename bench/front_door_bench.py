@@ -1,6 +1,6 @@
 """The service's front doors vs a lean Python server and a real tritonserver: same ONNX LSTM, same run.
 
-    python bench/front_door_bench.py [--seconds 10] [--warmup 2] [--rounds 3] [--workers 1,2] [--streams 1]
+    python bench/front_door_bench.py [--seconds 10] [--warmup 2] [--rounds 3] [--workers 1,2] [--streams N]
     python bench/front_door_bench.py --overload [--seconds 10] [--warmup 2] [--rounds 3] [--workers 1,2]
     quick check:  --seconds 2 --rounds 1 --workers 1   /   --overload --seconds 3
     --store DIR serves a registry that has lstm-price (default: the demo registry, built in a temp dir)
@@ -14,8 +14,9 @@ Default mode: the demo registry's lstm-price, one row [1, 60, 5] float32 per req
 with each worker count of --workers (lean and service). Every target's answer is checked against the lean
 server's before any load. Then, per round (order reversed every other round), each target gets
 concurrency 32 for --seconds after --warmup seconds: HTTP from ``wrk -t1 -c32 --latency`` (Debian:
-``apt-get install wrk``), gRPC from tritonclient.grpc.aio in a closed loop (streaming: 32 requests in
-flight over --streams streams). Prints per-round figures, the medians of the rounds (rps counts 2xx only;
+``apt-get install wrk``), gRPC from tritonclient.grpc.aio in a closed loop (unary: one channel, so one
+connection, per worker, as SO_REUSEPORT spreads connections and not calls; streaming: 32 requests in
+flight over --streams streams, default one per worker). Prints per-round figures, the medians of the rounds (rps counts 2xx only;
 any non-2xx or error is flagged with !!) and the ratios of the medians: service/lean, service/Triton.
 
 --overload: REST /v1 JSON at 64 connections against the service with BATCH_MAX_QUEUE_SIZE=8
@@ -174,8 +175,10 @@ def bench_workers(args: argparse.Namespace, workers: int, triton: LocalTriton | 
         output = version.signature.outputs[0].name
         http = http_targets(f"http://127.0.0.1:{lean_port}", service.url, triton and f"http://{triton.http_url}",
                             version, next(iter(batch.values())))
-        unary, streaming = grpc_openers(f"127.0.0.1:{grpc_port}", MODEL, batch, output, args.streams)
-        grpc = {"lean gRPC unary": grpc_openers(lean_grpc, MODEL, batch, output, 1)[0],
+        # one connection per worker (a channel's calls share one connection, which one worker accepts)
+        streams = args.streams or workers
+        unary, streaming = grpc_openers(f"127.0.0.1:{grpc_port}", MODEL, batch, output, streams, channels=workers)
+        grpc = {"lean gRPC unary": grpc_openers(lean_grpc, MODEL, batch, output, 1, channels=workers)[0],
                 "service OIP gRPC unary": unary, "service OIP gRPC stream": streaming}
         if triton:
             grpc["Triton gRPC"] = grpc_openers(triton.grpc_url, MODEL, batch, output, 1)[0]
@@ -257,7 +260,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts of lean and service")
-    parser.add_argument("--streams", type=int, default=1, help="gRPC streams the streaming target spreads over")
+    parser.add_argument("--streams", type=int, help="gRPC streams the streaming target spreads over "
+                        "(default: one per worker)")
     parser.add_argument("--overload", action="store_true", help="the overload mode (see above)")
     args = parser.parse_args()
     args.workers = [int(n) for n in args.workers.split(",")]

@@ -122,14 +122,24 @@ class Stream:
         await self.client.close()
 
 
-def grpc_openers(url: str, model: str, batch: dict[str, np.ndarray], output: str, streams: int) -> tuple[Opener, Opener]:
-    """(unary: oip_bench's tritonclient caller, streaming: requests spread over ``streams`` streams)."""
+def grpc_openers(url: str, model: str, batch: dict[str, np.ndarray], output: str, streams: int,
+                 channels: int = 1) -> tuple[Opener, Opener]:
+    """(unary: tritonclient calls round-robin over ``channels`` channels, streaming: requests spread over
+    ``streams`` streams). Each unary channel has a connection of its own: SO_REUSEPORT spreads connections,
+    not calls, over a server's worker processes, and one HTTP/2 connection carries every call of a channel
+    (gRPC would also share one connection between channels to the same target unless told not to)."""
     async def unary() -> tuple[Answer, Close]:
-        client, call = caller(Target(url, grpcclient, url), batch, [output], binary=False)
+        options = {"channel_args": OWN_CONNECTION} if channels > 1 else {}
+        pairs = [caller(Target(url, grpcclient, url), batch, [output], binary=False, **options)
+                 for _ in range(channels)]
+        turn = itertools.cycle([call for _, call in pairs])
 
         async def answer() -> np.ndarray:
-            return (await call())[output]
-        return answer, client.close
+            return (await next(turn)())[output]
+
+        async def close() -> None:
+            await asyncio.gather(*(client.close() for client, _ in pairs))
+        return answer, close
 
     async def streaming() -> tuple[Answer, Close]:
         pool = [Stream(url, model, batch, output) for _ in range(streams)]
@@ -139,6 +149,11 @@ def grpc_openers(url: str, model: str, batch: dict[str, np.ndarray], output: str
             await asyncio.gather(*(stream.close() for stream in pool))
         return (lambda: next(turn).call()), close
     return unary, streaming
+
+
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1),  # tritonclient's own message limits, kept
+                  ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+                  ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE)]
 
 
 async def run_grpc(open_: Opener, label: str, concurrency: int, seconds: float, warmup: float) -> Figures:

@@ -58,11 +58,12 @@ class Target:
     url: str
 
 
-def caller(target: Target, batch: dict[str, np.ndarray], outputs: list[str], binary: bool):
-    """(client, one inference): the same tritonclient code for every target, only the URL differs."""
+def caller(target: Target, batch: dict[str, np.ndarray], outputs: list[str], binary: bool, **client_options):
+    """(client, one inference): the same tritonclient code for every target, only the URL differs
+    (``client_options``: the client's own, e.g. gRPC ``channel_args``)."""
     module = target.client
     tensor_format = {"binary_data": binary} if module is httpclient else {}
-    client = module.InferenceServerClient(target.url)
+    client = module.InferenceServerClient(target.url, **client_options)
 
     async def call() -> dict[str, np.ndarray]:
         inputs = []
