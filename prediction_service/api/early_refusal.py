@@ -16,7 +16,7 @@ from __future__ import annotations
 from starlette.responses import Response
 from starlette.types import Scope
 
-from ..auth import API_KEY_HEADER, Scope as KeyScope
+from ..auth import API_KEY_HEADER, ApiKey, Scope as KeyScope
 from ..errors import PredictionServiceError
 from ..service import Service
 from .errors import domain_error_response, is_oip
@@ -42,7 +42,7 @@ class EarlyRefusal:
         service.dataplane.count_shed(name, context, refusal)
         return domain_error_response(scope, refusal, context.request_id)
 
-    def _authenticate(self, scope: Scope):
+    def _authenticate(self, scope: Scope) -> ApiKey | None:
         presented = None
         for header, value in scope["headers"]:
             if header == _KEY_HEADER:
