@@ -126,13 +126,17 @@ class Service:
         return key
 
     def authorize_predict(self, presented_key: str | None, caller: str) -> ApiKey | None:
-        """Predictions are open unless PREDICT_REQUIRES_KEY=true; then any valid key. A key presented
-        anyway is checked (an invalid one is 401): its scope may allow picking explicit versions."""
-        key = None
-        if self.settings.security.predict_requires_key or presented_key:
-            key = self.api_keys.authenticate(presented_key, Scope.READ)
+        """``authenticate_predict``, then a rate-limit token (RateLimited)."""
+        key = self.authenticate_predict(presented_key)
         self._take_token(key, caller, "predict")
         return key
+
+    def authenticate_predict(self, presented_key: str | None) -> ApiKey | None:
+        """Predictions are open unless PREDICT_REQUIRES_KEY=true; then any valid key. A key presented
+        anyway is checked (an invalid one is 401): its scope may allow picking explicit versions."""
+        if self.settings.security.predict_requires_key or presented_key:
+            return self.api_keys.authenticate(presented_key, Scope.READ)
+        return None
 
     def request_context(self, key: ApiKey | None, deadline: float | None, protocol: str) -> RequestContext:
         """The context a front door hands the data plane for an admitted caller."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 from starlette.responses import Response
 from starlette.types import Scope
 
-from ..auth import API_KEY_HEADER, ApiKey, Scope as KeyScope
+from ..auth import API_KEY_HEADER
 from ..errors import PredictionServiceError
 from ..service import Service
 from .errors import domain_error_response, is_oip
@@ -35,19 +35,16 @@ class EarlyRefusal:
         if refusal is None:
             return None
         try:
-            key = self._authenticate(scope)
+            key = service.authenticate_predict(_presented_key(scope))
         except PredictionServiceError:
             return None  # the route answers 401/403
         context = service.request_context(key, None, "oip-rest" if is_oip(scope) else "v1")
         service.dataplane.count_shed(name, context, refusal)
         return domain_error_response(scope, refusal, context.request_id)
 
-    def _authenticate(self, scope: Scope) -> ApiKey | None:
-        presented = None
-        for header, value in scope["headers"]:
-            if header == _KEY_HEADER:
-                presented = value.decode("latin-1")
-                break
-        if not (self.service.settings.security.predict_requires_key or presented):
-            return None
-        return self.service.api_keys.authenticate(presented, KeyScope.READ)
+
+def _presented_key(scope: Scope) -> str | None:
+    for header, value in scope["headers"]:
+        if header == _KEY_HEADER:
+            return value.decode("latin-1")
+    return None

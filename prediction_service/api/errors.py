@@ -42,8 +42,8 @@ def is_oip(scope: Scope) -> bool:
     return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
 
 
-def _body_for(request: Request, code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"error": message} if is_oip(request.scope) else error_body(code, message, details)
+def _body_for(scope: Scope, code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": message} if is_oip(scope) else error_body(code, message, details)
 
 
 def domain_error_response(scope: Scope, exc: PredictionServiceError, request_id: str | None) -> ORJSONResponse:
@@ -51,7 +51,7 @@ def domain_error_response(scope: Scope, exc: PredictionServiceError, request_id:
     edge's overload refusals (early_refusal.py) both answer through here."""
     if int(exc.status) >= 500:
         _server_errors.warning(exc.code, f"{exc.code}: {exc.message}")
-    body = {"error": exc.message} if is_oip(scope) else error_body(exc.code, exc.message, exc.details)
+    body = _body_for(scope, exc.code, exc.message, exc.details)
     headers = exc.headers()
     if request_id is not None:  # a failed prediction is in the audit log under this id: the caller quotes it
         headers[REQUEST_ID_HEADER] = request_id
@@ -75,16 +75,16 @@ def install_error_handlers(app: FastAPI) -> None:
         malformed = any(e.get("type") == "json_invalid" for e in errors)
         code, status = ("malformed_json", 400) if malformed else ("invalid_request", 422)
         message = "request body is not valid JSON" if malformed else "request does not match the schema"
-        return ORJSONResponse(_body_for(request, code, message, {"errors": _jsonable_errors(errors)}),
+        return ORJSONResponse(_body_for(request.scope, code, message, {"errors": _jsonable_errors(errors)}),
                               status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ORJSONResponse(_body_for(request, code, str(exc.detail)), status_code=exc.status_code,
+        return ORJSONResponse(_body_for(request.scope, code, str(exc.detail)), status_code=exc.status_code,
                               headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
         log.exception("unhandled error")
-        return ORJSONResponse(_body_for(request, "internal_error", "internal server error"), status_code=500)
+        return ORJSONResponse(_body_for(request.scope, "internal_error", "internal server error"), status_code=500)
