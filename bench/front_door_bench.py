@@ -16,8 +16,8 @@ server's before any load. Then, per round (order reversed every other round), ea
 concurrency 32 for --seconds after --warmup seconds: HTTP from ``wrk -t1 -c32 --latency`` (Debian:
 ``apt-get install wrk``), gRPC from tritonclient.grpc.aio in a closed loop (unary: one channel, so one
 connection, per worker, as SO_REUSEPORT spreads connections and not calls; streaming: 32 requests in
-flight over --streams streams, default one per worker). Prints per-round figures, the medians of the rounds (rps counts 2xx only;
-any non-2xx or error is flagged with !!) and the ratios of the medians: service/lean, service/Triton.
+flight over --streams streams, default one per worker). Prints per-round figures, the medians of the
+rounds (rps counts 2xx only; any non-2xx or error is flagged with !!) and the ratios of the medians: service/lean, service/Triton.
 
 --overload: REST /v1 JSON at 64 connections against the service with BATCH_MAX_QUEUE_SIZE=8
 LIMIT_MAX_IN_FLIGHT=16 and against the service with default limits (both running, alternating): goodput
@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from front_door_load import Figures, HttpTarget, Opener, grpc_openers, overload_round, run_grpc, run_wrk  # noqa: E402
 from loadgen import median  # noqa: E402
-from serve_bench import ensure_store, process  # noqa: E402
+from serve_bench import ensure_store, process, stop_process  # noqa: E402
 
 from prediction_service.commands.servers.triton import LocalTriton  # noqa: E402
 from prediction_service.packaging.triton_config import TritonConfigOptions  # noqa: E402
@@ -196,14 +196,6 @@ def bench_workers(args: argparse.Namespace, workers: int, triton: LocalTriton | 
                 else:
                     table.add(label, key, asyncio.run(run_grpc(grpc[label], label, CONCURRENCY, args.seconds,
                                                                args.warmup)))
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def report(table: Table, workers: list[int]) -> None:
