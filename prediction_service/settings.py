@@ -214,8 +214,9 @@ class ExperimentSettings(BaseSettings):
     rollback_accuracy_drop: float = Field(0.02, ge=0, lt=1)
     """ROLLBACK when the estimated accuracy drops by more than this (fraction) and significantly."""
     anonymous_outcomes_auto_apply: bool = False
-    """Let a read key post outcomes for predictions made without a key in auto_apply experiments. Off: such
-    outcomes need a key with outcome (or admin) scope, or a read key cannot steer production."""
+    """Let read keys post outcomes in auto_apply experiments under the per-prediction rules (their own
+    predictions, and those made without a key). Off: an auto_apply experiment takes outcomes only from keys
+    with outcome (or admin) scope, so a read key cannot steer production, even with its own predictions."""
     route_cache_ttl_seconds: float = Field(1.0, ge=0)
     """How long a worker caches "which experiment runs for this model" before re-reading SQLite."""
     sharpe_periods_per_year: float = Field(252.0, gt=0)

@@ -6,10 +6,12 @@ Hot path: ``route(model, routing_key)`` (served from a per-process cache refresh
 report what happened with ``record_outcome(request_id, actual, pnl, reporter)``; ``analyze(id)`` computes
 metrics, tests and the decision, and applies it when the experiment has ``auto_apply``.
 
-Who may report an outcome: outcomes move production (auto_apply), so a prediction's outcome comes from the
-key that made the prediction, or from a key with outcome (or admin) scope: the system that reports fills
-and P&L. An anonymous prediction's outcome may come from any read key only when the experiment does not
-act on its own, or when ``anonymous_outcomes_auto_apply`` says so.
+Who may report an outcome: in an experiment with ``auto_apply`` an outcome is a vote on production, so it
+comes only from a key with outcome (or admin) scope: the system that reports fills and P&L. A read key is
+handed to strategies and dashboards, and one that made its own predictions could vote with them too.
+Elsewhere a prediction's outcome comes from the key that made the prediction or from an outcome key, and an
+anonymous prediction's outcome from any read key. ``anonymous_outcomes_auto_apply`` opts auto_apply
+experiments back into those per-prediction rules.
 
 Safe defaults: auto_apply acts on always-valid (sequential) tests, or on a fixed-horizon test once, at its
 planned size; create refuses anything else, a champion that is not what production serves, and a
@@ -292,16 +294,13 @@ class ExperimentService:
         if reporter is None or reporter.any_prediction:
             return
         details = {"request_id": prediction.request_id}
-        if prediction.api_key_id is not None:
-            if reporter.key_id != prediction.api_key_id:
-                raise Forbidden("an outcome may be posted only with the API key that made the prediction, or with "
-                                "a key of outcome scope", details)
-            return
-        experiment = self.store.get_experiment(prediction.experiment_id)
-        if experiment.auto_apply and not self.settings.anonymous_outcomes_auto_apply:
-            raise Forbidden("this prediction was made without an API key and its experiment applies decisions "
-                            "by itself (auto_apply): its outcome needs a key of outcome scope "
-                            "(or EXPERIMENT_ANONYMOUS_OUTCOMES_AUTO_APPLY=true)", details)
+        # Checked before ownership: a read key that made its own predictions must not vote on production either.
+        if self._spec(prediction.experiment_id).auto_apply and not self.settings.anonymous_outcomes_auto_apply:
+            raise Forbidden("this experiment applies decisions by itself (auto_apply): its outcomes need a key of "
+                            "outcome scope or an admin key (or EXPERIMENT_ANONYMOUS_OUTCOMES_AUTO_APPLY=true)", details)
+        if prediction.api_key_id is not None and reporter.key_id != prediction.api_key_id:
+            raise Forbidden("an outcome may be posted only with the API key that made the prediction, or with "
+                            "a key of outcome scope", details)
 
     def record_outcome(self, request_id: str, actual: float, pnl: float | None = None,
                        reporter: OutcomeReporter | None = None) -> OutcomeRecord:

@@ -1,6 +1,6 @@
-"""Outcomes move production (auto_apply), so POST /v1/predictions/{id}/outcome is authorised per prediction:
-the key that made the prediction, a key of outcome scope, or admin. Anonymous predictions take outcomes from
-any read key only in experiments that do not apply decisions by themselves, unless a setting says so."""
+"""POST /v1/predictions/{id}/outcome outside auto_apply is authorised per prediction: the key that made the
+prediction, a key of outcome scope, or admin; anonymous predictions take outcomes from any read key. An
+auto_apply experiment takes outcomes only from outcome or admin keys, unless a setting says so."""
 
 from __future__ import annotations
 
@@ -47,9 +47,8 @@ def start(service: ExperimentService, auto_apply: bool) -> None:
                                   traffic_split=0.5, auto_apply=auto_apply))
 
 
-@pytest.mark.parametrize("auto_apply", [False, True])
-async def test_only_the_predicting_key_or_an_outcome_key_reports_a_keyed_prediction(service, tmp_path, auto_apply):
-    start(service, auto_apply)
+async def test_only_the_predicting_key_or_an_outcome_key_reports_a_keyed_prediction(service, tmp_path):
+    start(service, auto_apply=False)
     app = make_app(service, tmp_path)
     for i in range(4):
         predict(service, f"mine-{i}", key_id("read-key"))
@@ -82,11 +81,15 @@ async def test_anonymous_predictions_take_read_key_outcomes_without_auto_apply(s
     assert (await post_outcome(make_app(service, tmp_path), "anon-1", READ)).status_code == 201
 
 
-async def test_a_setting_lets_anonymous_outcomes_drive_auto_apply(make_service, tmp_path):
+async def test_a_setting_lets_read_key_outcomes_drive_auto_apply(make_service, tmp_path):
     service = make_service(anonymous_outcomes_auto_apply=True)
     start(service, auto_apply=True)
+    app = make_app(service, tmp_path)
     predict(service, "anon-1", None)
-    assert (await post_outcome(make_app(service, tmp_path), "anon-1", READ)).status_code == 201
+    predict(service, "mine-1", key_id("read-key"))
+    assert (await post_outcome(app, "anon-1", READ)).status_code == 201
+    assert (await post_outcome(app, "mine-1", READ)).status_code == 201
+    assert (await post_outcome(app, "mine-1", OTHER)).status_code == 403  # still not another key's prediction
 
 
 async def test_without_api_keys_outcomes_are_open(service, tmp_path):

@@ -1,13 +1,14 @@
 """A/B experiment management and outcome reporting.
 
 Scopes: creating and stopping experiments changes what production serves, so it needs an admin key;
-listing and analysing needs any key. Reporting an outcome (``POST /v1/predictions/{id}/outcome``) is
-authorised per prediction, because outcomes move production (auto_apply): with the key that made the
-prediction, or with a key of ``outcome`` scope (``API_KEYS="k:outcome"``: the system that reports fills
-and P&L; admin keys may too). A prediction made without a key takes an outcome from a read key only in
-an experiment that does not apply decisions by itself, unless EXPERIMENT_ANONYMOUS_OUTCOMES_AUTO_APPLY
-is set. Otherwise 403. An outcome annotates a prediction that was actually served, once (409 after).
-With no API keys configured every endpoint is open, this one included.
+listing and analysing needs any key. Reporting an outcome (``POST /v1/predictions/{id}/outcome``) needs a
+key (401 without one). In an experiment with ``auto_apply`` an outcome is a vote on production, so only a
+key of ``outcome`` scope (``API_KEYS="k:outcome"``: the system that reports fills and P&L) or an admin key
+may post it: a read key gets 403 even for its own predictions, unless EXPERIMENT_ANONYMOUS_OUTCOMES_AUTO_APPLY
+puts such experiments back on the per-prediction rules. Those rules hold in every other experiment: the key
+that made the prediction or an outcome key; a prediction made without a key, any read key. Otherwise 403.
+An outcome annotates a prediction that was actually served, once (409 after). With no API keys configured
+every endpoint is open, this one included.
 
 An experiment created with ``auto_apply`` has its PROMOTE / ROLLBACK decision applied by every worker's
 background schedule (EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS). ``GET /v1/experiments/{id}/analyze`` is
