@@ -1,8 +1,8 @@
 """A/B end to end against a real server: create, route traffic, feed outcomes, analyze, auto-promote.
 
-Outcomes are authorised per prediction: the first test predicts with a read key and reports with the same
-key (another read key is refused); the second predicts anonymously and reports with an outcome-scoped key
-(a read key is refused: the experiment applies its decision by itself)."""
+The experiments apply their decisions by themselves (auto_apply), so outcomes come from an outcome-scoped
+key: the first test predicts with a read key (which may not report even its own predictions), the second
+predicts anonymously (a read key is refused there too)."""
 
 from __future__ import annotations
 
@@ -87,15 +87,18 @@ def test_experiment_auto_promotes_a_better_challenger_and_moves_production(tiny_
             theirs = http.post("/v1/models/tiny-classifier/predict", json=row, headers=OTHER_READ).json()
             refused = http.post(f"/v1/predictions/{theirs['request_id']}/outcome", json={"actual": 0}, headers=READ)
             assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+            own = http.post(f"/v1/predictions/{theirs['request_id']}/outcome", json={"actual": 0},
+                            headers=OTHER_READ)
+            assert own.status_code == 403, own.text  # its own prediction: still a vote on production
             # enough for the always-valid (mSPRT) test, which pays for peeking with width: at 200 per arm its
             # p-value for this 30-point gap was 0.07-0.08 in some runs
             for i in range(1000):
-                body = _predict_and_report(http, rng, i, predict_key=READ, report_key=READ)
+                body = _predict_and_report(http, rng, i, predict_key=READ, report_key=FILLS)
                 assert body["experiment_id"] == experiment_id and body["arm"] in arms
                 arms[body["arm"]] += 1
             assert min(arms.values()) > 300  # a 50/50 split, give or take
 
-            again = http.post(f"/v1/predictions/{body['request_id']}/outcome", json={"actual": 0}, headers=READ)
+            again = http.post(f"/v1/predictions/{body['request_id']}/outcome", json={"actual": 0}, headers=FILLS)
             assert again.status_code == 409
 
             analysis = http.get(f"/v1/experiments/{experiment_id}/analyze", headers=READ)
