@@ -128,6 +128,11 @@ class LimitSettings(BaseSettings):
     """Text inputs longer than the model's max tokens x this many characters are refused (413) before
     tokenization, so a huge text costs nothing; for a model whose text step truncates (``truncation``) they
     are cut to that many characters instead, and served."""
+    grpc_stream_max_pending: int = Field(64, ge=1)
+    """Requests one gRPC ModelStreamInfer stream may hold at once (running, or answered and waiting to be
+    written to the client), capped by LIMIT_MAX_IN_FLIGHT. At the bound the server reads no further request
+    from that stream until an answer is written, so HTTP/2 flow control holds back a client that writes
+    faster than it reads."""
 
 
 class SecuritySettings(BaseSettings):

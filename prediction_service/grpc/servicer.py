@@ -99,41 +99,34 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
-        """Requests on one stream run concurrently (bounded, so a fast writer is held back by flow control);
-        each answer goes back as it completes, matched by id. A failed request is answered in
-        ``error_message`` and the stream goes on, as Triton does; a refused API key ends the stream.
-        Once draining, requests still arriving on an open stream are answered "shutting down"."""
+        """Requests on one stream run concurrently; each answer goes back as it completes, matched by id. A
+        failed request is answered in ``error_message`` and the stream goes on, as Triton does; a refused API
+        key ends the stream. Once draining, requests still arriving on an open stream are answered "shutting
+        down".
+
+        A stream holds at most LIMIT_GRPC_STREAM_MAX_PENDING requests (running, or answered and not yet
+        written): at the bound the next request is not read until an answer has been written, so a client
+        that writes without reading is held back by HTTP/2 flow control instead of filling memory. When the
+        stream ends or is cancelled, the request reader and every prediction still running are cancelled and
+        awaited."""
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         key, caller = _api_key(context), _caller(context)
-        answers: asyncio.Queue[service_pb2.ModelStreamInferResponse | PredictionServiceError | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(self.limits.max_in_flight)
+        stream = _Stream(min(self.limits.grpc_stream_max_pending, self.limits.max_in_flight))
 
         async def answer(request: service_pb2.ModelInferRequest) -> None:
-            try:
-                answers.put_nowait(await self._stream_answer(request, key, caller, context.time_remaining()))
-            finally:
-                slots.release()
+            stream.answers.put_nowait(await self._stream_answer(request, key, caller, context.time_remaining()))
 
-        async def read_all() -> None:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    async for request in request_iterator:
-                        await slots.acquire()
-                        group.create_task(answer(request))
-            except Exception as exc:  # noqa: BLE001 - the client went away mid-stream; its call is over
-                log.debug("gRPC stream ended: %r", exc)
-            finally:
-                answers.put_nowait(None)
-
-        reader = asyncio.create_task(read_all())
+        reader = asyncio.create_task(stream.read(request_iterator, answer))
         try:
-            while (item := await answers.get()) is not None:
+            while (item := await stream.answers.get()) is not None:
                 if isinstance(item, PredictionServiceError):  # authentication: the whole stream is refused
                     await context.abort(status_code(item), item.message, trailing_metadata(item))
-                yield item
+                yield item  # resumes once gRPC has written it
+                stream.held.release()
         finally:
             reader.cancel()
+            await asyncio.wait([reader])  # its task group cancels and awaits every answer still running
 
     async def _stream_answer(self, request: service_pb2.ModelInferRequest, key: str | None, caller: str,
                              time_remaining: float | None) -> service_pb2.ModelStreamInferResponse | PredictionServiceError:
@@ -180,6 +173,35 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def _refuse_if_draining(self) -> None:
         if self.draining:
             raise NotReady("server is shutting down")
+
+
+class _Stream:
+    """One ModelStreamInfer call: its answers in completion order, and the permits that bound what it holds."""
+
+    def __init__(self, max_pending: int):
+        self.held = asyncio.Semaphore(max_pending)
+        """One permit per request read and not yet written back; taken before a request is read."""
+        self.answers: asyncio.Queue[service_pb2.ModelStreamInferResponse | PredictionServiceError | None] = \
+            asyncio.Queue()
+        """Never longer than ``max_pending`` (each answer holds a permit); None ends the stream."""
+
+    async def read(self, requests: AsyncIterator[service_pb2.ModelInferRequest],
+                   answer: Callable[[service_pb2.ModelInferRequest], Awaitable[None]]) -> None:
+        """Read requests while permits last, answering each in its own task."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                iterator = aiter(requests)
+                while True:
+                    await self.held.acquire()  # flow control: no permit, no read
+                    try:
+                        request = await anext(iterator)
+                    except StopAsyncIteration:
+                        break
+                    group.create_task(answer(request))
+        except Exception as exc:  # noqa: BLE001 - the client went away mid-stream; its call is over
+            log.debug("gRPC stream ended: %r", exc)
+        finally:
+            self.answers.put_nowait(None)
 
 
 def _api_key(context: grpc.aio.ServicerContext) -> str | None:
