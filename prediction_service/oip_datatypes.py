@@ -7,10 +7,12 @@ each element is a 4-byte little-endian length followed by its bytes, as Triton s
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
 from .errors import InvalidInput
+from .settings import LimitSettings
 
 _TO_NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(bool), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
@@ -41,18 +43,61 @@ def oip_datatype(dtype: np.dtype | str) -> str:
         raise InvalidInput(f"dtype {dtype.name} has no Open Inference Protocol datatype") from None
 
 
-def element_count(shape: list[int] | tuple[int, ...]) -> int:
+MAX_RANK = 32
+"""numpy's most dimensions: a deeper shape from the wire would fail inside reshape / empty."""
+
+_LENGTH = struct.Struct("<I")
+
+
+def element_count(name: str, shape: Sequence[int]) -> int:
+    """Elements a wire shape declares; refuses what numpy cannot build (rank over 32) and zero or negative
+    dimensions. Only the shape is read: call it before any tensor data is touched."""
+    if len(shape) > MAX_RANK:  # before the shape is formatted into a message: it may be long
+        raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions, at most {MAX_RANK} are supported",
+                           {"input": name, "rank": len(shape), "max_rank": MAX_RANK})
     count = 1
     for dim in shape:
-        if dim < 0:
-            raise InvalidInput(f"shape {list(shape)} has a negative dimension")
+        if dim <= 0:
+            raise InvalidInput(f"input {name!r}: shape {list(shape)} has a zero or negative dimension",
+                               {"input": name, "shape": list(shape)})
         count *= dim
     return count
 
 
-def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
-    """A tensor from its raw little-endian bytes (binary extension / raw_input_contents)."""
-    count = element_count(shape)
+class TensorBudget:
+    """What the input tensors of one request may declare, judged from their shapes before any data is
+    decoded: the first dimension is the batch (at most ``max_rows``), and all inputs together hold at most
+    ``max_elements`` elements, so decoding costs at most that much whatever the request claims."""
+
+    def __init__(self, max_rows: int, max_elements: int):
+        self.max_rows = max_rows
+        self.max_elements = max_elements
+        self._left = max_elements
+
+    @classmethod
+    def from_limits(cls, limits: LimitSettings) -> TensorBudget:
+        return cls(limits.max_batch_rows, limits.max_tensor_elements)
+
+    def claim(self, name: str, shape: Sequence[int]) -> int:
+        """The element count of ``shape``, charged to the request; InvalidInput past either limit."""
+        count = element_count(name, shape)
+        if shape and shape[0] > self.max_rows:
+            raise InvalidInput(f"input {name!r}: batch of {shape[0]} rows exceeds the limit of {self.max_rows}",
+                               {"input": name, "rows": shape[0], "max_rows": self.max_rows})
+        if count > self._left:
+            raise InvalidInput(f"input {name!r}: shape {list(shape)} declares {count} elements; a request may carry "
+                               f"at most {self.max_elements} in all its inputs",
+                               {"input": name, "elements": count, "max_elements": self.max_elements})
+        self._left -= count
+        return count
+
+
+def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview,
+             count: int | None = None) -> np.ndarray:
+    """A tensor from its raw little-endian bytes (binary extension / raw_input_contents). ``count``: the
+    element count a TensorBudget already granted ``shape``."""
+    if count is None:
+        count = element_count(name, shape)
     if datatype == "BYTES":
         return _deserialize_bytes(name, raw, count).reshape(shape)
     dtype = numpy_dtype(datatype)
@@ -80,20 +125,31 @@ def _serialize_bytes(array: np.ndarray) -> bytes:
 
 
 def _deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
-    view = memoryview(raw)
-    items, offset = [], 0
-    while offset < len(view):
-        if offset + 4 > len(view):
-            raise InvalidInput(f"input {name!r}: truncated BYTES element length", {"input": name})
-        (length,) = struct.unpack_from("<I", view, offset)
-        offset += 4
-        if offset + length > len(view):
-            raise InvalidInput(f"input {name!r}: BYTES element runs past the data", {"input": name})
-        items.append(bytes(view[offset:offset + length]))
-        offset += length
-    if len(items) != count:
-        raise InvalidInput(f"input {name!r}: {len(items)} BYTES elements, expected {count}",
-                           {"input": name, "elements": len(items), "expected": count})
+    """``count`` length-prefixed elements, exactly filling ``raw``. The prefixes chain (each says where the
+    next one is), so the walk is one step per element: at most ``count`` steps, and ``count`` was bounded
+    from the shape before this is called; a short body is refused before the first step."""
+    size = len(raw)
+    if size < 4 * count:
+        raise InvalidInput(f"input {name!r}: {count} BYTES elements need at least {4 * count} bytes of lengths; "
+                           f"what the shape declares runs past the data ({size} bytes)",
+                           {"input": name, "bytes": size, "elements": count})
+    data = bytes(raw)  # one copy: slices of bytes are the element objects themselves
+    unpack = _LENGTH.unpack_from
+    items: list[bytes] = [b""] * count
+    offset = 0
+    for index in range(count):
+        if offset + 4 > size:
+            raise InvalidInput(f"input {name!r}: {index} BYTES elements in the data, expected {count}",
+                               {"input": name, "elements": index, "expected": count})
+        (length,) = unpack(data, offset)
+        start = offset + 4
+        offset = start + length
+        if offset > size:
+            raise InvalidInput(f"input {name!r}: BYTES element {index} runs past the data", {"input": name})
+        items[index] = data[start:offset]
+    if offset != size:
+        raise InvalidInput(f"input {name!r}: {size - offset} bytes of BYTES data after the {count} elements the "
+                           "shape declares", {"input": name, "unused_bytes": size - offset, "expected": count})
     array = np.empty(count, dtype=object)
     array[:] = items
     return array

@@ -117,6 +117,13 @@ class LimitSettings(BaseSettings):
     """Largest total artifact size (decoded) one registry upload through the API may carry."""
     max_batch_rows: int = Field(256, ge=1)
     """Most instances one predict request may carry."""
+    max_tensor_elements: int = Field(256 * 1024, ge=1)
+    """Most tensor elements (the product of each shape) the inputs of one Open Inference Protocol request may
+    declare, all inputs together; checked from the shapes before any data is decoded (422 past it). The
+    default holds 256 rows of 1,024 values: 256 windows of 110 bars x 5 or two 256 x 256 token tensors fit."""
+    max_request_tensors: int = Field(64, ge=1)
+    """Most input tensors, and most requested outputs, one Open Inference Protocol request may name (422
+    past it, before any is decoded)."""
     max_in_flight: int = Field(256, ge=1)
     """Predictions in progress per worker; past it new ones get 503 at once."""
     default_deadline_ms: float = Field(1000.0, gt=0)

@@ -86,5 +86,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> ORJSONResponse:
-        log.exception("unhandled error")
+        # one line per exception type every few seconds (with how many were folded into it), and the
+        # traceback of the first in that interval: a request that keeps failing must not flood the log
+        kind = type(exc).__name__
+        if _server_errors.warning(f"unhandled:{kind}", f"unhandled error on {request.method} {request.url.path}: "
+                                                       f"{kind}: {str(exc)[:200]}"):
+            log.error("traceback of the first unhandled %s in this interval", kind, exc_info=exc)
         return ORJSONResponse(_body_for(request.scope, "internal_error", "internal server error"), status_code=500)

@@ -10,19 +10,23 @@ that do not match what they claim (datatype, shape, element count) are 422, as o
 
 from __future__ import annotations
 
+import logging
+import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
 
-from ..errors import BadRequest, InvalidInput, PayloadTooLarge
+from ..errors import BadRequest, InvalidInput, PayloadTooLarge, PredictionServiceError
 from ..inference import InferenceResult, Selector
 from ..oip_documents import provenance_parameters
-from ..oip_datatypes import element_count, from_raw, numpy_dtype, oip_datatype, to_raw
+from ..oip_datatypes import MAX_RANK, TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
 from ..settings import LimitSettings
 from .body import parse_json
+
+log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "parameters")
@@ -81,7 +85,22 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 def decode_infer_request(body: bytes, header_length: str | None, limits: LimitSettings,
                          version: str | None = None) -> InferRequest:
-    """Parse an infer request; ``version`` comes from the path and wins over ``parameters.stage``."""
+    """Parse an infer request; ``version`` comes from the path and wins over ``parameters.stage``.
+
+    Every shape is judged (rank, dimensions, rows, elements: LIMIT_MAX_TENSOR_ELEMENTS) before any tensor
+    data is decoded, and whatever the client's data still makes numpy or the parsers raise is its mistake:
+    a 4xx, counted and audited like any other."""
+    try:
+        return _decode_infer_request(body, header_length, limits, version)
+    except PredictionServiceError:
+        raise
+    except (ValueError, TypeError, OverflowError, UnicodeError, struct.error) as exc:
+        log.debug("undecodable infer request", exc_info=True)
+        raise InvalidInput(f"infer request could not be decoded: {str(exc)[:200]}") from None
+
+
+def _decode_infer_request(body: bytes, header_length: str | None, limits: LimitSettings,
+                          version: str | None) -> InferRequest:
     view = memoryview(body)
     if header_length is None:
         header, binary = view, view[:0]
@@ -103,8 +122,8 @@ def decode_infer_request(body: bytes, header_length: str | None, limits: LimitSe
     timeout_us = parameters.get("timeout")
     if timeout_us is not None and (isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0):
         raise InvalidInput("parameters.timeout must be a non-negative integer (microseconds)")
-    inputs = _inputs(document.get("inputs"), binary)
-    outputs = _outputs(document.get("outputs"), binary_output)
+    inputs = _inputs(document.get("inputs"), binary, limits)
+    outputs = _outputs(document.get("outputs"), binary_output, limits.max_request_tensors)
     return InferRequest(request_id, inputs, selector, outputs, binary_output,
                         timeout_us / 1e6 if timeout_us else None)
 
@@ -120,16 +139,19 @@ def _header_size(raw: str, body_size: int) -> int:
     return size
 
 
-def _inputs(raw: Any, binary: memoryview) -> dict[str, np.ndarray]:
+def _inputs(raw: Any, binary: memoryview, limits: LimitSettings) -> dict[str, np.ndarray]:
     if not isinstance(raw, list) or not raw:
         raise InvalidInput("'inputs' must be a non-empty array of tensors")
+    if len(raw) > limits.max_request_tensors:
+        raise InvalidInput(f"{len(raw)} inputs exceed the limit of {limits.max_request_tensors}",
+                           {"inputs": len(raw), "max_inputs": limits.max_request_tensors})
+    budget = TensorBudget.from_limits(limits)
+    # every shape is judged before any data is: a huge claim costs nothing, whatever its position
+    headers = [_tensor_header(item, budget) for item in raw]
     tensors: dict[str, np.ndarray | None] = {}  # None: binary, decoded once the framing is known good
-    pending: list[tuple[str, str, list[int], memoryview]] = []
+    pending: list[tuple[str, str, list[int], int, memoryview]] = []
     offset = 0
-    for item in raw:
-        if not isinstance(item, dict):
-            raise InvalidInput("each input is an object with name, datatype, shape and data")
-        name, datatype, shape = _tensor_header(item)
+    for item, (name, datatype, shape, count) in zip(raw, headers):
         if name in tensors:
             raise InvalidInput(f"input {name!r} is given twice", {"input": name})
         size = _object(item.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
@@ -137,7 +159,7 @@ def _inputs(raw: Any, binary: memoryview) -> dict[str, np.ndarray]:
             if "data" not in item:
                 raise InvalidInput(f"input {name!r} has neither 'data' nor parameters.binary_data_size",
                                    {"input": name})
-            tensors[name] = _from_json(name, datatype, shape, item["data"])
+            tensors[name] = _from_json(name, datatype, shape, count, item["data"])
             continue
         if "data" in item:
             raise BadRequest(f"input {name!r} has both 'data' and parameters.binary_data_size", {"input": name})
@@ -147,45 +169,55 @@ def _inputs(raw: Any, binary: memoryview) -> dict[str, np.ndarray]:
             raise BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body "
                              f"({len(binary) - offset} bytes left)", {"input": name})
         tensors[name] = None
-        pending.append((name, datatype, shape, binary[offset:offset + size]))
+        pending.append((name, datatype, shape, count, binary[offset:offset + size]))
         offset += size
     if offset != len(binary):  # framing first: a 400 names the real mistake before any tensor is judged
         raise BadRequest(f"{len(binary) - offset} bytes of binary data after the last input's binary_data_size",
                          {"unused_bytes": len(binary) - offset})
-    for name, datatype, shape, raw_bytes in pending:
-        array = from_raw(name, datatype, shape, raw_bytes)
+    for name, datatype, shape, count, raw_bytes in pending:
+        array = from_raw(name, datatype, shape, raw_bytes, count)
         # a view into the body is read-only (torch.from_numpy warns) and sits at whatever offset the JSON
         # header ended (unaligned): one copy per tensor gives runtimes an ordinary array
         tensors[name] = array if array.flags.writeable and array.flags.aligned else array.copy()
     return tensors  # type: ignore[return-value]  # every None was filled above
 
 
-def _tensor_header(item: dict) -> tuple[str, str, list[int]]:
+def _tensor_header(item: Any, budget: TensorBudget) -> tuple[str, str, list[int], int]:
+    """Name, datatype, shape and element count, the shape charged to ``budget``: no data is read here."""
+    if not isinstance(item, dict):
+        raise InvalidInput("each input is an object with name, datatype, shape and data")
     name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
     if not isinstance(name, str) or not name:
         raise InvalidInput("every input needs a 'name'")
     if not isinstance(datatype, str):
         raise InvalidInput(f"input {name!r} needs a 'datatype' (FP32, INT64, BYTES, ...)", {"input": name})
     numpy_dtype(datatype)  # unknown datatypes fail here, naming the supported ones
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    # a shape deeper than numpy allows is refused by its length alone (in claim), before its dimensions are read
+    if not isinstance(shape, list) or (len(shape) <= MAX_RANK and not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape)):
         raise InvalidInput(f"input {name!r}: 'shape' must be an array of integers", {"input": name})
-    element_count(shape)  # refuses negative dimensions
-    return name, datatype, shape
+    return name, datatype, shape, budget.claim(name, shape)
 
 
-def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
-    """A tensor from JSON ``data``, flat (row-major) or nested; values must fit the datatype exactly."""
-    expected = element_count(shape)
+def _from_json(name: str, datatype: str, shape: list[int], expected: int, data: Any) -> np.ndarray:
+    """A tensor from JSON ``data``, flat (row-major) or nested; values must fit the datatype exactly.
+    ``expected``: the element count the shape was granted."""
+    if isinstance(data, list) and data and not isinstance(data[0], list) and len(data) != expected:
+        _count_mismatch(name, shape, len(data), expected)  # a flat list: known wrong before it is read
     if datatype == "BYTES":
-        items = _strings(name, data)
+        items = _strings(name, data, expected, len(shape))
         array = np.empty(len(items), dtype=object)
         array[:] = items
     else:
         array = _numbers(name, datatype, data)
     if array.size != expected:
-        raise InvalidInput(f"input {name!r}: {array.size} values of data for shape {shape} ({expected} expected)",
-                           {"input": name, "values": int(array.size), "expected": expected})
+        _count_mismatch(name, shape, int(array.size), expected)
     return array.reshape(shape)
+
+
+def _count_mismatch(name: str, shape: list[int], values: int, expected: int) -> NoReturn:
+    raise InvalidInput(f"input {name!r}: {values} values of data for shape {shape} ({expected} expected)",
+                       {"input": name, "values": values, "expected": expected})
 
 
 def _numbers(name: str, datatype: str, data: Any) -> np.ndarray:
@@ -194,7 +226,7 @@ def _numbers(name: str, datatype: str, data: Any) -> np.ndarray:
         data = [data]
     try:
         array = np.asarray(data)
-    except (ValueError, OverflowError):
+    except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"input {name!r}: data is not a rectangular array of numbers", {"input": name}) from None
     if array.size == 0:
         return array.astype(dtype)
@@ -210,26 +242,38 @@ def _numbers(name: str, datatype: str, data: Any) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
-def _strings(name: str, data: Any) -> list[bytes]:
-    """BYTES data as JSON strings (flat or nested), kept as utf-8 bytes like the binary form."""
+def _strings(name: str, data: Any, expected: int, rank: int) -> list[bytes]:
+    """BYTES data as JSON strings (flat or nested), kept as utf-8 bytes like the binary form. The walk stops
+    as soon as the data holds more than ``expected`` strings, or more lists than a nesting of ``rank`` levels
+    could need, so its cost follows the checked shape, not the body."""
     out: list[bytes] = []
+    lists_left = expected * max(rank, 1) + 1
     stack = [data]
     while stack:
         item = stack.pop()
         if isinstance(item, list):
+            lists_left -= 1
+            if lists_left < 0:
+                raise InvalidInput(f"input {name!r}: BYTES data is not nested like its shape", {"input": name})
             stack.extend(reversed(item))
         elif isinstance(item, str):
+            if len(out) == expected:
+                raise InvalidInput(f"input {name!r}: more than {expected} strings of data for its shape "
+                                   f"({expected} expected)", {"input": name, "expected": expected})
             out.append(item.encode())
         else:
             raise InvalidInput(f"input {name!r}: BYTES data must be strings", {"input": name})
     return out
 
 
-def _outputs(raw: Any, binary_default: bool) -> tuple[RequestedOutput, ...] | None:
+def _outputs(raw: Any, binary_default: bool, max_outputs: int) -> tuple[RequestedOutput, ...] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
         raise InvalidInput("'outputs' must be an array of {name, parameters}")
+    if len(raw) > max_outputs:
+        raise InvalidInput(f"{len(raw)} requested outputs exceed the limit of {max_outputs}",
+                           {"outputs": len(raw), "max_outputs": max_outputs})
     outputs: list[RequestedOutput] = []
     for item in raw:
         name = item.get("name") if isinstance(item, dict) else None

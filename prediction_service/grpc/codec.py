@@ -7,17 +7,22 @@ typed contents only for BYTES. Validation against the model's signature is the d
 
 from __future__ import annotations
 
+import logging
+import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from .. import oip_documents
-from ..errors import InvalidInput
+from ..errors import InvalidInput, PredictionServiceError
 from ..inference import InferenceResult, ModelMetadata, Selector
-from ..oip_datatypes import element_count, from_raw, numpy_dtype, oip_datatype, to_raw
+from ..oip_datatypes import TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
+from ..settings import LimitSettings
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = ("model_configuration", "parameters")
 
@@ -31,6 +36,8 @@ _TYPED_FIELDS: dict[str, tuple[str, np.dtype]] = {
     "FP32": ("fp32_contents", np.dtype(np.float32)), "FP64": ("fp64_contents", np.dtype(np.float64)),
 }
 
+_PARAMETERS = ("timeout", "stage", "routing_key")
+"""The request parameters this server reads; others are ignored without being looked at."""
 
 
 @dataclass(frozen=True)
@@ -45,13 +52,32 @@ class DecodedRequest:
 
 # ---- requests ----------------------------------------------------------------------------------------
 
-def decode_request(request: service_pb2.ModelInferRequest) -> DecodedRequest:
+def decode_request(request: service_pb2.ModelInferRequest, limits: LimitSettings | None = None) -> DecodedRequest:
+    """The request's tensors, selector, outputs and timeout. Every shape is judged (rank, dimensions, rows,
+    elements) against ``limits`` (default: LimitSettings()) before any tensor data is decoded, and whatever
+    the client's data still makes numpy raise is its mistake: INVALID_ARGUMENT, counted like any other."""
+    try:
+        return _decode_request(request, limits if limits is not None else LimitSettings())
+    except PredictionServiceError:
+        raise
+    except (ValueError, TypeError, OverflowError, UnicodeError, struct.error) as exc:
+        log.debug("undecodable infer request", exc_info=True)
+        raise InvalidInput(f"infer request could not be decoded: {str(exc)[:200]}") from None
+
+
+def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSettings) -> DecodedRequest:
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: send one per input",
-                           {"raw_input_contents": len(raw), "inputs": len(request.inputs)})
+    tensors, most = request.inputs, limits.max_request_tensors
+    if len(tensors) > most or len(request.outputs) > most:
+        raise InvalidInput(f"{len(tensors)} inputs and {len(request.outputs)} requested outputs: at most {most} "
+                           "of each", {"inputs": len(tensors), "outputs": len(request.outputs), "max": most})
+    if raw and len(raw) != len(tensors):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(tensors)} inputs: send one per input",
+                           {"raw_input_contents": len(raw), "inputs": len(tensors)})
+    budget = TensorBudget.from_limits(limits)
+    counts = [budget.claim(tensor.name, tensor.shape) for tensor in tensors]  # shapes before any data
     inputs: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(request.inputs):
+    for index, (tensor, count) in enumerate(zip(tensors, counts)):
         if tensor.name in inputs:
             raise InvalidInput(f"input {tensor.name!r} appears twice", {"input": tensor.name})
         shape = list(tensor.shape)
@@ -59,12 +85,12 @@ def decode_request(request: service_pb2.ModelInferRequest) -> DecodedRequest:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input {tensor.name!r}: contents must be empty when raw_input_contents "
                                    "is used", {"input": tensor.name})
-            array = from_raw(tensor.name, tensor.datatype, shape, raw[index])
+            array = from_raw(tensor.name, tensor.datatype, shape, raw[index], count)
             # a read-only view of the message's bytes: runtimes (torch) expect ordinary arrays, as REST gives
             inputs[tensor.name] = array if array.flags.writeable and array.flags.aligned else array.copy()
         else:
-            inputs[tensor.name] = _from_contents(tensor, shape)
-    parameters = {key: _parameter(key, value) for key, value in request.parameters.items()}
+            inputs[tensor.name] = _from_contents(tensor, shape, count)
+    parameters = {key: _parameter(request.parameters[key]) for key in _PARAMETERS if key in request.parameters}
     timeout_us = parameters.get("timeout")
     if timeout_us is not None and (not isinstance(timeout_us, int) or timeout_us < 0):
         raise InvalidInput("parameter 'timeout' must be a non-negative int64 (microseconds)")
@@ -74,10 +100,14 @@ def decode_request(request: service_pb2.ModelInferRequest) -> DecodedRequest:
                           timeout_us / 1e6 if timeout_us else None)
 
 
-def _from_contents(tensor: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int]) -> np.ndarray:
-    count = element_count(shape)
+def _from_contents(tensor: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int],
+                   count: int) -> np.ndarray:
+    """``count``: the element count the shape was granted; contents of another length are refused before
+    they are converted."""
     if tensor.datatype == "BYTES":
         values: Any = tensor.contents.bytes_contents
+        if len(values) != count:
+            _count_mismatch(tensor, shape, len(values), count)
         array = np.empty(len(values), dtype=object)
         array[:] = list(values)
     else:
@@ -86,19 +116,24 @@ def _from_contents(tensor: service_pb2.ModelInferRequest.InferInputTensor, shape
             raise InvalidInput(f"input {tensor.name!r}: {tensor.datatype} has no typed contents field; "
                                "send it in raw_input_contents", {"input": tensor.name})
         field, wire_dtype = _TYPED_FIELDS[tensor.datatype]
-        wide = np.array(getattr(tensor.contents, field), dtype=wire_dtype)
+        values = getattr(tensor.contents, field)
+        if len(values) != count:
+            _count_mismatch(tensor, shape, len(values), count)
+        wide = np.array(values, dtype=wire_dtype)
         array = wide.astype(dtype)
         if dtype != wire_dtype and not np.array_equal(array, wide):  # e.g. 300 sent as INT8
             raise InvalidInput(f"input {tensor.name!r}: values out of range for {tensor.datatype}",
                                {"input": tensor.name})
-    if array.size != count:
-        raise InvalidInput(f"input {tensor.name!r}: {array.size} values in contents, expected {count} for "
-                           f"{tensor.datatype} {shape}", {"input": tensor.name, "values": int(array.size),
-                                                          "expected": count})
     return array.reshape(shape)
 
 
-def _parameter(key: str, value: service_pb2.InferParameter) -> Any:
+def _count_mismatch(tensor: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int], values: int,
+                    count: int) -> NoReturn:
+    raise InvalidInput(f"input {tensor.name!r}: {values} values in contents, expected {count} for "
+                       f"{tensor.datatype} {shape}", {"input": tensor.name, "values": values, "expected": count})
+
+
+def _parameter(value: service_pb2.InferParameter) -> Any:
     choice = value.WhichOneof("parameter_choice")
     return getattr(value, choice) if choice else None
 

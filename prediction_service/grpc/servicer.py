@@ -33,7 +33,12 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
 def _rpc(method: Handler) -> Handler:
-    """Domain errors become the status from status.py; anything else is INTERNAL (and logged)."""
+    """Domain errors become the status from status.py; anything else is INTERNAL, logged as one line per
+    exception type every few seconds (with the folded count) and its traceback once in that interval: a
+    request that keeps failing the same way must not write a traceback per call."""
+    from ..log_throttle import ThrottledLog
+
+    failures = ThrottledLog(log)
 
     @functools.wraps(method)
     async def call(self: "InferenceServicer", request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -43,8 +48,11 @@ def _rpc(method: Handler) -> Handler:
             await context.abort(status_code(error), error.message, trailing_metadata(error))
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
-        except Exception:  # noqa: BLE001 - the client gets a status, the log gets the traceback
-            log.exception("gRPC %s failed", method.__name__)
+        except Exception as exc:  # noqa: BLE001 - the client gets a status, the log a throttled line
+            kind = type(exc).__name__
+            if failures.warning(kind, f"gRPC {method.__name__} failed: {kind}: {str(exc)[:200]}"):
+                log.error("gRPC %s: traceback of the first %s in this interval", method.__name__, kind,
+                          exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     return call
@@ -150,7 +158,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         api_key = self.service.authorize_predict(key, caller)  # before the tensors are decoded
         context = self.service.request_context(api_key, None, "oip-grpc")
         with self.dataplane.admit(request.model_name, context):  # before the tensors are decoded
-            decoded = codec.decode_request(request)
+            decoded = codec.decode_request(request, self.limits)
         context.deadline = self._deadline(time_remaining, decoded.timeout_s)
         result = await self.dataplane.infer(request.model_name, decoded.selector, decoded.inputs, context)
         return codec.encode_response(result, request.id, decoded.outputs)
