@@ -135,6 +135,10 @@ class LimitSettings(BaseSettings):
     """Text inputs longer than the model's max tokens x this many characters are refused (413) before
     tokenization, so a huge text costs nothing; for a model whose text step truncates (``truncation``) they
     are cut to that many characters instead, and served."""
+    json_offload_bytes: int = Field(64 * 1024, ge=0)
+    """JSON request bodies larger than this are parsed in a worker thread instead of on the event loop;
+    smaller ones are parsed inline, where a thread hand-off would cost more than the parse. 0 = every body in
+    a thread."""
     grpc_stream_max_pending: int = Field(64, ge=1)
     """Requests one gRPC ModelStreamInfer stream may hold at once (running, or answered and waiting to be
     written to the client), capped by LIMIT_MAX_IN_FLIGHT. At the bound the server reads no further request

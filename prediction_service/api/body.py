@@ -3,6 +3,7 @@ depth. Shared by the v1 and Open Inference Protocol front doors."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,16 @@ class UnsupportedMediaType(PredictionServiceError):
 
 async def read_json(request: Request, limits: LimitSettings) -> Any:
     require_json(request)
-    return parse_json(await read_body(request, limits), limits)
+    return await parse_json_off_loop(await read_body(request, limits), limits)
+
+
+async def parse_json_off_loop(body: bytes | memoryview, limits: LimitSettings) -> Any:
+    """``parse_json``, in a worker thread for a body over ``limits.json_offload_bytes``: a large document is
+    not parsed in the event loop's own thread. A small one is parsed inline, where the hand-off would cost
+    more than the parse."""
+    if len(body) > limits.json_offload_bytes:
+        return await asyncio.to_thread(parse_json, body, limits)
+    return parse_json(body, limits)
 
 
 def require_json(request: Request) -> None:
