@@ -12,8 +12,14 @@ import hmac
 from dataclasses import dataclass
 from enum import IntEnum
 
+from typing import TYPE_CHECKING
+
 from .errors import Forbidden, Unauthorized
 from .schemas import API_KEY_HEADER
+
+if TYPE_CHECKING:
+    from .inference import RequestContext
+    from .settings import SecuritySettings
 
 
 class Scope(IntEnum):
@@ -72,3 +78,31 @@ class ApiKeyStore:
         if match.scope < needed:
             raise Forbidden(f"this API key has {match.scope.name.lower()} scope; {needed.name.lower()} is required")
         return match
+
+
+class VersionAccess:
+    """Any caller may pick a stage. With API keys configured, an explicit version needs
+    ``SECURITY_VERSION_SELECTION_SCOPE`` (read by default), and a version that no stage serves or that is
+    archived needs admin: such versions are loaded on demand, and each load spends the worker's
+    version-load budget and memory that the staged versions need."""
+
+    def __init__(self, security: "SecuritySettings"):
+        self.security = security
+
+    @property
+    def enabled(self) -> bool:
+        """False without API keys: there are no scopes to check (and no registry read is needed)."""
+        return bool(self.security.api_keys)
+
+    def check(self, what: str, *, unstaged: bool, context: "RequestContext") -> None:
+        if not self.enabled:
+            return
+        needed = Scope.ADMIN if unstaged else {"any": None, "read": Scope.READ,
+                                                "admin": Scope.ADMIN}[self.security.version_selection_scope]
+        if needed is None:
+            return
+        if context.scope is None:
+            raise Unauthorized(f"asking for {what} needs an API key ({needed.name.lower()} scope); "
+                               "or ask for a stage")
+        if context.scope < needed:
+            raise Forbidden(f"asking for {what} needs {needed.name.lower()} scope")

@@ -40,6 +40,20 @@ class Selector:
     routing_key: str | None = None
 
 
+@dataclass(frozen=True)
+class InferenceRequest:
+    """A request as a door decoded it: what to run, on what, and what to send back."""
+
+    selector: Selector
+    inputs: dict[str, Any]
+    outputs: tuple[str, ...] | None = None
+    """Output names the caller asked for (None: all); checked against the signature before the model runs."""
+    budget_ms: float | None = None
+    """The deadline budget the caller asked for (header, gRPC deadline); None: the server default."""
+    timeout_s: float | None = None
+    """The Open Inference Protocol's ``timeout`` parameter: it can only shorten the deadline."""
+
+
 @dataclass
 class RequestContext:
     request_id: str = field(default_factory=new_request_id)
@@ -153,6 +167,18 @@ class PredictionRecord:
     shed: bool = False
     """Refused by admission (overload) before its body was read: metrics count it; the audit log, which
     records predictions, does not (under overload it would spend the CPU the shedding saves)."""
+    arm_run: "ArmRun | None" = None
+    """Set once an A/B arm's version is about to run: its prediction (or failure) is recorded for the arm."""
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    """An A/B experiment's assignment for a request that reached its arm's model."""
+
+    assignment: Any
+    """experiments.Assignment (experiment id, arm, version)."""
+    output: str
+    """The output whose first value the experiment records as the arm's prediction."""
 
 
 class PredictionObserver(Protocol):

@@ -26,6 +26,7 @@ from .monitoring.audit import AuditLog, audit_db_path
 from .monitoring.metrics import ServiceMetrics, mark_worker_dead, multiprocess_dir
 from .ratelimit import RateLimiter
 from .registry import ModelKey, ModelRegistry
+from .serving.pipeline import RequestPipeline
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Service:
             self.dataplane.readiness_details.append(lambda: {"audit": vars(audit.stats())})
             if settings.audit.required_for_readiness:
                 self.dataplane.readiness_checks.append(audit.problems)
+        self.pipeline = RequestPipeline(self.dataplane, settings.limits)
+        """Every door's request path: admit -> decode -> infer -> encode, observed as the client saw it."""
         self.api_keys = ApiKeyStore(settings.security.api_keys)
         self.rate_limiter = RateLimiter(settings.security.rate_limit_per_second,
                                         on_limited=self.metrics.observe_rate_limited)

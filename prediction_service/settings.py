@@ -128,6 +128,9 @@ class LimitSettings(BaseSettings):
     """Predictions in progress per worker; past it new ones get 503 at once."""
     default_deadline_ms: float = Field(1000.0, gt=0)
     """Per-request deadline unless the X-Request-Deadline-Ms header sets one; expired work is dropped."""
+    caller_deadline_ceiling_ms: float = Field(5000.0, gt=0, le=600_000)
+    """The longest deadline an anonymous or read-scoped caller may ask for (X-Request-Deadline-Ms, the gRPC
+    deadline, OIP ``timeout``): longer budgets are cut to it. Admin keys may ask for up to 600 s."""
     version_loads_per_minute: float = Field(30.0, ge=0)
     """Loads of versions that no stage serves (explicit ``version`` requests), per worker; past it such
     requests get 429 so they cannot thrash the pinned stage versions. 0 = unbounded."""
@@ -135,6 +138,21 @@ class LimitSettings(BaseSettings):
     """Text inputs longer than the model's max tokens x this many characters are refused (413) before
     tokenization, so a huge text costs nothing; for a model whose text step truncates (``truncation``) they
     are cut to that many characters instead, and served."""
+    max_tokens_per_request: int = Field(8192, ge=1)
+    """Most tokens one text request may make the model read: rows x its longest row's tokens ([CLS]/[SEP]
+    included, after truncation to the model's max tokens). Checked before tokenizing from character counts (a
+    text counts at least its characters / max_text_chars_per_token tokens) and exactly after; past it 413,
+    before the model runs."""
+    max_tokens_in_flight: int = Field(16384, ge=1)
+    """Tokens of text requests tokenized and not yet answered, per worker; a request that would push past it
+    gets 503 with Retry-After (one request alone is always admitted), so a few long-text requests cannot
+    queue minutes of model time on one worker."""
+    max_bars_per_window: int = Field(1024, ge=1)
+    """Most bars one window of a raw ``bars`` request may carry (the demo models read the last 60 or 110);
+    past it 413, from the request's shape, before any conversion or feature computation."""
+    max_bars_per_request: int = Field(32768, ge=1)
+    """Most bars one raw ``bars`` request may carry, all windows together (windows x bars per window); past
+    it 413, from the request's shape, before any conversion or feature computation."""
     json_offload_bytes: int = Field(64 * 1024, ge=0)
     """JSON request bodies larger than this are parsed in a worker thread instead of on the event loop;
     smaller ones are parsed inline, where a thread hand-off would cost more than the parse. 0 = every body in

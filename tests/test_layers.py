@@ -1,4 +1,4 @@
-"""The package's rooms, drawn from its imports: no arrow runs back up (DESIGN.md, issue 21)."""
+"""The package's rooms, drawn from its imports: no arrow runs back up."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ FORBIDDEN = {
     "prediction_service.grpc": ("prediction_service.api", "fastapi"),
     "prediction_service.api": ("prediction_service.grpc.codec", "prediction_service.grpc.servicer"),
     "prediction_service.experiments": ("prediction_service.api", "fastapi", "prediction_service.dataplane"),
+    # the one request path: protocol-free, below every door
+    "prediction_service.serving": ("fastapi", "starlette", "grpc", "google.protobuf", "tritonclient",
+                                   "prediction_service.api", "prediction_service.grpc"),
+    # an ensemble reaches its members through its gateway, never through the data plane or the pipeline
+    "prediction_service.ensemble": ("prediction_service.dataplane", "prediction_service.serving",
+                                    "prediction_service.api", "prediction_service.grpc", "fastapi"),
 }
 
 

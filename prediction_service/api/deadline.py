@@ -1,8 +1,7 @@
-"""The request deadline from the X-Request-Deadline-Ms header (every HTTP door)."""
+"""The deadline budget a caller asks for in the X-Request-Deadline-Ms header (every HTTP door); the rule
+that turns it into a deadline (scope ceiling, OIP timeout) is serving/deadline.py."""
 
 from __future__ import annotations
-
-import time
 
 from starlette.datastructures import Headers
 
@@ -10,13 +9,15 @@ from ..errors import InvalidInput
 from ..schemas import DEADLINE_HEADER, MAX_DEADLINE_MS
 
 
-def request_deadline(headers: Headers, default_ms: float) -> float:
-    """A time.monotonic() instant: now + the header's budget (or the default)."""
+def requested_budget_ms(headers: Headers) -> float | None:
+    """The header's budget in milliseconds, None when absent; a malformed or out-of-range value is 400."""
     raw = headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
     try:
-        budget_ms = float(raw) if raw is not None else default_ms
+        budget_ms = float(raw)
     except ValueError:
         raise InvalidInput(f"{DEADLINE_HEADER} must be a number of milliseconds") from None
     if not 0 < budget_ms <= MAX_DEADLINE_MS:
         raise InvalidInput(f"{DEADLINE_HEADER} must be in (0, {MAX_DEADLINE_MS}]")
-    return time.monotonic() + budget_ms / 1000.0
+    return budget_ms

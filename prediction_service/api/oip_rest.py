@@ -8,18 +8,18 @@ may read what it infers with. Server metadata and health are open, like /health.
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Depends, Request, Response
 
 from ..auth import ApiKey
 from ..schemas import REQUEST_ID_HEADER
 from .body import read_body
-from .deadline import request_deadline
+from .deadline import requested_budget_ms
+from ..inference import InferenceRequest, InferenceResult
 from .deps import get_service, open_context, require_predict
 from .direct_route import DirectRoute
 from ..oip_documents import model_config, model_metadata, server_metadata
-from .oip_codec import EXTENSIONS, HEADER_LENGTH, decode_infer_request, decompress, encode_infer_response
+from .oip_codec import (EXTENSIONS, HEADER_LENGTH, InferRequest, decode_infer_request, decompress,
+                        encode_infer_response)
 from .responses import FastJSONResponse
 
 # DirectRoute (see direct_route.py): infer is the hot path, and every route here fits its limits
@@ -111,14 +111,21 @@ async def infer_version(name: str, version: str, request: Request, api_key=Depen
 async def _infer(request: Request, name: str, version: str | None, api_key: ApiKey | None) -> Response:
     service, context = open_context(request, api_key, "oip-rest")
     limits = service.settings.limits
-    with service.dataplane.admit(name, context):  # before the body is read: a refusal costs nothing
-        context.deadline = request_deadline(request.headers, limits.default_deadline_ms)
+    parsed: InferRequest | None = None
+
+    async def decode() -> InferenceRequest:
+        nonlocal parsed
+        budget_ms = requested_budget_ms(request.headers)
         body = decompress(await read_body(request, limits), request.headers.get("content-encoding"),
                           limits.max_request_bytes)
         parsed = decode_infer_request(body, request.headers.get(HEADER_LENGTH), limits, version)
-    if parsed.timeout_s is not None:  # Triton's own timeout parameter can only shorten the deadline
-        context.deadline = min(context.deadline, time.monotonic() + parsed.timeout_s)
-    result = await service.dataplane.infer(name, parsed.selector, parsed.inputs, context)
-    encoded = encode_infer_response(result, parsed)
-    return Response(encoded.body, media_type=encoded.media_type,
-                    headers={**encoded.headers, REQUEST_ID_HEADER: context.request_id})
+        outputs = None if parsed.outputs is None else tuple(output.name for output in parsed.outputs)
+        return InferenceRequest(parsed.selector, parsed.inputs, outputs, budget_ms, parsed.timeout_s)
+
+    def encode(result: InferenceResult) -> Response:
+        assert parsed is not None  # decoded before the data plane ran
+        encoded = encode_infer_response(result, parsed)
+        return Response(encoded.body, media_type=encoded.media_type,
+                        headers={**encoded.headers, REQUEST_ID_HEADER: context.request_id})
+
+    return await service.pipeline.run(name, context, decode, encode)

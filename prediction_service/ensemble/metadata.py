@@ -1,5 +1,5 @@
 """What every front door says about an ensemble: OIP/gRPC model metadata and readiness, and the /v1
-model list and detail. The data plane's metadata section hands ensemble names here (a set lookup, as
+model list and detail. The ensemble servable hands metadata requests here (a set lookup, as
 for inference), so no route assembles any of it.
 
 An ensemble takes the raw inputs its members pre-process (``bars`` for the price member, ``text`` for
@@ -14,17 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
-
 from ..errors import PredictionServiceError, VersionNotFound
 from ..inference import BARS_INPUT, TEXT_INPUT, ModelMetadata, TensorMetadata
 from ..registry.model_version import Status
 from .combiners import OUTPUTS, Combiner
+from .gateway import MemberGateway
 from .spec import ENSEMBLE_BACKEND, Ensemble, EnsembleMember
 from .store import EnsembleRegistry
-
-if TYPE_CHECKING:
-    from ..dataplane import DataPlane
 
 KIND = "ensemble"
 """``kind`` of an ensemble in the /v1 model list (model entries are unchanged and carry no ``kind``)."""
@@ -95,29 +91,29 @@ def describe_version(registry: EnsembleRegistry, name: str, version: str | None)
         return registry.versions(name)[-1]
 
 
-def member_ready(dataplane: "DataPlane", member: EnsembleMember) -> bool:
+def member_ready(members: MemberGateway, member: EnsembleMember) -> bool:
     """The member's version this worker would run is loaded; a member that cannot be resolved is not ready."""
     try:
         if member.version is None and member.followed_stage != "production":
-            version = dataplane.manager.reader.resolve(member.model, None, member.followed_stage).version
-            return dataplane.model_ready(member.model, version)
-        return dataplane.model_ready(member.model, member.version)
+            version = members.declared(member.model, None, member.followed_stage).version
+            return members.ready(member.model, version)
+        return members.ready(member.model, member.version)
     except PredictionServiceError:
         return False
 
 
-def ready(dataplane: "DataPlane", ensemble: Ensemble) -> bool:
-    return all(member_ready(dataplane, member) for member in ensemble.metadata.members)
+def ready(members: MemberGateway, ensemble: Ensemble) -> bool:
+    return all(member_ready(members, member) for member in ensemble.metadata.members)
 
 
-def model_metadata(dataplane: "DataPlane", registry: EnsembleRegistry, name: str,
+def model_metadata(members: MemberGateway, registry: EnsembleRegistry, name: str,
                    version: str | None) -> ModelMetadata:
     ensemble = describe_version(registry, name, version)
     batch = []
     for member in ensemble.metadata.members:
         try:
-            batch.append(dataplane.manager.reader.resolve(member.model, member.version,
-                                                          member.followed_stage).signature.max_batch_size)
+            batch.append(members.declared(member.model, member.version,
+                                          member.followed_stage).signature.max_batch_size)
         except PredictionServiceError:
             continue  # an unavailable member says nothing about batching; readiness says it is not ready
     inputs = {tensor.name: tensor for tensor in INPUTS}
@@ -125,7 +121,7 @@ def model_metadata(dataplane: "DataPlane", registry: EnsembleRegistry, name: str
         name=name, version=ensemble.version, versions=tuple(e.version for e in registry.versions(name)),
         stage=ensemble.stage, platform=ENSEMBLE_BACKEND, backend=ENSEMBLE_BACKEND, inputs=(),
         outputs=OUTPUT_TENSORS, max_batch_size=min(batch) if batch else 1, task="regression", labels=None,
-        text_input=inputs[TEXT_INPUT], bars_input=inputs[BARS_INPUT], loaded=ready(dataplane, ensemble))
+        text_input=inputs[TEXT_INPUT], bars_input=inputs[BARS_INPUT], loaded=ready(members, ensemble))
 
 
 def summary(registry: EnsembleRegistry, name: str) -> EnsembleSummary:
@@ -134,19 +130,19 @@ def summary(registry: EnsembleRegistry, name: str) -> EnsembleSummary:
                            stages=registry.stages(name))
 
 
-def detail(dataplane: "DataPlane", registry: EnsembleRegistry, name: str) -> EnsembleDetail:
+def detail(gateway: MemberGateway, registry: EnsembleRegistry, name: str) -> EnsembleDetail:
     """GET /v1/models/{ensemble}: its versions and stages, members (with what each serves and whether it
     is ready), the combiner, inputs and outputs."""
     current = describe_version(registry, name, None)
     members = []
     for member in current.metadata.members:
         try:
-            serves = dataplane.manager.reader.resolve(member.model, member.version, member.followed_stage).version
+            serves = gateway.declared(member.model, member.version, member.followed_stage).version
         except PredictionServiceError as exc:
             serves, problem = None, exc.message
         else:
             problem = None
-        members.append(MemberStatus(member, serves, member_ready(dataplane, member), problem))
+        members.append(MemberStatus(member, serves, member_ready(gateway, member), problem))
     versions = registry.versions(name)
     return EnsembleDetail(
         name=name, versions=tuple(e.version for e in versions), stages=registry.stages(name),

@@ -1,6 +1,7 @@
-"""Serving an ensemble: split one request between the members, run them concurrently through the normal
-data plane (each member resolved, A/B-routed, pre-processed, validated, run and recorded like any model),
-then combine with the ensemble's shipped combiner.
+"""Serving an ensemble: split one request between the members, run them concurrently through the members'
+gateway (each member resolved, A/B-routed, pre-processed, validated, run and recorded like any model),
+then combine with the ensemble's shipped combiner. The runner is the ensemble servable: the data plane
+dispatches to it by name, and it reaches the models only through ``MemberGateway``.
 
 The result is an ordinary ``InferenceResult`` (so /v1, OIP REST and gRPC encode it unchanged) whose
 provenance names the ensemble version and every member's version, stage, arm and artifact.
@@ -11,25 +12,22 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..auth import Scope
+from ..auth import VersionAccess
 from ..errors import InvalidInput, ModelLoadError, NotFound, PredictionServiceError, ServiceUnavailable
-from ..inference import (BARS_INPUT, TEXT_INPUT, InferenceResult, ModelMetadata, PredictionRecord, Provenance,
-                         RequestContext, Selector)
-from ..processing import ModelProcessing
+from ..inference import (BARS_INPUT, TEXT_INPUT, InferenceRequest, InferenceResult, ModelMetadata,
+                         PredictionRecord, Provenance, RequestContext, Selector)
 from ..registry import ModelVersion
 from .combiners import OUTPUTS
 from .errors import MemberUnavailable
+from .gateway import MemberGateway
 from . import metadata as descriptions
 from . import triton_path
 from .spec import ENSEMBLE_BACKEND, ENSEMBLE_FILE, Ensemble, EnsembleMember
 from .store import EnsembleCatalog
-
-if TYPE_CHECKING:
-    from ..dataplane import DataPlane
 
 RAW_INPUT = {"price": BARS_INPUT, "sentiment": TEXT_INPUT}
 """The raw input each role takes besides its model's own tensors."""
@@ -76,12 +74,14 @@ class EnsembleProcessing:
 
 
 class EnsembleRunner:
-    """The data plane's hook: ``is_ensemble`` on every request (a set lookup, see EnsembleCatalog: the set is
-    refreshed off the event loop by ``refresh``), ``infer`` for ensembles."""
+    """The ensemble servable: ``is_ensemble`` on every request (a set lookup, see EnsembleCatalog: the set is
+    refreshed off the event loop by ``refresh``), then ``infer``, ``metadata`` and ``ready`` for ensembles."""
 
-    def __init__(self, catalog: EnsembleCatalog):
+    def __init__(self, catalog: EnsembleCatalog, members: MemberGateway, access: VersionAccess):
         self.catalog = catalog
         self.registry = catalog.registry
+        self.members = members
+        self.access = access
         self.native = triton_path.NativeEnsembles()
         """Backend-generated ensembles (Triton's ensemble_scheduling), used when the adapter has them."""
 
@@ -94,18 +94,18 @@ class EnsembleRunner:
 
     # ---- metadata and readiness (the data plane's metadata section hands ensembles here) ------------
 
-    def metadata(self, dataplane: "DataPlane", name: str, version: str | None = None) -> ModelMetadata:
-        return descriptions.model_metadata(dataplane, self.registry, name, version)
+    def metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        return descriptions.model_metadata(self.members, self.registry, name, version)
 
-    def ready(self, dataplane: "DataPlane", name: str, version: str | None = None) -> bool:
+    def ready(self, name: str, version: str | None = None) -> bool:
         """Ready when every member's version is loaded (unknown ensemble or version: NotFound, as for models)."""
-        return descriptions.ready(dataplane, descriptions.describe_version(self.registry, name, version))
+        return descriptions.ready(self.members, descriptions.describe_version(self.registry, name, version))
 
     def summaries(self) -> list[descriptions.EnsembleSummary]:
         return [descriptions.summary(self.registry, name) for name in self.registry.names()]
 
-    def detail(self, dataplane: "DataPlane", name: str) -> descriptions.EnsembleDetail:
-        return descriptions.detail(dataplane, self.registry, name)
+    def detail(self, name: str) -> descriptions.EnsembleDetail:
+        return descriptions.detail(self.members, self.registry, name)
 
     # ---- inference -----------------------------------------------------------------------------------
 
@@ -115,25 +115,34 @@ class EnsembleRunner:
             return None
         return self.registry.resolve_cached(name, selector.stage or "production")
 
-    async def infer(self, dataplane: "DataPlane", name: str, selector: Selector, inputs: dict[str, Any],
-                    context: RequestContext, record: PredictionRecord | None = None) -> InferenceResult:
+    async def infer(self, name: str, request: InferenceRequest, context: RequestContext,
+                    record: PredictionRecord) -> InferenceResult:
+        selector = request.selector
+        _check_outputs(name, request.outputs)
         ensemble = self.resolve_cached(name, selector)
         if ensemble is None:  # first request, or the stage link / ensemble.json changed: read it off the loop
             ensemble = await asyncio.to_thread(self.registry.resolve, name, selector.version, selector.stage)
-        if record is not None:
-            record.version, record.stage, record.backend = ensemble.version, ensemble.stage, ENSEMBLE_BACKEND
+        record.version, record.stage, record.backend = ensemble.version, ensemble.stage, ENSEMBLE_BACKEND
+        if selector.version is not None and self.access.enabled:
+            unstaged = (ensemble.metadata.status == "archived"
+                        or ensemble.version not in self.registry.stages(name).values())
+            what = "an ensemble version no stage serves" if unstaged else "an explicit ensemble version"
+            self.access.check(what, unstaged=unstaged, context=context)
         members = {m.role: m for m in ensemble.metadata.members}
-        versions = {role: self._member_version(ensemble, member, dataplane) for role, member in members.items()}
-        split = split_inputs(ensemble, inputs, versions)
+        for member in members.values():  # a pinned member version is one the caller runs: the same access rule
+            if member.version is not None:
+                self.members.check_access(member.model, member.version, context)
+        versions = {role: self._member_version(ensemble, member) for role, member in members.items()}
+        split = split_inputs(ensemble, request.inputs, versions)
         started = time.perf_counter()
-        backend = triton_path.native(dataplane.adapter)
-        if backend is not None and not _member_experiments(dataplane, ensemble, selector):
-            served = await self._run_native(dataplane, backend, ensemble, split, context)
+        backend = self.members.native_backend()
+        if backend is not None and not self._member_experiments(ensemble, selector):
+            served = await self._run_native(backend, ensemble, split, context)
             if served is not None:
                 outputs, member_provenance = served
                 return _result(ensemble, context, outputs, member_provenance, started)
         results = await asyncio.gather(
-            *(self._run_member(dataplane, ensemble, members[role], split[role], selector, context)
+            *(self._run_member(ensemble, members[role], split[role], selector, context)
               for role in ("price", "sentiment")), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -144,7 +153,7 @@ class EnsembleRunner:
                                                                             ("sentiment", sentiment)))
         return _result(ensemble, context, outputs, members, started)
 
-    async def _run_native(self, dataplane: "DataPlane", backend: triton_path.EnsembleBackend, ensemble: Ensemble,
+    async def _run_native(self, backend: triton_path.EnsembleBackend, ensemble: Ensemble,
                           split: dict[str, dict[str, Any]], context: RequestContext
                           ) -> tuple[dict[str, np.ndarray], tuple[MemberProvenance, ...]] | None:
         """The backend's own ensemble over the members' tensors; None hands the request to the in-process
@@ -153,8 +162,7 @@ class EnsembleRunner:
         targets: dict[str, ModelVersion] = {}
         for role, member in members.items():  # loaded as a member request would load it
             try:
-                targets[role] = await dataplane.manager.resolve(member.model, version=member.version,
-                                                               stage=member.followed_stage)
+                targets[role] = await self.members.load(member.model, member.version, member.followed_stage)
             except (NotFound, ModelLoadError) as exc:
                 raise _unavailable(ensemble, member, exc) from exc
         entry = self.native.entry(backend, ensemble, targets)
@@ -162,10 +170,7 @@ class EnsembleRunner:
             return None
         arrays: dict[str, dict[str, np.ndarray]] = {}
         for role, target in targets.items():  # the same pre-processing and validation as a member request
-            processing = ModelProcessing(target, dataplane.settings.limits)
-            given = split[role]
-            arrays[role] = (await asyncio.to_thread(processing.preprocess, given)
-                            if processing.runs_off_loop(given) else processing.preprocess(given))
+            arrays[role] = await self.members.preprocess(target, split[role])
         rows = next(iter(arrays["price"].values())).shape[0]
         sentiment_rows = next(iter(arrays["sentiment"].values())).shape[0]
         if sentiment_rows != rows:
@@ -173,7 +178,7 @@ class EnsembleRunner:
             arrays["sentiment"] = triton_path.repeat_rows(arrays["sentiment"], rows)
         started = time.perf_counter()
         try:
-            async with dataplane.manager.serving(targets["price"]), dataplane.manager.serving(targets["sentiment"]):
+            async with self.members.serving(targets["price"]), self.members.serving(targets["sentiment"]):
                 outputs = await backend.predict_ensemble(entry, {**arrays["price"], **arrays["sentiment"]},
                                                          deadline=context.deadline)
         except ServiceUnavailable as exc:
@@ -182,34 +187,33 @@ class EnsembleRunner:
             self.native.forget(ensemble)  # Triton restarted: regenerate next time, combine in-process now
             return None
         elapsed_ms = round((time.perf_counter() - started) * 1000.0, 3)
-        stages = {role: target.stage or _stage_of(dataplane, target) for role, target in targets.items()}
+        stages = {role: target.stage or self.members.stage_of(target) for role, target in targets.items()}
         provenance = tuple(
             MemberProvenance(role=role, model=target.name, version=target.version, stage=stages[role], arm=None,
                              request_id=context.request_id, inference_time_ms=elapsed_ms,
-                             provenance=_loaded_provenance(dataplane, target))
+                             provenance=self.members.provenance(target))
             for role, target in targets.items())
         return outputs, provenance
 
-    def _member_version(self, ensemble: Ensemble, member: EnsembleMember, dataplane: "DataPlane") -> ModelVersion:
+    def _member_version(self, ensemble: Ensemble, member: EnsembleMember) -> ModelVersion:
         """What the member serves now (for routing the request's inputs); missing -> 503 naming it."""
         try:
-            return dataplane.manager.reader.resolve(member.model, member.version, member.followed_stage)
+            return self.members.declared(member.model, member.version, member.followed_stage)
         except NotFound as exc:
             raise _unavailable(ensemble, member, exc) from exc
 
-    async def _run_member(self, dataplane: "DataPlane", ensemble: Ensemble, member: EnsembleMember,
+    async def _run_member(self, ensemble: Ensemble, member: EnsembleMember,
                           inputs: dict[str, Any], selector: Selector, context: RequestContext) -> InferenceResult:
         # A member followed in production is asked with no stage, as any production request is, so an A/B
         # experiment on the member model splits its traffic too.
         member_selector = Selector(version=member.version,
                                    stage=None if member.followed_stage == "production" else member.followed_stage,
                                    routing_key=selector.routing_key)
-        # A pinned member version was chosen by whoever registered the ensemble (an admin), not by the caller.
-        scope = Scope.ADMIN if member.version is not None else context.scope
+        # The caller's own scope: a pinned version is one the caller runs, so its access rule applies.
         member_context = RequestContext(deadline=context.deadline, received_at=context.received_at,
-                                        api_key_id=context.api_key_id, scope=scope, protocol=context.protocol)
+                                        api_key_id=context.api_key_id, scope=context.scope, protocol=context.protocol)
         try:
-            return await dataplane.infer(member.model, member_selector, inputs, member_context)
+            return await self.members.infer(member.model, member_selector, inputs, member_context)
         except (NotFound, ModelLoadError) as exc:
             raise _unavailable(ensemble, member, exc) from exc
         except ServiceUnavailable as exc:
@@ -217,6 +221,20 @@ class EnsembleRunner:
                 raise
             exc.details = {**exc.details, "ensemble": ensemble.name, "member": member.role, "model": member.model}
             raise
+
+    def _member_experiments(self, ensemble: Ensemble, selector: Selector) -> bool:
+        """Whether an A/B experiment runs on a member this request would route: its split happens per member
+        request, which a backend's ensemble with fixed member entries would bypass."""
+        return any(member.followed_stage == "production"
+                   and self.members.routes_experiment(member.model, selector.routing_key)
+                   for member in ensemble.metadata.members)
+
+
+def _check_outputs(name: str, requested: tuple[str, ...] | None) -> None:
+    unknown = [output for output in requested or () if output not in OUTPUTS]
+    if unknown:
+        raise InvalidInput(f"unknown output(s) {unknown} for model {name!r}; it has {sorted(OUTPUTS)}",
+                           {"unknown": unknown, "outputs": sorted(OUTPUTS)})
 
 
 def split_inputs(ensemble: Ensemble, inputs: dict[str, Any],
@@ -260,15 +278,6 @@ def _check_rows(ensemble: Ensemble, rows: int, sentiment_rows: int) -> None:
                                                                        "sentiment_rows": sentiment_rows})
 
 
-def _member_experiments(dataplane: "DataPlane", ensemble: Ensemble, selector: Selector) -> bool:
-    """Whether an A/B experiment runs on a member this request would route: its split happens in the data
-    plane (per member request), which a backend's ensemble with fixed member entries would bypass."""
-    router = dataplane.experiments
-    return router is not None and any(
-        member.followed_stage == "production" and router.route(member.model, selector.routing_key) is not None
-        for member in ensemble.metadata.members)
-
-
 def _result(ensemble: Ensemble, context: RequestContext, outputs: dict[str, np.ndarray],
             members: tuple[MemberProvenance, ...], started: float) -> InferenceResult:
     provenance = EnsembleProvenance(backend=ENSEMBLE_BACKEND, artifact=ENSEMBLE_FILE, format=ENSEMBLE_BACKEND,
@@ -278,20 +287,6 @@ def _result(ensemble: Ensemble, context: RequestContext, outputs: dict[str, np.n
                            experiment_id=None, request_id=context.request_id,
                            inference_time_ms=round(elapsed_ms, 3), outputs=outputs, provenance=provenance,
                            processing=EnsembleProcessing())  # type: ignore[arg-type]
-
-
-def _stage_of(dataplane: "DataPlane", version: ModelVersion) -> str | None:
-    stages = dataplane.manager.reader.stages(version.name)
-    return next((stage for stage, v in stages.items() if v == version.version), None)
-
-
-def _loaded_provenance(dataplane: "DataPlane", version: ModelVersion) -> Provenance:
-    """What a member request's provenance says about the loaded artifact (as DataPlane._infer builds it)."""
-    loaded = dataplane.adapter.loaded_model(version.key)
-    if loaded is None:
-        return Provenance(dataplane.adapter.name, "", "", "", "")
-    artifact = loaded.artifact
-    return Provenance(loaded.backend, artifact.file, artifact.format, artifact.precision, artifact.sha256)
 
 
 def _member_provenance(role: str, result: InferenceResult) -> MemberProvenance:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +16,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..errors import NotFound, NotReady, PredictionServiceError
+from ..inference import InferenceRequest
 from . import codec
 from .status import status_code, trailing_metadata
 
@@ -157,18 +157,19 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                      time_remaining: float | None) -> service_pb2.ModelInferResponse:
         api_key = self.service.authorize_predict(key, caller)  # before the tensors are decoded
         context = self.service.request_context(api_key, None, "oip-grpc")
-        with self.dataplane.admit(request.model_name, context):  # before the tensors are decoded
-            decoded = codec.decode_request(request, self.limits)
-        context.deadline = self._deadline(time_remaining, decoded.timeout_s)
-        result = await self.dataplane.infer(request.model_name, decoded.selector, decoded.inputs, context)
-        return codec.encode_response(result, request.id, decoded.outputs)
+        requested: tuple[str, ...] = ()
 
-    def _deadline(self, time_remaining: float | None, timeout_s: float | None) -> float:
-        """The call's gRPC deadline (else LIMIT_DEFAULT_DEADLINE_MS), shortened by Triton's timeout parameter."""
-        budget = self.limits.default_deadline_ms / 1000.0 if time_remaining is None else time_remaining
-        if timeout_s is not None:
-            budget = min(budget, timeout_s)
-        return time.monotonic() + budget
+        async def decode() -> InferenceRequest:
+            nonlocal requested
+            decoded = codec.decode_request(request, self.limits)
+            requested = decoded.outputs
+            # The call's gRPC deadline is the caller's budget (else the server default).
+            budget_ms = None if time_remaining is None else time_remaining * 1000.0
+            return InferenceRequest(decoded.selector, decoded.inputs, decoded.outputs or None, budget_ms,
+                                    decoded.timeout_s)
+
+        return await self.service.pipeline.run(
+            request.model_name, context, decode, lambda result: codec.encode_response(result, request.id, requested))
 
     # ---- admission -----------------------------------------------------------------------------------
 

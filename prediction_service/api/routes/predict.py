@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
+from ...inference import InferenceRequest, InferenceResult
 from ...schemas import REQUEST_ID_HEADER, PredictRequest, PredictResponse
 from ..body import read_json
-from ..deadline import request_deadline
+from ..deadline import requested_budget_ms
 from ..deps import open_context, require_predict
 from ..direct_route import DirectRoute
 from ..responses import FastJSONResponse
@@ -29,8 +30,13 @@ router = APIRouter(tags=["predict"], route_class=DirectRoute)  # the hot path: s
 async def predict(name: str, request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
     service, context = open_context(request, api_key, "v1")
     limits = service.settings.limits
-    with service.dataplane.admit(name, context):  # before the body is read: a refusal costs nothing
-        context.deadline = request_deadline(request.headers, limits.default_deadline_ms)
+
+    async def decode() -> InferenceRequest:
+        budget_ms = requested_budget_ms(request.headers)
         selector, inputs = decode_predict(await read_json(request, limits), limits.max_batch_rows)
-    result = await service.dataplane.infer(name, selector, inputs, context)
-    return FastJSONResponse(encode_result(result), headers={REQUEST_ID_HEADER: result.request_id})
+        return InferenceRequest(selector, inputs, budget_ms=budget_ms)
+
+    def encode(result: InferenceResult) -> FastJSONResponse:
+        return FastJSONResponse(encode_result(result), headers={REQUEST_ID_HEADER: result.request_id})
+
+    return await service.pipeline.run(name, context, decode, encode)

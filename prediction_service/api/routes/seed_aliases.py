@@ -9,7 +9,8 @@ API keys, limits, errors, metrics, audit and provenance are those of ``/v1/model
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -18,12 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...ensemble.combiners import OUTPUTS
 from ...ensemble.runner import RAW_INPUT
 from ...errors import InvalidInput
-from ...inference import BARS_INPUT, TEXT_INPUT, InferenceResult, Selector
+from ...inference import BARS_INPUT, TEXT_INPUT, InferenceRequest, InferenceResult, Selector
 from ...oip_documents import model_metadata
 from ...registry import validate_name
 from ...schemas import REQUEST_ID_HEADER
 from ..body import read_json
-from ..deadline import request_deadline
+from ..deadline import requested_budget_ms
 from ..deps import get_service, open_context, require_predict, require_read
 from ..responses import FastJSONResponse
 
@@ -39,6 +40,9 @@ class _SeedRequest(BaseModel):
 
     def selector(self) -> Selector:
         return Selector(self.model_version, self.stage, self.routing_key or getattr(self, "symbol", None))
+
+
+_Body = TypeVar("_Body", bound=_SeedRequest)
 
 
 class PriceRequest(_SeedRequest):
@@ -69,9 +73,11 @@ class BatchRequest(_SeedRequest):
 
 @router.post("/predict/price", summary="Seed 002: next price from one OHLCV window (SEED_API_PRICE_MODEL)")
 async def predict_price(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
-    service = get_service(request)
-    body, result = await _infer(request, api_key, service.settings.seed_api.price_model, PriceRequest,
-                                lambda b: {BARS_INPUT: b.ohlcv_data})
+    return await _serve(request, api_key, get_service(request).settings.seed_api.price_model, PriceRequest,
+                        lambda b: {BARS_INPUT: b.ohlcv_data}, _price_answer)
+
+
+def _price_answer(body: PriceRequest, result: InferenceResult) -> FastJSONResponse:
     forecast = _first(result)
     return _answer(result, {"symbol": body.symbol, "predicted_price": _price(result, forecast, body.ohlcv_data),
                             "forecast": forecast, "confidence": None})
@@ -79,9 +85,11 @@ async def predict_price(request: Request, api_key=Depends(require_predict)) -> F
 
 @router.post("/predict/sentiment", summary="Seed 002: sentiment of a text (SEED_API_SENTIMENT_MODEL)")
 async def predict_sentiment(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
-    service = get_service(request)
-    _, result = await _infer(request, api_key, service.settings.seed_api.sentiment_model, SentimentRequest,
-                             lambda b: {TEXT_INPUT: [b.text]})
+    return await _serve(request, api_key, get_service(request).settings.seed_api.sentiment_model,
+                        SentimentRequest, lambda b: {TEXT_INPUT: [b.text]}, _sentiment_answer)
+
+
+def _sentiment_answer(body: SentimentRequest, result: InferenceResult) -> FastJSONResponse:
     prediction = result.predictions[0]
     scores = prediction["scores"] if isinstance(prediction, dict) else {}
     sentiment = scores.get("positive", 0.0) - scores.get("negative", 0.0)
@@ -92,9 +100,11 @@ async def predict_sentiment(request: Request, api_key=Depends(require_predict)) 
 
 @router.post("/predict/ensemble", summary="Seed 002: price + sentiment ensemble (SEED_API_ENSEMBLE_MODEL)")
 async def predict_ensemble(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
-    service = get_service(request)
-    body, result = await _infer(request, api_key, service.settings.seed_api.ensemble_model, EnsembleRequest,
-                                lambda b: {BARS_INPUT: b.ohlcv_data, TEXT_INPUT: [b.news_text]})
+    return await _serve(request, api_key, get_service(request).settings.seed_api.ensemble_model, EnsembleRequest,
+                        lambda b: {BARS_INPUT: b.ohlcv_data, TEXT_INPUT: [b.news_text]}, _ensemble_answer)
+
+
+def _ensemble_answer(body: EnsembleRequest, result: InferenceResult) -> FastJSONResponse:
     row = result.predictions[0]
     last_close = _last_close(body.ohlcv_data)
     return _answer(result, {
@@ -106,9 +116,11 @@ async def predict_ensemble(request: Request, api_key=Depends(require_predict)) -
 
 @router.post("/predict/batch", summary="Seed 002: price predictions for several windows in one model run")
 async def predict_batch(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
-    service = get_service(request)
-    body, result = await _infer(request, api_key, service.settings.seed_api.price_model, BatchRequest,
-                                lambda b: {BARS_INPUT: [item.ohlcv_data for item in b.items]})
+    return await _serve(request, api_key, get_service(request).settings.seed_api.price_model, BatchRequest,
+                        lambda b: {BARS_INPUT: [item.ohlcv_data for item in b.items]}, _batch_answer)
+
+
+def _batch_answer(body: BatchRequest, result: InferenceResult) -> FastJSONResponse:
     forecasts = result.predictions
     predictions = [{"batch_index": index, "symbol": item.symbol, "model_version": result.version,
                     "predicted_price": _price(result, forecast, item.ohlcv_data), "forecast": forecast}
@@ -139,16 +151,20 @@ async def metrics(request: Request) -> FastJSONResponse:
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-async def _infer(request: Request, api_key: Any, name: str, schema: type[_SeedRequest],
-                 tensors: Any) -> tuple[Any, InferenceResult]:
-    """The /v1 predict flow: admit before the body is read, decode, data plane."""
+async def _serve(request: Request, api_key: Any, name: str, schema: type[_Body], tensors: Callable[[_Body], dict],
+                 answer: Callable[[_Body, InferenceResult], FastJSONResponse]) -> FastJSONResponse:
+    """The /v1 predict flow through the request pipeline, with the alias's body and answer."""
     service, context = open_context(request, api_key, "v1")
     limits = service.settings.limits
-    with service.dataplane.admit(name, context):
-        context.deadline = request_deadline(request.headers, limits.default_deadline_ms)
+    body: _Body | None = None
+
+    async def decode() -> InferenceRequest:
+        nonlocal body
+        budget_ms = requested_budget_ms(request.headers)
         body = _parse(schema, await read_json(request, limits))
-    result = await service.dataplane.infer(name, body.selector(), tensors(body), context)
-    return body, result
+        return InferenceRequest(body.selector(), tensors(body), budget_ms=budget_ms)
+
+    return await service.pipeline.run(name, context, decode, lambda result: answer(body, result))
 
 
 def _parse(schema: type[_SeedRequest], raw: Any) -> Any:
