@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..errors import NotFound, NotReady, PredictionServiceError
 from ..inference import InferenceRequest
+from ..log_throttle import ThrottledLog
 from . import codec
 from .status import status_code, trailing_metadata
 
@@ -32,13 +33,19 @@ Response = TypeVar("Response")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
-def _rpc(method: Handler) -> Handler:
-    """Domain errors become the status from status.py; anything else is INTERNAL, logged as one line per
-    exception type every few seconds (with the folded count) and its traceback once in that interval: a
-    request that keeps failing the same way must not write a traceback per call."""
-    from ..log_throttle import ThrottledLog
+_failures = ThrottledLog(log)
 
-    failures = ThrottledLog(log)
+
+def _log_failure(what: str, exc: Exception) -> None:
+    """One line per exception type every few seconds (with the folded count) and its traceback once in
+    that interval: a request that keeps failing the same way must not write a traceback per call."""
+    kind = type(exc).__name__
+    if _failures.warning(kind, f"gRPC {what} failed: {kind}: {str(exc)[:200]}"):
+        log.error("gRPC %s: traceback of the first %s in this interval", what, kind, exc_info=exc)
+
+
+def _rpc(method: Handler) -> Handler:
+    """Domain errors become the status from status.py; anything else is INTERNAL, logged throttled."""
 
     @functools.wraps(method)
     async def call(self: "InferenceServicer", request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -49,10 +56,7 @@ def _rpc(method: Handler) -> Handler:
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - the client gets a status, the log a throttled line
-            kind = type(exc).__name__
-            if failures.warning(kind, f"gRPC {method.__name__} failed: {kind}: {str(exc)[:200]}"):
-                log.error("gRPC %s: traceback of the first %s in this interval", method.__name__, kind,
-                          exc_info=exc)
+            _log_failure(method.__name__, exc)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     return call
@@ -146,8 +150,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             if error.status in (401, 403):
                 return error
             message = error.message
-        except Exception:  # noqa: BLE001 - one failed request never ends the stream
-            log.exception("gRPC stream request failed")
+        except Exception as exc:  # noqa: BLE001 - one failed request never ends the stream
+            _log_failure("stream request", exc)
             message = "internal error"
         return service_pb2.ModelStreamInferResponse(
             error_message=message,
