@@ -103,7 +103,7 @@ class ModelManager:
         problems = []
         for name in self.reader.model_names():
             for stage in self.settings.preload_stage_list:
-                target = self.reader.layout.read_stage(name, stage)
+                target = self.reader.model_stage(name, stage)  # an ensemble version is no model to load
                 if target is None:
                     continue
                 route = self._routes.get((name, stage))
@@ -273,7 +273,7 @@ class ModelManager:
         result: dict[str, str | None] = {}
         for stage in sorted(stages):
             old = self._routes.get((name, stage))
-            target = self.reader.layout.read_stage(name, stage)
+            target = self.reader.model_stage(name, stage)
             if target is None:
                 self._routes.pop((name, stage), None)
                 result[stage] = None

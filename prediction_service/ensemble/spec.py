@@ -14,11 +14,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..registry.layout import ENSEMBLE_FILE as ENSEMBLE_FILE  # re-exported: the name lives with the layout
 from ..registry.layout import validate_name, validate_version
 from ..registry.model_version import Status
 from .combiners import Combiner
 
-ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_BACKEND = "ensemble"
 """Backend, format and platform an ensemble reports: it runs no artifact of its own."""
 Role = Literal["price", "sentiment"]

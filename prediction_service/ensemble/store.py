@@ -27,11 +27,11 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from ..errors import Conflict, InvalidInput, ModelNotFound, PredictionServiceError, VersionNotFound
-from ..registry.errors import PromotionRefused
+from ..errors import InvalidInput, ModelNotFound, PredictionServiceError, VersionNotFound
+from ..registry.errors import NameInUse, PromotionRefused
 from ..registry.events import EVENTS_FILE, EventLog
 from ..registry.fsutil import atomic_symlink, atomic_write_bytes, fsync_dir
-from ..registry.layout import STAGES, RegistryLayout, validate_stage
+from ..registry.layout import METADATA_FILE, STAGES, RegistryLayout, validate_stage
 from ..registry.lifecycle import STAGE_OF_STATUS, check_transition
 from ..registry.reader import CorruptMetadata, RegistryReader, file_stamp, version_sort_key
 from ..registry.store import STATE_DIR, writer_lock
@@ -147,16 +147,22 @@ class EnsembleRegistry:
         except ValidationError as exc:
             errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]
             raise InvalidInput(f"invalid ensemble {name} {version}", {"errors": errors}) from exc
-        if name in self.models.model_names():
-            raise Conflict(f"{name!r} is a model; an ensemble needs a name of its own", {"ensemble": name})
+        self._check_not_model(name)
         problems = self.member_problems(metadata)
         if problems:
             raise InvalidInput(f"ensemble {name} {version}: members cannot serve", {"problems": problems})
-        with self._locked(name):
-            path = register_document_version(self.root, name, version, ENSEMBLE_FILE, _dump(metadata))
-            self.events.record("registered", name, version, actor=actor, details={
-                "ensemble": True, "members": [m.model_dump(mode="json", exclude_none=True) for m in metadata.members],
-                "combiner": metadata.combiner.kind})
+        with self._locked(name, create=True):
+            self._check_not_model(name)  # again under the lock: a model may have taken the name meanwhile
+
+            def record() -> None:
+                # Before the version is renamed into place: when the event cannot be written, nothing is listed.
+                self.events.record("registered", name, version, actor=actor, details={
+                    "ensemble": True,
+                    "members": [m.model_dump(mode="json", exclude_none=True) for m in metadata.members],
+                    "combiner": metadata.combiner.kind})
+
+            path = register_document_version(self.root, name, version, ENSEMBLE_FILE, _dump(metadata),
+                                             before_publish=record)
         log.info("registered ensemble %s %s", name, version)
         self._written(name)
         return self._load(path)
@@ -166,6 +172,7 @@ class EnsembleRegistry:
         """Point ``stage`` at ``version``; the version it displaces is archived. Entering production needs
         every member able to serve now (``force`` overrides, logged as a forced promotion)."""
         validate_stage(stage)
+        self.layout.version_dir(name, version)  # InvalidName before anything else, even for an unknown name
         with self._locked(name):
             current = self.get(name, version).metadata
             if current.status == stage:
@@ -197,6 +204,7 @@ class EnsembleRegistry:
 
     def archive(self, name: str, version: str, *, actor: str = "unknown") -> Ensemble:
         """Retire a version; a stage link pointing at it is removed."""
+        self.layout.version_dir(name, version)  # InvalidName before anything else, even for an unknown name
         with self._locked(name):
             current = self.get(name, version).metadata
             check_transition(name, version, current.status, "archived")
@@ -221,9 +229,13 @@ class EnsembleRegistry:
             log.exception("ensemble write listener failed for %s", name)
 
     @contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
-        with writer_lock(self.layout, name, self._lock_timeout_s):
+    def _locked(self, name: str, *, create: bool = False) -> Iterator[None]:
+        with writer_lock(self.layout, name, self._lock_timeout_s, create=create, kind="ensemble"):
             yield
+
+    def _check_not_model(self, name: str) -> None:
+        if self.layout.has_versions(name, METADATA_FILE):
+            raise NameInUse(f"{name!r} is a model; an ensemble needs a name of its own", {"ensemble": name})
 
     def _write(self, metadata: EnsembleMetadata) -> None:
         atomic_write_bytes(self.layout.version_dir(metadata.name, metadata.version) / ENSEMBLE_FILE, _dump(metadata))

@@ -27,3 +27,9 @@ class RegistryBusy(ServiceUnavailable):
     """Another process held the model's lock for longer than the wait allows."""
 
     code = "registry_busy"
+
+
+class NameInUse(Conflict):
+    """Models and ensembles share one namespace: a name holding versions of one cannot take the other's."""
+
+    code = "name_in_use"

@@ -11,6 +11,8 @@ from ..errors import Conflict, InvalidName
 STAGES = ("production", "staging")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 METADATA_FILE = "metadata.json"
+ENSEMBLE_FILE = "ensemble.json"
+"""The document of an ensemble version (ensemble/spec.py): models and ensembles share one namespace."""
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _RESERVED_FILES = (METADATA_FILE, ".lock")
 
@@ -63,6 +65,13 @@ class RegistryLayout:
         if path.exists():
             raise Conflict(f"{name} version {version} already exists", {"model": name, "version": version})
         return path
+
+    def has_versions(self, name: str, document: str) -> bool:
+        """Whether ``name`` holds a version made of ``document`` (METADATA_FILE: a model's, ENSEMBLE_FILE:
+        an ensemble's)."""
+        model_dir = self.model_dir(name)
+        return any(not p.parent.is_symlink() for p in model_dir.glob(f"v*/{document}")) if model_dir.is_dir() \
+            else False
 
     def stage_link(self, name: str, stage: str) -> Path:
         return self.model_dir(name) / validate_stage(stage)

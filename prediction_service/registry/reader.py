@@ -7,6 +7,7 @@ reused while the link target and the metadata file's stamp are unchanged: one re
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -18,6 +19,8 @@ from ..errors import ModelNotFound, PredictionServiceError, VersionNotFound
 from .fsutil import atomic_write_bytes
 from .layout import METADATA_FILE, STAGES, RegistryLayout, validate_stage
 from .model_version import ModelVersion, VersionMetadata
+
+log = logging.getLogger(__name__)
 
 
 class CorruptMetadata(PredictionServiceError):
@@ -35,6 +38,8 @@ class RegistryReader:
         self._lock = threading.Lock()
         self._links: dict[tuple[str, str], str] = {}
         self._resolved: dict[tuple[str, str], tuple[str, tuple[int, int, int], ModelVersion]] = {}
+        self._not_model_stages: dict[tuple[str, str], str] = {}
+        """(name, stage) -> the target already logged as not a model version."""
 
     @property
     def root(self) -> Path:
@@ -63,6 +68,23 @@ class RegistryReader:
     def stages(self, name: str) -> dict[str, str | None]:
         self.layout.model_dir(name)
         return {stage: self.layout.read_stage(name, stage) for stage in STAGES}
+
+    def model_stage(self, name: str, stage: str) -> str | None:
+        """The version ``stage`` points to when it is one of the model's versions, else None. A name that
+        holds an ensemble too (written by hand; the registry refuses to) may have its stage on an ensemble
+        version: that is no model version to load, and it is logged once per target instead of failing
+        every readiness probe of every worker."""
+        target = self.layout.read_stage(name, stage)
+        if target is None or os.path.isfile(os.path.join(self.layout.root, name, f"v{target}", METADATA_FILE)):
+            return target
+        with self._lock:
+            first = self._not_model_stages.get((name, stage)) != target
+            self._not_model_stages[(name, stage)] = target
+        if first:
+            log.warning("registry: %s/%s points at v%s, which is not a model version (%s holds an ensemble "
+                        "too?); the model's %s is not served: give the model or the ensemble another name",
+                        name, stage, target, name, stage)
+        return None
 
     def get(self, name: str, version: str) -> ModelVersion:
         version_dir = self.layout.version_dir(name, version)

@@ -22,15 +22,15 @@ from typing import Any, Literal
 from filelock import FileLock, Timeout
 
 from ..artifacts import ARTIFACT_FORMATS, PRECISIONS
-from ..errors import InvalidInput, InvalidName, VersionNotFound
+from ..errors import InvalidInput, InvalidName, ModelNotFound, VersionNotFound
 from ..settings import StateSettings
 from ..signature import ModelSignature
 from .checkpoints import step
 from .compare import VersionComparison, compare_versions
-from .errors import PromotionRefused, RegistryBusy, StageInUse
+from .errors import NameInUse, PromotionRefused, RegistryBusy, StageInUse
 from .events import EVENTS_FILE, EventLog, RegistryEvent
 from .fsutil import atomic_symlink, fsync_dir
-from .layout import RegistryLayout, validate_file_name, validate_name
+from .layout import ENSEMBLE_FILE, RegistryLayout, validate_file_name, validate_name
 from .lifecycle import STAGE_OF_STATUS, check_transition
 from .model_version import ModelVersion, ValidationReport, VersionMetadata
 from .reader import RegistryReader
@@ -46,21 +46,58 @@ UPLOADS_DIR = "uploads"
 
 
 @contextmanager
-def writer_lock(layout: RegistryLayout, name: str, timeout_s: float) -> Iterator[None]:
+def writer_lock(layout: RegistryLayout, name: str, timeout_s: float, *, create: bool = True,
+                kind: str = "model") -> Iterator[None]:
     """The one writer lock of ``name``'s directory (models and ensembles alike): every registry write to
-    a name holds it, across threads, processes and pods sharing the volume."""
+    a name holds it, across threads, processes and pods sharing the volume.
+
+    ``create``: a first version may create the directory; every other write needs it to exist and raises
+    ModelNotFound (naming ``kind``) without creating anything, also when it is removed while we wait."""
     model_dir = layout.model_dir(name)
-    model_dir.mkdir(exist_ok=True)
-    lock = FileLock(model_dir / LOCK_FILE, timeout=timeout_s, preserve_lock_file=True)
+    lock_path = model_dir / LOCK_FILE
+    anchor = None
+    if create:
+        model_dir.mkdir(exist_ok=True)
+    else:
+        try:  # the lock file, only inside an existing directory (FileLock would create the directory)
+            anchor = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ModelNotFound(f"{kind} {name!r} is not registered", {kind: name}) from None
     try:
-        lock.acquire()
-    except Timeout as exc:
-        raise RegistryBusy(f"{name!r} is locked by another writer; try again",
-                           {"model": name, "waited_s": timeout_s}) from exc
-    try:
-        yield
+        lock = FileLock(lock_path, timeout=timeout_s, preserve_lock_file=True)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise RegistryBusy(f"{name!r} is locked by another writer; try again",
+                               {"model": name, "waited_s": timeout_s}) from exc
+        except FileNotFoundError:  # the directory went away while we waited
+            if create:
+                raise
+            raise ModelNotFound(f"{kind} {name!r} is not registered", {kind: name}) from None
+        try:
+            if anchor is not None and _recreated_by_lock(anchor, model_dir):
+                # Removed between our check and the lock, which made it again: leave nothing behind.
+                raise ModelNotFound(f"{kind} {name!r} is not registered", {kind: name})
+            yield
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        if anchor is not None:
+            os.close(anchor)
+
+
+def _recreated_by_lock(anchor: int, model_dir: Path) -> bool:
+    """True (and the directory removed again) when ``model_dir`` is not the one ``anchor`` was opened in and
+    holds nothing but the lock file; a directory that holds versions again is a name registered anew."""
+    lock_path = model_dir / LOCK_FILE
+    try:
+        if os.path.samestat(os.fstat(anchor), os.stat(lock_path)) or os.listdir(model_dir) != [LOCK_FILE]:
+            return False
+        lock_path.unlink()
+        model_dir.rmdir()
+    except OSError:
+        pass
+    return True
 
 
 class ModelRegistry:
@@ -147,6 +184,7 @@ class ModelRegistry:
         that smoke report is stored unless a ``numeric_parity`` report is supplied.
         """
         self.layout.new_version_dir(name, version)  # fail before the smoke run
+        self._check_not_ensemble(name)
         if not artifacts:
             raise InvalidInput("a version needs at least one artifact")
         for source in artifacts:
@@ -174,12 +212,17 @@ class ModelRegistry:
             metrics=dict(metrics or {}), tags=dict(tags or {}),
             validation=validation, benchmarks=dict(benchmarks or {}),
         )
-        with self._locked(name):
-            created = register_version(self.root, metadata, list(artifacts), list(extra_files))
-            self.events.record("registered", name, version, actor=actor, details={
-                "artifacts": [a.file for a in created.metadata.artifacts],
-                "validation": validation.kind if validation else None,
-            })
+        with self._locked(name, create=True):
+            self._check_not_ensemble(name)  # again under the lock: an ensemble may have taken it meanwhile
+
+            def record(created: ModelVersion) -> None:
+                # Before the version is renamed into place: when the event cannot be written, nothing is listed.
+                self.events.record("registered", name, version, actor=actor, details={
+                    "artifacts": [a.file for a in created.metadata.artifacts],
+                    "validation": validation.kind if validation else None,
+                })
+
+            created = register_version(self.root, metadata, list(artifacts), list(extra_files), before_publish=record)
         log.info("registered %s %s (%d artifacts)", name, version, len(created.metadata.artifacts))
         return created
 
@@ -192,6 +235,7 @@ class ModelRegistry:
         """
         if stage not in STAGE_OF_STATUS:
             raise InvalidName(f"unknown stage {stage!r}; valid: {', '.join(STAGE_OF_STATUS)}", {"value": stage})
+        self.layout.version_dir(name, version)  # InvalidName before anything else, even for an unknown name
         with self._locked(name):
             metadata = self._read_for_write(name, version)
             current = metadata.status
@@ -235,6 +279,7 @@ class ModelRegistry:
 
     def archive(self, name: str, version: str, *, actor: str = "unknown") -> ModelVersion:
         """Retire a version; a stage link pointing at it is removed (production then has no version)."""
+        self.layout.version_dir(name, version)  # InvalidName before anything else, even for an unknown name
         with self._locked(name):
             metadata = self._read_for_write(name, version)
             check_transition(name, version, metadata.status, "archived")
@@ -251,6 +296,7 @@ class ModelRegistry:
     def update_metrics(self, name: str, version: str, metrics: Mapping[str, float], *,
                        replace: bool = False, actor: str = "unknown") -> ModelVersion:
         """Merge (or with ``replace``, swap in) metrics on a version."""
+        self.layout.version_dir(name, version)  # InvalidName before anything else, even for an unknown name
         with self._locked(name):
             metadata = self._read_for_write(name, version)
             merged = dict(metrics) if replace else {**metadata.metrics, **metrics}
@@ -262,6 +308,7 @@ class ModelRegistry:
     def set_validation(self, name: str, version: str, report: ValidationReport, *,
                        actor: str = "unknown") -> ModelVersion:
         """Attach a validation report (e.g. numeric parity from the packaging pipeline)."""
+        self.layout.version_dir(name, version)  # InvalidName before anything else, even for an unknown name
         with self._locked(name):
             metadata = self._read_for_write(name, version)
             self._write(metadata.model_copy(update={"validation": report}))
@@ -271,6 +318,7 @@ class ModelRegistry:
 
     def delete(self, name: str, version: str, *, actor: str = "unknown") -> None:
         """Remove a version. Refused (StageInUse, 409) while a stage link points at it."""
+        self.layout.version_dir(name, version)  # InvalidName before anything else, even for an unknown name
         with self._locked(name):
             self._read_for_write(name, version)
             stages = {stage: self.layout.read_stage(name, stage) for stage in STAGE_OF_STATUS}
@@ -304,11 +352,15 @@ class ModelRegistry:
     # ---- internals ---------------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self, name: str, *, reconcile: bool = True) -> Iterator[None]:
-        with writer_lock(self.layout, name, self._lock_timeout_s):
+    def _locked(self, name: str, *, reconcile: bool = True, create: bool = False) -> Iterator[None]:
+        with writer_lock(self.layout, name, self._lock_timeout_s, create=create):
             if reconcile:  # repair what a crashed writer left before building on it
                 reconcile_model(self.layout, self.events, name)
             yield
+
+    def _check_not_ensemble(self, name: str) -> None:
+        if self.layout.has_versions(name, ENSEMBLE_FILE):
+            raise NameInUse(f"{name!r} is an ensemble; a model needs a name of its own", {"model": name})
 
     def _read_for_write(self, name: str, version: str) -> VersionMetadata:
         if not self.layout.metadata_path(name, version).is_file():

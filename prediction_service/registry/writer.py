@@ -7,6 +7,7 @@ whole or not at all. The registry issue builds lifecycle, locking and events on 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +34,13 @@ def register_version(
     metadata: VersionMetadata,
     artifacts: list[ArtifactSource],
     extra_files: list[Path] = (),
+    before_publish: Callable[[ModelVersion], None] | None = None,
 ) -> ModelVersion:
     """Copy artifacts (and extra files such as a tokenizer vocab) into ``<root>/<name>/v<version>``.
 
     ``metadata.artifacts`` is replaced by what was copied, with sha256 and size of each file.
+    ``before_publish`` runs once the version is assembled, before it is renamed into place (the event log
+    write): when it raises, the assembled directory is removed and the version never appears.
     """
     final_dir = RegistryLayout(root).new_version_dir(metadata.name, metadata.version)
     if not artifacts:
@@ -53,17 +57,23 @@ def register_version(
             shutil.copyfile(extra, staging / Path(extra).name)
         final_meta = metadata.model_copy(update={"artifacts": infos})
         write_metadata(staging / METADATA_FILE, final_meta)
-    return ModelVersion(path=final_dir, metadata=final_meta)
+        created = ModelVersion(path=final_dir, metadata=final_meta)
+        if before_publish is not None:
+            before_publish(created)
+    return created
 
 
-def register_document_version(root: Path, name: str, version: str, file_name: str, document: bytes) -> Path:
+def register_document_version(root: Path, name: str, version: str, file_name: str, document: bytes,
+                              before_publish: Callable[[], None] | None = None) -> Path:
     """A version made of one document and no artifact (an ensemble: ensemble/store.py), assembled like
-    ``register_version`` (temp dir, fsync, rename). ``file_name`` is never metadata.json, so model readers
-    and the model manager's preload do not take the version for a model."""
+    ``register_version`` (temp dir, fsync, ``before_publish``, rename). ``file_name`` is never metadata.json,
+    so model readers and the model manager's preload do not take the version for a model."""
     final_dir = RegistryLayout(root).new_version_dir(name, version)
     validate_file_name(file_name)  # refuses metadata.json (reserved) and anything with a separator
     with assembled_dir(final_dir) as staging:
         atomic_write_bytes(staging / file_name, document)
+        if before_publish is not None:
+            before_publish()
     return final_dir
 
 
