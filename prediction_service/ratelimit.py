@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from .errors import RateLimited
+from .errors import Overloaded, RateLimited
 
 MAX_TRACKED_CALLERS = 100_000
 
@@ -59,3 +59,35 @@ class RateLimiter:
         raise RateLimited(f"rate limit of {self.rate:g} requests/s exceeded",
                           {"limit_per_second": self.rate, "retry_after_s": round(wait_s, 3)},
                           retry_after_s=max(1.0, math.ceil(wait_s)))
+
+
+class ParseBudget:
+    """Bytes of large JSON bodies a worker parses per second, all callers together.
+
+    A JSON parser holds the GIL for the whole document (orjson: about 8 ms per MB here), in a worker thread
+    too, so two clients posting 4 MB bodies back to back took the event loop from everyone else. Bodies up
+    to ``LIMIT_JSON_OFFLOAD_BYTES`` are never charged (they are the normal traffic); larger ones take their
+    size from a bucket refilled at ``LIMIT_LARGE_JSON_BYTES_PER_SECOND`` and are refused with 429 when it
+    is empty, before they are parsed."""
+
+    def __init__(self, bytes_per_second: float, burst_bytes: float, clock: Callable[[], float] = time.monotonic):
+        self.rate = bytes_per_second
+        self.capacity = max(burst_bytes, 1.0)
+        self._clock = clock
+        self._bucket = _Bucket(self.capacity, clock())
+
+    def take(self, size: int) -> None:
+        """Charge a ``size``-byte document, or raise Overloaded (429, Retry-After) when the budget is spent."""
+        if self.rate <= 0:
+            return
+        bucket, now = self._bucket, self._clock()
+        bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+        if bucket.tokens >= size:
+            bucket.tokens -= size
+            return
+        wait_s = (min(size, self.capacity) - bucket.tokens) / self.rate
+        raise Overloaded(f"this worker parses at most {self.rate / 2**20:g} MiB/s of large JSON bodies; retry "
+                         "later, or send large tensors in the binary Open Inference Protocol framing",
+                         {"large_json_bytes_per_second": self.rate, "retry_after_s": round(wait_s, 3)},
+                         retry_after_s=max(1.0, math.ceil(wait_s)))

@@ -24,7 +24,7 @@ from .inference import RequestContext
 from .model_manager import ModelManager
 from .monitoring.audit import AuditLog, audit_db_path
 from .monitoring.metrics import ServiceMetrics, mark_worker_dead, multiprocess_dir
-from .ratelimit import RateLimiter
+from .ratelimit import ParseBudget, RateLimiter
 from .registry import ModelKey, ModelRegistry
 from .serving.pipeline import RequestPipeline
 from .settings import Settings
@@ -59,6 +59,9 @@ class Service:
         self.api_keys = ApiKeyStore(settings.security.api_keys)
         self.rate_limiter = RateLimiter(settings.security.rate_limit_per_second,
                                         on_limited=self.metrics.observe_rate_limited)
+        self.parse_budget = ParseBudget(settings.limits.large_json_bytes_per_second,
+                                        settings.limits.max_request_bytes)
+        """Bytes of large JSON bodies this worker parses per second, all doors together."""
         self._background: list[asyncio.Task] = []
 
     # ---- lifecycle ---------------------------------------------------------------------------------

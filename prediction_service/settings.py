@@ -153,6 +153,12 @@ class LimitSettings(BaseSettings):
     max_bars_per_request: int = Field(32768, ge=1)
     """Most bars one raw ``bars`` request may carry, all windows together (windows x bars per window); past
     it 413, from the request's shape, before any conversion or feature computation."""
+    large_json_bytes_per_second: float = Field(8 * 2**20, ge=0)
+    """Bytes of JSON bodies larger than ``json_offload_bytes`` one worker parses per second, all callers
+    together (burst: ``max_request_bytes``); past it such bodies get 429 with Retry-After before they are
+    parsed. A JSON parser holds the GIL (about 8 ms per MB), so without a bound a few clients posting
+    multi-MB bodies take the worker from everyone else. 0 = unbounded. Bulk tensors belong in the binary
+    Open Inference Protocol framing, which is not charged."""
     json_offload_bytes: int = Field(64 * 1024, ge=0)
     """JSON request bodies larger than this are parsed in a worker thread instead of on the event loop;
     smaller ones are parsed inline, where a thread hand-off would cost more than the parse. 0 = every body in

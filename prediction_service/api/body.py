@@ -4,33 +4,46 @@ depth. Shared by the v1 and Open Inference Protocol front doors."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from ..errors import BadRequest, PayloadTooLarge, PredictionServiceError
+from ..ratelimit import ParseBudget
 from ..settings import LimitSettings
+
+Parsed = TypeVar("Parsed")
 
 
 class UnsupportedMediaType(PredictionServiceError):
     status, code = 415, "unsupported_media_type"
 
 
-async def read_json(request: Request, limits: LimitSettings) -> Any:
+async def read_json(request: Request, limits: LimitSettings, budget: ParseBudget | None = None) -> Any:
     require_json(request)
-    return await parse_json_off_loop(await read_body(request, limits), limits)
+    return await parse_json_off_loop(await read_body(request, limits), limits, budget)
 
 
-async def parse_json_off_loop(body: bytes | memoryview, limits: LimitSettings) -> Any:
-    """``parse_json``, in a worker thread for a body over ``limits.json_offload_bytes``: a large document is
-    not parsed in the event loop's own thread. A small one is parsed inline, where the hand-off would cost
-    more than the parse."""
-    if len(body) > limits.json_offload_bytes:
-        return await asyncio.to_thread(parse_json, body, limits)
-    return parse_json(body, limits)
+async def parse_json_off_loop(body: bytes | memoryview, limits: LimitSettings,
+                              budget: ParseBudget | None = None) -> Any:
+    """``parse_json``, in a worker thread for a body over ``limits.json_offload_bytes``, charged to the
+    worker's ``budget`` of large-document bytes first (429 when it is spent). A small body is parsed inline,
+    where the hand-off would cost more than the parse."""
+    return await off_loop_if_large(len(body), limits, budget, parse_json, body, limits)
+
+
+async def off_loop_if_large(size: int, limits: LimitSettings, budget: ParseBudget | None,
+                            parse: Callable[..., Parsed], *args: Any) -> Parsed:
+    """``parse(*args)`` for a JSON document of ``size`` bytes: inline when small; else charged to ``budget``
+    and run in a worker thread (the parser holds the GIL, so the budget is what bounds its share)."""
+    if size <= limits.json_offload_bytes:
+        return parse(*args)
+    if budget is not None:
+        budget.take(size)
+    return await asyncio.to_thread(parse, *args)
 
 
 def require_json(request: Request) -> None:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from ..auth import ApiKey
 from ..schemas import REQUEST_ID_HEADER
-from .body import read_body
+from .body import off_loop_if_large, read_body
 from .deadline import requested_budget_ms
 from ..inference import InferenceRequest, InferenceResult
 from .deps import get_service, open_context, require_predict
@@ -118,7 +118,10 @@ async def _infer(request: Request, name: str, version: str | None, api_key: ApiK
         budget_ms = requested_budget_ms(request.headers)
         body = decompress(await read_body(request, limits), request.headers.get("content-encoding"),
                           limits.max_request_bytes)
-        parsed = decode_infer_request(body, request.headers.get(HEADER_LENGTH), limits, version)
+        header_length = request.headers.get(HEADER_LENGTH)
+        json_size = int(header_length) if header_length and header_length.isdigit() else len(body)
+        parsed = await off_loop_if_large(min(json_size, len(body)), limits, service.parse_budget,
+                                         decode_infer_request, body, header_length, limits, version)
         outputs = None if parsed.outputs is None else tuple(output.name for output in parsed.outputs)
         return InferenceRequest(parsed.selector, parsed.inputs, outputs, budget_ms, parsed.timeout_s)
 

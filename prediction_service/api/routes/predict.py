@@ -33,7 +33,7 @@ async def predict(name: str, request: Request, api_key=Depends(require_predict))
 
     async def decode() -> InferenceRequest:
         budget_ms = requested_budget_ms(request.headers)
-        selector, inputs = decode_predict(await read_json(request, limits), limits.max_batch_rows)
+        selector, inputs = decode_predict(await read_json(request, limits, service.parse_budget), limits.max_batch_rows)
         return InferenceRequest(selector, inputs, budget_ms=budget_ms)
 
     def encode(result: InferenceResult) -> FastJSONResponse:

@@ -161,7 +161,7 @@ async def _serve(request: Request, api_key: Any, name: str, schema: type[_Body],
     async def decode() -> InferenceRequest:
         nonlocal body
         budget_ms = requested_budget_ms(request.headers)
-        body = _parse(schema, await read_json(request, limits))
+        body = _parse(schema, await read_json(request, limits, service.parse_budget))
         return InferenceRequest(body.selector(), tensors(body), budget_ms=budget_ms)
 
     return await service.pipeline.run(name, context, decode, lambda result: answer(body, result))
