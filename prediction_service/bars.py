@@ -223,6 +223,35 @@ def expected_bars(step: BarsPreprocessing) -> dict[str, Any]:
             "min_bars": step.min_bars, "dtype": "float32 or float64, finite; prices > 0, volume >= 0"}
 
 
+def bars_extent(bars: Any) -> tuple[int, int] | None:
+    """(windows, bars in the longest window) of a ``bars`` input, read from its outer lists' lengths or its
+    array shape without converting anything (a few list lengths per window); None for a form no step takes
+    (:func:`check_bars` then says what is wrong). Rows ``[n, 5]`` or named columns ``{"open": [...], ...}``
+    are one window; ``[batch, n, 5]``, a list of named-column windows or columns of per-window lists, a batch."""
+    if isinstance(bars, np.ndarray):
+        return (bars.shape[0], bars.shape[1]) if bars.ndim == 3 else (1, bars.shape[0]) if bars.ndim == 2 else None
+    if isinstance(bars, dict):
+        columns = [bars[name] for name in OHLCV_COLUMNS if isinstance(bars.get(name), list)]
+        if not columns:
+            return None
+        if any(column and isinstance(column[0], list) for column in columns):  # columns of per-window lists
+            return max(len(column) for column in columns), max(_longest(column) for column in columns)
+        return 1, max(len(column) for column in columns)
+    if not isinstance(bars, list) or not bars:
+        return None
+    first = bars[0]
+    if isinstance(first, dict):  # a batch of named-column windows
+        extents = [bars_extent(window) for window in bars]
+        return len(bars), max((extent[1] for extent in extents if extent is not None), default=0)
+    if isinstance(first, list) and first and isinstance(first[0], list):  # [batch, n, 5]
+        return len(bars), _longest(bars)
+    return 1, len(bars)  # one window [n, 5]
+
+
+def _longest(lists: list[Any]) -> int:
+    return max((len(item) for item in lists if isinstance(item, list)), default=0)
+
+
 def bars_from_columns(bars: dict[str, Any] | list[Any], max_rows: int | None = None) -> np.ndarray:
     """Named-column bars -> the row form (``[n_bars, 5]`` or ``[batch, n_bars, 5]``) the steps take.
 
@@ -283,13 +312,7 @@ def check_bars(bars: Any, step: BarsPreprocessing, max_rows: int | None = None) 
             and bars and isinstance(bars[0], list) and bars[0] and isinstance(bars[0][0], list):
         raise InvalidInput(f"{len(bars)} bar windows exceed the limit of {max_rows}",  # before numpy sees them
                            {"rows": len(bars), "max_rows": max_rows})
-    if isinstance(bars, np.ndarray):
-        array = bars
-    else:
-        try:
-            array = np.asarray(bars)
-        except (ValueError, TypeError):
-            array = None
+    array = bars if isinstance(bars, np.ndarray) else _array_of_lists(bars)
     if array is None or array.dtype.kind not in "fiu":
         raise InvalidInput("bars must be a rectangular array of numbers [[open, high, low, close, volume], ...] "
                            "(one window) or a list of such windows", {"expected": expected})
@@ -316,6 +339,22 @@ def check_bars(bars: Any, step: BarsPreprocessing, max_rows: int | None = None) 
         raise InvalidInput("bars need positive prices (open, high, low, close) and non-negative volume",
                            {"expected": expected})
     return np.ascontiguousarray(array)
+
+
+def _array_of_lists(bars: Any) -> np.ndarray | None:
+    """JSON lists -> an array, a batch window by window: one conversion of a large batch is a single C call
+    that holds the GIL throughout, while a thread converting window by window lets the event loop run between
+    windows. None when the lists are not a rectangular array of numbers."""
+    try:
+        if isinstance(bars, list) and len(bars) > 1 and isinstance(bars[0], list) and bars[0] \
+                and isinstance(bars[0][0], list):
+            windows = [np.asarray(window) for window in bars]
+            if any(w.dtype.kind not in "fiu" for w in windows) or len({w.shape for w in windows}) != 1:
+                return None
+            return np.stack(windows)
+        return np.asarray(bars)
+    except (ValueError, TypeError):
+        return None
 
 
 def preprocess_bars(step: BarsPreprocessing, bars: Any, max_rows: int | None = None) -> np.ndarray:

@@ -11,14 +11,17 @@ here: nothing from the registry is executed.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bars import expected_bars, preprocess_bars
-from .errors import InvalidInput, PayloadTooLarge
+from .bars import bars_extent, bars_from_columns, expected_bars, preprocess_bars
+from .errors import InvalidInput, PayloadTooLarge, ServiceUnavailable
 from .inference import BARS_INPUT, SOLE_INPUT, TEXT_INPUT
 from .registry import ModelVersion
 from .settings import LimitSettings
@@ -33,6 +36,9 @@ class ModelProcessing:
         self.path = version.path
         self.name = version.name
         self.limits = limits
+        self.tokens = 0
+        """Tokens the model reads for the text request ``preprocess`` last tokenized (rows x its longest
+        row), 0 for other inputs: what the request holds of the worker's :class:`TokensInFlight`."""
 
     def takes_text(self, inputs: dict[str, Any]) -> bool:
         """Whether ``inputs`` is text this model tokenizes (worth running off the event loop)."""
@@ -44,13 +50,17 @@ class ModelProcessing:
 
     def runs_off_loop(self, inputs: dict[str, Any]) -> bool:
         """Whether pre-processing ``inputs`` is CPU work worth a thread: tokenizing texts, computing
-        indicators from bars, or normalising a batch of more than a few bar windows."""
+        indicators from bars, or converting and normalising more than a few windows' worth of bars (turning
+        JSON lists into an array is itself work). Bars over the limits are refused at once, inline."""
         if self.takes_text(inputs):
             return True
         if not self.takes_bars(inputs):
             return False
-        bars = self.signature.bars
-        return bars.kind != "ohlcv_window" or _batch_len(inputs[BARS_INPUT]) > _INLINE_WINDOWS
+        extent = bars_extent(inputs[BARS_INPUT])
+        if extent is None or self._bars_refusal(extent) is not None:
+            return False  # refused from its shape: nothing to hand to a thread
+        step = self.signature.bars
+        return step.kind != "ohlcv_window" or extent[0] * extent[1] > _INLINE_BARS
 
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """Caller tensors -> validated model tensors (dtype, shape, finiteness, row limits)."""
@@ -71,7 +81,14 @@ class ModelProcessing:
             if len(inputs) != 1:
                 raise InvalidInput(f"send {BARS_INPUT!r} alone, or the model's tensors",
                                    {"got": sorted(inputs), "expected": expected_bars(step)})
-            inputs = {step.input: preprocess_bars(step, inputs[BARS_INPUT], max_rows)}
+            bars = inputs[BARS_INPUT]
+            extent = bars_extent(bars)
+            refusal = None if extent is None else self._bars_refusal(extent)
+            if refusal is not None:
+                raise refusal
+            if isinstance(bars, dict) or (isinstance(bars, list) and bars and isinstance(bars[0], dict)):
+                bars = bars_from_columns(bars, max_rows)  # named columns -> the [.., 5] row form
+            inputs = {step.input: preprocess_bars(step, bars, max_rows)}
         elif SOLE_INPUT in inputs:
             inputs = self._name_sole_input(inputs)
         return self.signature.validate_inputs(inputs, max_rows)
@@ -86,6 +103,24 @@ class ModelProcessing:
                      "scores": {label: float(score) for label, score in zip(labels, row)}} for row in first]
         rows = first.reshape(first.shape[0], -1)
         return [float(row[0]) if row.size == 1 else row.tolist() for row in rows]
+
+    def _bars_refusal(self, extent: tuple[int, int]) -> PayloadTooLarge | None:
+        """413 for bars past the per-window or per-request limit, from the request's shape alone."""
+        windows, count = extent
+        limits = self.limits
+        reads = self.signature.bars.min_bars if self.signature.bars is not None else None
+        if count > limits.max_bars_per_window:
+            return PayloadTooLarge(
+                f"a bars window has {count} bars; at most {limits.max_bars_per_window} per window are accepted "
+                f"(this model reads the last {reads})",
+                {"bars_per_window": count, "max_bars_per_window": limits.max_bars_per_window, "model_reads": reads})
+        if windows * count > limits.max_bars_per_request:
+            return PayloadTooLarge(
+                f"{windows} bar windows of up to {count} bars carry {windows * count} bars; at most "
+                f"{limits.max_bars_per_request} per request are accepted (this model reads the last {reads} "
+                "of each window)", {"windows": windows, "bars_per_window": count, "bars": windows * count,
+                                    "max_bars_per_request": limits.max_bars_per_request, "model_reads": reads})
+        return None
 
     @property
     def _input_names(self) -> list[str]:
@@ -121,6 +156,17 @@ class ModelProcessing:
             raise PayloadTooLarge(f"text {index} has {len(text)} characters; this model reads at most "
                                   f"{spec.max_length} tokens ({max_chars} characters)",
                                   {"index": index, "chars": len(text), "max_chars": max_chars})
+        # Before tokenizing: a text reads as at least one token per max_text_chars_per_token characters
+        # (the rule above), so a request that is over the budget on that count alone costs nothing.
+        budget = self.limits.max_tokens_per_request
+        longest = max(len(text) for text in items)
+        at_least = min(spec.max_length, -(-longest // self.limits.max_text_chars_per_token) + 2)
+        if len(items) * at_least > budget:
+            raise PayloadTooLarge(
+                f"{len(items)} texts of up to {longest} characters make at least {len(items) * at_least} tokens "
+                f"for the model (rows x the longest row); at most {budget} per request are accepted: send fewer "
+                "or shorter texts", {"rows": len(items), "tokens_at_least": len(items) * at_least,
+                                     "max_tokens_per_request": budget})
         vocab = self.path / spec.tokenizer
         if spec.kind == "wordpiece":
             encoded = _wordpiece(vocab, spec.max_length, spec.lowercase, spec.truncation, spec.padding) \
@@ -128,6 +174,13 @@ class ModelProcessing:
             ids, mask = encoded.input_ids, encoded.attention_mask
         else:
             ids, mask = _tokenizer(vocab).encode_batch(items, spec.max_length, truncate=spec.truncation)
+        tokens = len(items) * int(mask.sum(axis=1).max())
+        if tokens > budget:  # exact, before the model runs
+            raise PayloadTooLarge(
+                f"{len(items)} texts make {tokens} tokens for the model (rows x the longest row, "
+                f"at most {spec.max_length} each); at most {budget} per request are accepted: send fewer or "
+                "shorter texts", {"rows": len(items), "tokens": tokens, "max_tokens_per_request": budget})
+        self.tokens = tokens
         arrays = {spec.input_ids: ids}
         if spec.attention_mask:
             arrays[spec.attention_mask] = mask
@@ -136,17 +189,47 @@ class ModelProcessing:
         return arrays
 
 
-_INLINE_WINDOWS = 16
-"""Normalising up to this many bar windows costs less than a thread hop: done on the event loop."""
+_INLINE_BARS = 1024
+"""Converting and normalising up to this many bars (all windows together: 16 windows of 64) costs less than a
+thread hop: done on the event loop. More, and a list-to-array conversion alone blocks the loop for
+milliseconds."""
 
 
-def _batch_len(bars: Any) -> int:
-    """Windows in a bars input, cheaply (a list of windows or an array; one [n, 5] window counts 1)."""
-    if isinstance(bars, np.ndarray):
-        return bars.shape[0] if bars.ndim == 3 else 1
-    if isinstance(bars, list) and bars and isinstance(bars[0], list) and bars[0] and isinstance(bars[0][0], list):
-        return len(bars)
-    return 1
+class TokensInFlight:
+    """A worker's budget of text tokens tokenized and not yet answered (``max_tokens_in_flight``): a request
+    that would push the total past it is refused with 503 and Retry-After, like a full worker; one request
+    alone is always admitted (its size is bounded by ``max_tokens_per_request``). Thread-safe; acquire and
+    release the same count, or use :meth:`hold`."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.tokens = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, tokens: int) -> None:
+        if tokens <= 0:
+            return
+        with self._lock:
+            if self.tokens and self.tokens + tokens > self.limit:
+                raise ServiceUnavailable(
+                    f"server busy: {self.tokens} text tokens in flight, this request adds {tokens}",
+                    {"tokens_in_flight": self.tokens, "tokens": tokens, "max_tokens_in_flight": self.limit})
+            self.tokens += tokens
+
+    def release(self, tokens: int) -> None:
+        if tokens <= 0:
+            return
+        with self._lock:
+            self.tokens -= tokens
+
+    @contextmanager
+    def hold(self, tokens: int) -> Iterator[None]:
+        """``with budget.hold(processing.tokens): <run the model>``: acquired for the span, released after."""
+        self.acquire(tokens)
+        try:
+            yield
+        finally:
+            self.release(tokens)
 
 
 def _strings(texts: Any) -> list[str]:

@@ -9,13 +9,18 @@ is ``[CLS] tokens... [SEP]`` padded with ``[PAD]``.
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
 from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP)
@@ -54,9 +59,11 @@ class Tokenizer:
     def tokenize(self, text: str) -> list[str]:
         return _WORD.findall(text.lower())
 
-    def encode(self, text: str) -> list[int]:
-        """``[CLS] ids... [SEP]``, unpadded."""
-        ids = [self.vocab.get(word, self.unk_id) for word in self.tokenize(text)]
+    def encode(self, text: str, max_words: int | None = None) -> list[int]:
+        """``[CLS] ids... [SEP]``, unpadded; with ``max_words``, of the first that many words only (the rest of
+        the text is not scanned)."""
+        words = (match.group() for match in _WORD.finditer(text.lower()))
+        ids = [self.vocab.get(word, self.unk_id) for word in islice(words, max_words)]
         return [self.cls_id, *ids, self.sep_id]
 
     def encode_batch(self, texts: Sequence[str], max_length: int,
@@ -73,12 +80,14 @@ class Tokenizer:
         for row, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidInput(f"text {row} is not a string", {"index": row})
-            ids = self.encode(text)
+            # one word past what fits is enough to know the text is too long: a long text is not read to its end
+            ids = self.encode(text, max_length - 1)
             if len(ids) > max_length:
                 if not truncate:
+                    tokens = len(self.encode(text))
                     raise InvalidInput(
-                        f"text {row} has {len(ids)} tokens (with [CLS]/[SEP]), more than the limit of {max_length}",
-                        {"index": row, "tokens": len(ids), "max_length": max_length},
+                        f"text {row} has {tokens} tokens (with [CLS]/[SEP]), more than the limit of {max_length}",
+                        {"index": row, "tokens": tokens, "max_length": max_length},
                     )
                 ids = ids[: max_length - 1] + [self.sep_id]
             input_ids[row, : len(ids)] = ids
@@ -124,10 +133,10 @@ class WordPieceTokenizer:
         tokenizer.decoder = decoders.WordPiece(prefix="##")
         self.truncation = truncation
         self.max_length = max_length
+        self.padding = padding
         # Without truncation the tokenizer must see the whole text to report its length: check, then pad.
+        # Rows are padded by encode_batch, once the part of each text the model reads is known.
         tokenizer.enable_truncation(max_length if truncation else WORDPIECE_NO_LIMIT)
-        tokenizer.enable_padding(pad_id=vocab[PAD], pad_token=PAD,
-                                 length=max_length if padding == "max_length" else None)
         self._tokenizer = tokenizer
         self.vocab = vocab
         self.pad_id, self.unk_id, self.cls_id, self.sep_id = (vocab[t] for t in SPECIAL_TOKENS)
@@ -144,22 +153,65 @@ class WordPieceTokenizer:
         for row, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidInput(f"text {row} is not a string", {"index": row})
-        encodings = self._tokenizer.encode_batch(list(texts))
-        if not self.truncation:
+        if self.truncation:
+            encodings = self._encode_read_part(list(texts))
+        else:
+            encodings = self._tokenizer.encode_batch(list(texts))
             for row, encoding in enumerate(encodings):
-                length = sum(encoding.attention_mask)
+                length = len(encoding.ids)
                 if length > self.max_length:
                     raise InvalidInput(
                         f"text {row} has {length} tokens (with [CLS]/[SEP]), more than the limit of {self.max_length}",
                         {"index": row, "tokens": length, "max_length": self.max_length})
-        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        width = self.max_length if self.padding == "max_length" else max(len(e.ids) for e in encodings)
+        input_ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            input_ids[row, : len(encoding.ids)] = encoding.ids
+            attention_mask[row, : len(encoding.ids)] = 1
         token_type_ids = np.zeros_like(input_ids)  # one segment: all 0 (pair inputs are not served)
         return Encoded(input_ids, attention_mask, token_type_ids)
+
+    def _encode_read_part(self, texts: list[str]) -> list["Encoding"]:
+        """Each text truncated to ``max_length`` tokens, tokenizing only about the part the model reads: a
+        prefix cut at a word boundary (:func:`_word_prefix`) has the same first tokens as the whole text, so
+        once a prefix fills ``max_length`` its encoding is the whole text's; a prefix that falls short is
+        retried twice as long. So a 600-word text costs about ``max_length`` tokens of work, not 600 words."""
+        encodings: list[Encoding | None] = [None] * len(texts)
+        pending = list(range(len(texts)))
+        chars = self.max_length * PREFIX_CHARS_PER_TOKEN
+        while pending:
+            parts = [_word_prefix(texts[row], chars) for row in pending]
+            retry = []
+            for row, part, encoding in zip(pending, parts, self._tokenizer.encode_batch(parts)):
+                if len(part) == len(texts[row]) or len(encoding.ids) == self.max_length:
+                    encodings[row] = encoding
+                else:
+                    retry.append(row)
+            pending, chars = retry, chars * 2
+        return encodings  # type: ignore[return-value]  # every row filled
 
 
 WORDPIECE_NO_LIMIT = 1 << 20
 """Token cap used when a step does not truncate (the text is then refused past max_length)."""
+PREFIX_CHARS_PER_TOKEN = 6
+"""First guess at the characters ``max_length`` wordpiece tokens span (English averages about 4-5 per token,
+the space included); a prefix that turns out shorter is retried twice as long."""
+_PUNCTUATION = frozenset(string.punctuation)
+"""ASCII punctuation: BERT's pre-tokenizer always splits it off as a word of its own."""
+
+
+def _word_prefix(text: str, chars: int) -> str:
+    """The longest prefix of ``text`` within ``chars`` characters that ends at a word boundary BERT's
+    normaliser and pre-tokenizer keep (after a space or an ASCII punctuation mark), so its words are the first
+    words of ``text``, whole; ``text`` itself when it is that short or has no such boundary there."""
+    if len(text) <= chars:
+        return text
+    for end in range(chars, 0, -1):
+        char = text[end - 1]
+        if char == " " or char in _PUNCTUATION:
+            return text[:end]
+    return text
 
 
 def _read_vocab(path: Path) -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 ``inputs`` (a batch), ``instances`` (rows), ``instance`` (one row), ``text`` or ``bars`` (rows of
 ``[o, h, l, c, v]``, or named columns ``{"open": [...], ...}``) become the tensors the data plane takes.
-Rows are stacked here; the data plane validates them against the signature.
+Instances are stacked here; text and bars pass as sent, for the model's own step; the data plane validates
+everything against the signature.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..bars import bars_from_columns
 from ..errors import InvalidInput
 from ..inference import BARS_INPUT, SOLE_INPUT, TEXT_INPUT, InferenceResult, Selector
 from ..schemas import PredictRequest
@@ -29,11 +29,10 @@ def decode_predict(body: Any, max_rows: int) -> tuple[Selector, dict[str, Any]]:
         if not texts:
             raise InvalidInput("empty batch: text is empty")
         return selector, {TEXT_INPUT: texts}
-    if request.bars is not None:  # checked (rows, columns, finiteness) by the model's bars step
-        bars = request.bars
-        if isinstance(bars, dict) or (isinstance(bars, list) and bars and isinstance(bars[0], dict)):
-            bars = bars_from_columns(bars, max_rows)  # named columns -> the [.., 5] row form
-        return selector, {BARS_INPUT: bars}
+    if request.bars is not None:
+        # As sent: the model's bars step checks its size from the lists' lengths, then converts rows or named
+        # columns to an array and checks columns and finiteness (processing.py), off the event loop when large.
+        return selector, {BARS_INPUT: request.bars}
     if request.inputs is not None:
         return selector, request.inputs
     rows = [request.instance] if request.instance is not None else request.instances
