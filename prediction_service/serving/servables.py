@@ -20,7 +20,7 @@ from ..errors import DeadlineExceeded, InvalidInput, ModelNotFound, PredictionSe
 from ..inference import (ArmRun, InferenceRequest, InferenceResult, ModelMetadata, PredictionRecord, Provenance,
                          RequestContext, Selector, TensorMetadata, BARS_INPUT, TEXT_INPUT)
 from ..model_manager import ModelManager
-from ..processing import ModelProcessing
+from ..processing import ModelProcessing, TokensInFlight
 from ..registry import ModelVersion, validate_name
 from ..settings import Settings
 
@@ -54,6 +54,7 @@ class ModelServable:
         self.adapter = adapter
         self.experiments = experiments
         self.access = VersionAccess(settings.security)
+        self.tokens_in_flight = TokensInFlight(settings.limits.max_tokens_in_flight)
 
     async def infer(self, name: str, request: InferenceRequest, context: RequestContext,
                     record: PredictionRecord) -> InferenceResult:
@@ -80,8 +81,9 @@ class ModelServable:
         if assignment is not None:  # the arm's error rate counts backend failures too
             record.arm_run = ArmRun(assignment, target.signature.outputs[0].name)
         started = time.perf_counter()
-        async with self.manager.serving(target):
-            outputs = await self._run(target, arrays, context.deadline)
+        with self.tokens_in_flight.hold(processing.tokens):  # long texts queue model time: bounded per worker
+            async with self.manager.serving(target):
+                outputs = await self._run(target, arrays, context.deadline)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         record.outputs = outputs
         provenance = self.provenance(target)

@@ -117,3 +117,25 @@ def test_the_deadline_rule_takes_the_default_and_the_oip_timeout():
     assert request_deadline(limits, None, None, start=start) - start == pytest.approx(1.0)
     assert request_deadline(limits, Scope.ADMIN, MAX_DEADLINE_MS, 0.25, start=start) - start == pytest.approx(0.25)
     assert request_deadline(limits, Scope.ADMIN, MAX_DEADLINE_MS, start=start) - start == pytest.approx(600.0)
+
+
+async def test_text_tokens_in_flight_are_bounded_per_worker(demo_store):
+    from tests.support.asgi import served_app
+    from prediction_service.settings import Settings
+
+    limits = LimitSettings(max_tokens_in_flight=64)
+    async with served_app(Settings(model_store=demo_store, limits=limits)) as (app, http):
+        budget = app.state.service.dataplane.models.tokens_in_flight
+        text = {"text": ["Shares rally after strong earnings beat"]}
+        assert (await http.post("/v1/models/sentiment-transformer/predict", json=text)).status_code == 200
+        assert budget.tokens == 0  # released once answered
+        budget.acquire(60)  # another request's tokens, still being served
+        try:
+            refused = await http.post("/v1/models/sentiment-transformer/predict", json=text)
+            assert refused.status_code == 503, refused.text
+            assert "tokens in flight" in refused.json()["error"]["message"]
+            rows = await http.post("/v1/models/lstm-price/predict", json={"bars": [[[1.0, 1.0, 1.0, 1.0, 1.0]] * 60]})
+            assert rows.status_code == 200, rows.text  # models without text are not charged
+        finally:
+            budget.release(60)
+        assert (await http.post("/v1/models/sentiment-transformer/predict", json=text)).status_code == 200
