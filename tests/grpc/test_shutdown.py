@@ -62,7 +62,7 @@ async def wait_not_ready(url: str, timeout_s: float = 30.0) -> None:
 async def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(slow_store_template, tmp_path):
     server = serve_grpc(slow_store_template, tmp_path, env={
         "SERVER_SHUTDOWN_GRACE_SECONDS": "60", "SERVER_SHUTDOWN_DRAIN_SECONDS": "0", "BATCH_MAX_BATCH_SIZE": str(ROWS),
-        "BATCH_CONCURRENT_BATCHES": "1", "SIMPLE_INTRA_OP_THREADS": "1"})
+        "BATCH_CONCURRENT_BATCHES": "1", "SIMPLE_INTRA_OP_THREADS": "1", "LIMIT_CALLER_DEADLINE_CEILING_MS": "120000"})
     client = aioclient.InferenceServerClient(server.grpc_url)
     stream = server.client()
     try:

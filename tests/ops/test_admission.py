@@ -51,7 +51,7 @@ async def test_a_refused_request_is_answered_before_its_body_is_read(slow_store_
     shutil.copytree(slow_store_template, template, symlinks=True)
     register_slow(template, tmp_path / "export", name=SLOWER, steps=12000)  # seconds per row
     server = start_server(template, tmp_path / "served", env={
-        "LIMIT_MAX_IN_FLIGHT": "2", "BATCH_MAX_BATCH_SIZE": "1", "BATCH_CONCURRENT_BATCHES": "1",
+        "LIMIT_MAX_IN_FLIGHT": "2", "LIMIT_CALLER_DEADLINE_CEILING_MS": "120000", "BATCH_MAX_BATCH_SIZE": "1", "BATCH_CONCURRENT_BATCHES": "1",
         "LIMIT_MAX_REQUEST_BYTES": str(DECLARED * 2), "AUDIT_ENABLED": "false", "WARMUP_ENABLED": "false"})
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:

@@ -25,7 +25,7 @@ async def test_a_full_server_refuses_at_the_edge_after_checking_the_key(slow_sto
     store = tmp_path / "store"
     shutil.copytree(slow_store_template, store, symlinks=True)
     register_slow(store, tmp_path / "export", name=MODEL, steps=4000)  # seconds per request: the slot stays taken
-    settings = Settings(model_store=store, limits=LimitSettings(max_in_flight=1),
+    settings = Settings(model_store=store, limits=LimitSettings(max_in_flight=1, caller_deadline_ceiling_ms=120_000),
                         batching=BatchingSettings(max_batch_size=1), audit=AuditSettings(enabled=False),
                         security=SecuritySettings(api_keys="admin-secret,reader-secret:read",
                                                   predict_requires_key=True))
