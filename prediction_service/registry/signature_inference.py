@@ -8,6 +8,9 @@ shapes; it is what a version gets as validation when no numeric-parity report co
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +20,7 @@ from ..errors import InvalidInput, ValidationFailed
 from ..runtimes import OnnxRuntime
 from ..signature import ModelSignature, TensorSpec
 from .model_version import ValidationReport
+from .onnx_wire import GraphInterface, UnusualLayout, graph_interface, write_external_weights_model
 
 _SUPPORTED_DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 SMOKE_BATCH = 2
@@ -60,21 +64,55 @@ def infer_signature(
     labels: list[str] | None = None,
 ) -> ModelSignature:
     """The signature an ONNX file declares. A fixed batch dim also caps ``max_batch_size``."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError / ValueError / OSError for bad files
-        raise InvalidInput(f"{Path(onnx_path).name} is not a readable ONNX model: {exc}") from exc
-    graph = model.graph
-    initializers = {init.name for init in graph.initializer}
-    inputs, outputs = _specs(graph.input, initializers), _specs(graph.output, set())
+    graph = _interface(Path(onnx_path))
+    inputs, outputs = _specs(graph.inputs, graph.initializer_names), _specs(graph.outputs, set())
     if not inputs or not outputs:
         raise InvalidInput(f"{Path(onnx_path).name} declares no inputs or no outputs")
     batch_dims = {spec.shape[0] for spec in inputs}
     fixed_batch = next(iter(batch_dims)) if len(batch_dims) == 1 and -1 not in batch_dims else None
     extra: dict[str, Any] = {"max_batch_size": fixed_batch} if fixed_batch else {}
     return ModelSignature(inputs=inputs, outputs=outputs, task=task, labels=labels, **extra)
+
+
+def _interface(onnx_path: Path) -> GraphInterface:
+    """Inputs, outputs and initializer names, read past the weights (onnx.load would hold them twice)."""
+    try:
+        return graph_interface(onnx_path)
+    except UnusualLayout:
+        pass
+    except OSError as exc:
+        raise InvalidInput(f"{onnx_path.name} is not a readable ONNX model: {exc}") from exc
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError / ValueError / OSError for bad files
+        raise InvalidInput(f"{onnx_path.name} is not a readable ONNX model: {exc}") from exc
+    graph = model.graph
+    return GraphInterface(inputs=list(graph.input), outputs=list(graph.output),
+                          initializer_names={init.name for init in graph.initializer})
+
+
+@contextmanager
+def _lean_model(onnx_path: Path, scratch: Path | None) -> Iterator[Path]:
+    """``onnx_path``, or where possible a small copy of it in ``scratch`` whose large weights are read from a
+    hard link of the file (ONNX external data): ONNX Runtime then maps them instead of holding the file's
+    bytes and its parsed weights at once. ``scratch`` must be on the file's filesystem (a private directory
+    removed afterwards); without one, or when linking fails, the file itself."""
+    if scratch is None:
+        yield onnx_path
+        return
+    data, lean = scratch / "weights.bin", scratch / "model.onnx"
+    try:
+        os.link(onnx_path, data)
+        written = write_external_weights_model(onnx_path, lean, data.name)
+    except (OSError, UnusualLayout):  # another filesystem, no hard links, an unusual file: the plain path
+        written = False
+    try:
+        yield lean if written else onnx_path
+    finally:
+        lean.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
 
 
 def _compatible(declared: TensorSpec, actual: TensorSpec) -> bool:
@@ -105,13 +143,16 @@ def smoke_inputs(signature: ModelSignature, seed: int = 0) -> dict[str, np.ndarr
     return signature.synthetic_inputs(SMOKE_BATCH, seed=seed, dynamic_dim=SMOKE_DYNAMIC_DIM)
 
 
-def smoke_test(onnx_path: Path, signature: ModelSignature) -> ValidationReport:
-    """Run the model once on generated inputs; raise ValidationFailed unless the outputs match the signature."""
+def smoke_test(onnx_path: Path, signature: ModelSignature, scratch: Path | None = None) -> ValidationReport:
+    """Run the model once on generated inputs; raise ValidationFailed unless the outputs match the signature.
+    ``scratch``: a private directory on the file's filesystem, which lets the run map the weights in place."""
     _check_against_graph(signature, infer_signature(onnx_path))
     inputs = smoke_inputs(signature)
     try:
-        runtime = OnnxRuntime(onnx_path, signature, threads=1)
-        results = runtime.run(inputs)
+        with _lean_model(Path(onnx_path), scratch) as model_path:
+            runtime = OnnxRuntime(model_path, signature, threads=1)
+            results = runtime.run(inputs)
+            options = runtime.options
     except Exception as exc:  # ModelLoadError when it cannot open; ORT's own Fail/InvalidArgument/... when a run fails
         raise ValidationFailed(f"the model failed its smoke run: {exc}", {"inputs": _shapes(inputs)}) from exc
     batch = next(iter(inputs.values())).shape[0]
@@ -129,7 +170,7 @@ def smoke_test(onnx_path: Path, signature: ModelSignature) -> ValidationReport:
     if problems:
         raise ValidationFailed("model outputs do not match the signature", {"problems": problems})
     return ValidationReport(passed=True, kind="smoke", details={
-        "runtime": runtime.options["runtime"],
+        "runtime": options["runtime"],
         "inputs": _shapes(inputs),
         "outputs": _shapes(results),
     })

@@ -203,7 +203,8 @@ class ModelRegistry:
                 raise InvalidInput("without an ONNX artifact the signature must be given explicitly")
             signature = infer_signature(onnx_source.path)
         if onnx_source is not None:
-            smoke = smoke_test(onnx_source.path, signature)
+            with self.upload_staging() as scratch:  # on the store's filesystem: the run maps the weights in place
+                smoke = smoke_test(onnx_source.path, signature, scratch)
             if validation is None or validation.kind != "numeric_parity":
                 validation = smoke
         metadata = VersionMetadata(

@@ -5,8 +5,11 @@ the key on the headers, then reads its body under its own limit (api/model_body.
 
 Uploads travel as JSON with base64 artifacts (no server path is ever taken from a request). The body
 streams into the registry's upload staging (``ModelRegistry.upload_staging``) with the limit applied to
-bytes as they arrive, so an oversized upload is refused after one chunk of memory, not its whole size;
-the artifacts are then decoded from there into files and handed to ``ModelRegistry.register``.
+bytes as they arrive, so an oversized upload is refused after one chunk of memory, not its whole size.
+As it arrives, each artifact's ``content_base64`` goes to a file of its own and the rest of the document
+(at most LIMIT_MAX_REQUEST_BYTES) is kept with a placeholder in its place; that small document is parsed,
+each artifact is decoded from its file into the artifact file in slices, and the files are handed to
+``ModelRegistry.register``: the worker never holds an artifact's text, encoded or decoded, in memory.
 Registry work is file I/O and locking: plain ``def`` handlers run in the threadpool, the ``async`` ones
 that read a body hand it to a thread.
 """
@@ -16,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import mmap
+import json
+import re
+import secrets
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
@@ -43,12 +49,8 @@ from ..model_body import json_body_openapi, parse_model, read_model
 router = APIRouter(prefix="/v1/registry", tags=["registry"])
 
 
-UPLOAD_BODY_FILE = ".request.json"
-"""The received upload body inside the staging dir; validate_file_name refuses the name, so no artifact
-can overwrite it."""
 DECODE_CHUNK_CHARS = 4 << 20
-"""base64 characters decoded at a time (a multiple of 4): a large artifact never sits in memory twice."""
-
+"""base64 characters decoded at a time (a multiple of 4): a large artifact never sits in memory whole."""
 
 class ArtifactUpload(BaseModel):
     file_name: str
@@ -150,9 +152,10 @@ async def register_version(name: str, request: Request,
     limits = get_settings(request).limits
     require_json(request)
     with registry.upload_staging() as staging:
-        body_path = staging / UPLOAD_BODY_FILE
-        await _receive(request, body_path, upload_body_limit(limits))
-        created = await asyncio.to_thread(_register_upload, registry, name, body_path, limits, _actor(key))
+        with _UploadSplitter(staging, limits.max_request_bytes) as splitter:
+            async for chunk in stream_body(request, upload_body_limit(limits)):
+                await asyncio.to_thread(splitter.feed, chunk)
+        created = await asyncio.to_thread(_register_upload, registry, name, splitter, limits, _actor(key))
     return created.metadata
 
 
@@ -266,51 +269,248 @@ def upload_body_limit(limits: LimitSettings) -> int:
     return -(-limits.max_artifact_upload_bytes // 3) * 4 + limits.max_request_bytes
 
 
-async def _receive(request: Request, path: Path, max_bytes: int) -> None:
-    """Stream the body into ``path``; one chunk at a time is in memory, and writes happen off the loop."""
-    with open(path, "wb") as fh:
-        async for chunk in stream_body(request, max_bytes):
-            await asyncio.to_thread(fh.write, chunk)
+class _UploadSplitter:
+    """Splits an upload body as it arrives: the value of every ``content_base64`` key is written, as its raw
+    JSON text, to a file in ``staging`` and replaced in the document by a placeholder no client can guess;
+    the rest of the document (names, signature, metrics) is kept in memory, up to ``max_document_bytes``
+    (beyond that the rest of the body is only counted, and ``check`` refuses it)."""
+
+    def __init__(self, staging: Path, max_document_bytes: int):
+        self.staging = staging
+        self.max_document_bytes = max_document_bytes
+        self.token = secrets.token_hex(16)
+        self.document = bytearray()
+        self.blobs: list[_Blob] = []
+        self.overflow = False
+        self._in_string = False
+        self._escaped = False  # the string's last byte so far is a backslash whose character is still to come
+        self._current = bytearray()
+        self._last_string: bytes | None = None  # the last inline string, when short: the key of what follows
+        self._gap = bytearray()  # what lies between that string and the next one (": " for a key)
+        self._blob: _Blob | None = None
+        self._out: BinaryIO | None = None
+
+    def __enter__(self) -> "_UploadSplitter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def feed(self, chunk: bytes) -> None:
+        position, size = 0, len(chunk)
+        while position < size:
+            if not self._in_string:
+                quote = chunk.find(b'"', position)
+                outside = chunk[position:] if quote < 0 else chunk[position:quote]
+                self._keep(outside)
+                if len(self._gap) < 64:  # enough to tell ": " from anything else
+                    self._gap += outside[:64]
+                if quote < 0:
+                    return
+                self._start_string()
+                position = quote + 1
+                continue
+            if self._escaped:  # the escaped character, whatever it is, belongs to the string
+                self._take(chunk[position:position + 1], escape=True)
+                self._escaped, position = False, position + 1
+                continue
+            special = _STRING_SPECIAL.search(chunk, position)
+            if special is None:
+                self._take(chunk[position:])
+                return
+            self._take(chunk[position:special.start()])
+            position = special.start() + 1
+            if chunk[special.start()] == ord("\\"):
+                self._take(b"\\", escape=True)
+                self._escaped = True
+            else:
+                self._end_string()
+
+    def close(self) -> None:
+        """After the last chunk: an unterminated string stays in the document (which then fails to parse)."""
+        if self._in_string and self._blob is None:
+            self._keep(self._current)
+        self._current = bytearray()
+        if self._out is not None:
+            self._out.close()
+        self._blob, self._out = None, None
+
+    def check(self) -> None:
+        if self.overflow:
+            raise PayloadTooLarge(f"an upload's JSON besides its artifact contents is limited to "
+                                  f"{self.max_document_bytes} bytes", {"max_bytes": self.max_document_bytes})
+
+    def placeholder(self, index: int) -> str:
+        return f"{self.token}:{index}"
+
+    def blob_of(self, value: str) -> "_Blob | None":
+        """The blob a field's value stands for, when it is a placeholder."""
+        prefix = f"{self.token}:"
+        return self.blobs[int(value[len(prefix):])] if value.startswith(prefix) else None
+
+    def restore(self, index: int) -> None:
+        """Put a blob's text back in the document (a ``content_base64`` key that is not an artifact's)."""
+        blob = self.blobs[index]
+        self.document = self.document.replace(f'"{self.placeholder(index)}"'.encode(),
+                                              b'"' + blob.path.read_bytes() + b'"')
+        blob.path.unlink()
+        if len(self.document) > self.max_document_bytes:
+            self.overflow = True
+            self.check()
+
+    def _keep(self, data: bytes) -> None:
+        if self.overflow or not data:
+            return
+        if len(self.document) + len(data) > self.max_document_bytes:
+            self.overflow, self.document = True, bytearray()
+            return
+        self.document += data
+
+    def _start_string(self) -> None:
+        self._in_string = True
+        if self._last_string == b"content_base64" and bytes(self._gap).strip() == b":":
+            self._blob = _Blob(self.staging / f".blob-{len(self.blobs)}")
+            self._out = open(self._blob.path, "wb")
+            self.blobs.append(self._blob)
+            self._keep(f'"{self.placeholder(len(self.blobs) - 1)}'.encode())
+        else:
+            self._keep(b'"')
+
+    def _take(self, data: bytes, *, escape: bool = False) -> None:
+        if not data:
+            return
+        if self._blob is None:
+            self._keep(data)
+            if len(self._current) <= 32:  # a key is short; longer strings are only ever values
+                self._current += data[:33]
+        else:
+            self._blob.escaped |= escape
+            self._out.write(data)
+
+    def _end_string(self) -> None:
+        self._keep(b'"')
+        self._last_string = bytes(self._current) if self._blob is None and len(self._current) <= 32 else None
+        if self._out is not None:
+            self._out.close()
+        self._blob, self._out = None, None
+        self._current, self._gap = bytearray(), bytearray()
+        self._in_string = False
 
 
-def _register_upload(registry: ModelRegistry, name: str, body_path: Path, limits: LimitSettings,
+@dataclass
+class _Blob:
+    path: Path
+    escaped: bool = False
+    """It holds a JSON escape (``\\/`` for instance): decode the JSON string before the base64."""
+
+
+_STRING_SPECIAL = re.compile(rb'["\\]')
+
+
+def _register_upload(registry: ModelRegistry, name: str, splitter: _UploadSplitter, limits: LimitSettings,
                      actor: str) -> ModelVersion:
-    body = _parse_received(body_path, limits)
-    total = sum(_decoded_size(upload.content_base64) for upload in body.artifacts)
+    splitter.check()
+    body = parse_model(RegisterRequest, bytes(splitter.document), limits)
+    stray = _stray_placeholders(body, splitter)
+    if stray:  # a content_base64 key elsewhere (in tags, say): its text goes back where it was
+        for index in stray:
+            splitter.restore(index)
+        body = parse_model(RegisterRequest, bytes(splitter.document), limits)
+    splitter.document = bytearray()
     limit = limits.max_artifact_upload_bytes
-    if total > limit:
-        raise PayloadTooLarge(f"artifacts total {total} bytes; the limit is {limit}", {"limit": limit})
-    sources = [_decode_to(upload, body_path.parent) for upload in body.artifacts]
+    sources, total = [], 0
+    for upload in body.artifacts:
+        source, size = _decode_to(upload, splitter, limit - total, limit)
+        sources.append(source)
+        total += size
     return registry.register(name, body.version, sources, signature=body.signature, metrics=body.metrics,
                              tags=body.tags, description=body.description, validation=body.validation,
                              actor=actor)
 
 
-def _parse_received(body_path: Path, limits: LimitSettings) -> RegisterRequest:
-    if body_path.stat().st_size == 0:
-        return parse_model(RegisterRequest, b"", limits)  # raises: a body is required
-    # Parsed straight from the page cache: the raw body is never copied into the worker's memory.
-    with open(body_path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped, \
-            memoryview(mapped) as view:
-        return parse_model(RegisterRequest, view, limits)
+def _stray_placeholders(body: RegisterRequest, splitter: _UploadSplitter) -> list[int]:
+    """Blobs whose placeholder stands anywhere but in an artifact's content."""
+    rest = body.model_dump_json(exclude={"artifacts": {"__all__": {"content_base64"}}})
+    return [index for index in range(len(splitter.blobs)) if f'"{splitter.placeholder(index)}"' in rest]
 
 
-def _decoded_size(content: str) -> int:
-    return len(content) // 4 * 3 - content[-2:].count("=")
-
-
-def _decode_to(upload: ArtifactUpload, directory: Path) -> ArtifactSource:
-    """Decode in slices into a file, then drop the base64 text: memory stays near the upload's size."""
-    target = directory / validate_file_name(upload.file_name)
-    content = upload.content_base64
-    try:
-        with open(target, "wb") as fh:
+def _decode_to(upload: ArtifactUpload, splitter: _UploadSplitter, room: int,
+               limit: int) -> tuple[ArtifactSource, int]:
+    """Decode the artifact's base64 in slices into its file in the staging dir (from the blob it streamed to,
+    or the short inline text); PayloadTooLarge once it passes ``room``, what is left of the artifacts'
+    ``limit``. Returns the source and its size."""
+    target = splitter.staging / validate_file_name(upload.file_name)
+    blob = splitter.blob_of(upload.content_base64)
+    decoder = _Base64Writer(upload.file_name, room, limit)
+    with open(target, "wb") as fh:
+        if blob is None:
+            content = upload.content_base64
             for start in range(0, len(content), DECODE_CHUNK_CHARS):
-                piece = content[start:start + DECODE_CHUNK_CHARS]
-                if piece.endswith("=") and start + DECODE_CHUNK_CHARS < len(content):
-                    raise ValueError("padding before the end")  # as decoding the whole text would refuse it
-                fh.write(base64.b64decode(piece, validate=True))
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"artifact {upload.file_name!r}: content_base64 is not valid base64") from exc
+                decoder.write(fh, content[start:start + DECODE_CHUNK_CHARS])
+        else:
+            with open(blob.path, "rb") as raw:
+                carry = b""
+                while piece := raw.read(DECODE_CHUNK_CHARS):
+                    piece, carry = _json_text(carry + piece, blob.escaped, upload.file_name)
+                    decoder.write(fh, piece)
+                if carry:
+                    decoder.write(fh, _json_text(carry, blob.escaped, upload.file_name, final=True)[0])
+            blob.path.unlink()
+        decoder.finish(fh)
     upload.content_base64 = ""
-    return ArtifactSource(path=target, format=upload.format, precision=upload.precision)
+    return ArtifactSource(path=target, format=upload.format, precision=upload.precision), decoder.size
+
+
+def _json_text(raw: bytes, escaped: bool, file_name: str, final: bool = False) -> tuple[str, bytes]:
+    """The text of a slice of a JSON string's raw bytes, and the tail kept for the next slice (an escape
+    sequence is never cut)."""
+    if not escaped:
+        try:
+            return raw.decode("ascii"), b""
+        except UnicodeDecodeError as exc:
+            raise _not_base64(file_name) from exc
+    cut = -1 if final else raw.rfind(b"\\", max(0, len(raw) - 6))  # \uXXXX is the longest escape
+    head, tail = (raw, b"") if cut < 0 else (raw[:cut], raw[cut:])
+    try:
+        return json.loads(b'"' + head + b'"'), tail
+    except ValueError as exc:
+        raise _not_base64(file_name) from exc
+
+
+class _Base64Writer:
+    """base64 text in, bytes out to a file: 4-character groups decoded as they complete; padding only at the
+    very end; the total held to the room left under the upload limit."""
+
+    def __init__(self, file_name: str, room: int, limit: int):
+        self.file_name, self.room, self.limit, self.size = file_name, room, limit, 0
+        self._carry = ""
+        self._padded = False
+
+    def write(self, fh, text: str) -> None:
+        if not text:
+            return
+        if self._padded:
+            raise _not_base64(self.file_name)  # data after the padding
+        text = self._carry + text
+        whole = len(text) // 4 * 4
+        text, self._carry = text[:whole], text[whole:]
+        if not text:
+            return
+        self._padded = text.endswith("=")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _not_base64(self.file_name) from exc
+        self.size += len(data)
+        if self.size > self.room:
+            raise PayloadTooLarge(f"the decoded artifacts pass the upload limit of {self.limit} bytes",
+                                  {"limit": self.limit})
+        fh.write(data)
+
+    def finish(self, fh) -> None:
+        if self._carry:
+            raise _not_base64(self.file_name)
+
+
+def _not_base64(file_name: str) -> InvalidInput:
+    return InvalidInput(f"artifact {file_name!r}: content_base64 is not valid base64")
