@@ -159,6 +159,14 @@ class LimitSettings(BaseSettings):
     parsed. A JSON parser holds the GIL (about 8 ms per MB), so without a bound a few clients posting
     multi-MB bodies take the worker from everyone else. 0 = unbounded. Bulk tensors belong in the binary
     Open Inference Protocol framing, which is not charged."""
+    tarpit_errors_per_second: float = Field(20.0, ge=0)
+    """Error answers (4xx, 5xx) one connection gets at full speed per second on the prediction routes, after a
+    burst of ``tarpit_burst``; past that each error answer waits ``tarpit_delay_ms`` before it is sent, so a
+    client retrying refusals in a tight loop waits instead of taking the worker. 0 = never delay."""
+    tarpit_burst: int = Field(50, ge=1)
+    """Error answers a connection may get back to back before its budget applies."""
+    tarpit_delay_ms: float = Field(200.0, ge=0)
+    """How long an error answer past the connection's budget waits (a sleeping task: no CPU). 0 = never delay."""
     json_offload_bytes: int = Field(64 * 1024, ge=0)
     """JSON request bodies larger than this are parsed in a worker thread instead of on the event loop;
     smaller ones are parsed inline, where a thread hand-off would cost more than the parse. 0 = every body in

@@ -14,6 +14,7 @@ from ..service import Service
 from ..settings import Settings
 from . import oip_rest
 from .early_refusal import EarlyRefusal
+from .tarpit import ErrorTarpit
 from .errors import install_error_handlers
 from .hot_path import ServingApp
 from .responses import FastJSONResponse
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None, metrics_registry: CollectorRegi
     )
     app.state.service = service
     app.early_refusal = EarlyRefusal(service)
+    limits = service.settings.limits
+    app.tarpit = ErrorTarpit(limits.tarpit_errors_per_second, limits.tarpit_burst, limits.tarpit_delay_ms / 1000.0)
     install_error_handlers(app)
     for module in (predict, models, registry, experiments, health, monitoring, seed_aliases):
         app.include_router(module.router)

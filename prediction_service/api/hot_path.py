@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .direct_route import DirectRoute
+from .tarpit import ErrorTarpit
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -32,6 +33,8 @@ class ServingApp(FastAPI):
     _hot: list[tuple[Route, Handler]] | None = None
     early_refusal: RefusalCheck | None = None
     """Asked first for hot routes with a ``{name}`` (api/early_refusal.py); None: every request runs its route."""
+    tarpit: ErrorTarpit | None = None
+    """Holds back the error answers of a connection past its error budget (api/tarpit.py); None: never."""
 
     def include_router(self, router: APIRouter, **kwargs: Any) -> None:
         super().include_router(router, **kwargs)
@@ -48,6 +51,8 @@ class ServingApp(FastAPI):
                     if name is not None and self.early_refusal is not None:
                         refused = self.early_refusal(scope, name)
                         if refused is not None:  # shed before any per-request object exists
+                            if self.tarpit is not None:
+                                await self.tarpit.hold(scope, refused.status_code)
                             await refused(scope, receive, send)
                             return
                     scope["app"] = self
@@ -67,6 +72,8 @@ class ServingApp(FastAPI):
             response = await handler(request)
         except Exception as exc:  # noqa: BLE001 - mapped by the app's handler table, like the router would
             response = await self._exception_handler(exc)(request, exc)
+        if self.tarpit is not None:
+            await self.tarpit.hold(scope, response.status_code)
         await response(scope, receive, send)
 
     def _exception_handler(self, exc: Exception):

@@ -60,9 +60,10 @@ PROPERTY_SETTINGS = hypothesis_settings(
 
 
 def property_settings(store: Path) -> Settings:
-    """Audit every record at once (batch of 1), a small body limit, no warm-up (the models are tiny)."""
+    """Audit every record at once (batch of 1), a small body limit, no warm-up (the models are tiny), and no
+    tarpit: every example comes from the same in-process connection, and the statuses are what is checked."""
     return Settings(model_store=store, audit=AuditSettings(flush_interval_ms=5.0, batch_size=1),
-                    limits=LimitSettings(max_request_bytes=MAX_REQUEST_BYTES),
+                    limits=LimitSettings(max_request_bytes=MAX_REQUEST_BYTES, tarpit_errors_per_second=0),
                     batching=BatchingSettings(max_queue_delay_ms=0.5), warmup=WarmupSettings(enabled=False))
 
 
