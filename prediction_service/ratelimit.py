@@ -21,9 +21,20 @@ MAX_TRACKED_CALLERS = 100_000
 
 
 @dataclass
-class _Bucket:
+class TokenBucket:
+    """Holds up to ``capacity`` tokens, refilled at ``rate`` per second (the caller passes the clock)."""
+
     tokens: float
     updated: float
+
+    def take(self, amount: float, now: float, rate: float, capacity: float) -> bool:
+        """Refill for the time since the last call, then take ``amount`` if it is there."""
+        self.tokens = min(capacity, self.tokens + (now - self.updated) * rate)
+        self.updated = now
+        if self.tokens >= amount:
+            self.tokens -= amount
+            return True
+        return False
 
 
 class RateLimiter:
@@ -47,11 +58,8 @@ class RateLimiter:
         now = self._clock()
         bucket = self._buckets.get(caller)
         if bucket is None:
-            bucket = self._buckets[caller] = _Bucket(self.capacity, now)
-        bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+            bucket = self._buckets[caller] = TokenBucket(self.capacity, now)
+        if bucket.take(1.0, now, self.rate, self.capacity):
             return
         if self._on_limited is not None:
             self._on_limited(endpoint)
@@ -74,17 +82,14 @@ class ParseBudget:
         self.rate = bytes_per_second
         self.capacity = max(burst_bytes, 1.0)
         self._clock = clock
-        self._bucket = _Bucket(self.capacity, clock())
+        self._bucket = TokenBucket(self.capacity, clock())
 
     def take(self, size: int) -> None:
         """Charge a ``size``-byte document, or raise Overloaded (429, Retry-After) when the budget is spent."""
         if self.rate <= 0:
             return
-        bucket, now = self._bucket, self._clock()
-        bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        if bucket.tokens >= size:
-            bucket.tokens -= size
+        bucket = self._bucket
+        if bucket.take(size, self._clock(), self.rate, self.capacity):
             return
         wait_s = (min(size, self.capacity) - bucket.tokens) / self.rate
         raise Overloaded(f"this worker parses at most {self.rate / 2**20:g} MiB/s of large JSON bodies; retry "

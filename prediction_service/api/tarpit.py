@@ -18,14 +18,9 @@ from collections.abc import Callable
 from cachetools import LRUCache
 from starlette.types import Scope
 
+from ..ratelimit import TokenBucket
+
 MAX_TRACKED_CONNECTIONS = 10_000
-
-
-class _Bucket:
-    __slots__ = ("tokens", "updated")
-
-    def __init__(self, tokens: float, updated: float):
-        self.tokens, self.updated = tokens, updated
 
 
 class ErrorTarpit:
@@ -52,13 +47,8 @@ class ErrorTarpit:
         key = (client[0], client[1])
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(self.burst, now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return 0.0
-        return self.delay_s
+            bucket = self._buckets[key] = TokenBucket(self.burst, now)
+        return 0.0 if bucket.take(1.0, now, self.rate, self.burst) else self.delay_s
 
     async def hold(self, scope: Scope, status: int) -> None:
         """Before an answer with ``status`` is sent: wait out the delay if it is an error past the budget."""

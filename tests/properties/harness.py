@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 import httpx
 import orjson
-from hypothesis import HealthCheck, settings as hypothesis_settings
+from hypothesis import HealthCheck, given, note, settings as hypothesis_settings
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
@@ -309,3 +309,17 @@ def check_rest_case(served: ServedApp, model: str, path: str, body: bytes, heade
     response = served.post(path, body, headers)
     request_id = assert_rest_answer(response, oip=oip)
     served.assert_counted_once(before, response.status_code, request_id)
+
+
+def run_rest_property(served: ServedApp, caplog: Any, cases: Any, *, oip: bool) -> None:
+    """Every generated REST case answered as documented and counted once; then the server is still ready
+    and nothing logged a traceback."""
+    @PROPERTY_SETTINGS
+    @given(case=cases)
+    def answered_and_counted_once(case: Any) -> None:
+        note(repr(case))  # the falsifying example, in full
+        check_rest_case(served, case.model, case.path, case.body, case.headers, oip=oip)
+
+    answered_and_counted_once()
+    served.assert_ready()
+    assert_no_tracebacks(caplog.get_records("call"))

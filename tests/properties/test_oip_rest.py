@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, note, strategies as st
+from hypothesis import strategies as st
 
 from prediction_service.bars import preprocess_bars
 from prediction_service.modelzoo.datasets import price_bars_step
 
-from .harness import PROPERTY_SETTINGS, assert_no_tracebacks, check_rest_case, copy_store, serve
+from .harness import copy_store, run_rest_property, serve
 from .strategies import (BAD_NAMES, DIRECTION, ENSEMBLE, HEADLINE, LONG_WINDOW, MODELS, PRICE, ROW, SENTIMENT, TINY,
                          WINDOW, HttpCase, RawInput, broken, broken_raw, bytes_elements, compressed, deadlines,
                          declared_lengths, encode, model_path, mostly, odd_scalars, oip_outputs, oip_parameters,
@@ -160,15 +160,7 @@ def served(property_store_template, tmp_path_factory):
 
 
 def _run(served, caplog, cases: st.SearchStrategy) -> None:
-    @PROPERTY_SETTINGS
-    @given(case=cases)
-    def answered_and_counted_once(case: HttpCase) -> None:
-        note(repr(case))  # the falsifying example, in full
-        check_rest_case(served, case.model, case.path, case.body, case.headers, oip=True)
-
-    answered_and_counted_once()
-    served.assert_ready()
-    assert_no_tracebacks(caplog.get_records("call"))
+    run_rest_property(served, caplog, cases, oip=True)
 
 
 def test_json_tensors(served, caplog):

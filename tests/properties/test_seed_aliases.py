@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, note, strategies as st
+from hypothesis import strategies as st
 
 from prediction_service.settings import SeedApiSettings
 
-from .harness import PROPERTY_SETTINGS, assert_no_tracebacks, check_rest_case, copy_store, serve
+from .harness import copy_store, run_rest_property, serve
 from .strategies import (HEADLINE, WINDOW, HttpCase, broken, encode, json_headers, mostly, numbers, odd_scalars,
                          selector_fields, shaped, tensor_values, tenth, texts, wire_body)
 
@@ -59,15 +59,7 @@ def served(property_store_template, tmp_path_factory):
 
 
 def _run(served, caplog, cases: st.SearchStrategy) -> None:
-    @PROPERTY_SETTINGS
-    @given(case=cases)
-    def answered_and_counted_once(case: HttpCase) -> None:
-        note(repr(case))  # the falsifying example, in full
-        check_rest_case(served, case.model, case.path, case.body, case.headers, oip=False)
-
-    answered_and_counted_once()
-    served.assert_ready()
-    assert_no_tracebacks(caplog.get_records("call"))
+    run_rest_property(served, caplog, cases, oip=False)
 
 
 def test_bars_aliases(served, caplog):

@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, note, strategies as st
+from hypothesis import strategies as st
 
 from prediction_service.bars import preprocess_bars
 from prediction_service.modelzoo.datasets import price_bars_step
 
-from .harness import PROPERTY_SETTINGS, assert_no_tracebacks, check_rest_case, copy_store, serve
+from .harness import copy_store, run_rest_property, serve
 from .strategies import (BAD_NAMES, COLUMNS, DIRECTION, ENSEMBLE, HEADLINE, LONG_WINDOW, MODELS, PRICE, ROW, SENTIMENT,
                          TINY, WINDOW, HttpCase, broken, encode, json_headers, model_path, mostly, numbers,
                          odd_scalars, selector_fields, shaped, tensor_values, tenth, texts, wire_body)
@@ -71,15 +71,7 @@ def served(property_store_template, tmp_path_factory):
 
 
 def _run(served, caplog, cases: st.SearchStrategy) -> None:
-    @PROPERTY_SETTINGS
-    @given(case=cases)
-    def answered_and_counted_once(case: HttpCase) -> None:
-        note(repr(case))  # the falsifying example, in full
-        check_rest_case(served, case.model, case.path, case.body, case.headers, oip=False)
-
-    answered_and_counted_once()
-    served.assert_ready()
-    assert_no_tracebacks(caplog.get_records("call"))
+    run_rest_property(served, caplog, cases, oip=False)
 
 
 def test_tensors(served, caplog):
