@@ -86,7 +86,7 @@ class Service:
         if self.settings.health_check_interval_seconds > 0:
             self._background.append(asyncio.create_task(
                 self.metrics.run_refresher(self.check_health, self.settings.health_check_interval_seconds)))
-        if self.settings.mlflow.follows:  # MLflow aliases move what is served (issue 18; imported only then)
+        if self.settings.mlflow.follows:  # MLflow aliases move what is served (imported only then)
             from .mlflow_bridge.follow import MlflowFollower
 
             follower = MlflowFollower(self.registry, self.settings.mlflow)
@@ -119,7 +119,7 @@ class Service:
 
     async def check_health(self) -> None:
         """Backend health and readiness into their gauges. On a schedule, not per scrape: a remote
-        adapter's health() calls its server (DESIGN.md review item 3)."""
+        adapter's health() calls its server."""
         self.metrics.observe_health(await self.adapter.health())
         self.metrics.observe_readiness(await self.dataplane.server_ready())
 

@@ -397,7 +397,7 @@ class SeedApiSettings(BaseSettings):
     model_config = _section("SEED_API_")
 
     price_model: str = "lstm-price"
-    """Model (or ensemble) that POST /api/v1/predict/price serves: seed 002's path, an alias of
+    """Model (or ensemble) that POST /api/v1/predict/price serves: the AIPX-compatible path, an alias of
     /v1/models/<this>/predict taking {"bars": ...}."""
     sentiment_model: str = "sentiment-transformer"
     """Model that POST /api/v1/predict/sentiment serves ({"text": ...}; confidence = the top class score)."""

@@ -1,4 +1,4 @@
-"""The serving adapter contract (DESIGN.md). Every backend implements it and passes tests/contract/.
+"""The serving adapter contract. Every backend implements it and passes tests/contract/.
 
 Numpy arrays in and out, keyed by the signature's tensor names. Adapters receive resolved
 ``ModelVersion`` objects and never touch the registry's internals.

@@ -164,7 +164,7 @@ class TritonAdapter(ServingAdapter):
             "statistics": await self._connection.inference_statistics(model.triton_name, timeout),
         }
 
-    # --- ensembles (issue 19) ------------------------------------------------------------------
+    # --- ensembles ------------------------------------------------------------------
 
     async def load_ensemble(self, name: str, version: str, combiner: "Combiner",
                             members: dict[str, ModelVersion]) -> str:

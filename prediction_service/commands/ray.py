@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--replicas", type=int, default=2, help="fixed replica count (default 2)")
     run.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (default 1)")
     run.add_argument("--replica-gpus", type=float, default=0.0,
-                     help="GPU fraction reserved per replica, e.g. 0.5 (seed 004, where GPUs are present; default 0)")
+                     help="GPU fraction reserved per replica, e.g. 0.5 (where GPUs are present; default 0)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray node (default: all)")
     run.set_defaults(func=_run)
     profile = commands.add_parser("profile", help="the autoscaling profile in force (market hours / off hours)")

@@ -1,4 +1,4 @@
-"""Which Serve config applies when: market hours or off hours (seed 004), by the exchange's clock.
+"""Which Serve config applies when: market hours or off hours, by the exchange's clock.
 
 The switch is the simplest real one: ``python -m prediction_service ray profile --apply`` from cron (or
 a Kubernetes CronJob) every few minutes runs ``serve deploy`` with the profile's config file. The two

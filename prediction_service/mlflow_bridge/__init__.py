@@ -1,4 +1,4 @@
-"""The bridge from an MLflow Model Registry to the filesystem registry (issue 18).
+"""The bridge from an MLflow Model Registry to the filesystem registry.
 
 ``mlflow sync`` (and a following server, follow.py) mirrors MLflow model versions that carry an ONNX or
 TorchScript artifact into the filesystem registry (through ModelRegistry, so the validation gate, locks and

@@ -350,7 +350,7 @@ class ServiceMetrics:
 
 
 def host_resources() -> dict[str, Any]:
-    """The machine's CPU and memory (psutil), beside the process figures: seed 002's system resources."""
+    """The machine's CPU and memory (psutil), beside the process figures (the AIPX-compatible API's system resources)."""
     memory = psutil.virtual_memory()
     return {"cpu_count": psutil.cpu_count(), "cpu_percent": psutil.cpu_percent(interval=None),
             "load_average_1m": round(os.getloadavg()[0], 3) if hasattr(os, "getloadavg") else None,

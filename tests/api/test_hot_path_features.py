@@ -1,4 +1,4 @@
-"""Every production feature on the hot path at once (issue 13): the predict and infer routes are dispatched
+"""Every production feature on the hot path at once: the predict and infer routes are dispatched
 by ServingApp before FastAPI's middleware and router (api/hot_path.py), with the overload check at the ASGI
 edge; on that path, with keys, audit, metrics, an A/B experiment and deadlines all on, each still works."""
 

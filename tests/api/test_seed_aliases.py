@@ -1,4 +1,4 @@
-"""Seed 002's paths answer like the /v1 routes they alias (same data plane, same versions, same numbers),
+"""The AIPX-compatible paths answer like the /v1 routes they alias (same data plane, same versions, same numbers),
 with the seed's field names and confidence, under the same API-key rules."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fleet safety (issue 14): what an idle night, an anonymous caller cycling versions, a huge text or a
+"""Fleet safety: what an idle night, an anonymous caller cycling versions, a huge text or a
 corrupt artifact used to do to readiness and throughput, reproduced on a real server process."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ServingAdapter contract (DESIGN.md), run against every backend in backends.BACKENDS."""
+"""The ServingAdapter contract, run against every backend in backends.BACKENDS."""
 
 from __future__ import annotations
 

@@ -504,7 +504,7 @@ def test_alert_rules_evaluate_cleanly_against_the_real_series(scraped):
 
 
 async def test_stats_report_host_cpu_and_memory(client):
-    """Seed 002's system resources: /v1/stats carries the host's CPU and memory beside the process figures."""
+    """The system resources: /v1/stats carries the host's CPU and memory beside the process figures."""
     stats = (await client.get("/v1/stats")).json()
     host = stats["host"]
     assert host["cpu_count"] >= 1 and 0 <= host["cpu_percent"] <= 100 * host["cpu_count"]

@@ -1,4 +1,4 @@
-"""Admission before work (issue 13): a request refused for overload is answered from its path and headers,
+"""Admission before work: a request refused for overload is answered from its path and headers,
 before its body is read, on the REST doors; refusals are counted in metrics and summarised in the log."""
 
 from __future__ import annotations

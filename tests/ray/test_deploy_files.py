@@ -17,7 +17,7 @@ from prediction_service.deploy.ray_serve import DEPLOYMENT, PredictionReplica, R
 from tests.deploy.manifests import REPO, settings_variables
 
 CONFIGS = ["default.yaml", "market-hours.yaml", "off-hours.yaml"]
-SEED = {  # seed 004: replicas per profile
+SEED = {  # replicas per profile
     "default.yaml": (2, 20), "market-hours.yaml": (5, 30), "off-hours.yaml": (2, 10)}
 
 
@@ -50,7 +50,7 @@ GPU_LINE = "# num_gpus: 0.5"
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_the_gpu_option_of_each_config_is_valid_and_changes_only_the_reservation(name):
-    """Seed 004's "0.5 GPU where present" is one commented line per config: uncommented, Serve accepts it
+    """The "0.5 GPU where present" setting is one commented line per config: uncommented, Serve accepts it
     and it reserves half a GPU per replica, nothing else changes."""
     text = (CONFIG_DIR / name).read_text()
     assert text.count(GPU_LINE) == 1

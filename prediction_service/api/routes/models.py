@@ -74,7 +74,7 @@ async def reload_model(name: str, request: Request) -> FastJSONResponse:
     return FastJSONResponse({"model": name, "serving": serving, "load_failures": manager.failures(name)})
 
 
-# ---- ensembles (issue 19): the data plane's typed descriptions, as JSON ----------------------------
+# ---- ensembles: the data plane's typed descriptions, as JSON ----------------------------
 
 def _ensemble_summary(summary: EnsembleSummary) -> dict[str, Any]:
     """ModelSummary's fields plus ``kind``."""

@@ -189,7 +189,7 @@ def delete_version(name: str, version: str, request: Request,
     return Response(status_code=204)
 
 
-# ---- ensembles (issue 19): the same operations as for models, on EnsembleRegistry ---------------
+# ---- ensembles: the same operations as for models, on EnsembleRegistry ---------------
 
 class EnsembleRegisterRequest(BaseModel):
     version: str

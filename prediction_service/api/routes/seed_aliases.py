@@ -1,4 +1,4 @@
-"""Seed 002's paths as thin aliases over the same data plane: ``POST /api/v1/predict/price | sentiment |
+"""The AIPX-compatible paths as thin aliases over the same data plane: ``POST /api/v1/predict/price | sentiment |
 ensemble | batch``, ``GET /api/v1/models/{name}/metadata`` and ``GET /api/v1/metrics``.
 
 Which model each path serves comes from SEED_API_* settings. Requests and responses keep the seed's field
@@ -28,7 +28,7 @@ from ..deadline import requested_budget_ms
 from ..deps import get_service, open_context, require_predict, require_read
 from ..responses import FastJSONResponse
 
-router = APIRouter(prefix="/api/v1", tags=["seed-002 aliases"])
+router = APIRouter(prefix="/api/v1", tags=["AIPX-compatible aliases"])
 
 
 class _SeedRequest(BaseModel):
@@ -71,7 +71,7 @@ class BatchRequest(_SeedRequest):
     items: list[BatchItem] = Field(min_length=1)
 
 
-@router.post("/predict/price", summary="Seed 002: next price from one OHLCV window (SEED_API_PRICE_MODEL)")
+@router.post("/predict/price", summary="AIPX-compatible: next price from one OHLCV window (SEED_API_PRICE_MODEL)")
 async def predict_price(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
     return await _serve(request, api_key, get_service(request).settings.seed_api.price_model, PriceRequest,
                         lambda b: {BARS_INPUT: b.ohlcv_data}, _price_answer)
@@ -83,7 +83,7 @@ def _price_answer(body: PriceRequest, result: InferenceResult) -> FastJSONRespon
                             "forecast": forecast, "confidence": None})
 
 
-@router.post("/predict/sentiment", summary="Seed 002: sentiment of a text (SEED_API_SENTIMENT_MODEL)")
+@router.post("/predict/sentiment", summary="AIPX-compatible: sentiment of a text (SEED_API_SENTIMENT_MODEL)")
 async def predict_sentiment(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
     return await _serve(request, api_key, get_service(request).settings.seed_api.sentiment_model,
                         SentimentRequest, lambda b: {TEXT_INPUT: [b.text]}, _sentiment_answer)
@@ -98,7 +98,7 @@ def _sentiment_answer(body: SentimentRequest, result: InferenceResult) -> FastJS
                             "scores": scores})
 
 
-@router.post("/predict/ensemble", summary="Seed 002: price + sentiment ensemble (SEED_API_ENSEMBLE_MODEL)")
+@router.post("/predict/ensemble", summary="AIPX-compatible: price + sentiment ensemble (SEED_API_ENSEMBLE_MODEL)")
 async def predict_ensemble(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
     return await _serve(request, api_key, get_service(request).settings.seed_api.ensemble_model, EnsembleRequest,
                         lambda b: {BARS_INPUT: b.ohlcv_data, TEXT_INPUT: [b.news_text]}, _ensemble_answer)
@@ -114,7 +114,7 @@ def _ensemble_answer(body: EnsembleRequest, result: InferenceResult) -> FastJSON
     })
 
 
-@router.post("/predict/batch", summary="Seed 002: price predictions for several windows in one model run")
+@router.post("/predict/batch", summary="AIPX-compatible: price predictions for several windows in one model run")
 async def predict_batch(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
     return await _serve(request, api_key, get_service(request).settings.seed_api.price_model, BatchRequest,
                         lambda b: {BARS_INPUT: [item.ohlcv_data for item in b.items]}, _batch_answer)
@@ -128,7 +128,7 @@ def _batch_answer(body: BatchRequest, result: InferenceResult) -> FastJSONRespon
     return _answer(result, {"predictions": predictions, "count": len(predictions)})
 
 
-@router.get("/models/{name}/metadata", summary="Seed 002: a model's (or an ensemble's) metadata",
+@router.get("/models/{name}/metadata", summary="AIPX-compatible: a model's (or an ensemble's) metadata",
             dependencies=[Depends(require_read)])
 async def metadata(name: str, request: Request) -> FastJSONResponse:
     validate_name(name)
@@ -141,7 +141,7 @@ async def metadata(name: str, request: Request) -> FastJSONResponse:
                              "version": meta.version})
 
 
-@router.get("/metrics", summary="Seed 002: request counts and latencies as JSON (the figures of /v1/stats)")
+@router.get("/metrics", summary="AIPX-compatible: request counts and latencies as JSON (the figures of /v1/stats)")
 async def metrics(request: Request) -> FastJSONResponse:
     service = get_service(request)
     await service.refresh_metrics()
