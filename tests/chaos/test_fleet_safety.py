@@ -190,7 +190,8 @@ def test_huge_texts_do_not_starve_a_normal_client(demo_store, tmp_path):
             stop.set()
             for thread in attackers:
                 thread.join()
-        assert refused and set(refused) == {413}
+        # 413 when the text is read; 429 once the worker's budget for parsing multi-MB JSON bodies is spent
+        assert refused and 413 in refused and set(refused) <= {413, 429}
         # the regression this guards was 1/60; a wide margin keeps a busy machine from failing it
         assert beside_attackers >= alone / 20, (alone, beside_attackers)
     finally:
