@@ -3,7 +3,7 @@ an ensemble, serving/servables.py), model metadata and readiness for every front
 each finished prediction (observers and A/B arms).
 
 Every front door (REST /v1, Open Inference Protocol REST and gRPC, the aliases) goes through the request
-pipeline (serving/pipeline.py), which calls ``admit``, ``infer`` and ``settle`` in that order; none of the
+pipeline (serving/pipeline.py), which calls ``admit``, ``infer``, then ``record_arm`` and ``observe``; none of the
 doors imports another, and nothing here imports FastAPI or protobuf.
 """
 
@@ -72,7 +72,7 @@ class DataPlane:
     def count_shed(self, name: str, context: RequestContext, refusal: PredictionServiceError) -> None:
         """A request refused by admission: metrics count it; the audit log, which records predictions,
         skips it (``shed``). Called by ``admit`` and by the ASGI edge (api/early_refusal.py)."""
-        self._notify(PredictionRecord(context, name, None, None, None, None, 0.0, int(refusal.status),
+        self.observe(PredictionRecord(context, name, None, None, None, None, 0.0, int(refusal.status),
                                       refusal.code, shed=True))
 
     def refusal(self, name: str) -> PredictionServiceError | None:
@@ -109,7 +109,13 @@ class DataPlane:
     async def settle(self, record: PredictionRecord) -> None:
         """A finished prediction, as its caller got it: the A/B arm's record first (written before the
         response leaves, so an outcome posted right after always finds its prediction), then the observers
-        (metrics, audit log). A request its caller abandoned (499) is no arm's sample."""
+        (metrics, audit log)."""
+        if record.arm_run is not None:
+            await self.record_arm(record)
+        self.observe(record)
+
+    async def record_arm(self, record: PredictionRecord) -> None:
+        """The arm's sample for a request that reached its version. One its caller abandoned (499) is none."""
         arm_run = record.arm_run
         if arm_run is not None and self.experiments is not None and record.status != CLIENT_CLOSED_REQUEST:
             error = record.status != 200
@@ -120,9 +126,9 @@ class DataPlane:
                                         api_key_id=record.context.api_key_id)
             except Exception as exc:  # noqa: BLE001 - the client's answer stands; the arm misses one sample
                 _arm_log.warning(type(exc).__name__, f"could not record an A/B arm's prediction: {exc!r}")
-        self._notify(record)
 
-    def _notify(self, record: PredictionRecord) -> None:
+    def observe(self, record: PredictionRecord) -> None:
+        """Metrics and the audit log learn of a finished (or refused) request."""
         for observer in self.observers:
             try:
                 observer.observe(record)

@@ -24,7 +24,10 @@ class UnsupportedMediaType(PredictionServiceError):
 
 async def read_json(request: Request, limits: LimitSettings, budget: ParseBudget | None = None) -> Any:
     require_json(request)
-    return await parse_json_off_loop(await read_body(request, limits), limits, budget)
+    body = await read_body(request, limits)
+    if len(body) <= limits.json_offload_bytes:  # the usual case, without another coroutine on the hot path
+        return parse_json(body, limits)
+    return await parse_json_off_loop(body, limits, budget)
 
 
 async def parse_json_off_loop(body: bytes | memoryview, limits: LimitSettings,

@@ -15,13 +15,6 @@ from ..schemas import MAX_DEADLINE_MS
 from ..settings import LimitSettings
 
 
-def deadline_ceiling_ms(limits: LimitSettings, scope: Scope | None) -> float:
-    """The longest budget a caller of ``scope`` (None: anonymous) may have."""
-    if scope is not None and scope >= Scope.ADMIN:
-        return MAX_DEADLINE_MS
-    return limits.caller_deadline_ceiling_ms
-
-
 def request_deadline(limits: LimitSettings, scope: Scope | None, budget_ms: float | None,
                      timeout_s: float | None = None, *, start: float | None = None) -> float:
     """A time.monotonic() instant: ``start`` (default now) + the caller's budget (default
@@ -29,5 +22,6 @@ def request_deadline(limits: LimitSettings, scope: Scope | None, budget_ms: floa
     budget = limits.default_deadline_ms if budget_ms is None else budget_ms
     if timeout_s is not None:
         budget = min(budget, timeout_s * 1000.0)
-    budget = min(budget, deadline_ceiling_ms(limits, scope))
+    ceiling = MAX_DEADLINE_MS if scope is not None and scope >= Scope.ADMIN else limits.caller_deadline_ceiling_ms
+    budget = min(budget, ceiling)
     return (time.monotonic() if start is None else start) + budget / 1000.0

@@ -49,4 +49,6 @@ class RequestPipeline:
             raise
         finally:
             record.latency_ms = (time.perf_counter() - started) * 1000.0
-            await self.dataplane.settle(record)
+            if record.arm_run is not None:  # before the answer leaves: an outcome posted next finds it
+                await self.dataplane.record_arm(record)
+            self.dataplane.observe(record)

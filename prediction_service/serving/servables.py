@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -74,14 +74,16 @@ class ModelServable:
         if assignment is not None:
             record.arm, record.experiment_id = assignment.arm.value, assignment.experiment_id
         record.version, record.stage = target.version, served_stage
-        _check_outputs(name, target, request.outputs)
+        if request.outputs:
+            _check_outputs(name, target, request.outputs)
         processing = ModelProcessing(target, self.settings.limits)
         arrays = await _preprocess(processing, request.inputs)
         record.inputs = arrays
         if assignment is not None:  # the arm's error rate counts backend failures too
             record.arm_run = ArmRun(assignment, target.signature.outputs[0].name)
         started = time.perf_counter()
-        with self.tokens_in_flight.hold(processing.tokens):  # long texts queue model time: bounded per worker
+        tokens = processing.tokens  # long texts queue model time: bounded per worker
+        with self.tokens_in_flight.hold(tokens) if tokens else nullcontext():
             async with self.manager.serving(target):
                 outputs = await self._run(target, arrays, context.deadline)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
@@ -246,10 +248,8 @@ async def _preprocess(processing: ModelProcessing, inputs: dict[str, Any]) -> di
     return processing.preprocess(inputs)
 
 
-def _check_outputs(name: str, target: ModelVersion, requested: tuple[str, ...] | None) -> None:
+def _check_outputs(name: str, target: ModelVersion, requested: tuple[str, ...]) -> None:
     """Outputs the caller asked for exist, before the model runs for nothing."""
-    if not requested:
-        return
     names = [spec.name for spec in target.signature.outputs]
     unknown = [output for output in requested if output not in names]
     if unknown:
