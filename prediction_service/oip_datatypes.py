@@ -78,8 +78,10 @@ class TensorBudget:
     def from_limits(cls, limits: LimitSettings) -> TensorBudget:
         return cls(limits.max_batch_rows, limits.max_tensor_elements)
 
-    def claim(self, name: str, shape: Sequence[int]) -> int:
-        """The element count of ``shape``, charged to the request; InvalidInput past either limit."""
+    def claim(self, name: str, shape: Sequence[int], datatype: str | None = None) -> int:
+        """The element count of ``shape``, charged to the request; InvalidInput past either limit. A BYTES
+        tensor carries one string per row (a text), so it may hold at most ``max_rows`` strings: its elements
+        are decoded one by one, and this keeps that walk as short as the batch."""
         count = element_count(name, shape)
         if shape and shape[0] > self.max_rows:
             raise InvalidInput(f"input {name!r}: batch of {shape[0]} rows exceeds the limit of {self.max_rows}",
@@ -88,6 +90,10 @@ class TensorBudget:
             raise InvalidInput(f"input {name!r}: shape {list(shape)} declares {count} elements; a request may carry "
                                f"at most {self.max_elements} in all its inputs",
                                {"input": name, "elements": count, "max_elements": self.max_elements})
+        if datatype == "BYTES" and count > self.max_rows:
+            raise InvalidInput(f"input {name!r}: BYTES shape {list(shape)} declares {count} strings; a request "
+                               f"may carry at most {self.max_rows} (one per row)",
+                               {"input": name, "elements": count, "max_strings": self.max_rows})
         self._left -= count
         return count
 

@@ -196,7 +196,7 @@ def _tensor_header(item: Any, budget: TensorBudget) -> tuple[str, str, list[int]
     if not isinstance(shape, list) or (len(shape) <= MAX_RANK and not all(
             isinstance(d, int) and not isinstance(d, bool) for d in shape)):
         raise InvalidInput(f"input {name!r}: 'shape' must be an array of integers", {"input": name})
-    return name, datatype, shape, budget.claim(name, shape)
+    return name, datatype, shape, budget.claim(name, shape, datatype)
 
 
 def _from_json(name: str, datatype: str, shape: list[int], expected: int, data: Any) -> np.ndarray:

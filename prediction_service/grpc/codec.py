@@ -75,7 +75,7 @@ def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSetting
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(tensors)} inputs: send one per input",
                            {"raw_input_contents": len(raw), "inputs": len(tensors)})
     budget = TensorBudget.from_limits(limits)
-    counts = [budget.claim(tensor.name, tensor.shape) for tensor in tensors]  # shapes before any data
+    counts = [budget.claim(tensor.name, tensor.shape, tensor.datatype) for tensor in tensors]  # before any data
     inputs: dict[str, np.ndarray] = {}
     for index, (tensor, count) in enumerate(zip(tensors, counts)):
         if tensor.name in inputs:

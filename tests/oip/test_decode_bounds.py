@@ -66,6 +66,14 @@ def test_a_huge_claim_with_a_short_body_is_refused_by_the_shape_alone(datatype):
     assert error.details == {"input": "x", "elements": 10**10, "max_elements": LIMITS.max_tensor_elements}
 
 
+def test_a_bytes_tensor_holds_at_most_one_string_per_row():
+    body, header = binary_request("text", "BYTES", [2, 200], b"\0\0\0\0" * 400)
+    error = refusal(lambda: decode_infer_request(body, header, LIMITS))
+    assert "declares 400 strings" in error.message and error.details["max_strings"] == LIMITS.max_batch_rows
+    body, header = binary_request("text", "BYTES", [2, 128], b"\0\0\0\0" * 256)
+    assert decode_infer_request(body, header, LIMITS).inputs["text"].shape == (2, 128)
+
+
 def test_a_bytes_count_the_data_cannot_hold_is_refused_before_any_element():
     error = refusal(lambda: from_raw("t", "BYTES", [MILLION], b"\0\0\0\0" * 10))
     assert "1000000 BYTES elements need at least 4000000 bytes" in error.message
