@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from prometheus_client import CollectorRegistry
 
@@ -12,23 +13,45 @@ from tests.support.asgi import served_app
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 SLOW = "/v1/models/slow-regressor/predict"
+KEY = ModelKey("slow-regressor", "1.0.0")
 
 
-async def test_expired_request_gets_504_and_never_reaches_the_model(ops_store):
+class GatedRun:
+    """The model's runtime behind a gate: the run that reaches it holds the only run slot until ``release``."""
+
+    def __init__(self, run):
+        self._run = run
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, inputs):
+        self.started.set()
+        self.gate.wait(timeout=60)
+        return self._run(inputs)
+
+
+async def test_expired_request_gets_504_and_never_reaches_the_model(ops_store, monkeypatch):
     settings = Settings(model_store=ops_store, simple=SimpleSettings(intra_op_threads=1),
                         batching=BatchingSettings(max_batch_size=1, concurrent_batches=1, max_queue_delay_ms=0))
     registry = CollectorRegistry()
     async with served_app(settings, metrics_registry=registry) as (app, http):
+        adapter = app.state.service.adapter
+        runtime = adapter._models[KEY].runtime
+        gated = GatedRun(runtime.run)
+        monkeypatch.setattr(runtime, "run", gated)
         occupying = asyncio.create_task(http.post(SLOW, json={"instance": ROW}))  # holds the only model slot
-        await asyncio.sleep(0.005)
-        late = await http.post(SLOW, json={"instance": ROW}, headers={"X-Request-Deadline-Ms": "15"})
+        await asyncio.to_thread(gated.started.wait, 60)
+        try:
+            late = await http.post(SLOW, json={"instance": ROW}, headers={"X-Request-Deadline-Ms": "15"})
+        finally:
+            gated.gate.set()
         assert late.status_code == 504, late.text
         assert late.json()["error"]["code"] == "deadline_exceeded"
         assert (await occupying).status_code == 200
         assert (await http.post(SLOW, json={"instance": ROW})).status_code == 200  # still serving
 
-        stats = await app.state.service.adapter.describe(ModelKey("slow-regressor", "1.0.0"))
-        assert stats["expired"] == 1
+        stats = await adapter.describe(KEY)
+        assert stats["expired"] == 1, stats
         assert stats["requests"] == 2 and stats["batches"] == 2  # the model ran for the other two only
         metrics = (await http.get("/metrics")).text
         assert 'prediction_batcher_expired_total{model="slow-regressor:1.0.0"} 1.0' in metrics
