@@ -4,6 +4,12 @@ Two halves, as in MLServer: pure merge/split functions, and a queue with one fut
 The queue is bounded (past ``max_queue_size`` waiting requests new ones are shed with Overloaded),
 expired requests are dropped before the model runs, a failed batch fails every request in it,
 and asyncio objects are created lazily inside the running loop.
+
+Adaptive: a request that finds the model idle (no run in progress) and nobody queued runs at once. Only
+under load do batches form: while a run is in progress a forming batch collects company for up to
+``max_queue_delay``, and while every run slot is busy it grows until one frees. A strategy waiting on one
+answer never waits for company: a fixed 2 ms collection window was most of a lone request's latency on the
+demo LSTM. ``wait_while_idle`` brings the window back for an idle model that prefers fuller batches.
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ class DynamicBatcher:
         max_concurrent_batches: int = 1,
         on_batch: Callable[[int], None] | None = None,
         name: str = "",
+        wait_while_idle: bool = False,
     ):
         if max_batch_size < 1 or max_queue_size < 1 or max_concurrent_batches < 1:
             raise ValueError("max_batch_size, max_queue_size and max_concurrent_batches must be >= 1")
@@ -106,11 +113,19 @@ class DynamicBatcher:
         self.max_concurrent_batches = max_concurrent_batches
         self._on_batch = on_batch
         self.name = name
+        self.wait_while_idle = wait_while_idle
+        """Hold a forming batch up to ``max_queue_delay`` for company even while a run slot is free."""
         self._queue: deque[_Pending] = deque()
         self._arrived: asyncio.Event | None = None
+        self._freed: asyncio.Event | None = None
+        """Set when a run slot is released: a batch forming while every slot was busy may go."""
         self._worker: asyncio.Task | None = None
         self._slots: asyncio.Semaphore | None = None
         self._running: set[asyncio.Task] = set()
+        self._runs = 0
+        self._last_requests, self._last_ended = 0, 0.0
+        """Requests in the last finished batch, and when it finished (monotonic)."""
+        """Batches holding a run slot now (counted down before the slot is released, unlike ``_running``)."""
         self._forming: list[_Pending] = []
         self._waiting = 0  # submitted, model run not started yet (queued or in a forming batch)
         self._closed = False
@@ -126,6 +141,7 @@ class DynamicBatcher:
 
     def _start(self) -> None:
         self._arrived = asyncio.Event()
+        self._freed = asyncio.Event()
         self._slots = asyncio.Semaphore(self.max_concurrent_batches)
         self._worker = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
 
@@ -161,6 +177,19 @@ class DynamicBatcher:
             pass
         return bool(self._queue)
 
+    def _company_due(self, forming: int) -> bool:
+        """Whether more requests are about to arrive: the last batch carried more than this one holds and
+        ended within the window (closed-loop clients resend as their answers land). A lone client's batch
+        carried one request, so it never waits."""
+        return forming < self._last_requests and time.monotonic() - self._last_ended < self.max_queue_delay
+
+    async def _slot_freed(self) -> None:
+        """Until a run slot is free (one wake per finished batch, not one per arriving request)."""
+        assert self._freed is not None and self._slots is not None
+        self._freed.clear()
+        if self._slots.locked():
+            await self._freed.wait()
+
     async def _loop(self) -> None:
         assert self._slots is not None
         while True:
@@ -175,6 +204,11 @@ class DynamicBatcher:
                 if not self._queue:
                     if self._waiting >= self.max_queue_size:
                         break  # nothing more can join (new requests are shed): waiting would only add delay
+                    if self._slots.locked():  # every slot busy: who arrives meanwhile joins once one frees
+                        await self._slot_freed()
+                        continue
+                    if not self._runs and not self.wait_while_idle and not self._company_due(len(batch)):
+                        break  # the model is idle and nobody else is queued or due: run now
                     remaining = collect_until - time.monotonic()
                     if remaining <= 0 or not await self._wait_for_item(remaining):
                         break
@@ -184,6 +218,7 @@ class DynamicBatcher:
                 batch.append(self._queue.popleft())
                 rows += item.rows
             await self._slots.acquire()
+            self._runs += 1
             self._forming = []
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
@@ -218,6 +253,7 @@ class DynamicBatcher:
                 return
             self._batches += 1
             self._requests += len(live)
+            self._last_requests, self._last_ended = len(live), time.monotonic()
             self._rows += sum(sizes)
             if self._on_batch is not None:
                 self._on_batch(sum(sizes))
@@ -225,7 +261,10 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_result(part)
         finally:
+            self._runs -= 1
             self._slots.release()
+            if self._freed is not None:
+                self._freed.set()
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         """Stop accepting; let queued and running work finish (bounded), then fail what is left."""

@@ -70,7 +70,12 @@ class BatchingSettings(BaseSettings):
     max_batch_size: int = Field(32, ge=1)
     """Most rows merged into one model run."""
     max_queue_delay_ms: float = Field(2.0, ge=0)
-    """Longest a request waits for others to join its batch."""
+    """Longest a forming batch waits for others to join it while a run slot is free, when BATCH_ADAPTIVE is
+    off (a model's signature may set its own ``batch_delay_ms``)."""
+    adaptive: bool = True
+    """A request that finds a run slot free and nobody queued runs at once; batches form only while every
+    slot is busy (who arrives meanwhile joins). Off: a forming batch always waits up to
+    BATCH_MAX_QUEUE_DELAY_MS for company. Triton's generated config follows (queue delay 0 when on)."""
     max_queue_size: int = Field(512, ge=1)
     """Requests waiting per model; past it new requests are shed with 429 instead of queueing."""
     concurrent_batches: int = Field(2, ge=1)

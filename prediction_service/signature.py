@@ -169,6 +169,9 @@ class ModelSignature(BaseModel):
     labels: list[str] | None = None
     """Class names, index-aligned with the classifier's last output dim."""
     max_batch_size: int = Field(256, ge=1)
+    batch_delay_ms: float | None = Field(None, ge=0, le=1000)
+    """This model's forming batches wait up to this long for company even while a run slot is free (fuller
+    batches over latency); None: the server's batching settings decide."""
     text: TextPreprocessing | None = None
     bars: BarsPreprocessing | None = None
     """Set when the server turns raw OHLCV ``bars`` into this model's input (prediction_service/bars.py)."""

@@ -18,7 +18,8 @@ from ..errors import ModelLoadError, ModelNotFound
 from ..registry import ArtifactInfo, ModelKey, ModelVersion
 from ..registry.fsutil import sha256_file
 from ..runtimes import Runtime
-from ..settings import Settings
+from ..settings import BatchingSettings, Settings
+from ..signature import ModelSignature
 from ..warmup import WarmupFailed, WarmupReport, warm_up
 from .base import AdapterHealth, LoadedModel, QueueStats, ServingAdapter
 from .runtimes import open_runtime
@@ -68,7 +69,8 @@ class InProcessAdapter(ServingAdapter):
             batcher = DynamicBatcher(
                 self._runner(runtime),
                 max_batch_size=min(self.settings.batching.max_batch_size, version.signature.max_batch_size),
-                max_queue_delay_ms=self.settings.batching.max_queue_delay_ms,
+                max_queue_delay_ms=_batch_delay_ms(self.settings.batching, version.signature),
+                wait_while_idle=version.signature.batch_delay_ms is not None or not self.settings.batching.adaptive,
                 max_queue_size=self.settings.batching.max_queue_size,
                 max_concurrent_batches=self.settings.batching.concurrent_batches,
                 on_batch=self._observe_batch(key.name),
@@ -226,3 +228,8 @@ class InProcessAdapter(ServingAdapter):
                     log.info("unloading %s after %.0f s idle", key, now - entry.last_used)
                     await self.unload(key)
                     self._emit_unloaded(key, "idle")
+
+
+def _batch_delay_ms(batching: BatchingSettings, signature: ModelSignature) -> float:
+    """How long a forming batch may wait for company: the model's own delay, else the server's."""
+    return signature.batch_delay_ms if signature.batch_delay_ms is not None else batching.max_queue_delay_ms

@@ -231,7 +231,9 @@ class TritonAdapter(ServingAdapter):
         return TritonConfigOptions(
             platform=platform,
             max_batch_size=self._triton.max_batch_size,
-            max_queue_delay_microseconds=self._triton.max_queue_delay_microseconds,
+            # adaptive batching: Triton runs whatever is queued as soon as an instance is free
+            max_queue_delay_microseconds=(0 if self._settings.batching.adaptive
+                                          else self._triton.max_queue_delay_microseconds),
             instance_count=self._triton.instance_count,
             intra_op_threads=self._settings.simple.intra_op_threads,
             warmup_batch_sizes=tuple(warmup.batch_size_list) if warmup.enabled else (),

@@ -127,7 +127,7 @@ def render_config(model_name: str, signature: ModelSignature, options: TritonCon
         lines.append(
             "dynamic_batching {\n"
             f"  preferred_batch_size: [ {', '.join(str(s) for s in preferred)} ]\n"
-            f"  max_queue_delay_microseconds: {options.max_queue_delay_microseconds}\n"
+            f"  max_queue_delay_microseconds: {_queue_delay_us(signature, options)}\n"
             "}"
         )
     lines.append(
@@ -178,6 +178,13 @@ def _warmup_block(signature: ModelSignature, options: TritonConfigOptions, max_b
             "  }"
         )
     return "model_warmup [\n" + ",\n".join(entries) + "\n]"
+
+
+def _queue_delay_us(signature: ModelSignature, options: TritonConfigOptions) -> int:
+    """The model's own batch delay when its signature sets one, else the options' (the server's)."""
+    if signature.batch_delay_ms is not None:
+        return int(round(signature.batch_delay_ms * 1000))
+    return options.max_queue_delay_microseconds
 
 
 def _tensor_block(kind: str, specs: list[TensorSpec], batched: bool) -> str:

@@ -133,3 +133,10 @@ def test_choose_platform_falls_back_to_python_backend(tmp_path: Path) -> None:
     assert choose_platform(None, {"onnx"}) is TritonPlatform.PYTHON_ONNX
     with pytest.raises(ValueError, match="export an ONNX artifact"):
         choose_platform(pytriton_only, {"torchscript"})
+
+
+def test_a_model_that_sets_its_batch_delay_gets_it_in_triton_too() -> None:
+    waiting = SIGNATURE.model_copy(update={"batch_delay_ms": 3.0})
+    options = TritonConfigOptions(max_batch_size=8, max_queue_delay_microseconds=0)
+    assert parse(render_config("m__1", waiting, options)).dynamic_batching.max_queue_delay_microseconds == 3000
+    assert parse(render_config("m__1", SIGNATURE, options)).dynamic_batching.max_queue_delay_microseconds == 0
