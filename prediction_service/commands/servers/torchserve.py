@@ -188,20 +188,32 @@ class LocalTorchServe:
         raise TimeoutError(f"TorchServe not healthy after {self.startup_timeout_s}s; see {self.log_dir}")
 
     def ping(self) -> bool:
-        headers = {}
-        if self.token_auth:
-            if not self.key_file.is_file():
-                return False
-            try:
-                headers["Authorization"] = f"Bearer {self.keys()['inference']}"
-            except (KeyError, ValueError):
-                return False  # key file is being written
-        request = urllib.request.Request(f"{self.inference_url}/ping", headers=headers)
+        """Both APIs answer: the inference API says Healthy and the management API lists models. TorchServe
+        opens them one after the other; a caller that registers a model right after start needs the second."""
+        inference, management = self._auth_header("inference"), self._auth_header("management")
+        if inference is None or management is None:
+            return False
         try:
+            request = urllib.request.Request(f"{self.inference_url}/ping", headers=inference)
             with urllib.request.urlopen(request, timeout=1.0) as response:
-                return json.load(response).get("status") == "Healthy"
+                if json.load(response).get("status") != "Healthy":
+                    return False
+            request = urllib.request.Request(f"{self.management_url}/models", headers=management)
+            with urllib.request.urlopen(request, timeout=1.0) as response:
+                return response.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False
+
+    def _auth_header(self, api: str) -> dict[str, str] | None:
+        """The Authorization header for ``api`` ({} without token auth); None while the key file is not ready."""
+        if not self.token_auth:
+            return {}
+        if not self.key_file.is_file():
+            return None
+        try:
+            return {"Authorization": f"Bearer {self.keys()[api]}"}
+        except (KeyError, ValueError):
+            return None  # key file is being written
 
     @property
     def running(self) -> bool:
