@@ -54,7 +54,7 @@ from prediction_service.adapters.runtimes import open_runtime  # noqa: E402
 from prediction_service.adapters.simple import SimpleAdapter  # noqa: E402
 from prediction_service.api.errors import error_response  # noqa: E402
 from prediction_service.api.responses import FastJSONResponse  # noqa: E402
-from prediction_service.api.v1_codec import decode_predict  # noqa: E402
+from prediction_service.v1.codec import decode_predict  # noqa: E402
 from prediction_service.batching import DynamicBatcher, batch_rows, merge, split  # noqa: E402
 from prediction_service.errors import InvalidInput, PredictionServiceError  # noqa: E402
 from prediction_service.processing import ModelProcessing  # noqa: E402

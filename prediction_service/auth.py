@@ -15,7 +15,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from .errors import Forbidden, Unauthorized
-from .schemas import API_KEY_HEADER
+from .v1.schemas import API_KEY_HEADER
 
 if TYPE_CHECKING:
     from .inference import RequestContext

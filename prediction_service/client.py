@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .schemas import API_KEY_HEADER, DEADLINE_HEADER, MAX_DEADLINE_MS, REQUEST_ID_HEADER, PredictResponse
+from .v1.schemas import API_KEY_HEADER, DEADLINE_HEADER, MAX_DEADLINE_MS, REQUEST_ID_HEADER, PredictResponse
 
 RETRY_STATUSES = frozenset({429, 503})
 SERVER_DEADLINE_SHARE = 0.9

@@ -29,8 +29,13 @@ FORBIDDEN = {
     "prediction_service.registry": ("prediction_service.adapters", "prediction_service.api",
                                     "prediction_service.commands", "fastapi"),
     "prediction_service.grpc": ("prediction_service.api", "fastapi"),
-    "prediction_service.api": ("prediction_service.grpc.codec", "prediction_service.grpc.servicer"),
+    "prediction_service.api": ("prediction_service.oip.grpc_codec", "prediction_service.grpc.servicer"),
     "prediction_service.experiments": ("prediction_service.api", "fastapi", "prediction_service.dataplane"),
+    # the protocols: codecs and documents, below the transports and the pipeline that serve them
+    "prediction_service.oip": ("prediction_service.grpc", "prediction_service.serving", "prediction_service.dataplane",
+                               "prediction_service.v1"),
+    "prediction_service.v1": ("fastapi", "starlette", "grpc", "prediction_service.api", "prediction_service.grpc",
+                              "prediction_service.oip", "prediction_service.serving", "prediction_service.dataplane"),
     # the one request path: protocol-free, below every door
     "prediction_service.serving": ("fastapi", "starlette", "grpc", "google.protobuf", "tritonclient",
                                    "prediction_service.api", "prediction_service.grpc"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 
 from ..errors import InvalidInput
-from ..schemas import DEADLINE_HEADER, MAX_DEADLINE_MS
+from ..v1.schemas import DEADLINE_HEADER, MAX_DEADLINE_MS
 
 
 def requested_budget_ms(headers: Headers) -> float | None:

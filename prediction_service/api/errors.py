@@ -16,7 +16,7 @@ from starlette.types import Scope
 
 from ..errors import PredictionServiceError
 from ..log_throttle import ThrottledLog
-from ..schemas import REQUEST_ID_HEADER
+from ..v1.schemas import REQUEST_ID_HEADER
 from .responses import FastJSONResponse as ORJSONResponse
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The Open Inference Protocol (KServe v2 / Triton) over REST, beside /v1 on the same port.
 
 Thin routes: admission (API key + rate limit, from the headers, before the body is read) -> codec
-(oip_codec.py) -> ``service.dataplane`` -> codec. Unchanged ``tritonclient.http`` code works against it.
+(oip/rest_codec.py) -> ``service.dataplane`` -> codec. Unchanged ``tritonclient.http`` code works against it.
 Model routes are admitted like predictions (open unless PREDICT_REQUIRES_KEY): a client that may infer
 may read what it infers with. Server metadata and health are open, like /health.
 """
@@ -11,14 +11,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 
 from ..auth import ApiKey
-from ..schemas import REQUEST_ID_HEADER
+from ..v1.schemas import REQUEST_ID_HEADER
 from .body import off_loop_if_large, read_body
 from .deadline import requested_budget_ms
 from ..inference import InferenceRequest, InferenceResult
 from .deps import get_service, open_context, require_predict
 from .direct_route import DirectRoute
-from ..oip_documents import model_config, model_metadata, server_metadata
-from .oip_codec import (EXTENSIONS, HEADER_LENGTH, InferRequest, decode_infer_request, decompress,
+from ..oip.documents import model_config, model_metadata, server_metadata
+from ..oip.rest_codec import (EXTENSIONS, HEADER_LENGTH, InferRequest, decode_infer_request, decompress,
                         encode_infer_response)
 from .responses import FastJSONResponse
 

@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from ..errors import NotFound, NotReady, PredictionServiceError
 from ..inference import InferenceRequest
 from ..log_throttle import ThrottledLog
-from . import codec
+from ..oip import grpc_codec as codec
 from .status import status_code, trailing_metadata
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from ..auth import Scope
-from ..schemas import MAX_DEADLINE_MS
+from ..v1.schemas import MAX_DEADLINE_MS
 from ..settings import LimitSettings
 
 

@@ -11,10 +11,10 @@ from tritonclient.grpc import InferResult, service_pb2
 from tritonclient.grpc import model_config_pb2
 
 from prediction_service import errors
-from prediction_service.grpc import codec
+from prediction_service.oip import grpc_codec as codec
 from prediction_service.grpc.status import STATUS_CODES, status_code, trailing_metadata
 from prediction_service.inference import (InferenceResult, ModelMetadata, Provenance, Selector, TensorMetadata)
-from prediction_service.oip_datatypes import to_raw
+from prediction_service.oip.datatypes import to_raw
 
 Tensor = service_pb2.ModelInferRequest.InferInputTensor
 
@@ -107,7 +107,7 @@ def test_selector_and_timeout_come_from_the_request():
     assert decoded.selector == Selector(version="2.0.0", stage="staging", routing_key="acct-7")
     assert decoded.timeout_s == pytest.approx(0.25)
     assert codec.decode_request(request()).selector == Selector()
-    with pytest.raises(errors.InvalidInput, match="'stage' must be a string_param"):
+    with pytest.raises(errors.InvalidInput, match="'stage' must be a string"):
         codec.decode_request(request(stage=3))
 
 

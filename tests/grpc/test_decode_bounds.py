@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from prediction_service import errors
-from prediction_service.grpc import codec
+from prediction_service.oip import grpc_codec as codec
 from prediction_service.grpc.servicer import _rpc
 from prediction_service.settings import LimitSettings
 from tests.grpc.conftest import serve_grpc

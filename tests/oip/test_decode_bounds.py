@@ -17,9 +17,9 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 from prediction_service.api.direct_route import DirectRoute
 from prediction_service.api.errors import install_error_handlers
 from prediction_service.api.hot_path import ServingApp
-from prediction_service.api.oip_codec import HEADER_LENGTH, decode_infer_request
+from prediction_service.oip.rest_codec import HEADER_LENGTH, decode_infer_request
 from prediction_service.errors import InvalidInput
-from prediction_service.oip_datatypes import MAX_RANK, TensorBudget, from_raw, to_raw
+from prediction_service.oip.datatypes import MAX_RANK, TensorBudget, from_raw, to_raw
 from prediction_service.settings import LimitSettings, Settings
 from tests.support.asgi import asgi_client, served_app
 

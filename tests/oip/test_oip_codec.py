@@ -10,8 +10,8 @@ import orjson
 import pytest
 import tritonclient.http as triton
 
-from prediction_service.api.oip_codec import HEADER_LENGTH, decode_infer_request, decompress, encode_infer_response
-from prediction_service.oip_documents import model_config, model_metadata
+from prediction_service.oip.rest_codec import HEADER_LENGTH, decode_infer_request, decompress, encode_infer_response
+from prediction_service.oip.documents import model_config, model_metadata
 from prediction_service.errors import BadRequest, InvalidInput, PayloadTooLarge
 from prediction_service.inference import InferenceResult, ModelMetadata, Provenance, TensorMetadata
 from prediction_service.settings import LimitSettings

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from ...ensemble.metadata import EnsembleDetail, EnsembleSummary, MemberStatus
 from ...inference import TensorMetadata
 from ...registry import validate_name
-from ...schemas import ModelDetail, ModelSummary
+from ...v1.schemas import ModelDetail, ModelSummary
 from ..deps import get_service, require_admin, require_read
 from ..responses import FastJSONResponse
 

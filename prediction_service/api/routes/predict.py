@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from ...inference import InferenceRequest, InferenceResult
-from ...schemas import REQUEST_ID_HEADER, PredictRequest, PredictResponse
+from ...v1.schemas import REQUEST_ID_HEADER, PredictRequest, PredictResponse
 from ..body import read_json
 from ..deadline import requested_budget_ms
 from ..deps import open_context, require_predict
 from ..direct_route import DirectRoute
 from ..responses import FastJSONResponse
-from ..v1_codec import decode_predict, encode_result
+from ...v1.codec import decode_predict, encode_result
 
 router = APIRouter(tags=["predict"], route_class=DirectRoute)  # the hot path: see direct_route.py
 

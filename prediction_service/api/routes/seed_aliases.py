@@ -20,9 +20,9 @@ from ...ensemble.combiners import OUTPUTS
 from ...ensemble.runner import RAW_INPUT
 from ...errors import InvalidInput
 from ...inference import BARS_INPUT, TEXT_INPUT, InferenceRequest, InferenceResult, Selector
-from ...oip_documents import model_metadata
+from ...oip.documents import model_metadata
 from ...registry import validate_name
-from ...schemas import REQUEST_ID_HEADER
+from ...v1.schemas import REQUEST_ID_HEADER
 from ..body import read_json
 from ..deadline import requested_budget_ms
 from ..deps import get_service, open_context, require_predict, require_read

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from ..errors import InvalidInput
 from ..inference import BARS_INPUT, SOLE_INPUT, TEXT_INPUT, InferenceResult, Selector
-from ..schemas import PredictRequest
+from .schemas import PredictRequest
 
 
 def decode_predict(body: Any, max_rows: int) -> tuple[Selector, dict[str, Any]]:

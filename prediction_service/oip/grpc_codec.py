@@ -16,11 +16,12 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from .. import oip_documents
+from . import documents
 from ..errors import InvalidInput, PredictionServiceError
 from ..inference import InferenceResult, ModelMetadata, Selector
-from ..oip_datatypes import TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
+from .datatypes import TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
 from ..settings import LimitSettings
+from .parameters import selector, timeout_seconds
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,8 @@ def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSetting
         else:
             inputs[tensor.name] = _from_contents(tensor, shape, count)
     parameters = {key: _parameter(request.parameters[key]) for key in _PARAMETERS if key in request.parameters}
-    timeout_us = parameters.get("timeout")
-    if timeout_us is not None and (not isinstance(timeout_us, int) or timeout_us < 0):
-        raise InvalidInput("parameter 'timeout' must be a non-negative int64 (microseconds)")
-    selector = Selector(version=request.model_version or None, stage=_string_parameter(parameters, "stage"),
-                        routing_key=_string_parameter(parameters, "routing_key"))
-    return DecodedRequest(inputs, selector, tuple(output.name for output in request.outputs),
-                          timeout_us / 1e6 if timeout_us else None)
+    return DecodedRequest(inputs, selector(parameters, request.model_version or None),
+                          tuple(output.name for output in request.outputs), timeout_seconds(parameters))
 
 
 def _from_contents(tensor: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int],
@@ -138,15 +134,6 @@ def _parameter(value: service_pb2.InferParameter) -> Any:
     return getattr(value, choice) if choice else None
 
 
-def _string_parameter(parameters: dict[str, Any], key: str) -> str | None:
-    value = parameters.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"parameter {key!r} must be a string_param", {"parameter": key})
-    return value
-
-
 # ---- responses ---------------------------------------------------------------------------------------
 
 def encode_response(result: InferenceResult, request_id: str,
@@ -162,21 +149,21 @@ def encode_response(result: InferenceResult, request_id: str,
         array = result.outputs[name]
         response.outputs.add(name=name, datatype=oip_datatype(array.dtype), shape=array.shape)
         response.raw_output_contents.append(to_raw(array))
-    for key, value in oip_documents.provenance_parameters(result).items():
+    for key, value in documents.provenance_parameters(result).items():
         response.parameters[key].string_param = value
     response.parameters["inference_time_ms"].double_param = result.inference_time_ms
     return response
 
 
 def server_metadata_response() -> service_pb2.ServerMetadataResponse:
-    return json_format.ParseDict(oip_documents.server_metadata(EXTENSIONS), service_pb2.ServerMetadataResponse())
+    return json_format.ParseDict(documents.server_metadata(EXTENSIONS), service_pb2.ServerMetadataResponse())
 
 
 def model_metadata_response(metadata: ModelMetadata) -> service_pb2.ModelMetadataResponse:
-    return json_format.ParseDict(oip_documents.model_metadata(metadata), service_pb2.ModelMetadataResponse())
+    return json_format.ParseDict(documents.model_metadata(metadata), service_pb2.ModelMetadataResponse())
 
 
 def model_config_response(metadata: ModelMetadata) -> service_pb2.ModelConfigResponse:
     """The REST door's config document, as the ModelConfig proto it is the JSON mapping of."""
-    config = json_format.ParseDict(oip_documents.model_config(metadata), model_config_pb2.ModelConfig())
+    config = json_format.ParseDict(documents.model_config(metadata), model_config_pb2.ModelConfig())
     return service_pb2.ModelConfigResponse(config=config)

@@ -21,10 +21,11 @@ import orjson
 
 from ..errors import BadRequest, InvalidInput, PayloadTooLarge, PredictionServiceError
 from ..inference import InferenceResult, Selector
-from ..oip_documents import provenance_parameters
-from ..oip_datatypes import MAX_RANK, TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
+from .documents import provenance_parameters
+from .datatypes import MAX_RANK, TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
 from ..settings import LimitSettings
-from .body import parse_json
+from ..api.body import parse_json
+from .parameters import selector, timeout_seconds
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +115,13 @@ def _decode_infer_request(body: bytes, header_length: str | None, limits: LimitS
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
     parameters = _object(document.get("parameters"), "parameters")
-    selector = Selector(version=version, stage=_string_parameter(parameters, "stage"),
-                        routing_key=_string_parameter(parameters, "routing_key"))
     binary_output = parameters.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise InvalidInput("parameters.binary_data_output must be a boolean")
-    timeout_us = parameters.get("timeout")
-    if timeout_us is not None and (isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0):
-        raise InvalidInput("parameters.timeout must be a non-negative integer (microseconds)")
+    timeout_s = timeout_seconds(parameters)
     inputs = _inputs(document.get("inputs"), binary, limits)
     outputs = _outputs(document.get("outputs"), binary_output, limits.max_request_tensors)
-    return InferRequest(request_id, inputs, selector, outputs, binary_output,
-                        timeout_us / 1e6 if timeout_us else None)
+    return InferRequest(request_id, inputs, selector(parameters, version), outputs, binary_output, timeout_s)
 
 
 def _header_size(raw: str, body_size: int) -> int:
@@ -299,13 +295,6 @@ def _object(raw: Any, what: str) -> dict:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{what} must be an object")
     return raw
-
-
-def _string_parameter(parameters: dict, key: str) -> str | None:
-    value = parameters.get(key)
-    if value is not None and not isinstance(value, str):
-        raise InvalidInput(f"parameters.{key} must be a string", {"parameter": key})
-    return value or None  # "" = unset, as on the gRPC door (protobuf cannot send None)
 
 
 # ---- responses -------------------------------------------------------------------------------------

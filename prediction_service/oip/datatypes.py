@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InvalidInput
-from .settings import LimitSettings
+from ..errors import InvalidInput
+from ..settings import LimitSettings
 
 _TO_NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(bool), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import __version__
-from .inference import InferenceResult, ModelMetadata, TensorMetadata
-from .oip_datatypes import oip_datatype
+from .. import __version__
+from ..inference import InferenceResult, ModelMetadata, TensorMetadata
+from .datatypes import oip_datatype
 
 SERVER_NAME = "prediction-service"
 

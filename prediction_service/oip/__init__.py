@@ -1,0 +1,1 @@
+"""The Open Inference Protocol (KServe v2 / Triton): datatypes, documents, and the REST and gRPC codecs."""
