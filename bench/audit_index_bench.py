@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from prediction_service.inference import PredictionRecord, RequestContext  # noqa: E402
+from prediction_service.types import PredictionRecord, RequestContext  # noqa: E402
 from prediction_service.monitoring.audit import AuditLog, _insert_sql  # noqa: E402
 from prediction_service.request_ids import new_request_id, random_request_id  # noqa: E402
 from prediction_service.settings import AuditSettings, StateSettings  # noqa: E402

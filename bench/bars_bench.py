@@ -1,4 +1,4 @@
-"""Declared OHLCV steps (prediction_service/bars.py): a batch of bar windows window by window vs at once.
+"""Declared OHLCV steps (prediction_service/preprocessing/bars.py): a batch of bar windows window by window vs at once.
 
 For batch 1, 32 and 256 of 110-bar windows (the CNN-LSTM's ``ohlcv_features`` step: 60 steps x 110 features
 after 50 bars of indicator history) and of 60-bar windows (the LSTM's ``ohlcv_window`` normalisation), prints
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prediction_service.bars import check_bars, compute_features, normalize_ohlcv_window, preprocess_bars  # noqa: E402
+from prediction_service.preprocessing.bars import check_bars, compute_features, normalize_ohlcv_window, preprocess_bars  # noqa: E402
 from prediction_service.modelzoo.datasets import bar_windows, direction_bars_step, price_bars_step  # noqa: E402
 from prediction_service.modelzoo.synthetic import synthetic_ohlcv  # noqa: E402
 from prediction_service.signature import BarsPreprocessing  # noqa: E402

@@ -25,14 +25,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prediction_service.commands.demo_registry import (  # noqa: E402
-    MINILM_NAME, MINILM_VALIDATION_ROWS, VALIDATION_SEED, build_minilm_sentiment)
+                                                       MINILM_NAME, MINILM_VALIDATION_ROWS, VALIDATION_SEED, build_minilm_sentiment)
 from prediction_service.modelzoo import minilm_sentiment as minilm  # noqa: E402
 from prediction_service.modelzoo.synthetic import synthetic_headlines  # noqa: E402
 from prediction_service.packaging.pipeline import PackagingOptions  # noqa: E402
 from prediction_service.packaging.quantize import StaticInt8Options  # noqa: E402
 from prediction_service.packaging.validation import Tolerances, compare  # noqa: E402
 from prediction_service.packaging.variants import make_int8  # noqa: E402
-from prediction_service.runtimes import OnnxRuntime, TorchRuntime  # noqa: E402
+from prediction_service.execution.runtimes import OnnxRuntime, TorchRuntime  # noqa: E402
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:

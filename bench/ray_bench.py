@@ -18,7 +18,7 @@ loop and an open loop at ``--batching-rate`` (below the proxy's limit, so latenc
 ``--batching-rounds`` interleaved rounds (medians), against
   - the service's app (the product path: its own batcher, plus everything else the data plane does),
   - a lean deployment running lstm-price with the project's runtime (adapters/runtimes.py), v1 codec and
-    signature validation, batched by the project's DynamicBatcher (batching.py),
+    signature validation, batched by the project's DynamicBatcher (execution/batching.py),
   - the same lean deployment batched by Serve's ``@serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)``.
 The two lean ones differ only in the batcher, so their gap is the batcher's; the product's gap to them is
 the rest of the data plane (routing, provenance, metrics, audit). Rows per model run show how full the
@@ -55,9 +55,9 @@ from prediction_service.adapters.simple import SimpleAdapter  # noqa: E402
 from prediction_service.api.errors import error_response  # noqa: E402
 from prediction_service.api.responses import FastJSONResponse  # noqa: E402
 from prediction_service.v1.codec import decode_predict  # noqa: E402
-from prediction_service.batching import DynamicBatcher, batch_rows, merge, split  # noqa: E402
+from prediction_service.execution.batching import DynamicBatcher, batch_rows, merge, split  # noqa: E402
 from prediction_service.errors import InvalidInput, PredictionServiceError  # noqa: E402
-from prediction_service.processing import ModelProcessing  # noqa: E402
+from prediction_service.serving.processing import ModelProcessing  # noqa: E402
 from prediction_service.registry import RegistryReader  # noqa: E402
 from prediction_service.settings import Settings  # noqa: E402
 from tests.support.server import free_port  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prediction_service.inference import PredictionRecord, RequestContext
+from prediction_service.types import PredictionRecord, RequestContext
 from prediction_service.monitoring.audit import AuditLog
 from prediction_service.registry.events import EventLog
 from prediction_service.settings import AuditSettings, StateSettings

@@ -56,7 +56,7 @@ WORDPIECE_MAX_LENGTH = 512
 
 class TextPreprocessing(BaseModel):
     """Models that take text declare their tokenizer; the service tokenizes ``text`` requests with the
-    shipped step named by ``kind`` (tokenizer.py) over a vocab file stored with the version."""
+    shipped step named by ``kind`` (preprocessing/tokenizer.py) over a vocab file stored with the version."""
 
     kind: Literal["word", "wordpiece"] = "word"
     """word: the plain-Python word-level tokenizer of the small demo transformer (refuses texts longer than
@@ -100,7 +100,7 @@ OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
 
 
 class BarsPreprocessing(BaseModel):
-    """Models that take OHLCV bars declare which shipped step (prediction_service/bars.py) turns raw bars
+    """Models that take OHLCV bars declare which shipped step (prediction_service/preprocessing/bars.py) turns raw bars
     into their input tensor; the service runs it on a ``bars`` request, the training data was built with
     the same function. Only parameters live here: no code is ever read from the registry."""
 
@@ -174,7 +174,7 @@ class ModelSignature(BaseModel):
     batches over latency); None: the server's batching settings decide."""
     text: TextPreprocessing | None = None
     bars: BarsPreprocessing | None = None
-    """Set when the server turns raw OHLCV ``bars`` into this model's input (prediction_service/bars.py)."""
+    """Set when the server turns raw OHLCV ``bars`` into this model's input (prediction_service/preprocessing/bars.py)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ModelSignature":

@@ -14,7 +14,7 @@ from prediction_service.registry import RegistryReader, ValidationReport, Versio
 from prediction_service.registry.writer import ArtifactSource, register_version, set_stage_link
 from prediction_service.settings import Settings, WarmupSettings
 from prediction_service.signature import ModelSignature, TensorSpec
-from prediction_service.warmup import warm_up, warmup_batches
+from prediction_service.execution.warmup import warm_up, warmup_batches
 from tests.support.models import REGRESSOR_SIGNATURE
 
 TEXT_SIGNATURE = ModelSignature(

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..artifacts import ARTIFACT_FORMATS
-from ..batching import DynamicBatcher
+from ..execution.batching import DynamicBatcher
 from ..errors import ModelLoadError, ModelNotFound
 from ..registry import ArtifactInfo, ModelKey, ModelVersion
 from ..registry.fsutil import sha256_file
-from ..runtimes import Runtime
+from ..execution.runtimes import Runtime
 from ..settings import BatchingSettings, Settings
 from ..signature import ModelSignature
-from ..warmup import WarmupFailed, WarmupReport, warm_up
+from ..execution.warmup import WarmupFailed, WarmupReport, warm_up
 from .base import AdapterHealth, LoadedModel, QueueStats, ServingAdapter
 from .runtimes import open_runtime
 

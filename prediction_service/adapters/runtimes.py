@@ -1,10 +1,10 @@
 """The runtime of a registered version: its artifact file opened by the shared runtime classes
-(prediction_service/runtimes.py, the same ones packaging validates with)."""
+(prediction_service/execution/runtimes.py, the same ones packaging validates with)."""
 
 from __future__ import annotations
 
 from ..registry import ArtifactInfo, ModelVersion
-from ..runtimes import Runtime, open_artifact
+from ..execution.runtimes import Runtime, open_artifact
 
 
 def open_runtime(version: ModelVersion, artifact: ArtifactInfo, threads: int) -> Runtime:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError, ValidationFailed
 from ..registry import ArtifactInfo, ModelVersion
-from ..runtimes import Runtime, TorchRuntime
+from ..execution.runtimes import Runtime, TorchRuntime
 from .inprocess import InProcessAdapter
 from .runtimes import open_runtime
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from .. import __version__
-from ..service import Service
+from ..serving.service import Service
 from ..settings import Settings
 from . import oip_rest
 from .early_refusal import EarlyRefusal

@@ -12,7 +12,7 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from ..errors import BadRequest, PayloadTooLarge, PredictionServiceError
-from ..ratelimit import ParseBudget
+from ..security.ratelimit import ParseBudget
 from ..settings import LimitSettings
 
 Parsed = TypeVar("Parsed")

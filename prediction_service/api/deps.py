@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from ..auth import API_KEY_HEADER, ApiKey, Scope
-from ..inference import RequestContext
-from ..service import Service
+from ..security.auth import API_KEY_HEADER, ApiKey, Scope
+from ..types import RequestContext
+from ..serving.service import Service
 from ..settings import Settings
 
 

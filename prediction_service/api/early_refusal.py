@@ -16,9 +16,9 @@ from __future__ import annotations
 from starlette.responses import Response
 from starlette.types import Scope
 
-from ..auth import API_KEY_HEADER
+from ..security.auth import API_KEY_HEADER
 from ..errors import PredictionServiceError
-from ..service import Service
+from ..serving.service import Service
 from .errors import domain_error_response, is_oip
 
 _KEY_HEADER = API_KEY_HEADER.lower().encode("latin-1")

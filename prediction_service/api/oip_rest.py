@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from ..auth import ApiKey
+from ..security.auth import ApiKey
 from ..v1.schemas import REQUEST_ID_HEADER
 from .body import off_loop_if_large, read_body
 from .deadline import requested_budget_ms
-from ..inference import InferenceRequest, InferenceResult
+from ..types import InferenceRequest, InferenceResult
 from .deps import get_service, open_context, require_predict
 from .direct_route import DirectRoute
 from ..oip.documents import model_config, model_metadata, server_metadata
 from ..oip.rest_codec import (EXTENSIONS, HEADER_LENGTH, InferRequest, decode_infer_request, decompress,
-                        encode_infer_response)
+                              encode_infer_response)
 from .responses import FastJSONResponse
 
 # DirectRoute (see direct_route.py): infer is the hot path, and every route here fits its limits

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ..service import Service
+from ..serving.service import Service
 
 log = logging.getLogger(__name__)
 

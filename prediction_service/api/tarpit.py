@@ -18,7 +18,7 @@ from collections.abc import Callable
 from cachetools import LRUCache
 from starlette.types import Scope
 
-from ..ratelimit import TokenBucket
+from ..security.ratelimit import TokenBucket
 
 MAX_TRACKED_CONNECTIONS = 10_000
 

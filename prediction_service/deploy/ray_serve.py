@@ -11,7 +11,7 @@ Serve config (``serve deploy deploy/ray/default.yaml``)::
 What Serve adds and the service does not duplicate: replicas and their placement, autoscaling on ongoing
 requests, health checks (``check_health`` = the service's readiness), replacement of dead replicas, and
 graceful shutdown (the app's lifespan runs ``Service.stop()``). What stays the service's own: dynamic
-batching (batching.py, inside each replica; Serve's ``@serve.batch`` would batch one Python method, not
+batching (execution/batching.py, inside each replica; Serve's ``@serve.batch`` would batch one Python method, not
 the ASGI door; bench/ray_bench.py measures both), hot reload (every replica polls the shared registry's
 stage links), and metrics.
 
@@ -36,9 +36,9 @@ from ray.serve import Application
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api.app import create_app
-from ..auth import ApiKey
-from ..inference import RequestContext
-from ..service import Service
+from ..security.auth import ApiKey
+from ..types import RequestContext
+from ..serving.service import Service
 from ..settings import Settings
 from .replica_metrics import ReplicaMetricsExporter
 

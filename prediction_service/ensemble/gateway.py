@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..inference import InferenceResult, Provenance, RequestContext, Selector
+from ..types import InferenceResult, Provenance, RequestContext, Selector
 from ..registry import ModelVersion
 from .triton_path import EnsembleBackend
 

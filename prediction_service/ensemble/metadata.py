@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from ..errors import PredictionServiceError, VersionNotFound
-from ..inference import BARS_INPUT, TEXT_INPUT, ModelMetadata, TensorMetadata
+from ..types import ModelMetadata, RawInput, TensorMetadata
 from ..registry.model_version import Status
 from .combiners import OUTPUTS, Combiner
 from .gateway import MemberGateway
@@ -24,7 +24,7 @@ from .store import EnsembleRegistry
 
 KIND = "ensemble"
 """``kind`` of an ensemble in the /v1 model list (model entries are unchanged and carry no ``kind``)."""
-INPUTS = (TensorMetadata(BARS_INPUT, "float64", (-1, -1, 5)), TensorMetadata(TEXT_INPUT, "object", (-1,)))
+INPUTS = (TensorMetadata(RawInput.BARS, "float64", (-1, -1, 5)), TensorMetadata(RawInput.TEXT, "object", (-1,)))
 OUTPUT_TENSORS = tuple(TensorMetadata(name, "float64", (-1, 1)) for name in OUTPUTS)
 
 
@@ -121,7 +121,7 @@ def model_metadata(members: MemberGateway, registry: EnsembleRegistry, name: str
         name=name, version=ensemble.version, versions=tuple(e.version for e in registry.versions(name)),
         stage=ensemble.stage, platform=ENSEMBLE_BACKEND, backend=ENSEMBLE_BACKEND, inputs=(),
         outputs=OUTPUT_TENSORS, max_batch_size=min(batch) if batch else 1, task="regression", labels=None,
-        text_input=inputs[TEXT_INPUT], bars_input=inputs[BARS_INPUT], loaded=ready(members, ensemble))
+        text_input=inputs[RawInput.TEXT], bars_input=inputs[RawInput.BARS], loaded=ready(members, ensemble))
 
 
 def summary(registry: EnsembleRegistry, name: str) -> EnsembleSummary:

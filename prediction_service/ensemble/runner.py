@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..auth import VersionAccess
+from ..security.auth import VersionAccess
 from ..errors import InvalidInput, ModelLoadError, NotFound, PredictionServiceError, ServiceUnavailable
-from ..inference import (BARS_INPUT, TEXT_INPUT, InferenceRequest, InferenceResult, ModelMetadata,
-                         PredictionRecord, Provenance, RequestContext, Selector)
+from ..types import (InferenceRequest, InferenceResult, ModelMetadata, PredictionRecord, Provenance,
+                     RawInput, RequestContext, Selector)
 from ..registry import ModelVersion
 from .combiners import OUTPUTS
 from .errors import MemberUnavailable
@@ -29,7 +29,7 @@ from . import triton_path
 from .spec import ENSEMBLE_BACKEND, ENSEMBLE_FILE, Ensemble, EnsembleMember
 from .store import EnsembleCatalog
 
-RAW_INPUT = {"price": BARS_INPUT, "sentiment": TEXT_INPUT}
+RAW_INPUT = {"price": RawInput.BARS, "sentiment": RawInput.TEXT}
 """The raw input each role takes besides its model's own tensors."""
 
 

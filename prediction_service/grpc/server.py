@@ -22,7 +22,7 @@ from ..errors import PredictionServiceError
 from .servicer import InferenceServicer
 
 if TYPE_CHECKING:
-    from ..service import Service
+    from ..serving.service import Service
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..errors import NotFound, NotReady, PredictionServiceError
-from ..inference import InferenceRequest
+from ..types import InferenceRequest
 from ..log_throttle import ThrottledLog
 from ..oip import grpc_codec as codec
 from .status import status_code, trailing_metadata
 
 if TYPE_CHECKING:
-    from ..service import Service
+    from ..serving.service import Service
 
 log = logging.getLogger(__name__)
 

@@ -38,15 +38,15 @@ from ..registry.writer import ArtifactSource
 from ..settings import MlflowSettings
 from ..signature import ModelSignature
 from .artifacts import (
-    MAX_DEPTH,
-    MAX_LISTED,
-    MLMODEL_FILE,
-    NoServableArtifact,
-    external_data_files,
-    is_torchscript_archive,
-    plan_mirror,
-    safe_path,
-)
+                        MAX_DEPTH,
+                        MAX_LISTED,
+                        MLMODEL_FILE,
+                        NoServableArtifact,
+                        external_data_files,
+                        is_torchscript_archive,
+                        plan_mirror,
+                        safe_path,
+                        )
 from .signature import SignatureNotConvertible, convert_signature
 
 log = logging.getLogger(__name__)
@@ -389,7 +389,7 @@ def smoke_torchscript(path: Path, signature: ModelSignature) -> ValidationReport
     """The registry smoke-runs ONNX only; a TorchScript-only version gets the same check here (what serving
     does: torch.jit.load, then a run on generated inputs), so it can pass the gate into production."""
     from ..registry.signature_inference import smoke_inputs
-    from ..runtimes import open_artifact
+    from ..execution.runtimes import open_artifact
 
     inputs = smoke_inputs(signature)
     try:

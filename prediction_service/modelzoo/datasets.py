@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from .synthetic import synthetic_headlines, synthetic_ohlcv
-from ..bars import preprocess_bars
+from ..preprocessing.bars import preprocess_bars
 from ..signature import BarsPreprocessing
-from ..tokenizer import Tokenizer
+from ..preprocessing.tokenizer import Tokenizer
 
 VOCAB_PATH = Path(__file__).parent / "assets" / "sentiment_vocab.txt"
 DIRECTION_THRESHOLD = 0.005

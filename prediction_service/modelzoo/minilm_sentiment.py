@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..signature import ModelSignature, TensorSpec, TextPreprocessing
-from ..tokenizer import WordPieceTokenizer
+from ..preprocessing.tokenizer import WordPieceTokenizer
 from ..torch_threads import torch_threads
 from .synthetic import SENTIMENT_CLASSES, synthetic_headlines
 

@@ -36,7 +36,7 @@ from ..state.tables import AUDIT
 from ..state.tables import audit_predictions as table
 
 if TYPE_CHECKING:
-    from ..inference import PredictionRecord
+    from ..types import PredictionRecord
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 if TYPE_CHECKING:
     from ..adapters.base import AdapterHealth, ServingAdapter
     from ..experiments.models import Analysis, Experiment
-    from ..inference import PredictionRecord, Readiness
+    from ..types import PredictionRecord, Readiness
     from ..registry import ModelKey
     from .audit import AuditStats
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
-from ..inference import InferenceResult, ModelMetadata, TensorMetadata
+from ..types import InferenceResult, ModelMetadata, TensorMetadata
 from .datatypes import oip_datatype
 
 SERVER_NAME = "prediction-service"

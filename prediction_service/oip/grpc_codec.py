@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from . import documents
 from ..errors import InvalidInput, PredictionServiceError
-from ..inference import InferenceResult, ModelMetadata, Selector
+from ..types import InferenceResult, ModelMetadata, Selector
 from .datatypes import TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
 from ..settings import LimitSettings
 from .parameters import selector, timeout_seconds

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidInput
-from ..inference import Selector
+from ..types import Selector
 
 
 def string_parameter(parameters: dict[str, Any], key: str) -> str | None:

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from ..errors import BadRequest, InvalidInput, PayloadTooLarge, PredictionServiceError
-from ..inference import InferenceResult, Selector
+from ..types import InferenceResult, Selector
 from .documents import provenance_parameters
 from .datatypes import MAX_RANK, TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
 from ..settings import LimitSettings

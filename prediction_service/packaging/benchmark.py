@@ -7,7 +7,7 @@ import time
 import numpy as np
 from pydantic import BaseModel
 
-from ..runtimes import Runtime
+from ..execution.runtimes import Runtime
 
 THROUGHPUT_BATCH = 32
 

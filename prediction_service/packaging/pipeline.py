@@ -26,7 +26,7 @@ from ..registry.layout import METADATA_FILE, RegistryLayout
 from ..registry.model_version import ModelVersion, ValidationReport, VersionMetadata
 from ..registry.store import ModelRegistry
 from ..registry.writer import ArtifactSource
-from ..runtimes import Runtime, TorchRuntime, open_artifact
+from ..execution.runtimes import Runtime, TorchRuntime, open_artifact
 from ..signature import ModelSignature
 from ..torch_threads import torch_threads
 from .benchmark import BenchmarkResult, benchmark

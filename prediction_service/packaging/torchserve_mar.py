@@ -24,7 +24,7 @@ from ..errors import ModelLoadError
 from ..registry import ArtifactInfo, ModelKey, ModelVersion
 from ..registry.fsutil import sha256_file
 from ..settings import WarmupSettings
-from ..warmup import warmup_batches
+from ..execution.warmup import warmup_batches
 
 logger = logging.getLogger(__name__)
 

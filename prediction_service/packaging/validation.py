@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..artifacts import Precision
-from ..runtimes import Runtime
+from ..execution.runtimes import Runtime
 from ..signature import ModelSignature
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import InvalidInput, ValidationFailed
-from ..runtimes import OnnxRuntime
+from ..execution.runtimes import OnnxRuntime
 from ..signature import ModelSignature, TensorSpec
 from .model_version import ValidationReport
 from .onnx_wire import GraphInterface, UnusualLayout, graph_interface, write_external_weights_model

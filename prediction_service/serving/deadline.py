@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 
-from ..auth import Scope
-from ..v1.schemas import MAX_DEADLINE_MS
+from ..types import MAX_DEADLINE_MS, Scope
 from ..settings import LimitSettings
 
 

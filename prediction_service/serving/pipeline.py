@@ -13,8 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ..dataplane import DataPlane
-from ..inference import InferenceRequest, InferenceResult, PredictionRecord, RequestContext
+from .dataplane import DataPlane
+from ..types import InferenceRequest, InferenceResult, PredictionRecord, RequestContext
 from ..settings import LimitSettings
 from .deadline import request_deadline
 from .servables import status_of

@@ -14,13 +14,13 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from ..adapters.base import LoadedModel, ServingAdapter
-from ..auth import VersionAccess
+from ..security.auth import VersionAccess
 from ..ensemble import triton_path
 from ..errors import DeadlineExceeded, InvalidInput, ModelNotFound, PredictionServiceError
-from ..inference import (ArmRun, InferenceRequest, InferenceResult, ModelMetadata, PredictionRecord, Provenance,
-                         RequestContext, Selector, TensorMetadata, BARS_INPUT, TEXT_INPUT)
-from ..model_manager import ModelManager
-from ..processing import ModelProcessing, TokensInFlight
+from ..types import (ArmRun, InferenceRequest, InferenceResult, ModelMetadata, PredictionRecord, Provenance,
+                     RawInput, RequestContext, Selector, TensorMetadata)
+from .model_manager import ModelManager
+from .processing import ModelProcessing, TokensInFlight
 from ..registry import ModelVersion, validate_name
 from ..settings import Settings
 
@@ -162,9 +162,9 @@ class ModelServable:
             outputs=tuple(TensorMetadata.of(spec) for spec in signature.outputs),
             max_batch_size=signature.max_batch_size, task=signature.task,
             labels=tuple(signature.labels) if signature.labels else None,
-            text_input=TensorMetadata(TEXT_INPUT, "object", (-1,)) if text is not None else None,
+            text_input=TensorMetadata(RawInput.TEXT, "object", (-1,)) if text is not None else None,
             loaded=loaded is not None,
-            bars_input=TensorMetadata(BARS_INPUT, "float64", (-1, -1, 5)) if signature.bars is not None else None,
+            bars_input=TensorMetadata(RawInput.BARS, "float64", (-1, -1, 5)) if signature.bars is not None else None,
         )
 
     def ready(self, name: str, version: str | None = None) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import InvalidInput
-from ..inference import BARS_INPUT, SOLE_INPUT, TEXT_INPUT, InferenceResult, Selector
+from ..types import InferenceResult, RawInput, Selector
 from .schemas import PredictRequest
 
 
@@ -28,11 +28,11 @@ def decode_predict(body: Any, max_rows: int) -> tuple[Selector, dict[str, Any]]:
         texts = [request.text] if isinstance(request.text, str) else request.text
         if not texts:
             raise InvalidInput("empty batch: text is empty")
-        return selector, {TEXT_INPUT: texts}
+        return selector, {RawInput.TEXT: texts}
     if request.bars is not None:
         # As sent: the model's bars step checks its size from the lists' lengths, then converts rows or named
-        # columns to an array and checks columns and finiteness (processing.py), off the event loop when large.
-        return selector, {BARS_INPUT: request.bars}
+        # columns to an array and checks columns and finiteness (serving/processing.py), off the event loop when large.
+        return selector, {RawInput.BARS: request.bars}
     if request.inputs is not None:
         return selector, request.inputs
     rows = [request.instance] if request.instance is not None else request.instances
@@ -54,7 +54,7 @@ def _stack_instances(rows: list[Any]) -> dict[str, Any]:
         return {name: [row[name] for row in rows] for name in names}
     if any(isinstance(row, dict) for row in rows):
         raise InvalidInput("mix of keyed and bare instances")
-    return {SOLE_INPUT: rows}
+    return {RawInput.UNNAMED: rows}
 
 
 def encode_result(result: InferenceResult) -> dict[str, Any]:

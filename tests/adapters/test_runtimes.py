@@ -16,7 +16,7 @@ from prediction_service.packaging.pipeline import (VALIDATION_DYNAMIC_DIM, VALID
 from prediction_service.packaging.validation import Tolerances, VariantTolerance, compare
 from prediction_service.registry import RegistryReader
 from prediction_service.registry.signature_inference import smoke_test
-from prediction_service.runtimes import OnnxRuntime, TorchRuntime
+from prediction_service.execution.runtimes import OnnxRuntime, TorchRuntime
 from prediction_service.settings import Settings
 
 ROWS = 16

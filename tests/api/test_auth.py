@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prediction_service.ratelimit import RateLimiter
+from prediction_service.security.ratelimit import RateLimiter
 from prediction_service.errors import RateLimited
 from prediction_service.settings import AuditSettings, SecuritySettings, Settings
 from tests.support.asgi import served_app

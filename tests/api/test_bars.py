@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from prediction_service.bars import preprocess_bars
+from prediction_service.preprocessing.bars import preprocess_bars
 from prediction_service.modelzoo.datasets import bar_windows, direction_bars_step, price_bars_step
 from prediction_service.modelzoo.synthetic import synthetic_ohlcv
 from prediction_service.registry import RegistryReader

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from prediction_service.errors import Overloaded
-from prediction_service.ratelimit import ParseBudget
+from prediction_service.security.ratelimit import ParseBudget
 from prediction_service.settings import LimitSettings, Settings
 from tests.support.asgi import served_app
 

@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 
-from prediction_service.batching import DynamicBatcher
+from prediction_service.execution.batching import DynamicBatcher
 
 from .test_batcher import RecordingModel, rows
 

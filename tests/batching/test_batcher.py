@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from prediction_service.batching import DynamicBatcher, merge, merge_signature, split
+from prediction_service.execution.batching import DynamicBatcher, merge, merge_signature, split
 from prediction_service.errors import DeadlineExceeded, Overloaded, PredictionServiceError
 
 

@@ -145,7 +145,7 @@ def test_every_worker_logs_with_time_level_and_pid(tiny_store_template, tmp_path
     server = start_server(tiny_store_template, tmp_path, workers=2)
     try:
         server.terminate()
-        starting = [line for line in server.log().splitlines() if "prediction_service.service: starting" in line]
+        starting = [line for line in server.log().splitlines() if "prediction_service.serving.service: starting" in line]
         assert len(starting) == 2, server.log()[-2000:]  # both workers' INFO lines reach the log
         assert all(" INFO " in line and line[:4].isdigit() for line in starting)
         assert len({line.split()[3] for line in starting}) == 2  # two pids

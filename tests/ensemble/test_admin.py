@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from prediction_service.api.errors import install_error_handlers
 from prediction_service.api.routes.registry import router
 from prediction_service.ensemble import EnsembleRegistry
-from prediction_service.service import Service
+from prediction_service.serving.service import Service
 from prediction_service.settings import SecuritySettings, Settings
 from tests.registry.conftest import run_cli
 

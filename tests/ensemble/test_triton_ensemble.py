@@ -12,7 +12,7 @@ import pytest
 from prediction_service.adapters.triton import TritonAdapter
 from prediction_service.ensemble import EnsembleRegistry
 from prediction_service.modelzoo.synthetic import synthetic_ohlcv
-from prediction_service.processing import ModelProcessing
+from prediction_service.serving.processing import ModelProcessing
 from prediction_service.registry import RegistryReader
 from prediction_service.settings import LimitSettings
 from tests.support.triton_fixtures import triton_settings

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from prediction_service.api.routes.experiments import router
-from prediction_service.auth import ApiKeyStore, Scope
+from prediction_service.security.auth import ApiKeyStore, Scope
 from prediction_service.experiments.models import ExperimentSpec
 from prediction_service.experiments.service import ExperimentService
 from prediction_service.settings import SecuritySettings, Settings

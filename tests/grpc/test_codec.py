@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2
 from prediction_service import errors
 from prediction_service.oip import grpc_codec as codec
 from prediction_service.grpc.status import STATUS_CODES, status_code, trailing_metadata
-from prediction_service.inference import (InferenceResult, ModelMetadata, Provenance, Selector, TensorMetadata)
+from prediction_service.types import (InferenceResult, ModelMetadata, Provenance, Selector, TensorMetadata)
 from prediction_service.oip.datatypes import to_raw
 
 Tensor = service_pb2.ModelInferRequest.InferInputTensor

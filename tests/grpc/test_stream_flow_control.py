@@ -14,7 +14,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from prediction_service.grpc.server import GrpcServer
-from prediction_service.service import Service
+from prediction_service.serving.service import Service
 from prediction_service.settings import LimitSettings, Settings
 from tests.support.asgi import served_app
 

@@ -13,7 +13,7 @@ import torch
 
 from prediction_service.mlflow_bridge import MlflowSync
 from prediction_service.registry import ModelRegistry
-from prediction_service.runtimes import open_artifact
+from prediction_service.execution.runtimes import open_artifact
 from prediction_service.settings import MlflowSettings
 from tests.support.models import REGRESSOR_SIGNATURE, TinyRegressor, export
 

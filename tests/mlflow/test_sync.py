@@ -16,7 +16,7 @@ import torch
 
 from prediction_service.mlflow_bridge import MlflowSync
 from prediction_service.registry import ModelRegistry
-from prediction_service.runtimes import OnnxRuntime
+from prediction_service.execution.runtimes import OnnxRuntime
 from prediction_service.settings import MlflowSettings
 from tests.support.models import REGRESSOR_SIGNATURE, TinyRegressor, export
 

@@ -1,4 +1,4 @@
-"""The declared OHLCV steps (prediction_service/bars.py): the training data and the server run the same
+"""The declared OHLCV steps (prediction_service/preprocessing/bars.py): the training data and the server run the same
 function, so the features a model is served equal the ones it was trained on; bad bars say what was wanted."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from prediction_service.bars import compute_features, preprocess_bars
+from prediction_service.preprocessing.bars import compute_features, preprocess_bars
 from prediction_service.errors import InvalidInput
-from prediction_service.inference import BARS_INPUT
+from prediction_service.types import RawInput
 from prediction_service.modelzoo.datasets import (bar_windows, bars_step_for, direction_bars_step,
                                                   direction_dataset, price_bars_step, price_dataset)
 from prediction_service.modelzoo.synthetic import synthetic_ohlcv
-from prediction_service.processing import ModelProcessing
+from prediction_service.serving.processing import ModelProcessing
 from prediction_service.settings import LimitSettings
 from prediction_service.signature import BarsPreprocessing, ModelSignature, TensorSpec
 from prediction_service.architectures import signature_for
@@ -40,12 +40,12 @@ def test_served_cnn_lstm_features_equal_the_training_features_on_the_same_bars()
     series = synthetic_ohlcv(step.min_bars + n + 5, seed=0)  # what direction_dataset(n, seed=0) reads
     training = direction_dataset(n, seed=0).inputs["features"]
     bars = bar_windows(series, n, step.min_bars)
-    served = _serving("cnn_lstm_direction").preprocess({BARS_INPUT: bars.tolist()})["features"]
+    served = _serving("cnn_lstm_direction").preprocess({RawInput.BARS: bars.tolist()})["features"]
     assert served.shape == (n, 60, 110) and served.dtype == np.float32
     np.testing.assert_array_equal(served, training)
     # more history than the step reads is allowed: the last min_bars bars count
     longer = np.concatenate([synthetic_ohlcv(bars.shape[1] + 40, seed=8)[None, :40].repeat(n, 0), bars], axis=1)
-    np.testing.assert_array_equal(_serving("cnn_lstm_direction").preprocess({BARS_INPUT: longer})["features"],
+    np.testing.assert_array_equal(_serving("cnn_lstm_direction").preprocess({RawInput.BARS: longer})["features"],
                                   training)
 
 
@@ -58,9 +58,9 @@ def test_the_step_is_the_feature_code_on_each_window():
 def test_served_lstm_windows_equal_the_training_windows():
     series = synthetic_ohlcv(4 + 60 + 1, seed=2)
     training = price_dataset(4, seed=2).inputs["ohlcv"]
-    served = _serving("lstm_price").preprocess({BARS_INPUT: bar_windows(series, 4, 60)})["ohlcv"]
+    served = _serving("lstm_price").preprocess({RawInput.BARS: bar_windows(series, 4, 60)})["ohlcv"]
     np.testing.assert_array_equal(served, training)
-    one = _serving("lstm_price").preprocess({BARS_INPUT: series[:60].tolist()})["ohlcv"]  # one window, no batch dim
+    one = _serving("lstm_price").preprocess({RawInput.BARS: series[:60].tolist()})["ohlcv"]  # one window, no batch dim
     np.testing.assert_array_equal(one, training[:1])
 
 
@@ -109,7 +109,7 @@ def test_compute_features_takes_a_batch_of_windows():
 ])
 def test_bad_bars_say_what_was_expected(bars, says):
     with pytest.raises(InvalidInput) as caught:
-        _serving("cnn_lstm_direction").preprocess({BARS_INPUT: bars})
+        _serving("cnn_lstm_direction").preprocess({RawInput.BARS: bars})
     assert says in caught.value.message
     if "rectangular" not in says:
         assert caught.value.details["expected"]["min_bars"] == 110
@@ -118,22 +118,22 @@ def test_bad_bars_say_what_was_expected(bars, says):
 def test_bars_are_bounded_by_the_row_limit():
     processing = ModelProcessing(_Version(_serving("lstm_price").signature), LimitSettings(max_batch_rows=3))
     with pytest.raises(InvalidInput, match="limit of 3"):
-        processing.preprocess({BARS_INPUT: [[[1.0] * 5] * 60] * 4})
-    assert processing.preprocess({BARS_INPUT: [[[1.0] * 5] * 60] * 3})["ohlcv"].shape == (3, 60, 5)
+        processing.preprocess({RawInput.BARS: [[[1.0] * 5] * 60] * 4})
+    assert processing.preprocess({RawInput.BARS: [[[1.0] * 5] * 60] * 3})["ohlcv"].shape == (3, 60, 5)
 
 
 def test_off_loop_for_features_and_big_window_batches_only():
     features, window = _serving("cnn_lstm_direction"), _serving("lstm_price")
-    assert features.runs_off_loop({BARS_INPUT: [[[1.0] * 5] * 110]})
-    assert not window.runs_off_loop({BARS_INPUT: [[1.0] * 5] * 60})
-    assert window.runs_off_loop({BARS_INPUT: np.ones((64, 60, 5))})
+    assert features.runs_off_loop({RawInput.BARS: [[[1.0] * 5] * 110]})
+    assert not window.runs_off_loop({RawInput.BARS: [[1.0] * 5] * 60})
+    assert window.runs_off_loop({RawInput.BARS: np.ones((64, 60, 5))})
     assert not window.runs_off_loop({"ohlcv": np.ones((64, 60, 5))})
 
 
 def test_a_model_without_a_bars_step_refuses_bars():
     plain = ModelProcessing(_Version(signature_for("lstm_price")), LimitSettings())
     with pytest.raises(InvalidInput, match="does not take bars"):
-        plain.preprocess({BARS_INPUT: np.ones((1, 60, 5))})
+        plain.preprocess({RawInput.BARS: np.ones((1, 60, 5))})
 
 
 def test_the_step_must_fit_the_input_it_fills():

@@ -4,7 +4,7 @@ import numpy as np
 import onnxruntime as ort
 
 from prediction_service.commands.demo_registry import DEMO_MODELS, build_demo_registry
-from prediction_service.tokenizer import Tokenizer
+from prediction_service.preprocessing.tokenizer import Tokenizer
 from prediction_service.packaging.pipeline import PackagingOptions
 from prediction_service.registry import RegistryReader
 from tests.zoo_models import trained_models

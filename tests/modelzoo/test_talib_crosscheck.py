@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import talib  # TA-Lib==0.8.2 in requirements-dev.txt: the wheel bundles the C library
 
-from prediction_service import bars
+from prediction_service.preprocessing import bars
 from prediction_service.modelzoo.synthetic import synthetic_ohlcv
 
 TOLERANCE = 1e-9

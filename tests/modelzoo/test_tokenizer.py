@@ -6,7 +6,7 @@ import pytest
 from prediction_service.errors import InvalidInput
 from prediction_service.modelzoo.datasets import VOCAB_PATH, default_tokenizer
 from prediction_service.modelzoo.synthetic import synthetic_headlines
-from prediction_service.tokenizer import SPECIAL_TOKENS, Tokenizer
+from prediction_service.preprocessing.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
 @pytest.fixture(scope="module")

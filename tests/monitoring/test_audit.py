@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
-from prediction_service.inference import PredictionRecord, RequestContext
+from prediction_service.types import PredictionRecord, RequestContext
 from prediction_service.monitoring.audit import AuditLog, AuditReader
 from prediction_service.settings import AuditSettings, Settings
 from prediction_service.state.tables import audit_predictions

@@ -6,7 +6,7 @@ import os
 import time
 import uuid
 
-from prediction_service.inference import RequestContext
+from prediction_service.types import RequestContext
 from prediction_service.request_ids import new_request_id
 
 

@@ -13,7 +13,7 @@ import tritonclient.http as triton
 from prediction_service.oip.rest_codec import HEADER_LENGTH, decode_infer_request, decompress, encode_infer_response
 from prediction_service.oip.documents import model_config, model_metadata
 from prediction_service.errors import BadRequest, InvalidInput, PayloadTooLarge
-from prediction_service.inference import InferenceResult, ModelMetadata, Provenance, TensorMetadata
+from prediction_service.types import InferenceResult, ModelMetadata, Provenance, TensorMetadata
 from prediction_service.settings import LimitSettings
 
 LIMITS = LimitSettings()

@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prediction_service import bars as bars_module
+from prediction_service.preprocessing import bars as bars_module
 from prediction_service.errors import PayloadTooLarge
-from prediction_service.inference import BARS_INPUT
+from prediction_service.types import RawInput
 from prediction_service.modelzoo.datasets import bar_windows
 from prediction_service.modelzoo.synthetic import synthetic_ohlcv
-from prediction_service.processing import ModelProcessing
+from prediction_service.serving.processing import ModelProcessing
 from prediction_service.settings import LimitSettings, Settings
 from prediction_service.signature import OHLCV_COLUMNS
 from tests.support.asgi import served_app
@@ -63,15 +63,15 @@ def test_the_caps_are_read_from_the_shape_before_conversion():
     processing = ModelProcessing(_Version(), LIMITS)
     # not numbers at all: refused for its size, never converted (a conversion would say "numbers")
     with pytest.raises(PayloadTooLarge, match="per window"):
-        processing.preprocess({BARS_INPUT: [[["x"] * 5] * 201]})
-    assert not processing.runs_off_loop({BARS_INPUT: [[["x"] * 5] * 201]})  # refused inline, no thread
+        processing.preprocess({RawInput.BARS: [[["x"] * 5] * 201]})
+    assert not processing.runs_off_loop({RawInput.BARS: [[["x"] * 5] * 201]})  # refused inline, no thread
 
 
 def test_large_bar_requests_run_off_the_loop_and_small_ones_inline():
     processing = ModelProcessing(_Version(), LimitSettings())
-    assert not processing.runs_off_loop({BARS_INPUT: _windows(16, 60)})     # 960 bars: cheaper than a hop
-    assert processing.runs_off_loop({BARS_INPUT: _windows(4, 1000)})       # 4,000 bars
-    assert processing.runs_off_loop({BARS_INPUT: [_columns(w) for w in _windows(4, 1000)]})
+    assert not processing.runs_off_loop({RawInput.BARS: _windows(16, 60)})     # 960 bars: cheaper than a hop
+    assert processing.runs_off_loop({RawInput.BARS: _windows(4, 1000)})       # 4,000 bars
+    assert processing.runs_off_loop({RawInput.BARS: [_columns(w) for w in _windows(4, 1000)]})
 
 
 class _Version:

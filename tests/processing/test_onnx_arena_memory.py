@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent('''
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from prediction_service.runtimes import open_artifact
+    from prediction_service.execution.runtimes import open_artifact
     from prediction_service.signature import ModelSignature, TensorSpec
 
     def rss_mb():

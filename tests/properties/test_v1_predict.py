@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 
-from prediction_service.bars import preprocess_bars
+from prediction_service.preprocessing.bars import preprocess_bars
 from prediction_service.modelzoo.datasets import price_bars_step
 
 from .harness import copy_store, run_rest_property, serve

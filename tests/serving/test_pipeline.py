@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from prediction_service.auth import Scope
+from prediction_service.security.auth import Scope
 from prediction_service.errors import BadRequest, InvalidInput
-from prediction_service.inference import InferenceRequest, PredictionRecord, RequestContext, Selector
+from prediction_service.types import InferenceRequest, PredictionRecord, RequestContext, Selector
 from prediction_service.v1.schemas import MAX_DEADLINE_MS
 from prediction_service.serving.deadline import request_deadline
 from prediction_service.settings import LimitSettings

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, inspect, select
 
-from prediction_service.inference import PredictionRecord, RequestContext
+from prediction_service.types import PredictionRecord, RequestContext
 from prediction_service.monitoring.audit import AuditLog, AuditReader
 from prediction_service.registry.events import EventLog
 from prediction_service.settings import AuditSettings, StateSettings

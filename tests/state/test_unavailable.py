@@ -9,7 +9,7 @@ import time
 import pytest
 
 from prediction_service.experiments.store import ExperimentStore
-from prediction_service.inference import PredictionRecord, RequestContext
+from prediction_service.types import PredictionRecord, RequestContext
 from prediction_service.monitoring.audit import AuditLog
 from prediction_service.settings import AuditSettings, StateSettings
 from prediction_service.state import StateUnavailable

@@ -47,7 +47,7 @@ async def served_app(settings: Settings | None = None, *, metrics_registry: Coll
 def router_app(router: APIRouter, settings: Settings) -> FastAPI:
     """One router on a bare app with the service's error handlers and an unstarted Service for ``settings``."""
     from prediction_service.api.errors import install_error_handlers
-    from prediction_service.service import Service
+    from prediction_service.serving.service import Service
 
     app = FastAPI()
     app.state.service = Service(settings)

@@ -10,7 +10,7 @@ from prediction_service.commands.demo_registry import MINILM_NAME
 from prediction_service.modelzoo import minilm_sentiment as minilm
 from prediction_service.packaging.validation import Tolerances
 from prediction_service.registry import RegistryReader
-from prediction_service.runtimes import OnnxRuntime
+from prediction_service.execution.runtimes import OnnxRuntime
 
 HELD_OUT_SEED = 2027
 HELD_OUT_ROWS = 128

@@ -14,14 +14,14 @@ from prometheus_client import CollectorRegistry
 from tokenizers import Tokenizer as ReferenceTokenizer
 
 from prediction_service.errors import ServiceUnavailable
-from prediction_service.inference import TEXT_INPUT
+from prediction_service.types import RawInput
 from prediction_service.modelzoo import minilm_sentiment as minilm
 from prediction_service.modelzoo.datasets import VOCAB_PATH
 from prediction_service.modelzoo.synthetic import synthetic_headlines
-from prediction_service.processing import ModelProcessing, TokensInFlight
+from prediction_service.serving.processing import ModelProcessing, TokensInFlight
 from prediction_service.settings import LimitSettings, Settings
 from prediction_service.signature import ModelSignature, TensorSpec
-from prediction_service.tokenizer import Tokenizer
+from prediction_service.preprocessing.tokenizer import Tokenizer
 from tests.support.asgi import served_app
 
 SENTIMENT = "/v1/models/sentiment-transformer/predict"
@@ -72,9 +72,9 @@ def _wordpiece(tmp_path: Path, max_length: int, limits: LimitSettings) -> ModelP
 
 def test_the_request_cost_is_rows_times_the_longest_row(tmp_path):
     processing = _wordpiece(tmp_path, 32, LimitSettings())
-    arrays = processing.preprocess({TEXT_INPUT: ["Stocks rally", "Oil slips as demand fears grow"]})
+    arrays = processing.preprocess({RawInput.TEXT: ["Stocks rally", "Oil slips as demand fears grow"]})
     assert arrays["input_ids"].shape == (2, 8) and processing.tokens == 16
-    processing.preprocess({TEXT_INPUT: [" ".join(["markets"] * 600)] * 3})  # truncated: 32 tokens a row
+    processing.preprocess({RawInput.TEXT: [" ".join(["markets"] * 600)] * 3})  # truncated: 32 tokens a row
     assert processing.tokens == 3 * 32
 
 
@@ -94,7 +94,7 @@ def test_a_long_text_has_the_tokens_of_the_whole_text_cut_where_the_model_stops(
         # the character rule set aside (it cuts long texts first): only what the tokenizer reads is compared
         limits = LimitSettings(max_tokens_per_request=1 << 20, max_text_chars_per_token=10_000)
         processing = _wordpiece(tmp_path, max_length, limits)
-        arrays = processing.preprocess({TEXT_INPUT: texts})
+        arrays = processing.preprocess({RawInput.TEXT: texts})
         reference.enable_truncation(max_length)
         for row, text in enumerate(texts):
             ids = arrays["input_ids"][row][arrays["attention_mask"][row] == 1].tolist()

@@ -13,7 +13,7 @@ from prediction_service.errors import InvalidInput
 from prediction_service.modelzoo import minilm_sentiment as minilm
 from prediction_service.modelzoo.synthetic import synthetic_headlines
 from prediction_service.signature import ModelSignature, TensorSpec, TextPreprocessing
-from prediction_service.tokenizer import WordPieceTokenizer
+from prediction_service.preprocessing.tokenizer import WordPieceTokenizer
 
 HEADLINES = [
     "Shares of Apple surge 5% after Q3 earnings beat; S&P 500 rallies.",

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...experiments.models import Analysis, Experiment, ExperimentSpec, ExperimentStatus, OutcomeRecord
-from ...auth import ApiKey, Scope
+from ...security.auth import ApiKey, Scope
 from ...experiments.service import ExperimentService, OutcomeReporter
 from ..body import read_body
 from ..deps import get_service, get_settings, require_admin, require_read

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from ...ensemble.metadata import EnsembleDetail, EnsembleSummary, MemberStatus
-from ...inference import TensorMetadata
+from ...types import TensorMetadata
 from ...registry import validate_name
 from ...v1.schemas import ModelDetail, ModelSummary
 from ..deps import get_service, require_admin, require_read

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from ...inference import InferenceRequest, InferenceResult
+from ...types import InferenceRequest, InferenceResult
 from ...v1.schemas import REQUEST_ID_HEADER, PredictRequest, PredictResponse
 from ..body import read_json
 from ..deadline import requested_budget_ms

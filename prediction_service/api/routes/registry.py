@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from ...artifacts import DEFAULT_PRECISION, ArtifactFormat, Precision
-from ...auth import ApiKey
+from ...security.auth import ApiKey
 from ...ensemble import EnsembleMember, EnsembleMetadata, EnsembleRegistry, WeightedPriceSentiment
 from ...errors import InvalidInput, PayloadTooLarge
 from ...registry.compare import VersionComparison

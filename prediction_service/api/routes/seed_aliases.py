@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...ensemble.combiners import OUTPUTS
 from ...ensemble.runner import RAW_INPUT
 from ...errors import InvalidInput
-from ...inference import BARS_INPUT, TEXT_INPUT, InferenceRequest, InferenceResult, Selector
+from ...types import InferenceRequest, InferenceResult, RawInput, Selector
 from ...oip.documents import model_metadata
 from ...registry import validate_name
 from ...v1.schemas import REQUEST_ID_HEADER
@@ -74,7 +74,7 @@ class BatchRequest(_SeedRequest):
 @router.post("/predict/price", summary="AIPX-compatible: next price from one OHLCV window (SEED_API_PRICE_MODEL)")
 async def predict_price(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
     return await _serve(request, api_key, get_service(request).settings.seed_api.price_model, PriceRequest,
-                        lambda b: {BARS_INPUT: b.ohlcv_data}, _price_answer)
+                        lambda b: {RawInput.BARS: b.ohlcv_data}, _price_answer)
 
 
 def _price_answer(body: PriceRequest, result: InferenceResult) -> FastJSONResponse:
@@ -86,7 +86,7 @@ def _price_answer(body: PriceRequest, result: InferenceResult) -> FastJSONRespon
 @router.post("/predict/sentiment", summary="AIPX-compatible: sentiment of a text (SEED_API_SENTIMENT_MODEL)")
 async def predict_sentiment(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
     return await _serve(request, api_key, get_service(request).settings.seed_api.sentiment_model,
-                        SentimentRequest, lambda b: {TEXT_INPUT: [b.text]}, _sentiment_answer)
+                        SentimentRequest, lambda b: {RawInput.TEXT: [b.text]}, _sentiment_answer)
 
 
 def _sentiment_answer(body: SentimentRequest, result: InferenceResult) -> FastJSONResponse:
@@ -101,7 +101,7 @@ def _sentiment_answer(body: SentimentRequest, result: InferenceResult) -> FastJS
 @router.post("/predict/ensemble", summary="AIPX-compatible: price + sentiment ensemble (SEED_API_ENSEMBLE_MODEL)")
 async def predict_ensemble(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
     return await _serve(request, api_key, get_service(request).settings.seed_api.ensemble_model, EnsembleRequest,
-                        lambda b: {BARS_INPUT: b.ohlcv_data, TEXT_INPUT: [b.news_text]}, _ensemble_answer)
+                        lambda b: {RawInput.BARS: b.ohlcv_data, RawInput.TEXT: [b.news_text]}, _ensemble_answer)
 
 
 def _ensemble_answer(body: EnsembleRequest, result: InferenceResult) -> FastJSONResponse:
@@ -117,7 +117,7 @@ def _ensemble_answer(body: EnsembleRequest, result: InferenceResult) -> FastJSON
 @router.post("/predict/batch", summary="AIPX-compatible: price predictions for several windows in one model run")
 async def predict_batch(request: Request, api_key=Depends(require_predict)) -> FastJSONResponse:
     return await _serve(request, api_key, get_service(request).settings.seed_api.price_model, BatchRequest,
-                        lambda b: {BARS_INPUT: [item.ohlcv_data for item in b.items]}, _batch_answer)
+                        lambda b: {RawInput.BARS: [item.ohlcv_data for item in b.items]}, _batch_answer)
 
 
 def _batch_answer(body: BatchRequest, result: InferenceResult) -> FastJSONResponse:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DeadlineExceeded, Overloaded, PredictionServiceError, ServiceUnavailable
+from ..errors import DeadlineExceeded, Overloaded, PredictionServiceError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 if TYPE_CHECKING:
     from tokenizers import Encoding

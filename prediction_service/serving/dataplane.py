@@ -14,19 +14,19 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .adapters.base import ServingAdapter
-from .auth import VersionAccess
-from .errors import Overloaded, PredictionServiceError, ServiceUnavailable
-from .log_throttle import ThrottledLog
-from .inference import (InferenceRequest, InferenceResult, ModelMetadata, PredictionObserver, PredictionRecord,
-                        Readiness, RequestContext)
+from ..adapters.base import ServingAdapter
+from ..security.auth import VersionAccess
+from ..errors import Overloaded, PredictionServiceError, ServiceUnavailable
+from ..log_throttle import ThrottledLog
+from ..types import (InferenceRequest, InferenceResult, ModelMetadata, PredictionObserver, PredictionRecord,
+                     Readiness, RequestContext)
 from .model_manager import ModelManager
-from .ensemble.metadata import EnsembleDetail, EnsembleSummary
-from .ensemble.runner import EnsembleRunner
-from .ensemble.store import EnsembleCatalog
-from .registry import ModelVersion
-from .serving.servables import CLIENT_CLOSED_REQUEST, ExperimentRouter, ModelGateway, ModelServable, Servable
-from .settings import Settings
+from ..ensemble.metadata import EnsembleDetail, EnsembleSummary
+from ..ensemble.runner import EnsembleRunner
+from ..ensemble.store import EnsembleCatalog
+from ..registry import ModelVersion
+from .servables import CLIENT_CLOSED_REQUEST, ExperimentRouter, ModelGateway, ModelServable, Servable
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 _arm_log = ThrottledLog(log)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
+from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -17,17 +18,38 @@ import numpy as np
 from .request_ids import new_request_id
 
 if TYPE_CHECKING:
-    from .auth import Scope
-    from .processing import ModelProcessing
     from .signature import TensorSpec
 
-TEXT_INPUT = "text"
-"""Name of the BYTES/string input that text models accept; the server tokenizes it (processing.py)."""
-BARS_INPUT = "bars"
-"""Name of the raw OHLCV input ([batch, n_bars, 5] or one [n_bars, 5] window) that models declaring a bars
-step accept; the server turns it into the model's tensor (processing.py, bars.py)."""
-SOLE_INPUT = ""
-"""Name a codec gives a tensor when the caller did not name it (bare rows for a single-input model)."""
+MAX_DEADLINE_MS = 600_000
+"""The longest deadline any caller may ask for (admin keys); other scopes are capped lower (serving/deadline.py)."""
+
+
+class RawInput(StrEnum):
+    """The inputs a door may hand over instead of the model's own tensors; the model's processing turns
+    them into tensors (serving/processing.py). A model input of the same name wins: then it is a tensor."""
+
+    TEXT = "text"
+    """Strings, one per row, for text models: the server tokenizes them."""
+    BARS = "bars"
+    """Raw OHLCV ([batch, n_bars, 5] or one [n_bars, 5] window) for models declaring a bars step: the server
+    turns them into the model's tensor (preprocessing/bars.py)."""
+    UNNAMED = ""
+    """A tensor the caller did not name (bare rows): it feeds a single-input model."""
+
+
+class Scope(IntEnum):
+    """What an API key may do; each scope includes the ones below it."""
+
+    READ = 1
+    OUTCOME = 2
+    """read, and outcomes for any prediction (others post outcomes only for their own predictions)."""
+    ADMIN = 3
+
+
+class Predictions(Protocol):
+    """A model's post-processing: raw output tensors to per-row predictions."""
+
+    def predictions(self, outputs: dict[str, np.ndarray]) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -62,7 +84,7 @@ class RequestContext:
     """time.monotonic() instant after which the work is dropped."""
     received_at: float = field(default_factory=time.time)
     api_key_id: str | None = None
-    scope: "Scope | None" = None
+    scope: Scope | None = None
     """Scope of the caller's API key; None when the caller presented none (or keys are off)."""
     protocol: str = "v1"
     """Front door that took the request: v1, oip-rest or oip-grpc (metrics and audit label)."""
@@ -94,7 +116,7 @@ class InferenceResult:
     inference_time_ms: float
     outputs: dict[str, np.ndarray]
     provenance: Provenance
-    processing: "ModelProcessing"
+    processing: Predictions
 
     @cached_property
     def predictions(self) -> list[Any]:

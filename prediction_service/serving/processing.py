@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .bars import bars_extent, bars_from_columns, expected_bars, preprocess_bars
-from .errors import InvalidInput, PayloadTooLarge, ServiceUnavailable
-from .inference import BARS_INPUT, SOLE_INPUT, TEXT_INPUT
-from .registry import ModelVersion
-from .settings import LimitSettings
-from .signature import ModelSignature
+from ..preprocessing.bars import bars_extent, bars_from_columns, expected_bars, preprocess_bars
+from ..errors import InvalidInput, PayloadTooLarge, ServiceUnavailable
+from ..types import RawInput
+from ..registry import ModelVersion
+from ..settings import LimitSettings
+from ..signature import ModelSignature
 
 
 class ModelProcessing:
@@ -42,11 +42,11 @@ class ModelProcessing:
 
     def takes_text(self, inputs: dict[str, Any]) -> bool:
         """Whether ``inputs`` is text this model tokenizes (worth running off the event loop)."""
-        return TEXT_INPUT in inputs and self.signature.text is not None and TEXT_INPUT not in self._input_names
+        return RawInput.TEXT in inputs and self.signature.text is not None and RawInput.TEXT not in self._input_names
 
     def takes_bars(self, inputs: dict[str, Any]) -> bool:
         """Whether ``inputs`` is raw OHLCV bars this model turns into its tensor."""
-        return BARS_INPUT in inputs and self.signature.bars is not None and BARS_INPUT not in self._input_names
+        return RawInput.BARS in inputs and self.signature.bars is not None and RawInput.BARS not in self._input_names
 
     def runs_off_loop(self, inputs: dict[str, Any]) -> bool:
         """Whether pre-processing ``inputs`` is CPU work worth a thread: tokenizing texts, computing
@@ -56,7 +56,7 @@ class ModelProcessing:
             return True
         if not self.takes_bars(inputs):
             return False
-        extent = bars_extent(inputs[BARS_INPUT])
+        extent = bars_extent(inputs[RawInput.BARS])
         if extent is None or self._bars_refusal(extent) is not None:
             return False  # refused from its shape: nothing to hand to a thread
         step = self.signature.bars
@@ -65,23 +65,23 @@ class ModelProcessing:
     def preprocess(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """Caller tensors -> validated model tensors (dtype, shape, finiteness, row limits)."""
         max_rows = self.limits.max_batch_rows
-        if TEXT_INPUT in inputs and TEXT_INPUT not in self._input_names:
+        if RawInput.TEXT in inputs and RawInput.TEXT not in self._input_names:
             if self.signature.text is None:
                 raise InvalidInput(f"model {self.name} does not take text; send its tensors",
                                    {"inputs": self._input_names})
             if len(inputs) != 1:
-                raise InvalidInput(f"send {TEXT_INPUT!r} alone, or the model's tensors",
+                raise InvalidInput(f"send '{RawInput.TEXT}' alone, or the model's tensors",
                                    {"got": sorted(inputs)})
-            inputs = self._tokenize(inputs[TEXT_INPUT], max_rows)
-        elif BARS_INPUT in inputs and BARS_INPUT not in self._input_names:
+            inputs = self._tokenize(inputs[RawInput.TEXT], max_rows)
+        elif RawInput.BARS in inputs and RawInput.BARS not in self._input_names:
             step = self.signature.bars
             if step is None:
                 raise InvalidInput(f"model {self.name} does not take bars; send its tensors",
                                    {"inputs": self._input_names})
             if len(inputs) != 1:
-                raise InvalidInput(f"send {BARS_INPUT!r} alone, or the model's tensors",
+                raise InvalidInput(f"send '{RawInput.BARS}' alone, or the model's tensors",
                                    {"got": sorted(inputs), "expected": expected_bars(step)})
-            bars = inputs[BARS_INPUT]
+            bars = inputs[RawInput.BARS]
             extent = bars_extent(bars)
             refusal = None if extent is None else self._bars_refusal(extent)
             if refusal is not None:
@@ -89,7 +89,7 @@ class ModelProcessing:
             if isinstance(bars, dict) or (isinstance(bars, list) and bars and isinstance(bars[0], dict)):
                 bars = bars_from_columns(bars, max_rows)  # named columns -> the [.., 5] row form
             inputs = {step.input: preprocess_bars(step, bars, max_rows)}
-        elif SOLE_INPUT in inputs:
+        elif RawInput.UNNAMED in inputs:
             inputs = self._name_sole_input(inputs)
         return self.signature.validate_inputs(inputs, max_rows)
 
@@ -133,7 +133,7 @@ class ModelProcessing:
         if len(names) != 1:
             raise InvalidInput(f"this model has {len(names)} inputs: name each one "
                                "(instances as {name: row} objects)", {"expected": names})
-        return {names[0]: inputs[SOLE_INPUT]}
+        return {names[0]: inputs[RawInput.UNNAMED]}
 
     def _tokenize(self, texts: Any, max_rows: int) -> dict[str, np.ndarray]:
         spec = self.signature.text
@@ -236,7 +236,7 @@ def _strings(texts: Any) -> list[str]:
     """A batch of texts: str / bytes items of a list or a 1-d array (OIP BYTES arrive as bytes)."""
     if isinstance(texts, np.ndarray):
         if texts.ndim > 1 and any(d != 1 for d in texts.shape[1:]):
-            raise InvalidInput(f"{TEXT_INPUT!r} must be one string per row", {"shape": list(texts.shape)})
+            raise InvalidInput(f"'{RawInput.TEXT}' must be one string per row", {"shape": list(texts.shape)})
         texts = texts.reshape(-1).tolist()
     elif isinstance(texts, (str, bytes)):
         texts = [texts]
@@ -255,13 +255,13 @@ def _strings(texts: Any) -> list[str]:
 
 @lru_cache(maxsize=32)
 def _tokenizer(path: Path):
-    from .tokenizer import Tokenizer
+    from ..preprocessing.tokenizer import Tokenizer
 
     return Tokenizer.from_file(path)
 
 
 @lru_cache(maxsize=32)
 def _wordpiece(path: Path, max_length: int, lowercase: bool, truncation: bool, padding: str):
-    from .tokenizer import WordPieceTokenizer
+    from ..preprocessing.tokenizer import WordPieceTokenizer
 
     return WordPieceTokenizer(path, max_length, lowercase=lowercase, truncation=truncation, padding=padding)

@@ -10,23 +10,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from enum import IntEnum
-
 from typing import TYPE_CHECKING
 
-from .errors import Forbidden, Unauthorized
-from .v1.schemas import API_KEY_HEADER
+from ..errors import Forbidden, Unauthorized
+from ..types import RequestContext, Scope
+from ..v1.schemas import API_KEY_HEADER
 
 if TYPE_CHECKING:
-    from .inference import RequestContext
-    from .settings import SecuritySettings
+    from ..settings import SecuritySettings
 
-
-class Scope(IntEnum):
-    READ = 1
-    OUTCOME = 2
-    """read, and outcomes for any prediction (others post outcomes only for their own predictions)."""
-    ADMIN = 3
+__all__ = ["API_KEY_HEADER", "ApiKey", "ApiKeyStore", "Scope", "VersionAccess"]
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
-from .errors import InvalidInput
-from .signature import OHLCV_COLUMNS, BarsPreprocessing
+from ..errors import InvalidInput
+from ..signature import OHLCV_COLUMNS, BarsPreprocessing
 
 N_FEATURES = 110
 WINDOWS = (5, 10, 20, 30, 50)

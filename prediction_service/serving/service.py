@@ -13,21 +13,21 @@ import os
 
 from prometheus_client import CollectorRegistry
 
-from .adapters.base import ServingAdapter
-from .adapters.factory import ServingAdapterFactory
-from .auth import ApiKey, ApiKeyStore, Scope
+from ..adapters.base import ServingAdapter
+from ..adapters.factory import ServingAdapterFactory
+from ..security.auth import ApiKey, ApiKeyStore, Scope
 from .dataplane import DataPlane
-from .errors import NotFound
-from .experiments import ExperimentService, ExperimentStore
-from .experiments.service import ExperimentObserver, RegistryCatalog
-from .inference import RequestContext
+from ..errors import NotFound
+from ..experiments import ExperimentService, ExperimentStore
+from ..experiments.service import ExperimentObserver, RegistryCatalog
+from ..types import RequestContext
 from .model_manager import ModelManager
-from .monitoring.audit import AuditLog, audit_db_path
-from .monitoring.metrics import ServiceMetrics, mark_worker_dead, multiprocess_dir
-from .ratelimit import ParseBudget, RateLimiter
-from .registry import ModelKey, ModelRegistry
-from .serving.pipeline import RequestPipeline
-from .settings import Settings
+from ..monitoring.audit import AuditLog, audit_db_path
+from ..monitoring.metrics import ServiceMetrics, mark_worker_dead, multiprocess_dir
+from ..security.ratelimit import ParseBudget, RateLimiter
+from ..registry import ModelKey, ModelRegistry
+from .pipeline import RequestPipeline
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Service:
             self._background.append(asyncio.create_task(
                 self.metrics.run_refresher(self.check_health, self.settings.health_check_interval_seconds)))
         if self.settings.mlflow.follows:  # MLflow aliases move what is served (imported only then)
-            from .mlflow_bridge.follow import MlflowFollower
+            from ..mlflow_bridge.follow import MlflowFollower
 
             follower = MlflowFollower(self.registry, self.settings.mlflow)
             self.dataplane.readiness_details.append(follower.details)

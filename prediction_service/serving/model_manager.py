@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from .adapters.base import LoadedModel, ServingAdapter
-from .errors import ModelLoadError, Overloaded, PredictionServiceError, RateLimited
-from .registry import ModelKey, ModelVersion, RegistryReader
-from .ratelimit import RateLimiter
-from .settings import Settings
+from ..adapters.base import LoadedModel, ServingAdapter
+from ..errors import ModelLoadError, Overloaded, PredictionServiceError, RateLimited
+from ..registry import ModelKey, ModelVersion, RegistryReader
+from ..security.ratelimit import RateLimiter
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 

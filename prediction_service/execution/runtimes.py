@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import ArtifactFormat
-from .errors import ModelLoadError
-from .signature import ModelSignature
+from ..artifacts import ArtifactFormat
+from ..errors import ModelLoadError
+from ..signature import ModelSignature
 
 Tensors = dict[str, np.ndarray]
 
@@ -133,7 +133,7 @@ class TorchRuntime(Runtime):
                         architecture_config: Mapping[str, Any]) -> "TorchRuntime":
         import torch
 
-        from .architectures import build_model
+        from ..architectures import build_model
 
         if not architecture:
             raise ModelLoadError("a state_dict artifact needs metadata 'architecture' to rebuild the model")

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .settings import WarmupSettings
-from .signature import ModelSignature
+from ..settings import WarmupSettings
+from ..signature import ModelSignature
 
 Tensors = dict[str, np.ndarray]
 

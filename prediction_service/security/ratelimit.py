@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from .errors import Overloaded, RateLimited
+from ..errors import Overloaded, RateLimited
 
 MAX_TRACKED_CALLERS = 100_000
 
