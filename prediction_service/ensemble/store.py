@@ -1,10 +1,8 @@
-"""EnsembleRegistry: register, list, resolve, promote and archive ensemble versions in the filesystem
-registry, with the model registry's own parts: its layout (names validated, nothing outside the root),
-its per-name file lock, atomic stage links, the lifecycle table and the event log.
-
-Reads are cached as registry/reader.py caches models: a parsed ensemble.json is kept by its file's stamp
-(inode, mtime_ns, size), and a resolved (name, stage) is reused while the stage link's target and that
-stamp are unchanged, so a request for an ensemble costs one readlink and one stat, never a read or parse.
+"""EnsembleRegistry: the ensemble versions in the filesystem registry. Reads are the registry's own
+versioned-document reader (registry/documents.py, the one that reads models: a resolved stage costs one
+readlink and one stat); this adds the writes (register, promote, archive) with the model registry's own
+parts: its layout (names validated, nothing outside the root), its per-name file lock, atomic stage links,
+the lifecycle table and the event log it is given.
 
 Members are checked against the registry when a version is registered and again when it enters
 production (``force`` overrides the latter, as for models without a passing validation).
@@ -18,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,13 +24,14 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from ..errors import InvalidInput, ModelNotFound, PredictionServiceError, VersionNotFound
+from ..errors import InvalidInput, PredictionServiceError
 from ..registry.errors import NameInUse, PromotionRefused
 from ..registry.events import EVENTS_FILE, EventLog
 from ..registry.fsutil import atomic_symlink, atomic_write_bytes, fsync_dir
-from ..registry.layout import METADATA_FILE, STAGES, RegistryLayout, validate_stage
+from ..registry.documents import VersionedDocuments
+from ..registry.layout import METADATA_FILE, RegistryLayout, validate_stage
 from ..registry.lifecycle import STAGE_OF_STATUS, check_transition
-from ..registry.reader import CorruptMetadata, RegistryReader, file_stamp, version_sort_key
+from ..registry.reader import RegistryReader
 from ..registry.store import STATE_DIR, writer_lock
 from ..registry.writer import register_document_version
 from ..settings import StateSettings
@@ -43,84 +41,20 @@ from .spec import ENSEMBLE_FILE, Ensemble, EnsembleMember, EnsembleMetadata
 log = logging.getLogger(__name__)
 
 
-class EnsembleRegistry:
-    def __init__(self, root: Path, *, lock_timeout_s: float = 30.0, state: StateSettings | None = None,
+class EnsembleRegistry(VersionedDocuments[Ensemble]):
+    def __init__(self, root: Path, *, models: RegistryReader | None = None, events: EventLog | None = None,
+                 lock_timeout_s: float = 30.0, state: StateSettings | None = None,
                  on_write: Callable[[str], None] | None = None):
-        """``state``: where the event log lives (None: STATE_* from the environment). ``on_write``: called
-        with the ensemble's name after this registry registered, promoted or archived one of its versions."""
-        self.layout = RegistryLayout(root)
+        """``models``: the model reader member checks resolve through (a server passes its model manager's;
+        None: a new one on ``root``). ``events``: the registry's event log (None: the one under ``root``,
+        kept where ``state`` says, STATE_* from the environment by default). ``on_write``: called with the
+        ensemble's name after this registry registered, promoted or archived one of its versions."""
+        super().__init__(RegistryLayout(root), ENSEMBLE_FILE, "ensemble", _parse_ensemble)
         self.on_write = on_write
-        self.models = RegistryReader(self.layout.root)
-        self.events = EventLog(self.layout.root / STATE_DIR / EVENTS_FILE, state=state)
+        self.models = models if models is not None else RegistryReader(self.layout.root)
+        self.events = events if events is not None else EventLog(self.layout.root / STATE_DIR / EVENTS_FILE,
+                                                                 state=state)
         self._lock_timeout_s = lock_timeout_s
-        self._cache_lock = threading.Lock()
-        self._parsed: dict[Path, tuple[tuple[int, int, int], Ensemble]] = {}
-        self._resolved: dict[tuple[str, str], tuple[str, str, tuple[int, int, int], Ensemble]] = {}
-        """(name, stage) -> (stage link path, its target, ensemble.json's stamp, the resolved ensemble)."""
-
-    @property
-    def root(self) -> Path:
-        return self.layout.root
-
-    # ---- reads -------------------------------------------------------------------------------
-
-    def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
-                      and any(p.glob(f"v*/{ENSEMBLE_FILE}")))
-
-    def versions(self, name: str) -> list[Ensemble]:
-        model_dir = self.layout.model_dir(name)
-        found = [self._load(p.parent) for p in model_dir.glob(f"v*/{ENSEMBLE_FILE}") if not p.parent.is_symlink()]
-        if not found:
-            raise ModelNotFound(f"ensemble {name!r} is not registered", {"ensemble": name})
-        return sorted(found, key=lambda e: version_sort_key(e.version))
-
-    def get(self, name: str, version: str) -> Ensemble:
-        version_dir = self.layout.version_dir(name, version)
-        if not (version_dir / ENSEMBLE_FILE).is_file():
-            if name not in self.names():
-                raise ModelNotFound(f"ensemble {name!r} is not registered", {"ensemble": name})
-            raise VersionNotFound(f"ensemble {name!r} has no version {version!r}",
-                                  {"ensemble": name, "version": version})
-        return self._load(version_dir)
-
-    def stages(self, name: str) -> dict[str, str | None]:
-        return {stage: self.layout.read_stage(name, stage) for stage in STAGES}
-
-    def resolve(self, name: str, version: str | None = None, stage: str | None = None) -> Ensemble:
-        """An explicit version wins; otherwise the stage (default production)."""
-        if version is not None:
-            return self.get(name, version)
-        fast = self.resolve_cached(name, stage or "production")
-        if fast is not None:
-            return fast
-        stage = validate_stage(stage or "production")
-        target = self.layout.read_stage(name, stage)
-        if target is None:
-            self.versions(name)  # ModelNotFound for an unknown ensemble
-            raise VersionNotFound(f"ensemble {name!r} has no {stage} version", {"ensemble": name, "stage": stage})
-        found = self.get(name, target).model_copy(update={"stage": stage})
-        with self._cache_lock:  # the stamp of the bytes parsed, not a later stat: a write in between re-reads
-            stamp = self._parsed[found.path / ENSEMBLE_FILE][0]
-            self._resolved[(name, stage)] = (str(self.layout.stage_link(name, stage)), f"v{target}", stamp, found)
-        return found
-
-    def resolve_cached(self, name: str, stage: str = "production") -> Ensemble | None:
-        """The hot path: what ``resolve`` last answered for (name, stage) while its stage link and file are
-        unchanged (one readlink, one stat; safe on the event loop), else None for the slow path."""
-        cached = self._resolved.get((name, stage))
-        if cached is None:
-            return None
-        link, target, stamp, found = cached
-        try:
-            if os.readlink(link) != target or file_stamp(found.path / ENSEMBLE_FILE) != stamp:
-                return None
-        except OSError:
-            return None
-        return found
 
     def member_problems(self, metadata: EnsembleMetadata) -> list[str]:
         """Why the members cannot serve now (missing model, stage without a version, wrong kind of model)."""
@@ -240,24 +174,6 @@ class EnsembleRegistry:
     def _write(self, metadata: EnsembleMetadata) -> None:
         atomic_write_bytes(self.layout.version_dir(metadata.name, metadata.version) / ENSEMBLE_FILE, _dump(metadata))
 
-    def _load(self, version_dir: Path) -> Ensemble:
-        path = version_dir / ENSEMBLE_FILE
-        stamp = file_stamp(path)
-        with self._cache_lock:
-            cached = self._parsed.get(path)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        raw = path.read_bytes()
-        try:
-            metadata = EnsembleMetadata.model_validate_json(raw)
-        except ValidationError as exc:
-            raise CorruptMetadata(f"invalid {ENSEMBLE_FILE} in {version_dir.name}",
-                                  {"errors": exc.errors()[:5]}) from exc
-        found = Ensemble(path=version_dir, metadata=metadata, sha256=hashlib.sha256(raw).hexdigest())
-        with self._cache_lock:
-            self._parsed[path] = (stamp, found)
-        return found
-
 
 class EnsembleCatalog:
     """Which names are ensembles, for the data plane's hot path: ``is_ensemble`` is a lookup in a frozenset
@@ -270,8 +186,9 @@ class EnsembleCatalog:
     once. Without a model manager (CLI commands, tests) the set is what the constructor's scan found
     (``scan=False`` skips it) until ``refresh()`` is called. A failed scan keeps the last good set."""
 
-    def __init__(self, root: Path, state: StateSettings | None = None, *, scan: bool = True):
-        self.registry = EnsembleRegistry(root, state=state, on_write=self.add)
+    def __init__(self, root: Path, state: StateSettings | None = None, *, scan: bool = True,
+                 models: RegistryReader | None = None):
+        self.registry = EnsembleRegistry(root, models=models, state=state, on_write=self.add)
         self._names: frozenset[str] = frozenset()
         self._lock = threading.Lock()  # writers only (scans and adds, from threads); lookups read the reference
         self._scan_lock = threading.Lock()  # one scan at a time, so a slow old scan never lands after a newer one
@@ -314,6 +231,11 @@ class EnsembleCatalog:
             self._added[name] = self._writes
             if name not in self._names:
                 self._names = self._names | {name}
+
+
+def _parse_ensemble(version_dir: Path, raw: bytes) -> Ensemble:
+    return Ensemble(path=version_dir, metadata=EnsembleMetadata.model_validate_json(raw),
+                    sha256=hashlib.sha256(raw).hexdigest())
 
 
 def _dump(metadata: EnsembleMetadata) -> bytes:

@@ -50,8 +50,8 @@ class DataPlane:
         self.shutting_down = False
         self.in_flight = 0
         self.models = ModelServable(settings, manager, adapter, experiments)
-        self.ensembles = EnsembleRunner(EnsembleCatalog(manager.reader.root, state=settings.state),
-                                        ModelGateway(self.models, self.settle), VersionAccess(settings.security))
+        catalog = EnsembleCatalog(manager.reader.root, state=settings.state, models=manager.reader)
+        self.ensembles = EnsembleRunner(catalog, ModelGateway(self.models, self.settle), VersionAccess(settings.security))
         manager.add_refresher(self.ensembles.refresh)  # which names are ensembles: rescanned off the loop
 
     def servable(self, name: str) -> Servable:

@@ -6,13 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..types import MAX_DEADLINE_MS
+from .. import types as core
 
 # Wire names the server and prediction_service.client share.
 REQUEST_ID_HEADER = "X-Request-Id"
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
 API_KEY_HEADER = "X-API-Key"
-# MAX_DEADLINE_MS (imported above) is part of the wire vocabulary the client shares.
+MAX_DEADLINE_MS = core.MAX_DEADLINE_MS
 
 
 class PredictRequest(BaseModel):
