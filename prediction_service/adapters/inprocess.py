@@ -14,6 +14,7 @@ import numpy as np
 
 from ..artifacts import ARTIFACT_FORMATS
 from ..execution.batching import DynamicBatcher
+from ..execution.single_flight import SingleFlight
 from ..errors import ModelLoadError, ModelNotFound
 from ..registry import ArtifactInfo, ModelKey, ModelVersion
 from ..registry.fsutil import sha256_file
@@ -47,40 +48,42 @@ class InProcessAdapter(ServingAdapter):
         # Least recently used first. Pinned keys (what a stage serves) are never evicted or idled out.
         self._models: OrderedDict[ModelKey, _Entry] = OrderedDict()
         self._pinned: frozenset[ModelKey] = frozenset()
-        self._load_locks: dict[ModelKey, asyncio.Lock] = {}
+        self._loads = SingleFlight("load", log_failures=False)  # the model manager logs load failures
         self._background: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
 
     # ---- contract -----------------------------------------------------------------------------
 
     async def load(self, version: ModelVersion) -> LoadedModel:
+        entry = self._models.get(version.key)
+        if entry is not None:
+            return entry.model
+        return await self._loads.run(version.key, lambda: self._open_model(version))
+
+    async def _open_model(self, version: ModelVersion) -> LoadedModel:
         key = version.key
-        lock = self._load_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            if key in self._models:
-                return self._models[key].model
-            artifact = self.choose_artifact(version)
-            loop = asyncio.get_running_loop()
-            runtime = await loop.run_in_executor(self._executor, self._open, version, artifact)
-            details: dict = {"format": runtime.format}
-            if self.settings.warmup.enabled:
-                details["warmup"] = (await self._warm_up(key, runtime, version)).as_dict()
-            model = LoadedModel(version=version, backend=self.name, artifact=artifact, details=details)
-            batcher = DynamicBatcher(
-                self._runner(runtime),
-                max_batch_size=min(self.settings.batching.max_batch_size, version.signature.max_batch_size),
-                max_queue_delay_ms=_batch_delay_ms(self.settings.batching, version.signature),
-                wait_while_idle=version.signature.batch_delay_ms is not None or not self.settings.batching.adaptive,
-                max_queue_size=self.settings.batching.max_queue_size,
-                max_concurrent_batches=self.settings.batching.concurrent_batches,
-                on_batch=self._observe_batch(key.name),
-                name=str(key),
-            )
-            self._models[key] = _Entry(model, runtime, batcher, time.monotonic())
-            self._evict_over_bound()
-            self._ensure_sweeper()
-            log.info("loaded %s (%s, %s) in %s", key, artifact.file, artifact.precision, self.name)
-            return model
+        artifact = self.choose_artifact(version)
+        loop = asyncio.get_running_loop()
+        runtime = await loop.run_in_executor(self._executor, self._open, version, artifact)
+        details: dict = {"format": runtime.format}
+        if self.settings.warmup.enabled:
+            details["warmup"] = (await self._warm_up(key, runtime, version)).as_dict()
+        model = LoadedModel(version=version, backend=self.name, artifact=artifact, details=details)
+        batcher = DynamicBatcher(
+            self._runner(runtime),
+            max_batch_size=min(self.settings.batching.max_batch_size, version.signature.max_batch_size),
+            max_queue_delay_ms=_batch_delay_ms(self.settings.batching, version.signature),
+            wait_while_idle=version.signature.batch_delay_ms is not None or not self.settings.batching.adaptive,
+            max_queue_size=self.settings.batching.max_queue_size,
+            max_concurrent_batches=self.settings.batching.concurrent_batches,
+            on_batch=self._observe_batch(key.name),
+            name=str(key),
+        )
+        self._models[key] = _Entry(model, runtime, batcher, time.monotonic())
+        self._evict_over_bound()
+        self._ensure_sweeper()
+        log.info("loaded %s (%s, %s) in %s", key, artifact.file, artifact.precision, self.name)
+        return model
 
     async def unload(self, key: ModelKey) -> None:
         entry = self._models.pop(key, None)
@@ -117,6 +120,7 @@ class InProcessAdapter(ServingAdapter):
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self._loads.cancel_all()
         await super().close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
@@ -200,7 +204,6 @@ class InProcessAdapter(ServingAdapter):
     async def _retire(self, key: ModelKey, entry: _Entry) -> None:
         await entry.batcher.close()  # queued requests finish first
         entry.runtime.close()
-        self._load_locks.pop(key, None)
         log.info("unloaded %s", key)
 
     def _emit_unloaded(self, key: ModelKey, reason: str) -> None:

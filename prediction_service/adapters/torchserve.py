@@ -24,7 +24,7 @@ from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
 from .base import AdapterHealth, LoadedModel, ServingAdapter
 from .leases import BackendLeases, lease_root
-from .shared_tasks import SharedTasks
+from ..execution.single_flight import SingleFlight
 from .torchserve_client import TorchServeClient
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class TorchServeAdapter(ServingAdapter):
         self._loaded: dict[ModelKey, LoadedModel] = {}
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         self._max_server_batch: dict[ModelKey, int] = {}
-        self._reregistrations = SharedTasks("registration in TorchServe")
+        self._reregistrations = SingleFlight("registration in TorchServe")
         self._leases = BackendLeases(lease_root(settings, "torchserve", self.model_store),
                                      settings.backend_lease_ttl_seconds)
 

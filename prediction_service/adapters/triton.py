@@ -30,7 +30,7 @@ from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
 from .base import AdapterHealth, LoadedModel, ServingAdapter
 from .leases import BackendLeases, lease_root
-from .shared_tasks import SharedTasks
+from ..execution.single_flight import SingleFlight
 from .triton_client import TritonConnection, TritonModelMissing, TritonRequestFailed
 
 if TYPE_CHECKING:  # the type only: adapters stay below the ensemble's registry
@@ -59,7 +59,7 @@ class TritonAdapter(ServingAdapter):
         self._connection = TritonConnection(self._triton)
         self._models: dict[ModelKey, _TritonModel] = {}
         self._locks: dict[ModelKey, asyncio.Lock] = {}
-        self._reloads = SharedTasks("reload into Triton")
+        self._reloads = SingleFlight("reload into Triton")
         self._leases = BackendLeases(lease_root(settings, "triton", self.repository),
                                      settings.backend_lease_ttl_seconds)
 

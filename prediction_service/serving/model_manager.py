@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from ..adapters.base import LoadedModel, ServingAdapter
+from ..execution.single_flight import SingleFlight
 from ..errors import ModelLoadError, Overloaded, PredictionServiceError, RateLimited
 from ..registry import ModelKey, ModelVersion, RegistryReader
 from ..security.ratelimit import RateLimiter
@@ -60,7 +61,7 @@ class ModelManager:
         self._on_event = on_event
         self._routes: dict[tuple[str, str], ModelVersion] = {}
         self._failures: dict[ModelKey, LoadFailure] = {}
-        self._loading: dict[ModelKey, asyncio.Task] = {}
+        self._loading = SingleFlight("load", log_failures=False)  # _load logs and records its failures
         self._inflight: Counter[ModelKey] = Counter()
         self._generations: dict[str, bytes] = {}
         self._watcher: asyncio.Task | None = None
@@ -187,14 +188,9 @@ class ModelManager:
             raise ModelLoadError(f"{key} failed to load: {failure.error}",
                                  {"model": key.name, "version": key.version,
                                   "retry_in_s": round(failure.at + failure.retry_after - time.monotonic(), 1)})
-        task = self._loading.get(key)
-        if task is None:  # one load per key, however many requests wait for it
-            if budgeted:
-                self._take_load_token(key)
-            task = asyncio.get_running_loop().create_task(self._load(version))
-            self._loading[key] = task
-            task.add_done_callback(lambda _t, k=key: self._loading.pop(k, None))
-        return await asyncio.shield(task)
+        if budgeted and not self._loading.in_flight(key):  # one token per load, not per waiter
+            self._take_load_token(key)
+        return await self._loading.run(key, lambda: self._load(version))
 
     async def _load(self, version: ModelVersion) -> LoadedModel:
         started = time.perf_counter()
