@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="start the REST API (settings from env / .env)")
     parser.add_argument("--host", help="bind address (default SERVER_HOST or 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default SERVER_PORT or 8000)")
+    parser.add_argument("--port", type=int, help="port (default SERVER_PORT or 8000; 0 = any free port)")
+    parser.add_argument("--port-file", type=Path,
+                        help="write the port the server bound here once it listens (with --port 0: which one)")
     parser.add_argument("--grpc-port", type=int,
                         help="Open Inference Protocol gRPC port (default SERVER_GRPC_PORT or 8001; 0 = none)")
     parser.add_argument("--workers", type=int, help="worker processes (default SERVER_WORKERS or 1)")
@@ -68,7 +70,9 @@ def _log_config(level: str) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
+    from ..registry.fsutil import atomic_write_bytes
     from ..settings import Settings
 
     if args.store:
@@ -85,18 +89,30 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this handler in
     # place that is a no-op, so a drained SIGTERM ends with exit code 0 instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM handled: graceful shutdown complete"))
+    config = uvicorn.Config(
+        "prediction_service.api.app:create_serving_app",  # REST and gRPC doors
+        factory=True,
+        host=args.host or settings.server.host,
+        port=settings.server.port if args.port is None else args.port,
+        workers=workers,
+        log_level=args.log_level,
+        log_config=log_config,  # worker processes configure logging from this, not from our basicConfig
+        timeout_graceful_shutdown=settings.server.shutdown_grace_seconds,  # type: ignore[arg-type]
+        access_log=False,
+    )
+    # Bound here, before any worker starts: with port 0 the port is known (and reported) without the
+    # bind-close-rebind race of picking a free port first.
+    sock = config.bind_socket()
+    if args.port_file is not None:
+        atomic_write_bytes(args.port_file, str(sock.getsockname()[1]).encode())
+    server = uvicorn.Server(config)
     try:
-        uvicorn.run(
-            "prediction_service.api.app:create_serving_app",  # REST and gRPC doors
-            factory=True,
-            host=args.host or settings.server.host,
-            port=args.port or settings.server.port,
-            workers=workers,
-            log_level=args.log_level,
-            log_config=log_config,  # worker processes configure logging from this, not from our basicConfig
-            timeout_graceful_shutdown=settings.server.shutdown_grace_seconds,  # type: ignore[arg-type]
-            access_log=False,
-        )
+        if workers > 1:
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            server.run(sockets=[sock])
+            if not server.started:
+                return 3
     finally:
         if temporary_metrics_dir is not None:
             shutil.rmtree(temporary_metrics_dir, ignore_errors=True)

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,9 +58,11 @@ class ServerProcess:
 
 def launch(store: Path, env: dict[str, str] | None = None, workers: int = 1, log_path: Path | None = None,
            ready_timeout: float = 60.0, log_level: str = "warning") -> ServerProcess:
-    """Serve ``store`` as it is; returns once /health/ready says ready."""
-    port = free_port()
-    log_path = log_path or store.parent / f"server-{port}.log"
+    """Serve ``store`` as it is on a port the server picks (``--port 0``: no race with another process
+    taking a port chosen beforehand); returns once /health/ready says ready."""
+    run_dir = Path(tempfile.mkdtemp(prefix="server-", dir=store.parent))
+    port_file = run_dir / "port"
+    log_path = log_path or run_dir / "server.log"
     full_env = {**os.environ, "MODEL_STORE": str(store), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
                 **(env or {})}
     if "PROMETHEUS_MULTIPROC_DIR" not in (env or {}):
@@ -69,11 +72,12 @@ def launch(store: Path, env: dict[str, str] | None = None, workers: int = 1, log
     with open(log_path, "wb") as log_file:
         # Own session: stop() can signal uvicorn's worker processes too.
         process = subprocess.Popen(
-            [sys.executable, "-m", "prediction_service", "serve", "--store", str(store), "--port", str(port),
-             "--workers", str(workers), "--log-level", log_level],
+            [sys.executable, "-m", "prediction_service", "serve", "--store", str(store), "--port", "0",
+             "--port-file", str(port_file), "--workers", str(workers), "--log-level", log_level],
             cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    server = ServerProcess(process, port, store, log_path)
     deadline = time.monotonic() + ready_timeout
+    port = _bound_port(process, port_file, log_path, deadline)
+    server = ServerProcess(process, port, store, log_path)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-3000:]}")
@@ -85,6 +89,23 @@ def launch(store: Path, env: dict[str, str] | None = None, workers: int = 1, log
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"server not ready after {ready_timeout} s:\n{server.log()[-3000:]}")
+
+
+def _bound_port(process: subprocess.Popen, port_file: Path, log_path: Path, deadline: float) -> int:
+    """The port the server reports in ``port_file`` once it has bound it."""
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            return int(port_file.read_text())
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{_tail(log_path)}")
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(5)
+    raise RuntimeError(f"server did not bind a port in time:\n{_tail(log_path)}")
+
+
+def _tail(log_path: Path) -> str:
+    return log_path.read_text(errors="replace")[-3000:]
 
 
 def start_server(store_template: Path, work: Path, env: dict[str, str] | None = None, workers: int = 1,
