@@ -104,7 +104,7 @@ class LeanLstm:
                 body = orjson.loads(await request.body())
             except orjson.JSONDecodeError as exc:
                 raise InvalidInput(f"body is not JSON: {exc}") from exc
-            _, raw = decode_predict(body, self.max_rows)
+            raw = decode_predict(body, self.max_rows).inputs
             outputs = await self.predict(self.processing.preprocess(raw))
         except PredictionServiceError as exc:
             return error_response(exc)
