@@ -22,9 +22,11 @@ from ..errors import BackendTimeout, BackendUnavailable, Conflict, DeadlineExcee
 from ..packaging.torchserve_mar import build_mar, mar_path, servable_artifact, served_model_name
 from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
+from ..types import RequestContext
 from .base import AdapterHealth, LoadedModel, ServingAdapter
 from .leases import BackendLeases, lease_root
 from ..execution.single_flight import SingleFlight
+from .recovery import while_restarting
 from .torchserve_client import TorchServeClient
 
 logger = logging.getLogger(__name__)
@@ -141,7 +143,8 @@ class TorchServeAdapter(ServingAdapter):
 
     # --- inference -------------------------------------------------------------------------
     async def predict(
-        self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None
+        self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None,
+        context: RequestContext | None = None,
     ) -> dict[str, np.ndarray]:
         model = self._loaded.get(key)
         if model is None:
@@ -183,7 +186,8 @@ class TorchServeAdapter(ServingAdapter):
                 return  # another request re-registered it meanwhile
             logger.warning("TorchServe no longer knows %s (restarted?); registering it again", key)
             async with self._leases.locked(served_model_name(key)):
-                await self._register(model.version)
+                await while_restarting(lambda: self._register(model.version), self.config.timeout_seconds,
+                                       f"registering {key} in TorchServe again")
 
     async def _known_remotely(self, key: ModelKey) -> bool:
         try:

@@ -28,9 +28,11 @@ from ..packaging.triton_ensemble import (COMBINER_MODEL_PATH, ENSEMBLE_OUTPUTS, 
                                          ensemble_max_batch_size, render_combiner_config, render_ensemble_config)
 from ..registry import ModelKey, ModelVersion
 from ..settings import Settings
+from ..types import RequestContext
 from .base import AdapterHealth, LoadedModel, ServingAdapter
 from .leases import BackendLeases, lease_root
 from ..execution.single_flight import SingleFlight
+from .recovery import while_restarting
 from .triton_client import TritonConnection, TritonModelMissing, TritonRequestFailed
 
 if TYPE_CHECKING:  # the type only: adapters stay below the ensemble's registry
@@ -115,7 +117,8 @@ class TritonAdapter(ServingAdapter):
     # --- serving ------------------------------------------------------------------------------
 
     async def predict(
-        self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None
+        self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None,
+        context: RequestContext | None = None,
     ) -> dict[str, np.ndarray]:
         model = self._require(key)
         try:
@@ -286,5 +289,6 @@ class TritonAdapter(ServingAdapter):
             async with self._leases.locked(model.triton_name):
                 if not (self.repository / model.triton_name).is_dir():  # the repository was wiped too
                     await self._prepare_entry(model.loaded.version)
-                await self._load_into_triton(model.triton_name)
+                await while_restarting(lambda: self._load_into_triton(model.triton_name),
+                                       self._triton.timeout_seconds, f"reloading {model.triton_name} into Triton")
             log.info("reloaded %s into Triton", model.triton_name)
