@@ -323,7 +323,7 @@ def main() -> None:
     results = standalone(store, args)
     ray_results, limits, batching = on_ray(store, args)
     results += ray_results
-    print(f"\nSLA (seed 004): p99 < {SLA_P99_MS:g} ms at {args.rate:g} rps, no errors")
+    print(f"\nSLA (the Ray Serve deployment's target): p99 < {SLA_P99_MS:g} ms at {args.rate:g} rps, no errors")
     for result in results[1::2]:
         errors = sum(n for status, n in result.statuses.items() if status != 200)
         verdict = "PASS" if meets_sla(result) else "FAIL"

@@ -10,6 +10,11 @@ from prediction_service.settings import BatchingSettings, Settings
 from tests.support.asgi import served_app
 from tests.support.models import (CLASSIFIER_SIGNATURE, REGRESSOR_SIGNATURE, TinyClassifier, TinyRegressor,
                                   register_slow, register_tiny)
+from tests.support.tiers import mark_tiers
+
+
+def pytest_collection_modifyitems(config, items):
+    mark_tiers(items)  # unit / app / process / external, from what each test starts
 
 SLOW_STEPS = 200
 """~30 ms per row on one thread: long enough for queues to form under load."""

@@ -1,0 +1,78 @@
+"""Test tiers, from what a test starts: ``unit`` (no app), ``app`` (the service in-process over ASGI),
+``process`` (a served subprocess: ``serve``, a gRPC server, a CLI run), ``external`` (Triton, TorchServe,
+PostgreSQL, Ray, MLflow, Prometheus).
+
+A test's tier is the highest of what its fixtures start and what its own body calls, so a new test lands
+in the right tier without a marker. ``scripts/test.sh --fast`` runs the unit and app tiers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from functools import lru_cache
+
+import pytest
+
+TIERS = ("unit", "app", "process", "external")
+
+FIXTURE_TIERS = {
+    # external servers
+    "shared_triton": "external", "shared_torchserve": "external", "postgres_server": "external",
+    "postgres_url": "external", "mlflow_server": "external", "ray_serve": "external", "deploy": "external",
+    # served subprocesses
+    "grpc_server": "process",
+    # the app in-process
+    "client": "app", "demo_client": "app", "ensemble_client": "app", "minilm_client": "app",
+}
+"""Fixtures by what they start; fixtures that build on these inherit through pytest's fixture closure."""
+
+EXTERNAL_MARKERS = {"triton", "torchserve"}
+
+# Calls in a test's own body (or in helpers of its module that it calls) that start something.
+_CALLS = (
+    ("external", re.compile(r"\b(start_local_triton|LocalTriton|LocalTorchServe|promtool|PostgresServer|"
+                            r"shared_server|mlflow|ray\.init|serve\.run)\b")),
+    ("process", re.compile(r"\b(start_server|launch|running_server|serve_grpc|subprocess|Popen|run_cli)\s*\(")),
+    ("app", re.compile(r"\b(served_app|ASGITransport|create_app|create_serving_app|Service)\s*\(")),
+)
+
+
+def tier_of(item: pytest.Item) -> str:
+    found = {"unit"}
+    if EXTERNAL_MARKERS & {mark.name for mark in item.iter_markers()}:
+        found.add("external")
+    for name in getattr(item, "fixturenames", ()):
+        if name in FIXTURE_TIERS:
+            found.add(FIXTURE_TIERS[name])
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "postgresql" in map(str, callspec.params.values()):
+        found.add("external")
+    function = getattr(item, "function", None)
+    if function is not None:
+        found.update(_called_tiers(function))
+    return max(found, key=TIERS.index)
+
+
+@lru_cache(maxsize=None)
+def _called_tiers(function) -> frozenset[str]:
+    """Tiers of what ``function`` starts, following the module-level helpers it calls (one level deep)."""
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return frozenset()
+    module = inspect.getmodule(function)
+    helpers = [value for name, value in vars(module).items()
+               if inspect.isfunction(value) and value.__module__ == module.__name__ and value is not function
+               and re.search(rf"\b{re.escape(name)}\s*\(", source)] if module is not None else []
+    for helper in helpers:
+        try:
+            source += inspect.getsource(helper)
+        except (OSError, TypeError):
+            pass
+    return frozenset(tier for tier, pattern in _CALLS if pattern.search(source))
+
+
+def mark_tiers(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier_of(item)))
