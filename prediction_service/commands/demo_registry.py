@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..packaging.pipeline import PackagingOptions, PackagingRequest, package_model
+from ..packaging.pipeline import PackagingOptions, PackagingRequest, package_model, package_tree_model
 from ..packaging.quantize import StaticInt8Options
 from ..registry.layout import METADATA_FILE, RegistryLayout
 from ..registry.model_version import ModelVersion
@@ -70,7 +70,50 @@ def build_demo_registry(root: Path, force: bool = False, options: PackagingOptio
         log.info("demo: %s v%s is production (%d variants, %d rejected)", name, DEMO_VERSION,
                  len(result.version.metadata.artifacts), len(result.rejected))
         registered[name] = result.version
+    tree = build_gbdt_direction(root, force=force, options=options)
+    if tree is not None:
+        registered[GBDT_NAME] = tree
     return registered
+
+
+GBDT_NAME = "gbdt-direction"
+
+
+def build_gbdt_direction(root: Path, force: bool = False,
+                         options: PackagingOptions | None = None) -> ModelVersion | None:
+    """``gbdt-direction`` v1.0.0 in production: a LightGBM direction classifier (modelzoo/gbdt.py) converted to
+    ONNX and validated against LightGBM's own predictions, served from raw bars by its declared ``ohlcv_features``
+    step (window 1). One fp32 ONNX variant (fp16/int8 do not apply to trees); the native model file is kept in
+    the version. Returns None when already present (unless ``force``)."""
+    import tempfile
+
+    from ..modelzoo import gbdt
+    from ..packaging.trees import TreeSource, load_tree_model
+
+    version_dir = RegistryLayout(root).version_dir(GBDT_NAME, DEMO_VERSION)
+    if (version_dir / METADATA_FILE).is_file():
+        if not force:
+            log.info("demo: %s v%s already present, skipped (use force to rebuild)", GBDT_NAME, DEMO_VERSION)
+            return None
+        shutil.rmtree(version_dir)
+    options = (options or PackagingOptions()).model_copy(update={"fp16": False, "int8": False})
+    with tempfile.TemporaryDirectory(prefix="gbdt-") as scratch:
+        trained = gbdt.train(Path(scratch) / gbdt.MODEL_FILE)
+        model = load_tree_model(TreeSource(path=trained.path, library="lightgbm"))
+        request = PackagingRequest(
+            name=GBDT_NAME, version=DEMO_VERSION, signature=gbdt.signature(),
+            description="LightGBM over the 110 OHLCV features of the last bar -> P(down, flat, up) over the next 5 "
+                        "steps",
+            tags={"source": "demo", "data": "synthetic", "model_library": "lightgbm"},
+            metrics={"train_accuracy": trained.train_accuracy},
+            extra_files={gbdt.MODEL_FILE: trained.path},
+        )
+        result = package_tree_model(model, request, root, options,
+                                    validation_inputs=gbdt.validation_rows(options.validation_rows, VALIDATION_SEED))
+    ModelRegistry(root).promote(GBDT_NAME, DEMO_VERSION, "production", actor="setup-demo")
+    log.info("demo: %s v%s is production (%d variants, %d rejected)", GBDT_NAME, DEMO_VERSION,
+             len(result.version.metadata.artifacts), len(result.rejected))
+    return result.version
 
 
 def _declared_signature(architecture: str, config: dict) -> ModelSignature:

@@ -1,20 +1,26 @@
-"""PyTorch -> TorchScript and ONNX, checked; plus an ONNX Runtime graph-optimised copy."""
+"""PyTorch -> TorchScript and ONNX, checked; plus an ONNX Runtime graph-optimised copy.
+
+torch is imported by the functions that need it: a packaging child that only optimises an ONNX graph or
+checks a converted tree model does not pay for it.
+"""
 
 from __future__ import annotations
 
 import logging
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
-from torch import nn
 
 from ..errors import ValidationFailed
 from ..signature import ModelSignature
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 OnnxOptimization = Literal["disabled", "basic", "extended"]
 TorchScriptMethod = Literal["auto", "script", "trace"]
@@ -28,6 +34,8 @@ _ORT_LEVELS = {
 
 
 def _example_args(signature: ModelSignature, example: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    import torch
+
     return tuple(torch.from_numpy(np.ascontiguousarray(example[spec.name])) for spec in signature.inputs)
 
 
@@ -39,6 +47,8 @@ def export_torchscript(model: nn.Module, signature: ModelSignature, example: dic
     ``trace`` bakes what one example run did. ``auto`` scripts and falls back to tracing for code the
     TorchScript compiler cannot handle. Returns the method used.
     """
+    import torch
+
     model.eval()
     compiled = None
     if method in ("auto", "script"):
@@ -65,6 +75,8 @@ def export_onnx(model: nn.Module, signature: ModelSignature, example: dict[str, 
     The TorchScript-based exporter (``dynamo=False``) is used: it handles the zoo's LSTMs with a
     symbolic batch dim and needs no extra dependencies.
     """
+    import torch
+
     model.eval()
     # Every dynamic (-1) dim of the signature stays symbolic: the batch, and e.g. a text model's token dim
     # when it is padded to each request's longest text.

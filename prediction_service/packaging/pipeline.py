@@ -1,8 +1,11 @@
-"""export -> variants -> validate -> benchmark -> register, with a log line per step.
+"""export -> variants -> validate -> benchmark -> register, with a log line per variant.
 
-A version is registered only with variants that passed numeric validation against the original
-PyTorch model. If the fp32 ONNX, TorchScript or state_dict export fails validation nothing is
-registered (ValidationFailed); a failing fp16/int8 variant is left out and reported as rejected.
+A version is registered only with variants that passed numeric validation against the original model
+(PyTorch, or a tree model's native library). Each variant's build (ONNX Runtime's optimisation, fp16, int8, a
+tree model's conversion), validation and benchmark run in a child process of its own (isolation.py): a crash,
+a hang past ``variant_timeout_s`` or an error there rejects that variant with the reason, like a numeric
+mismatch does. The primary variant (fp32 ONNX) failing registers nothing (ValidationFailed); any other
+rejected variant (TorchScript, state_dict, fp16, int8) is left out and reported.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +30,17 @@ from ..registry.layout import METADATA_FILE, RegistryLayout
 from ..registry.model_version import ModelVersion, ValidationReport, VersionMetadata
 from ..registry.store import ModelRegistry
 from ..registry.writer import ArtifactSource
-from ..execution.runtimes import Runtime, TorchRuntime, open_artifact
+from ..execution.runtimes import TorchRuntime
 from ..signature import ModelSignature
 from ..torch_threads import torch_threads
-from .benchmark import BenchmarkResult, benchmark
-from .export import OnnxOptimization, TorchScriptMethod, export_onnx, export_torchscript, optimize_onnx
-from .quantize import (Calibration, QuantizationSummary, StaticInt8Options, calibration_batches,
-                       make_int8_static)
-from .validation import Tolerances, VariantValidation, validate_runner
-from .variants import make_fp16, make_int8
+from .benchmark import BenchmarkResult
+from .export import OnnxOptimization, TorchScriptMethod, export_onnx, export_torchscript
+from .isolation import (BuildStep, ConvertFp16, ConvertTree, OptimizeOnnx, QuantizeDynamic, QuantizeStatic,
+                        VariantJob, run_job, save_batches, save_validation_data)
+from .quantize import Calibration, QuantizationSummary, StaticInt8Options, calibration_batches
+from .trees import TreeModel
+from .trees import check_signature as check_tree_signature
+from .validation import Tolerances, VariantValidation, not_measured
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,9 @@ class PackagingOptions(BaseModel):
     """Batch-1 runs per variant; 0 skips benchmarks."""
     threads: int = Field(1, ge=1)
     """Threads for ONNX Runtime and torch while validating and benchmarking."""
+    variant_timeout_s: float = Field(900.0, gt=0)
+    """Longest one variant's child process (build, validation, benchmark) may run before it is killed and
+    the variant rejected as hung."""
 
 
 class PackagingRequest(BaseModel):
@@ -106,13 +115,10 @@ class _Variant:
     path: Path
     file_name: str
     required: bool
-    """A required variant failing validation stops the whole packaging."""
+    """The primary variant: its failure (mismatch, crash, hang, error) stops the whole packaging."""
     benchmarked: bool = True
-
-    def open(self, request: PackagingRequest, options: PackagingOptions) -> Runtime:
-        """The runtime serving will use for this artifact, opened the same way (runtimes.open_artifact)."""
-        return open_artifact(self.path, self.format, request.signature, options.threads,
-                             architecture=request.architecture, architecture_config=request.architecture_config)
+    build: BuildStep | None = None
+    """What the variant's child process runs to make ``path``; None: already written by this process."""
 
 
 def package_model(model: nn.Module, request: PackagingRequest, store: Path,
@@ -128,57 +134,101 @@ def package_model(model: nn.Module, request: PackagingRequest, store: Path,
     if options.int8 and options.int8_static is not None and not calibration_inputs:
         raise InvalidInput("static int8 quantization (int8_static) needs calibration_inputs",
                            {"variant": "onnx-int8"})
+    with _work_dir(store, request) as work, torch_threads(options.threads):
+        model = model.eval()
+        signature = request.signature
+        inputs = _validation_set(signature, validation_inputs, options)
+        log.info("[%s:%s] validation set: %d rows", request.name, request.version, _rows(inputs))
+        reference = TorchRuntime(model, signature, options.threads).run(inputs)
+        example = {name: array[:2] for name, array in inputs.items()}
+        if options.int8 and options.int8_static is not None:  # each batch checked like a request
+            calibration_inputs = [signature.validate_inputs(batch) for batch in
+                                  calibration_batches(calibration_inputs, options.int8_static.calibration_batch)]
+        variants, export_failures = _export_torch(model, request, options, example, calibration_inputs, work)
+        return _validate_and_register(request, store, options, inputs, reference, variants, export_failures, work)
+
+
+def package_tree_model(model: TreeModel, request: PackagingRequest, store: Path,
+                       options: PackagingOptions | None = None,
+                       validation_inputs: dict[str, np.ndarray] | None = None) -> PackagingResult:
+    """A LightGBM / XGBoost model or a scikit-learn pipeline (trees.py) as one fp32 ONNX variant: converted in
+    a child process, validated against the native library's predictions on the validation set, benchmarked
+    and registered. fp16 and int8 do not apply (ONNX Runtime evaluates tree ensembles in fp32)."""
+    options = options or PackagingOptions()
+    store = Path(store)
+    if options.fp16 or options.int8:
+        raise InvalidInput("a tree model is packaged as one fp32 ONNX graph: fp16 and int8 variants do not apply "
+                           "(ONNX Runtime's TreeEnsemble operators compute in fp32)",
+                           {"fp16": options.fp16, "int8": options.int8})
+    check_tree_signature(model, request.signature)
+    if request.architecture:
+        raise InvalidInput("a tree model has no model zoo architecture")
+    RegistryLayout(store).new_version_dir(request.name, request.version)
+    _check_extra_files(request)
+    with _work_dir(store, request) as work:
+        inputs = _validation_set(request.signature, validation_inputs, options)
+        log.info("[%s:%s] validation set: %d rows (reference: %s's own predictions)", request.name,
+                 request.version, _rows(inputs), model.source.library)
+        reference = model.predict_signature(request.signature, inputs)
+        variants = [_Variant("onnx-fp32", "onnx", "fp32", work / "model.onnx", "model.onnx", True,
+                             build=ConvertTree(source=model.source))]
+        return _validate_and_register(request, store, options, inputs, reference, variants, {}, work)
+
+
+@contextmanager
+def _work_dir(store: Path, request: PackagingRequest) -> Iterator[Path]:
     work_root = store / WORK_DIR
     work_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{request.name}-{request.version}-", dir=work_root))
     try:
-        with torch_threads(options.threads):
-            return _package(model.eval(), request, store, options, validation_inputs, calibration_inputs, work)
+        yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
         with suppress(OSError):  # leave no empty scratch dir behind (another packaging may still use it)
             work_root.rmdir()
 
 
-def _package(model: nn.Module, request: PackagingRequest, store: Path, options: PackagingOptions,
-             validation_inputs: dict[str, np.ndarray] | None, calibration_inputs: Calibration | None,
-             work: Path) -> PackagingResult:
+def _validate_and_register(request: PackagingRequest, store: Path, options: PackagingOptions,
+                           inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                           variants: list[_Variant], export_failures: dict[str, VariantValidation],
+                           work: Path) -> PackagingResult:
+    """Each variant's build, validation and benchmark in a child process of its own (isolation.py), one after
+    the other (benchmarks alone on the CPU); then the passing ones are registered."""
     signature = request.signature
-    inputs = _validation_set(signature, validation_inputs, options)
-    log.info("[%s:%s] validation set: %d rows", request.name, request.version, _rows(inputs))
-    reference = TorchRuntime(model, signature, options.threads).run(inputs)
-    example = {name: array[:2] for name, array in inputs.items()}
-
-    if options.int8 and options.int8_static is not None:  # each batch checked like a request
-        calibration_inputs = [signature.validate_inputs(batch) for batch in
-                              calibration_batches(calibration_inputs, options.int8_static.calibration_batch)]
-    variants, quantization = _export_all(model, request, options, example, calibration_inputs, work)
+    tag = f"[{request.name}:{request.version}]"
+    data = save_validation_data(work / "validation.npz", inputs, reference)
     validations: dict[str, VariantValidation] = {}
+    benchmarks: dict[str, BenchmarkResult] = {}
+    quantization: QuantizationSummary | None = None
     for variant in variants:
-        result = validate_runner(variant.open(request, options), inputs, reference, signature, variant.key,
-                                 variant.format, variant.precision, options.tolerances)
+        if variant.key in export_failures:
+            result = export_failures[variant.key]
+        else:
+            job = VariantJob(
+                variant=variant.key, format=variant.format, precision=variant.precision, artifact=variant.path,
+                build=variant.build, signature=signature, architecture=request.architecture,
+                architecture_config=request.architecture_config, threads=options.threads,
+                tolerances=options.tolerances, benchmark_runs=options.benchmark_runs if variant.benchmarked else 0,
+                data=data, progress=work / f"{variant.key}.progress", result=work / f"{variant.key}.result.json")
+            outcome = run_job(job, options.variant_timeout_s)
+            if outcome.invalid_input is not None:  # the options are wrong, not the variant: nothing registers
+                raise InvalidInput(outcome.invalid_input, {"variant": variant.key, "phase": outcome.phase})
+            result = outcome.validation
+            assert result is not None  # run_job reports a dead child as a rejection
+            if outcome.benchmark is not None and result.passed:
+                benchmarks[variant.key] = outcome.benchmark
+            if outcome.quantization is not None and result.passed:
+                quantization = outcome.quantization
         validations[variant.key] = result
-        log.info("[%s:%s] validate %s: %s (max abs %.3g, mean abs %.3g%s)", request.name, request.version,
-                 variant.key, "passed" if result.passed else "REJECTED: " + "; ".join(result.failures),
-                 result.max_abs_error, result.mean_abs_error,
-                 "" if result.top1_agreement is None else f", top-1 {result.top1_agreement:.3f}")
+        _log_variant(tag, result, benchmarks.get(variant.key))
         if not result.passed and variant.required:
             raise ValidationFailed(
-                f"{variant.key} export of {request.name}:{request.version} does not match the PyTorch model: "
+                f"{variant.key} of {request.name}:{request.version} failed, nothing was registered: "
                 + "; ".join(result.failures),
-                {"variant": variant.key, "validation": result.model_dump(mode="json")},
+                {"variant": variant.key, "validation": result.model_dump(mode="json"),
+                 "variants": {key: v.model_dump(mode="json") for key, v in validations.items()}},
             )
     accepted = [v for v in variants if validations[v.key].passed]
-
-    benchmarks: dict[str, BenchmarkResult] = {}
-    if options.benchmark_runs:
-        for variant in (v for v in accepted if v.benchmarked):
-            benchmarks[variant.key] = benchmark(variant.open(request, options), inputs, variant.path.stat().st_size,
-                                                runs=options.benchmark_runs, threads=options.threads)
-            b = benchmarks[variant.key]
-            log.info("[%s:%s] benchmark %s: p50 %.3f ms, p99 %.3f ms, %.0f rows/s at batch %d, %d bytes",
-                     request.name, request.version, variant.key, b.latency_ms_p50, b.latency_ms_p99,
-                     b.throughput_rows_per_s, b.throughput_batch, b.size_bytes)
 
     report = ValidationReport(
         passed=True,  # only passing variants are registered; rejected ones are listed in details
@@ -198,8 +248,24 @@ def _package(model: nn.Module, request: PackagingRequest, store: Path, options: 
     )
     sources = [ArtifactSource(v.path, v.format, v.precision, v.file_name) for v in accepted]
     version = register(store, metadata, sources, _stage_extra_files(request, work))
-    log.info("[%s:%s] registered %d artifacts at %s", request.name, request.version, len(sources), version.path)
+    log.info("%s registered %d artifacts at %s%s", tag, len(sources), version.path,
+             f" ({len(variants) - len(accepted)} rejected)" if len(accepted) < len(variants) else "")
     return PackagingResult(version=version, validations=list(validations.values()), benchmarks=benchmarks)
+
+
+def _log_variant(tag: str, result: VariantValidation, bench: BenchmarkResult | None) -> None:
+    """The progress line of one variant (and its benchmark)."""
+    if result.error is not None:
+        log.warning("%s %s: REJECTED: %s", tag, result.variant, result.error)
+        return
+    log.info("%s validate %s: %s (max abs %.3g, mean abs %.3g%s)", tag, result.variant,
+             "passed" if result.passed else "REJECTED: " + "; ".join(result.failures),
+             result.max_abs_error, result.mean_abs_error,
+             "" if result.top1_agreement is None else f", top-1 {result.top1_agreement:.3f}")
+    if bench is not None:
+        log.info("%s benchmark %s: p50 %.3f ms, p99 %.3f ms, %.0f rows/s at batch %d, %d bytes", tag, result.variant,
+                 bench.latency_ms_p50, bench.latency_ms_p99, bench.throughput_rows_per_s, bench.throughput_batch,
+                 bench.size_bytes)
 
 
 def register(store: Path, metadata: VersionMetadata, sources: list[ArtifactSource],
@@ -212,50 +278,51 @@ def register(store: Path, metadata: VersionMetadata, sources: list[ArtifactSourc
         extra_files=extra_files, benchmarks=metadata.benchmarks, actor="packaging")
 
 
-def _export_all(model: nn.Module, request: PackagingRequest, options: PackagingOptions,
-                example: dict[str, np.ndarray], calibration_inputs: Calibration | None,
-                work: Path) -> tuple[list[_Variant], QuantizationSummary | None]:
+def _export_torch(model: nn.Module, request: PackagingRequest, options: PackagingOptions,
+                  example: dict[str, np.ndarray], calibration_inputs: Calibration | None,
+                  work: Path) -> tuple[list[_Variant], dict[str, VariantValidation]]:
+    """The PyTorch exports, here (they need the live module): the raw ONNX graph every ONNX variant is built
+    from in its child, the TorchScript archive and the state_dict. A TorchScript export that raises is that
+    variant's rejection; the ONNX export failing fails the packaging (there is no primary without it)."""
     signature = request.signature
     tag = f"[{request.name}:{request.version}]"
+    failures: dict[str, VariantValidation] = {}
     raw_onnx = export_onnx(model, signature, example, work / "raw.onnx", opset=options.opset)
     log.info("%s export onnx (opset %d) checked", tag, options.opset)
-    served_onnx = work / "model.onnx"
-    if options.onnx_optimization == "disabled":
-        shutil.copyfile(raw_onnx, served_onnx)
-    else:
-        optimize_onnx(raw_onnx, served_onnx, options.onnx_optimization)
-    log.info("%s onnx graph optimisation: %s", tag, options.onnx_optimization)
-    variants = [_Variant("onnx-fp32", "onnx", "fp32", served_onnx, "model.onnx", True)]
+    variants = [_Variant("onnx-fp32", "onnx", "fp32", work / "model.onnx", "model.onnx", True,
+                         build=OptimizeOnnx(source=raw_onnx, level=options.onnx_optimization))]
     if options.torchscript:
         ts_path = work / "model.pt"
-        method = export_torchscript(model, signature, example, ts_path, options.torchscript_method)
-        log.info("%s export torchscript (%s, frozen, optimised for inference)", tag, method)
-        variants.append(_Variant("torchscript-fp32", "torchscript", "fp32", ts_path, "model.pt", True))
+        try:
+            method = export_torchscript(model, signature, example, ts_path, options.torchscript_method)
+            log.info("%s export torchscript (%s, frozen, optimised for inference)", tag, method)
+        except Exception as exc:  # noqa: BLE001 - the compiler and tracer raise many types
+            reason = f"torch failed exporting TorchScript: {type(exc).__name__}: " \
+                     f"{(str(exc).strip().splitlines() or [''])[0]}"[:500]
+            failures["torchscript-fp32"] = not_measured("torchscript-fp32", "torchscript", "fp32", 0,
+                                                        options.tolerances, reason)
+        variants.append(_Variant("torchscript-fp32", "torchscript", "fp32", ts_path, "model.pt", False))
     if options.state_dict and request.architecture:
         sd_path = work / "state_dict.pt"
         torch.save(model.state_dict(), sd_path)
         log.info("%s saved state_dict for architecture %s", tag, request.architecture)
         # Rebuilt from the architecture + config and the saved weights, as serving does.
-        variants.append(_Variant("state_dict-fp32", "state_dict", "fp32", sd_path, "state_dict.pt", True,
+        variants.append(_Variant("state_dict-fp32", "state_dict", "fp32", sd_path, "state_dict.pt", False,
                                  benchmarked=False))
     if options.fp16:
-        fp16_path = make_fp16(raw_onnx, work / "model.fp16.onnx")
-        log.info("%s variant onnx fp16 built", tag)
-        variants.append(_Variant("onnx-fp16", "onnx", "fp16", fp16_path, "model.fp16.onnx", False))
-    quantization = None
+        variants.append(_Variant("onnx-fp16", "onnx", "fp16", work / "model.fp16.onnx", "model.fp16.onnx", False,
+                                 build=ConvertFp16(source=raw_onnx)))
     if options.int8:
-        int8_path = work / "model.int8.onnx"
         if options.int8_static is None:
-            make_int8(raw_onnx, int8_path)
-            log.info("%s variant onnx int8 (dynamic quantization) built", tag)
+            build: BuildStep = QuantizeDynamic(source=raw_onnx)
         else:
             assert calibration_inputs is not None  # package_model checked it
-            quantization = make_int8_static(raw_onnx, int8_path, options.int8_static, calibration_inputs)
-            log.info("%s variant onnx int8 (static quantization, QDQ, %d nodes int8, %d fp32, calibrated on %d "
-                     "rows) built", tag, quantization.quantized_nodes, quantization.fp32_nodes,
-                     quantization.calibration_rows)
-        variants.append(_Variant("onnx-int8", "onnx", "int8", int8_path, "model.int8.onnx", False))
-    return variants, quantization
+            calibration = save_batches(work / "calibration.npz", calibration_batches(
+                calibration_inputs, options.int8_static.calibration_batch))
+            build = QuantizeStatic(source=raw_onnx, recipe=options.int8_static, calibration=calibration)
+        variants.append(_Variant("onnx-int8", "onnx", "int8", work / "model.int8.onnx", "model.int8.onnx", False,
+                                 build=build))
+    return variants, failures
 
 
 def _validation_set(signature: ModelSignature, given: dict[str, np.ndarray] | None,

@@ -19,7 +19,7 @@ def summary_table(result: PackagingResult) -> str:
             f"{bench.latency_ms_p50:.3f}" if bench else "-",
             f"{bench.latency_ms_p99:.3f}" if bench else "-",
             f"{bench.throughput_rows_per_s:.0f}" if bench else "-",
-            f"{v.max_abs_error:.2e}",
+            "-" if v.max_abs_error is None else f"{v.max_abs_error:.2e}",
             "accepted" if v.passed else "REJECTED: " + "; ".join(v.failures),
         ))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header) - 1)]
@@ -27,6 +27,8 @@ def summary_table(result: PackagingResult) -> str:
     for r in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
     for v in result.rejected:
+        if not v.worst_inputs:  # crashed, hung or failed: no rows to name
+            continue
         worst = ", ".join(f"#{w.index} ({w.max_abs_error:.3g})" for w in v.worst_inputs)
         lines.append(f"{v.variant} rejected; worst inputs: {worst}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Numeric parity of each exported variant against the original PyTorch model.
+"""Numeric parity of each exported variant against the original model (PyTorch, or a tree model's native library).
 
 Errors are absolute, over every output element; per input row the largest error is kept so a
 failing report can name the rows that went worst. Classifiers also get the top-1 agreement rate.
@@ -55,8 +55,9 @@ class VariantValidation(BaseModel):
     precision: Precision
     passed: bool
     rows: int
-    max_abs_error: float
-    mean_abs_error: float
+    max_abs_error: float | None
+    """None when the variant never produced outputs (``error`` says why)."""
+    mean_abs_error: float | None
     top1_agreement: float | None = None
     tolerance: VariantTolerance
     failures: list[str] = Field(default_factory=list)
@@ -64,6 +65,17 @@ class VariantValidation(BaseModel):
     worst_inputs: list[WorstInput] = Field(default_factory=list)
     runtime: dict[str, Any] = Field(default_factory=dict)
     """The runtime that produced the variant's outputs and its options: the one serving opens."""
+    error: str | None = None
+    """Why the variant has no measurement: its process crashed (a signal), hung past the timeout or raised
+    (e.g. ``ONNX Runtime crashed (SIGSEGV) creating the session``); also the only entry of ``failures``."""
+
+
+def not_measured(variant: str, format: str, precision: Precision, rows: int, tolerances: Tolerances,
+                 reason: str) -> VariantValidation:
+    """The report of a variant that crashed, hung or failed before its outputs could be compared."""
+    return VariantValidation(variant=variant, format=format, precision=precision, passed=False, rows=rows,
+                             max_abs_error=None, mean_abs_error=None, tolerance=tolerances.for_precision(precision),
+                             failures=[reason], error=reason)
 
 
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], signature: ModelSignature,

@@ -12,7 +12,7 @@ async def test_all_demo_models_are_ready_and_in_production(demo_client):
     ready = await demo_client.get("/health/ready")
     assert ready.status_code == 200, ready.text
     models = {m["name"]: m for m in (await demo_client.get("/v1/models")).json()}
-    assert set(models) == {"lstm-price", "cnn-lstm-direction", "sentiment-transformer"}
+    assert set(models) == {"lstm-price", "cnn-lstm-direction", "sentiment-transformer", "gbdt-direction"}
     assert all(m["stages"]["production"] == "1.0.0" and m["loaded_versions"] == ["1.0.0"] for m in models.values())
 
 

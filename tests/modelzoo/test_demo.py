@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from prediction_service.commands.demo_registry import DEMO_MODELS, build_demo_registry
+from prediction_service.commands.demo_registry import DEMO_MODELS, GBDT_NAME, build_demo_registry
 from prediction_service.preprocessing.tokenizer import Tokenizer
 from prediction_service.packaging.pipeline import PackagingOptions
 from prediction_service.registry import RegistryReader
@@ -12,11 +12,11 @@ from tests.zoo_models import trained_models
 FAST = PackagingOptions(fp16=True, int8=True, benchmark_runs=3, validation_rows=32)
 
 
-def test_demo_registry_has_three_models_in_production(tmp_path: Path):
+def test_demo_registry_has_its_models_in_production(tmp_path: Path):
     registered = build_demo_registry(tmp_path, options=FAST, trained=trained_models())
-    assert set(registered) == set(DEMO_MODELS)
+    assert set(registered) == {*DEMO_MODELS, GBDT_NAME}
     reader = RegistryReader(tmp_path)
-    assert reader.model_names() == sorted(DEMO_MODELS)
+    assert reader.model_names() == sorted({*DEMO_MODELS, GBDT_NAME})
     for name, architecture in DEMO_MODELS.items():
         version = reader.resolve(name)
         assert version.version == "1.0.0" and version.stage == "production"
@@ -45,7 +45,7 @@ def test_existing_models_are_skipped_unless_forced(tmp_path: Path):
     assert build_demo_registry(tmp_path, options=FAST, trained=trained_models()) == {}
     assert metadata.read_bytes() == before
     rebuilt = build_demo_registry(tmp_path, force=True, options=FAST, trained=trained_models())
-    assert set(rebuilt) == set(DEMO_MODELS)
+    assert set(rebuilt) == {*DEMO_MODELS, GBDT_NAME}
     assert metadata.read_bytes() != before  # new created_at / validation timestamps
     assert RegistryReader(tmp_path).resolve("lstm-price").version == "1.0.0"
 
@@ -64,3 +64,37 @@ def test_setup_demo_command_builds_the_registry(tmp_path: Path, capsys):
     args = parser.parse_args(["setup-demo", "--store", str(tmp_path)])
     assert args.func(args) == 0
     assert "nothing new" in capsys.readouterr().out
+
+
+async def test_gbdt_direction_is_a_lightgbm_model_served_from_raw_bars(tmp_path: Path):
+    """The tree model of the demo: ONNX converted from LightGBM, validated against LightGBM, declaring the
+    ohlcv_features step (window 1), so raw bars in give LightGBM's own probabilities out."""
+    import lightgbm
+
+    from prediction_service.commands.demo_registry import build_gbdt_direction
+    from prediction_service.modelzoo import gbdt
+    from prediction_service.modelzoo.datasets import bar_windows
+    from prediction_service.modelzoo.synthetic import synthetic_ohlcv
+    from prediction_service.preprocessing.bars import preprocess_bars
+    from prediction_service.settings import Settings
+    from tests.support.asgi import served_app
+
+    version = build_gbdt_direction(tmp_path, options=FAST)
+    assert version is not None and build_gbdt_direction(tmp_path, options=FAST) is None  # present: skipped
+    meta = RegistryReader(tmp_path).resolve(GBDT_NAME).metadata
+    assert [(a.format, a.precision) for a in meta.artifacts] == [("onnx", "fp32")]
+    assert meta.signature.bars == gbdt.bars_step() and meta.signature.labels == ["down", "flat", "up"]
+    report = meta.validation.details["variants"]["onnx-fp32"]
+    assert report["top1_agreement"] == 1.0 and report["max_abs_error"] < 1e-5
+    assert set(meta.benchmarks) == {"onnx-fp32"}
+
+    step = meta.signature.bars
+    bars = bar_windows(synthetic_ohlcv(step.min_bars + 4, seed=17), 4, step.min_bars)
+    async with served_app(Settings(model_store=tmp_path)) as (_, http):
+        response = await http.post(f"/v1/models/{GBDT_NAME}/predict", json={"bars": bars.tolist()})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    native = lightgbm.Booster(model_file=str(version.path / gbdt.MODEL_FILE))
+    expected = native.predict(preprocess_bars(step, bars).reshape(4, -1))
+    np.testing.assert_allclose(np.array(body["outputs"]["probabilities"]), expected, atol=1e-5)
+    assert [p["label"] for p in body["predictions"]] == [["down", "flat", "up"][i] for i in expected.argmax(axis=1)]
