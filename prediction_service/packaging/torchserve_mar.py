@@ -1,6 +1,7 @@
 """Build a TorchServe ``.mar`` from a registry ModelVersion.
 
-The archive holds the version's TorchScript (preferred) or ONNX artifact, the batching handler
+The archive holds the version's TorchScript (preferred) or ONNX artifact (a tree model's only one: the
+handler runs it with onnxruntime, which implements its ai.onnx.ml operators), the batching handler
 (``torchserve_handler.py``), ``signature.json`` (tensor names, dtypes, shapes, artifact format) and,
 with warm-up on, ``warmup.npz``: synthetic batches each worker runs before it reports ready.
 Only files from the registry go in: the artifact's sha256 is checked against metadata.json first.

@@ -9,6 +9,10 @@ Two ways to serve an artifact in Triton:
   since it ships no onnxruntime backend.
 
 ``choose_platform`` picks one from what the backend directory contains.
+
+Tree models (packaging/trees.py) have one artifact, an ONNX graph of ai.onnx.ml TreeEnsemble operators: both
+ONNX ways run it (ONNX Runtime implements the ML domain), and ``pytorch_libtorch`` cannot, since a tree
+ensemble has no TorchScript form here; ``choose_platform`` never picks it for a version without TorchScript.
 """
 
 from __future__ import annotations
