@@ -411,6 +411,40 @@ class SeedApiSettings(BaseSettings):
     """Registered ensemble that POST /api/v1/predict/ensemble serves ({"bars": ..., "text": ...})."""
 
 
+class DriftSettings(BaseSettings):
+    model_config = _section("DRIFT_")
+
+    enabled: bool = True
+    """Watch each model version's inputs against its reference profile (GET /v1/models/{name}/drift and the
+    prediction_input_drift_* gauges). The reference is the profile.json stored with the version (registry
+    register --profile-from), else one learned from the version's first requests."""
+    psi_threshold: float = Field(0.2, gt=0)
+    """A feature whose population stability index is above this counts as drifted (below 0.1: stable; 0.1 to
+    0.25: a moderate shift; above 0.25: a large one)."""
+    bins: int = Field(10, ge=2, le=100)
+    """Quantile bins per continuous feature of a profile (a feature with fewer distinct values gets one bin
+    per value)."""
+    reference_requests: int = Field(1000, ge=1)
+    """Without a stored profile, this many first answered requests of a version become its reference
+    (persisted under <MODEL_STORE>/.state/drift/, so a restart keeps it)."""
+    reference_max_rows: int = Field(50_000, ge=1)
+    """Feature rows kept while learning a reference (a bars window of 60 steps is 60 rows); later requests of
+    the learning period are counted but not kept."""
+    reference_sample: int = Field(2000, ge=10)
+    """Reference values kept per continuous feature for the Kolmogorov-Smirnov test."""
+    window_rows: int = Field(5000, ge=10)
+    """Feature rows in each version's rolling window (the newest requests): what is compared with the
+    reference."""
+    min_window_rows: int = Field(200, ge=1)
+    """Figures are computed once the window holds this many rows."""
+    interval_seconds: float = Field(30.0, gt=0)
+    """How often each worker recomputes PSI and KS (in a thread, for windows that changed)."""
+    max_features: int = Field(128, ge=1, le=1024)
+    """Features tracked per version (the first ones in signature order): bounds the gauges' label values."""
+    max_versions: int = Field(4, ge=1, le=64)
+    """Versions tracked per model; past it the least recently requested one is dropped with its gauges."""
+
+
 class Settings(BaseSettings):
     """The whole configuration. Sections read their own env prefix."""
 
@@ -447,6 +481,7 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     seed_api: SeedApiSettings = Field(default_factory=SeedApiSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
 
     @field_validator("serving_adapter_type", mode="before")
     @classmethod
