@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reg.add_argument("--architecture", default=None)
     reg.add_argument("--extra-file", action="append", default=[], type=Path, help="e.g. a tokenizer vocab")
     reg.add_argument("--validation", type=Path, help="validation report JSON (numeric parity)")
+    reg.add_argument("--profile-from", type=Path, metavar="FILE",
+                     help="validation inputs (.npy: the model's sole input, .npz: one array per input) from which "
+                          "the version's input reference profile (profile.json) is built, for drift monitoring")
     reg.set_defaults(func=_run(_register))
 
     lst = commands.add_parser("list", parents=[common], help="list models, or the versions of one")
@@ -115,12 +119,50 @@ def _register(args: argparse.Namespace) -> Any:
         from ..registry.model_version import ValidationReport
 
         validation = ValidationReport.model_validate_json(args.validation.read_bytes())
-    version = _registry(args).register(
-        args.name, args.version, artifacts, signature=signature, metrics=_pairs(args.metric, float),
-        tags=_pairs(args.tag, str), description=args.description, architecture=args.architecture,
-        validation=validation, extra_files=args.extra_file, actor=args.actor,
-    )
+    registry = _registry(args)
+    extra_files = list(args.extra_file)
+    # a profile is written in the registry's own staging directory and copied in with the version's files
+    with registry.upload_staging() if args.profile_from is not None else nullcontext() as staging:
+        if args.profile_from is not None:
+            registry.layout.new_version_dir(args.name, args.version)  # Conflict before the profile is built
+            extra_files.append(_profile_file(args, artifacts, signature, staging))
+        version = registry.register(
+            args.name, args.version, artifacts, signature=signature, metrics=_pairs(args.metric, float),
+            tags=_pairs(args.tag, str), description=args.description, architecture=args.architecture,
+            validation=validation, extra_files=extra_files, actor=args.actor,
+        )
     return version.metadata, f"registered {args.name} {args.version} ({len(version.metadata.artifacts)} artifacts)"
+
+
+def _profile_file(args: argparse.Namespace, artifacts: list, signature: ModelSignature | None,
+                  staging: Path) -> Path:
+    """profile.json from --profile-from, in ``staging``: the version's inputs as its model reads them."""
+    from ..monitoring.drift import PROFILE_FILE, load_reference_inputs, profile_from_inputs
+    from ..settings import Settings
+
+    if signature is None:
+        from ..registry.signature_inference import infer_signature
+
+        onnx = next((a.path for a in artifacts if a.format == "onnx" and a.precision == "fp32"), None) \
+            or next((a.path for a in artifacts if a.format == "onnx"), None)
+        if onnx is None:
+            raise InvalidInput("--profile-from without --signature needs an ONNX artifact to read the inputs from")
+        signature = infer_signature(onnx)
+    if any(Path(extra).name == PROFILE_FILE for extra in args.extra_file):
+        raise InvalidInput(f"--profile-from writes {PROFILE_FILE}: do not pass one with --extra-file as well")
+    # a text model's profile reads its vocabulary (the unknown-token id): the one about to be stored
+    vocab_dir = None
+    if signature.text is not None:
+        vocab = next((Path(e) for e in args.extra_file if Path(e).name == signature.text.tokenizer), None)
+        vocab_dir = vocab.parent if vocab is not None else None
+    drift = Settings().drift
+    arrays = load_reference_inputs(args.profile_from, signature)
+    profile = profile_from_inputs(arrays, signature, vocab_dir, args.profile_from.name,
+                                  max_features=drift.max_features, bins=drift.bins,
+                                  sample_size=drift.reference_sample)
+    path = staging / PROFILE_FILE
+    path.write_text(profile.model_dump_json())
+    return path
 
 
 def _list(args: argparse.Namespace) -> Any:
