@@ -36,7 +36,7 @@ from ..torch_threads import torch_threads
 from .benchmark import BenchmarkResult
 from .export import OnnxOptimization, TorchScriptMethod, export_onnx, export_torchscript
 from .isolation import (BuildStep, ConvertFp16, ConvertTree, OptimizeOnnx, QuantizeDynamic, QuantizeStatic,
-                        VariantJob, run_job, save_batches, save_validation_data)
+                        VariantJob, run_jobs, save_batches, save_validation_data)
 from .quantize import Calibration, QuantizationSummary, StaticInt8Options, calibration_batches
 from .trees import TreeModel
 from .trees import check_signature as check_tree_signature
@@ -192,11 +192,22 @@ def _validate_and_register(request: PackagingRequest, store: Path, options: Pack
                            inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
                            variants: list[_Variant], export_failures: dict[str, VariantValidation],
                            work: Path) -> PackagingResult:
-    """Each variant's build, validation and benchmark in a child process of its own (isolation.py), one after
-    the other (benchmarks alone on the CPU); then the passing ones are registered."""
+    """Each variant's build, validation and benchmark in a child process (isolation.py), one after the other
+    (benchmarks alone on the CPU; a crash or a hang costs only the variant it hit); then the passing ones are
+    registered. The primary variant failing raises ValidationFailed once every variant has been tried."""
     signature = request.signature
     tag = f"[{request.name}:{request.version}]"
     data = save_validation_data(work / "validation.npz", inputs, reference)
+    jobs = [VariantJob(
+        variant=variant.key, format=variant.format, precision=variant.precision, artifact=variant.path,
+        build=variant.build, signature=signature, architecture=request.architecture,
+        architecture_config=request.architecture_config, threads=options.threads, tolerances=options.tolerances,
+        benchmark_runs=options.benchmark_runs if variant.benchmarked else 0, data=data,
+        result=work / f"{variant.key}.result.json") for variant in variants if variant.key not in export_failures]
+    for failure in export_failures.values():
+        _log_variant(tag, failure, None)
+    outcomes = run_jobs(jobs, options.variant_timeout_s, work,
+                        on_outcome=lambda o: _log_variant(tag, o.validation, o.benchmark) if o.validation else None)
     validations: dict[str, VariantValidation] = {}
     benchmarks: dict[str, BenchmarkResult] = {}
     quantization: QuantizationSummary | None = None
@@ -204,23 +215,18 @@ def _validate_and_register(request: PackagingRequest, store: Path, options: Pack
         if variant.key in export_failures:
             result = export_failures[variant.key]
         else:
-            job = VariantJob(
-                variant=variant.key, format=variant.format, precision=variant.precision, artifact=variant.path,
-                build=variant.build, signature=signature, architecture=request.architecture,
-                architecture_config=request.architecture_config, threads=options.threads,
-                tolerances=options.tolerances, benchmark_runs=options.benchmark_runs if variant.benchmarked else 0,
-                data=data, progress=work / f"{variant.key}.progress", result=work / f"{variant.key}.result.json")
-            outcome = run_job(job, options.variant_timeout_s)
+            outcome = outcomes[variant.key]
             if outcome.invalid_input is not None:  # the options are wrong, not the variant: nothing registers
                 raise InvalidInput(outcome.invalid_input, {"variant": variant.key, "phase": outcome.phase})
             result = outcome.validation
-            assert result is not None  # run_job reports a dead child as a rejection
+            assert result is not None  # run_jobs reports a dead child as a rejection
             if outcome.benchmark is not None and result.passed:
                 benchmarks[variant.key] = outcome.benchmark
             if outcome.quantization is not None and result.passed:
                 quantization = outcome.quantization
         validations[variant.key] = result
-        _log_variant(tag, result, benchmarks.get(variant.key))
+    for variant in variants:
+        result = validations[variant.key]
         if not result.passed and variant.required:
             raise ValidationFailed(
                 f"{variant.key} of {request.name}:{request.version} failed, nothing was registered: "

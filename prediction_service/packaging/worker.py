@@ -1,10 +1,11 @@
-"""The child process of one packaging variant: ``python -m prediction_service.packaging.worker JOB.json``.
+"""The child process of packaging variants: ``python -m prediction_service.packaging.worker BATCH.json``.
 
-isolation.run_job starts it with a VariantJob (isolation.py) and waits. It builds the variant's artifact
-(optimise, fp16, int8, tree conversion), opens it with the runtime serving will use (runtimes.open_artifact),
-validates it against the reference outputs and benchmarks it once it passed, writing each phase it enters to
-the job's progress file first, so the parent can tell where a crash or a hang happened. The outcome, or the
-exception it caught, goes to the job's result file as JSON.
+isolation.run_jobs starts it with a VariantBatch (isolation.py) and watches it. For each job in order it builds
+the variant's artifact (optimise, fp16, int8, tree conversion), opens it with the runtime serving will use
+(runtimes.open_artifact), validates it against the reference outputs and benchmarks it once it passed, writing
+``<variant> <phase>`` to the batch's progress file before each phase, so the parent can tell which variant, where,
+a crash or a hang hit (and start a fresh child for the variants after it). Each outcome, or the exception the
+variant raised, goes to the job's result file as JSON; an exception rejects that variant only.
 
 Test hook (a real code path, for the isolation tests and for drills): ``PREDICTION_SERVICE_PACKAGING_FAULT`` in
 the environment, ``<variant>:<phase>:<action>`` entries separated by commas (``onnx-fp16:open:segv``), makes
@@ -26,7 +27,7 @@ from pathlib import Path
 from ..errors import InvalidInput, PredictionServiceError
 from ..execution.runtimes import open_artifact
 from .benchmark import benchmark
-from .isolation import FAULT_ENV, VariantJob, VariantOutcome, load_batches, load_validation_data
+from .isolation import FAULT_ENV, VariantBatch, VariantJob, VariantOutcome, load_batches, load_validation_data
 from .quantize import QuantizationSummary
 from .validation import validate_runner
 
@@ -34,16 +35,23 @@ from .validation import validate_runner
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m prediction_service.packaging.worker JOB.json", file=sys.stderr)
+        print("usage: python -m prediction_service.packaging.worker BATCH.json", file=sys.stderr)
         return 2
-    job = VariantJob.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
+    batch = VariantBatch.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
+    for job in batch.jobs:
+        _run(job, batch.progress)
+    return 0
+
+
+def _run(job: VariantJob, progress: Path) -> None:
+    """One variant: build, open, validate, benchmark; its outcome (or the exception it raised) to job.result."""
     outcome = VariantOutcome()
     phase = "start"
 
     def enter(name: str) -> None:
         nonlocal phase
         phase = name
-        _record_phase(job.progress, name)
+        _record_phase(progress, job.variant, name)
         _injected_fault(job.variant, name)
 
     try:
@@ -64,17 +72,15 @@ def main(argv: list[str] | None = None) -> int:
                                           threads=job.threads)
         runtime.close()
     except Exception as exc:  # noqa: BLE001 - any failure is this variant's rejection, reported to the parent
+        print(f"[worker] {job.variant} failed in phase {phase}:", file=sys.stderr, flush=True)
         traceback.print_exc()
         message = exc.message if isinstance(exc, PredictionServiceError) else str(exc)
         first_line = (message.strip().splitlines() or [""])[0]
         outcome = VariantOutcome(error=f"{type(exc).__name__}: {first_line}"[:500], phase=phase,
                                  quantization=outcome.quantization,
                                  invalid_input=message if isinstance(exc, InvalidInput) else None)
-        _write_result(job.result, outcome)
-        return 1
     outcome.phase = phase
     _write_result(job.result, outcome)
-    return 0
 
 
 def _build(job: VariantJob) -> QuantizationSummary | None:
@@ -108,11 +114,11 @@ def _build(job: VariantJob) -> QuantizationSummary | None:
     return None
 
 
-def _record_phase(progress: Path, phase: str) -> None:
+def _record_phase(progress: Path, variant: str, phase: str) -> None:
     # Unbuffered: the line is the kernel's once write() returns, whatever becomes of this process next.
     fd = os.open(progress, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, f"{phase}\n".encode())
+        os.write(fd, f"{variant} {phase}\n".encode())
     finally:
         os.close(fd)
 
