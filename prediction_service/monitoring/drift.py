@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -363,8 +364,27 @@ def _rows(inputs: Mapping[str, np.ndarray]) -> int:
         shape = getattr(array, "shape", None)
         if not shape:
             return 0
-        return int(np.prod(shape[:-1])) if len(shape) > 1 else int(shape[0])
+        return math.prod(shape[:-1]) if len(shape) > 1 else int(shape[0])
     return 0
+
+
+class DriftGauges:
+    """The drift gauges, in the service's registry. Label values are bounded: models x DRIFT_MAX_VERSIONS x
+    DRIFT_MAX_FEATURES. Several workers: the highest worker's figure (livemax)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        labels = ("model", "version", "feature")
+        self.psi = Gauge("prediction_input_drift_psi", "Population stability index of an input feature: the "
+                         "rolling window of answered requests against the version's reference profile.", labels,
+                         registry=registry, multiprocess_mode="livemax")
+        self.ks = Gauge("prediction_input_drift_ks", "Two-sample Kolmogorov-Smirnov statistic of a continuous "
+                        "input feature against the reference sample.", labels, registry=registry,
+                        multiprocess_mode="livemax")
+        self.drifted = Gauge("prediction_input_drift_features", "Input features of a model version whose PSI is "
+                             "above DRIFT_PSI_THRESHOLD.", ("model", "version"), registry=registry,
+                             multiprocess_mode="livemax")
+        self.window_rows = Gauge("prediction_input_drift_window_rows", "Feature rows in a model version's rolling "
+                                 "drift window.", ("model", "version"), registry=registry, multiprocess_mode="livemax")
 
 
 class DriftMonitor:
@@ -375,19 +395,7 @@ class DriftMonitor:
         self.reader = reader
         self.learned_root = reader.layout.root / ".state" / LEARNED_DIR
         self._trackers: dict[tuple[str, str], _Tracker] = {}
-        labels = ("model", "version", "feature")
-        self.psi_gauge = Gauge("prediction_input_drift_psi", "Population stability index of an input feature: "
-                               "the rolling window of answered requests against the version's reference profile.",
-                               labels, registry=metrics_registry, multiprocess_mode="livemax")
-        self.ks_gauge = Gauge("prediction_input_drift_ks", "Two-sample Kolmogorov-Smirnov statistic of a "
-                              "continuous input feature against the reference sample.", labels,
-                              registry=metrics_registry, multiprocess_mode="livemax")
-        self.drifted_gauge = Gauge("prediction_input_drift_features", "Input features of a model version whose PSI "
-                                   "is above DRIFT_PSI_THRESHOLD.", ("model", "version"),
-                                   registry=metrics_registry, multiprocess_mode="livemax")
-        self.window_gauge = Gauge("prediction_input_drift_window_rows", "Feature rows in a model version's "
-                                  "rolling drift window.", ("model", "version"), registry=metrics_registry,
-                                  multiprocess_mode="livemax")
+        self.gauges = DriftGauges(metrics_registry)
 
     # ---- the observer (event loop, per answered request) -----------------------------------------------
 
@@ -420,13 +428,14 @@ class DriftMonitor:
 
     def _forget(self, tracker: _Tracker) -> None:
         self._trackers.pop((tracker.model, tracker.version), None)
+        gauges = self.gauges
         for feature in tracker.features:
-            for gauge in (self.psi_gauge, self.ks_gauge):
+            for gauge in (gauges.psi, gauges.ks):
                 try:
                     gauge.remove(tracker.model, tracker.version, feature.name)
                 except KeyError:
                     pass
-        for gauge in (self.drifted_gauge, self.window_gauge):
+        for gauge in (gauges.drifted, gauges.window_rows):
             try:
                 gauge.remove(tracker.model, tracker.version)
             except KeyError:
@@ -489,13 +498,13 @@ class DriftMonitor:
             self._export(tracker)
 
     def _export(self, tracker: _Tracker) -> None:
-        model, version = tracker.model, tracker.version
+        model, version, gauges = tracker.model, tracker.version, self.gauges
         for feature in tracker.features:
-            self.psi_gauge.labels(model, version, feature.name).set(feature.psi)
+            gauges.psi.labels(model, version, feature.name).set(feature.psi)
             if feature.ks is not None:
-                self.ks_gauge.labels(model, version, feature.name).set(feature.ks)
-        self.drifted_gauge.labels(model, version).set(sum(f.drifted for f in tracker.features))
-        self.window_gauge.labels(model, version).set(tracker.window_rows)
+                gauges.ks.labels(model, version, feature.name).set(feature.ks)
+        gauges.drifted.labels(model, version).set(sum(f.drifted for f in tracker.features))
+        gauges.window_rows.labels(model, version).set(tracker.window_rows)
 
     def _reference(self, model: str, version: str
                    ) -> tuple[FeatureLayout, InputProfile | None, Literal["registry", "learned"] | None]:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from prediction_service.monitoring.drift import DriftGauges
 from prediction_service.monitoring.metrics import ServiceMetrics
 from tests.support.server import free_port, launch
 
@@ -88,6 +89,7 @@ def exported_names() -> set[str]:
     """Every sample name the service's registry can produce (histogram series with their suffixes)."""
     registry = CollectorRegistry()
     ServiceMetrics(registry)
+    DriftGauges(registry)
     names = set()
     for family in registry.collect():
         if family.type == "histogram":
@@ -356,7 +358,9 @@ def scraped(tiny_store_template, tmp_path_factory) -> Iterator[tuple[httpx.Clien
     shutil.copytree(tiny_store_template, tiny_store, symlinks=True)
     # The experiment's decision is applied by the test's analyze call, after Prometheus has scraped the
     # experiment's counters at zero (the schedule could apply it before).
-    server = launch(tiny_store, env={"EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS": "0"})
+    # Drift: the first 20 requests of a version are its reference, figures every second (the drift panel).
+    server = launch(tiny_store, env={"EXPERIMENT_AUTO_APPLY_INTERVAL_SECONDS": "0", "DRIFT_REFERENCE_REQUESTS": "20",
+                                     "DRIFT_MIN_WINDOW_ROWS": "10", "DRIFT_INTERVAL_SECONDS": "1"})
     work = tmp_path / "prometheus"
     work.mkdir()
     process = None
@@ -414,6 +418,8 @@ def scraped(tiny_store_template, tmp_path_factory) -> Iterator[tuple[httpx.Clien
                 result = query(http, prometheus, f"sum({expr})")
                 return float(result[0]["value"][1]) if result else None
 
+            wait_for(lambda: total(f'prediction_input_drift_window_rows{{job="{JOB}"}}'),
+                     "Prometheus to scrape the drift figures")
             experiment = run_experiment(api, sent)
             wait_for(lambda: total(f'prediction_experiment_outcomes_total{{job="{JOB}"}}') == sent["experiment"]
                      and total(f'prediction_experiment_applied_total{{job="{JOB}"}}') == 0,
