@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .artifacts import PRECISIONS
+from .types import MAX_PRIORITY_LEVELS
 
 
 def _section(prefix: str) -> SettingsConfigDict:
@@ -80,6 +81,27 @@ class BatchingSettings(BaseSettings):
     """Requests waiting per model; past it new requests are shed with 429 instead of queueing."""
     concurrent_batches: int = Field(2, ge=1)
     """Model runs in flight at once per model (threads); lets one batch form while another runs."""
+    priority_levels: int = Field(3, ge=1, le=MAX_PRIORITY_LEVELS)
+    """Priority lanes per model queue, as Triton's ``priority_levels``: 1 is the highest, this the lowest. A waiting
+    request of a higher priority joins the next run ahead of every lower one; when the queue is full the lowest
+    priority is shed first. A request asks with the OIP ``priority`` parameter or the /v1 ``priority`` field (0 or
+    absent: its API key's priority, else BATCH_DEFAULT_PRIORITY)."""
+    default_priority: int = Field(1, ge=1, le=MAX_PRIORITY_LEVELS)
+    """The priority of a request that names none and whose API key sets none (at most BATCH_PRIORITY_LEVELS). 1,
+    the highest, keeps callers that know nothing of priorities where they were: backfills and research mark
+    themselves (or their keys) lower."""
+    priority_reserved_slots: int = Field(1, ge=0, le=8)
+    """Run slots per model beyond BATCH_CONCURRENT_BATCHES (a thread each) that only a batch of priority-1
+    requests may take, and only while lower priorities hold the regular ones: a live request starts at once even
+    while a flood of lower-priority batches fills every regular slot, instead of waiting for one of their runs to
+    end. Traffic that is all of one priority never uses them. 0 = none."""
+
+    @model_validator(mode="after")
+    def _default_within_levels(self) -> "BatchingSettings":
+        if self.default_priority > self.priority_levels:
+            raise ValueError(f"BATCH_DEFAULT_PRIORITY {self.default_priority} is past BATCH_PRIORITY_LEVELS "
+                             f"{self.priority_levels}")
+        return self
 
 
 class WarmupSettings(BaseSettings):
@@ -188,9 +210,10 @@ class SecuritySettings(BaseSettings):
     model_config = _section("")
 
     api_keys: str = ""
-    """Comma-separated API keys, each ``key`` (admin) or ``key:read`` / ``key:outcome`` / ``key:admin``.
-    ``outcome`` is read plus reporting outcomes for any prediction (the system that reports fills and
-    P&L). Empty = no auth."""
+    """Comma-separated API keys, each ``key`` (admin) or ``key:read`` / ``key:outcome`` / ``key:admin``,
+    optionally followed by the key's default priority (``key:read:3``: its predictions queue at priority 3 unless
+    they name one; 1 is the highest, at most BATCH_PRIORITY_LEVELS). ``outcome`` is read plus reporting outcomes
+    for any prediction (the system that reports fills and P&L). Empty = no auth."""
     predict_requires_key: bool = False
     """When true, predictions need an API key too (any scope)."""
     rate_limit_per_second: float = Field(0.0, ge=0)
@@ -198,6 +221,20 @@ class SecuritySettings(BaseSettings):
     version_selection_scope: Literal["any", "read", "admin"] = "read"
     """With API keys configured: the key scope needed to ask for an explicit ``version`` (any caller may
     pick a stage). ``any`` lets anonymous callers pick versions. Archived versions always need admin."""
+
+
+class TracingSettings(BaseSettings):
+    model_config = _section("OTEL_")
+
+    exporter_otlp_endpoint: str = ""
+    """OpenTelemetry's own variable: the OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); spans
+    go to <this>/v1/traces. Set: every prediction is traced (W3C traceparent / tracestate in, a traceresponse
+    header out, spans for admission, decode, queue wait, the model run, encode and audit). Empty: no tracing,
+    and nothing of it on the request path. The exporter reads its other OTEL_EXPORTER_OTLP_* variables
+    (headers, timeout, compression) itself, and the sampler OTEL_TRACES_SAMPLER (default: follow the
+    caller's sampled flag, sample new traces)."""
+    service_name: str = "prediction-service"
+    """The ``service.name`` resource attribute of the exported spans."""
 
 
 class AuditSettings(BaseSettings):
@@ -475,6 +512,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     torchserve: TorchServeSettings = Field(default_factory=TorchServeSettings)

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from enum import IntEnum, StrEnum
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
 
 MAX_DEADLINE_MS = 600_000
 """The longest deadline any caller may ask for (admin keys); other scopes are capped lower (serving/deadline.py)."""
+
+MAX_PRIORITY_LEVELS = 8
+"""The most priority levels a server may have (BATCH_PRIORITY_LEVELS): it bounds the ``priority`` label of the
+queue metrics. As in Triton, 1 is the highest priority; a request's 0 means "the default"."""
 
 
 class RawInput(StrEnum):
@@ -74,6 +80,34 @@ class InferenceRequest:
     """The deadline budget the caller asked for (header, gRPC deadline); None: the server default."""
     timeout_s: float | None = None
     """The Open Inference Protocol's ``timeout`` parameter: it can only shorten the deadline."""
+    priority: int = 0
+    """The priority the caller asked for (OIP ``priority`` parameter, /v1 ``priority``): 1 is the highest; 0 asks
+    for the default (its API key's, else the server's). Checked against BATCH_PRIORITY_LEVELS by the pipeline."""
+
+
+class Trace(Protocol):
+    """A request's trace as the pipeline, the servables and the batcher use it (monitoring/tracing.py's
+    RequestTrace). Only present when tracing is on."""
+
+    @property
+    def trace_id(self) -> str | None: ...
+
+    @property
+    def traceresponse(self) -> str | None: ...
+
+    def begin(self, model: str, request_id: str, priority: int) -> None: ...
+
+    def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]: ...
+
+    def queued(self, started_ns: int, ended_ns: int, priority: int, run: Any) -> None: ...
+
+    def model_run(self, model: str, traces: Sequence["Trace"], rows: int) -> Any:
+        """The span of one batch's model run (``end()`` it), or None when no request in it is sampled."""
+
+    def run_failed(self, run: Any, error: BaseException) -> None: ...
+
+    def finish(self, status: int, error_code: str | None, version: str | None, stage: str | None,
+               priority: int) -> None: ...
 
 
 @dataclass
@@ -88,6 +122,12 @@ class RequestContext:
     """Scope of the caller's API key; None when the caller presented none (or keys are off)."""
     protocol: str = "v1"
     """Front door that took the request: v1, oip-rest or oip-grpc (metrics and audit label)."""
+    priority: int = 1
+    """The lane the request queues in (1 is the highest): the API key's default priority, else the server's,
+    until the pipeline applies the one the request asked for."""
+    trace: "Trace | None" = None
+    """The request's trace (monitoring/tracing.py) when tracing is on; None otherwise, and then nothing on the
+    request path does any tracing work (every hook is a None check)."""
 
 
 @dataclass(frozen=True)

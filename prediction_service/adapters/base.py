@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..registry import ArtifactInfo, ModelKey, ModelVersion
+from ..types import RequestContext
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class QueueStats:
     """Requests refused because the queue was full."""
     expired: int
     """Requests dropped because their deadline passed while queued."""
+    depth_by_priority: tuple[int, ...] = ()
+    """Requests waiting per priority lane, priority 1 first (``queue_depth`` is their sum)."""
+    shed_by_priority: tuple[int, ...] = ()
+    """Requests shed per priority lane, priority 1 first (``shed`` is their sum)."""
 
 
 BatchObserver = Callable[[str, int], None]
@@ -81,11 +86,17 @@ class ServingAdapter(ABC):
     async def unload(self, key: ModelKey) -> None:
         """Release ``key``. Unloading an unknown key is a no-op."""
 
+    traces_runs: bool = False
+    """The adapter records the queue wait and model run of traced requests itself (the in-process batcher);
+    for others the servable traces the backend call as the model run."""
+
     @abstractmethod
     async def predict(
-        self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None
+        self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None,
+        context: RequestContext | None = None,
     ) -> dict[str, np.ndarray]:
         """Run the model. ``deadline`` is a ``time.monotonic()`` instant after which the work is dropped.
+        ``context``: the request's, for its priority lane and trace (adapters that queue locally use them).
 
         Raises ModelNotFound when ``key`` is not loaded, BackendUnavailable / BackendTimeout /
         Overloaded / DeadlineExceeded for backend trouble.
@@ -110,8 +121,9 @@ class ServingAdapter(ABC):
         never unload on their own (remote backends) ignore it."""
 
     def queue_full(self, key: ModelKey) -> bool:
-        """Whether a request for ``key`` would be shed by a full local queue (admission asks before it
-        reads a body). Cheap and local; remote backends answer False and shed remotely."""
+        """Whether a request for ``key`` would be shed by a full local queue whatever its priority (admission
+        asks before it reads a body, and so before it knows the priority). Cheap and local; remote backends
+        answer False and shed remotely."""
         return False
 
     def queue_stats(self) -> dict[ModelKey, QueueStats]:

@@ -21,6 +21,7 @@ from ..registry.fsutil import sha256_file
 from ..execution.runtimes import Runtime
 from ..settings import BatchingSettings, Settings
 from ..signature import ModelSignature
+from ..types import RequestContext
 from ..execution.warmup import WarmupFailed, WarmupReport, warm_up
 from .base import AdapterHealth, LoadedModel, QueueStats, ServingAdapter
 from .runtimes import open_runtime
@@ -38,13 +39,15 @@ class _Entry:
 
 class InProcessAdapter(ServingAdapter):
     name = "inprocess"
+    traces_runs = True
     formats: tuple[str, ...] = ARTIFACT_FORMATS
 
     def __init__(self, settings: Settings):
         self.settings = settings
         batching = settings.batching
         self._executor = ThreadPoolExecutor(
-            max_workers=max(2, batching.concurrent_batches), thread_name_prefix=f"{self.name}-run")
+            max_workers=max(2, batching.concurrent_batches + batching.priority_reserved_slots),
+            thread_name_prefix=f"{self.name}-run")
         # Least recently used first. Pinned keys (what a stage serves) are never evicted or idled out.
         self._models: OrderedDict[ModelKey, _Entry] = OrderedDict()
         self._pinned: frozenset[ModelKey] = frozenset()
@@ -76,6 +79,9 @@ class InProcessAdapter(ServingAdapter):
             wait_while_idle=version.signature.batch_delay_ms is not None or not self.settings.batching.adaptive,
             max_queue_size=self.settings.batching.max_queue_size,
             max_concurrent_batches=self.settings.batching.concurrent_batches,
+            priority_levels=self.settings.batching.priority_levels,
+            default_priority=self.settings.batching.default_priority,
+            reserved_slots=self.settings.batching.priority_reserved_slots,
             on_batch=self._observe_batch(key.name),
             name=str(key),
         )
@@ -90,13 +96,16 @@ class InProcessAdapter(ServingAdapter):
         if entry is not None:
             await self._retire(key, entry)
 
-    async def predict(self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None):
+    async def predict(self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None,
+                      context: RequestContext | None = None):
         entry = self._models.get(key)
         if entry is None:
             raise ModelNotFound(f"{key} is not loaded", {"model": key.name, "version": key.version})
         entry.last_used = time.monotonic()
         self._models.move_to_end(key)
-        return await entry.batcher.submit(inputs, deadline)
+        if context is None:
+            return await entry.batcher.submit(inputs, deadline)
+        return await entry.batcher.submit(inputs, deadline, context.priority, context.trace)
 
     async def health(self) -> AdapterHealth:
         return AdapterHealth(True, self.name, f"{len(self._models)} models loaded in process")
@@ -132,7 +141,7 @@ class InProcessAdapter(ServingAdapter):
 
     def queue_full(self, key: ModelKey) -> bool:
         entry = self._models.get(key)
-        return entry is not None and entry.batcher.queue_depth >= entry.batcher.max_queue_size
+        return entry is not None and entry.batcher.refuses_every_priority
 
     def queue_stats(self) -> dict[ModelKey, QueueStats]:
         return {key: self._queue_stats(entry) for key, entry in list(self._models.items())}
@@ -141,7 +150,7 @@ class InProcessAdapter(ServingAdapter):
     def _queue_stats(entry: _Entry) -> QueueStats:
         stats = entry.batcher.stats
         return QueueStats(entry.batcher.queue_depth, stats.batches, stats.requests, stats.mean_batch_rows,
-                          stats.shed, stats.expired)
+                          stats.shed, stats.expired, stats.depth_by_priority, stats.shed_by_priority)
 
     # ---- extension points -----------------------------------------------------------------------
 

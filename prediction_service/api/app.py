@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, metrics_registry: CollectorRegi
     )
     app.state.service = service
     app.early_refusal = EarlyRefusal(service)
+    app.tracing = service.tracing is not None
     limits = service.settings.limits
     app.tarpit = ErrorTarpit(limits.tarpit_errors_per_second, limits.tarpit_burst, limits.tarpit_delay_ms / 1000.0)
     install_error_handlers(app)

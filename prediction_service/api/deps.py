@@ -22,10 +22,15 @@ def get_service(request: Request) -> Service:
 
 def open_context(request: Request, api_key: ApiKey | None, protocol: str) -> tuple[Service, RequestContext]:
     """The Service and a new request context for an inference route. Its request id is the audit id,
-    sent back as X-Request-Id, on errors too (api/errors.py reads it from request.state)."""
+    sent back as X-Request-Id, on errors too (api/errors.py reads it from request.state). With tracing on,
+    the context carries the request's trace (the caller's traceparent / tracestate headers continued), and
+    request.state too: the app sends its traceresponse with the answer (api/hot_path.py)."""
     service = request.app.state.service
     context = service.request_context(api_key, None, protocol)
     request.state.request_id = context.request_id
+    if service.tracing is not None:
+        service.open_trace(context, request.headers)
+        request.state.trace = context.trace
     return service, context
 
 

@@ -19,6 +19,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from ..monitoring.tracing import TRACERESPONSE
 from .direct_route import DirectRoute
 from .tarpit import ErrorTarpit
 
@@ -35,6 +36,9 @@ class ServingApp(FastAPI):
     """Asked first for hot routes with a ``{name}`` (api/early_refusal.py); None: every request runs its route."""
     tarpit: ErrorTarpit | None = None
     """Holds back the error answers of a connection past its error budget (api/tarpit.py); None: never."""
+    tracing: bool = False
+    """The service traces predictions (OTEL_EXPORTER_OTLP_ENDPOINT): a hot route's answer, error or not, carries
+    its request's ``traceresponse`` (the route put the trace on ``request.state``, api/deps.py)."""
 
     def include_router(self, router: APIRouter, **kwargs: Any) -> None:
         super().include_router(router, **kwargs)
@@ -72,6 +76,11 @@ class ServingApp(FastAPI):
             response = await handler(request)
         except Exception as exc:  # noqa: BLE001 - mapped by the app's handler table, like the router would
             response = await self._exception_handler(exc)(request, exc)
+        if self.tracing:
+            trace = scope.get("state", {}).get("trace")
+            value = trace.traceresponse if trace is not None else None
+            if value is not None:
+                response.headers[TRACERESPONSE] = value
         if self.tarpit is not None:
             await self.tarpit.hold(scope, response.status_code)
         await response(scope, receive, send)

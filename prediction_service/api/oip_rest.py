@@ -30,7 +30,7 @@ _ERRORS = {400: {"description": "Malformed body or framing"}, 404: {"description
            504: {"description": "Deadline exceeded"}}
 _INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "description": "OIP inference request (inputs, outputs, "
-                                     "parameters: stage, routing_key, binary_data_output)"}},
+                                     "parameters: stage, routing_key, priority, timeout, binary_data_output)"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description":
                                             "JSON header of Inference-Header-Content-Length bytes, then the "
                                             "binary input tensors"}}}}}
@@ -96,7 +96,8 @@ async def version_config(name: str, version: str, request: Request,
     return FastJSONResponse(model_config(get_service(request).dataplane.model_metadata(name, version)))
 
 
-@router.post("/v2/models/{name}/infer", summary="Infer (parameters: stage, routing_key)", responses=_ERRORS,
+@router.post("/v2/models/{name}/infer", summary="Infer (parameters: stage, routing_key, priority, timeout)",
+             responses=_ERRORS,
              openapi_extra=_INFER_BODY)
 async def infer(name: str, request: Request, api_key=Depends(require_predict)) -> Response:
     return await _infer(request, name, None, api_key)
@@ -123,7 +124,7 @@ async def _infer(request: Request, name: str, version: str | None, api_key: ApiK
         parsed = await off_loop_if_large(min(json_size, len(body)), limits, service.parse_budget,
                                          decode_infer_request, body, header_length, limits, version)
         outputs = None if parsed.outputs is None else tuple(output.name for output in parsed.outputs)
-        return InferenceRequest(parsed.selector, parsed.inputs, outputs, budget_ms, parsed.timeout_s)
+        return InferenceRequest(parsed.selector, parsed.inputs, outputs, budget_ms, parsed.timeout_s, parsed.priority)
 
     def encode(result: InferenceResult) -> Response:
         assert parsed is not None  # decoded before the data plane ran

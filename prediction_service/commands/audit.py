@@ -85,7 +85,7 @@ def _show_request(reader, request_id: str) -> int:
         return 1
     fields = {"time": entry.ts, "model": entry.model, "version": entry.version, "stage": entry.stage,
               "arm": entry.arm, "status": entry.status, "error": entry.error_code, "latency_ms": entry.latency_ms,
-              "backend": entry.backend}
+              "backend": entry.backend, "trace_id": entry.trace_id}
     print(f"request {request_id}:")
     for name, value in fields.items():
         if value is not None:

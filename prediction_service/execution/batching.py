@@ -10,6 +10,17 @@ under load do batches form: while a run is in progress a forming batch collects 
 ``max_queue_delay``, and while every run slot is busy it grows until one frees. A strategy waiting on one
 answer never waits for company: a fixed 2 ms collection window was most of a lone request's latency on the
 demo LSTM. ``wait_while_idle`` brings the window back for an idle model that prefers fuller batches.
+
+Priority lanes (as Triton's ``priority_levels``): one FIFO lane per priority, 1 the highest. A batch is formed
+when a run slot is taken, not before: it starts with the oldest request of the highest non-empty lane and
+takes the requests behind it in priority order (FIFO within a lane) while they fit and match, so a waiting
+higher-priority request joins the next run ahead of every lower one, and a batch of lower ones already
+running delays it by that one run at most. ``reserved_slots`` run slots beyond ``max_concurrent_batches`` are
+kept for batches of priority-1 requests while lower priorities hold the regular ones, so a live request
+need not wait for a flood's run at all; and a batch that outranks every run in progress starts without a
+company window (the load is of lower priority: waiting would only delay it). When the queue is full a
+newcomer takes the place of the newest request of a lower priority (shed instead, with Overloaded); with
+none lower waiting the newcomer is shed.
 """
 
 from __future__ import annotations
@@ -20,10 +31,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DeadlineExceeded, Overloaded, PredictionServiceError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from ..types import Trace
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +84,17 @@ def split(outputs: Tensors, sizes: list[int]) -> list[Tensors]:
 
 # ---- the queue --------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     inputs: Tensors
     rows: int
     deadline: float | None
     future: asyncio.Future = field(repr=False)
     key: tuple = ()
+    priority: int = 1
+    trace: "Trace | None" = field(default=None, repr=False)
+    queued_ns: int = 0
+    """time.time_ns() at submit, for the queue-wait span (traced requests only)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,10 @@ class BatchStats:
     rows: int
     shed: int
     expired: int
+    depth_by_priority: tuple[int, ...] = ()
+    """Requests waiting in each lane, priority 1 first."""
+    shed_by_priority: tuple[int, ...] = ()
+    """Requests shed from each lane (refused on arrival, or displaced by a higher priority), priority 1 first."""
 
     @property
     def mean_batch_rows(self) -> float:
@@ -103,9 +126,15 @@ class DynamicBatcher:
         on_batch: Callable[[int], None] | None = None,
         name: str = "",
         wait_while_idle: bool = False,
+        priority_levels: int = 1,
+        default_priority: int = 1,
+        reserved_slots: int = 0,
     ):
         if max_batch_size < 1 or max_queue_size < 1 or max_concurrent_batches < 1:
             raise ValueError("max_batch_size, max_queue_size and max_concurrent_batches must be >= 1")
+        if priority_levels < 1 or not 1 <= default_priority <= priority_levels or reserved_slots < 0:
+            raise ValueError("priority_levels must be >= 1, default_priority within 1..priority_levels and "
+                             "reserved_slots >= 0")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay_ms / 1000.0
@@ -115,67 +144,107 @@ class DynamicBatcher:
         self.name = name
         self.wait_while_idle = wait_while_idle
         """Hold a forming batch up to ``max_queue_delay`` for company even while a run slot is free."""
-        self._queue: deque[_Pending] = deque()
+        self.priority_levels = priority_levels
+        self.default_priority = default_priority
+        """The lane of a request that names no priority (0) or one past ``priority_levels``."""
+        self.reserved_slots = reserved_slots if priority_levels > 1 else 0
+        """Run slots beyond ``max_concurrent_batches`` only a batch of priority-1 requests may take, while lower
+        priorities hold regular slots."""
+        self._lanes: list[deque[_Pending]] = [deque() for _ in range(priority_levels)]
+        """One FIFO per priority, priority 1 (the highest) first."""
+        self._running_by_level = [0] * priority_levels
+        """Batches running now by the priority of the request that leads them."""
         self._arrived: asyncio.Event | None = None
         self._freed: asyncio.Event | None = None
-        """Set when a run slot is released: a batch forming while every slot was busy may go."""
+        """Set when a run slot is released (or a priority-1 request arrives while the regular slots are
+        busy): a batch waiting for a slot may go."""
         self._worker: asyncio.Task | None = None
-        self._slots: asyncio.Semaphore | None = None
         self._running: set[asyncio.Task] = set()
         self._runs = 0
+        """Batches holding a run slot now (counted down before the slot is released, unlike ``_running``)."""
         self._last_requests, self._last_ended = 0, 0.0
         """Requests in the last finished batch, and when it finished (monotonic)."""
-        """Batches holding a run slot now (counted down before the slot is released, unlike ``_running``)."""
-        self._forming: list[_Pending] = []
-        self._waiting = 0  # submitted, model run not started yet (queued or in a forming batch)
+        self._waiting = 0  # in a lane: submitted, not taken into a batch yet
         self._closed = False
-        self._batches = self._requests = self._rows = self._shed = self._expired = 0
+        self._batches = self._requests = self._rows = self._expired = 0
+        self._shed = [0] * priority_levels
 
     @property
     def queue_depth(self) -> int:
         return self._waiting
 
     @property
+    def refuses_every_priority(self) -> bool:
+        """Whether a request would be shed now whatever its priority: the queue is full and every waiting
+        request has the highest priority, so none can be displaced. Admission asks this before a body (and
+        the priority in it) is read."""
+        return self._waiting >= self.max_queue_size and len(self._lanes[0]) == self._waiting
+
+    @property
     def stats(self) -> BatchStats:
-        return BatchStats(self._batches, self._requests, self._rows, self._shed, self._expired)
+        return BatchStats(self._batches, self._requests, self._rows, sum(self._shed), self._expired,
+                          tuple(len(lane) for lane in self._lanes), tuple(self._shed))
 
     def _start(self) -> None:
         self._arrived = asyncio.Event()
         self._freed = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.max_concurrent_batches)
         self._worker = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.name}")
 
-    async def submit(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+    async def submit(self, inputs: Tensors, deadline: float | None = None, priority: int = 0,
+                     trace: "Trace | None" = None) -> Tensors:
+        """Run ``inputs`` in the next batch its ``priority`` (1 the highest; 0: the default) lets it join.
+        ``trace``: the request's trace, which records its queue wait and links it to its model run."""
         if self._closed:
             raise ServiceUnavailable(f"model {self.name} is unloading", {"model": self.name})
         if self._worker is None:
             self._start()
-        if self.queue_depth >= self.max_queue_size:
-            self._shed += 1
-            raise Overloaded(
-                f"queue for {self.name} is full ({self.max_queue_size} waiting requests)",
-                {"model": self.name, "queue_size": self.max_queue_size},
-            )
+        level = priority if 1 <= priority <= self.priority_levels else self.default_priority
+        if self._waiting >= self.max_queue_size:
+            self._make_room(level)
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(inputs, batch_rows(inputs), deadline, future, merge_signature(inputs)))
+        self._lanes[level - 1].append(_Pending(inputs, batch_rows(inputs), deadline, future, merge_signature(inputs),
+                                               level, trace, time.time_ns() if trace is not None else 0))
         self._waiting += 1
+        assert self._arrived is not None and self._freed is not None
         self._arrived.set()
+        if level == 1 and self.reserved_slots and self._runs >= self.max_concurrent_batches:
+            self._freed.set()  # it may take a reserved slot: the loop looks again
         return await future
 
-    async def _wait_for_item(self, timeout: float | None) -> bool:
-        # An Event, not Queue.get under wait_for: a timed-out wait can never swallow an item.
+    def _make_room(self, level: int) -> None:
+        """The queue is full: shed the newest request of the lowest priority below ``level``, or raise
+        Overloaded for the newcomer when none waits below it."""
+        for lower in range(self.priority_levels, level, -1):
+            lane = self._lanes[lower - 1]
+            if lane:
+                victim = lane.pop()
+                self._waiting -= 1
+                self._shed[lower - 1] += 1
+                if not victim.future.done():
+                    victim.future.set_exception(Overloaded(
+                        f"queue for {self.name} is full: shed for a request of a higher priority",
+                        {"model": self.name, "queue_size": self.max_queue_size, "priority": lower}))
+                return
+        self._shed[level - 1] += 1
+        raise Overloaded(f"queue for {self.name} is full ({self.max_queue_size} waiting requests)",
+                         {"model": self.name, "queue_size": self.max_queue_size, "priority": level})
+
+    async def _wait_for_item(self) -> None:
+        # An Event, not Queue.get: nothing is taken out of a lane here.
         assert self._arrived is not None
-        if self._queue:
-            return True
+        while not self._waiting:
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def _wait_for_arrival(self, timeout: float) -> bool:
+        """Whether a request arrived within ``timeout``."""
+        assert self._arrived is not None
         self._arrived.clear()
         try:
-            if timeout is None:
-                await self._arrived.wait()
-            else:
-                await asyncio.wait_for(self._arrived.wait(), timeout)
+            await asyncio.wait_for(self._arrived.wait(), timeout)
         except asyncio.TimeoutError:
-            pass
-        return bool(self._queue)
+            return False
+        return True
 
     def _company_due(self, forming: int) -> bool:
         """Whether more requests are about to arrive: the last batch carried more than this one holds and
@@ -183,53 +252,85 @@ class DynamicBatcher:
         carried one request, so it never waits."""
         return forming < self._last_requests and time.monotonic() - self._last_ended < self.max_queue_delay
 
-    async def _slot_freed(self) -> None:
-        """Until a run slot is free (one wake per finished batch, not one per arriving request)."""
-        assert self._freed is not None and self._slots is not None
+    def _may_start(self, level: int) -> bool:
+        """Whether a batch led by a request of priority ``level`` may start now: a regular slot is free, or it
+        is priority 1, fewer than ``max_concurrent_batches`` priority-1 batches run, and a reserved slot is free."""
+        if self._runs < self.max_concurrent_batches:
+            return True
+        return (level == 1 and self._runs < self.max_concurrent_batches + self.reserved_slots
+                and self._running_by_level[0] < self.max_concurrent_batches)
+
+    async def _slot_freed(self, level: int) -> None:
+        """Until a batch led by ``level`` may start, or a priority-1 request arrives that may (one wake per
+        finished batch, not one per arriving request)."""
+        assert self._freed is not None
         self._freed.clear()
-        if self._slots.locked():
+        if not self._may_start(level):
             await self._freed.wait()
 
-    async def _loop(self) -> None:
-        assert self._slots is not None
-        while True:
-            await self._wait_for_item(None)
-            if not self._queue:
-                continue
-            first = self._queue.popleft()
-            batch, rows = [first], first.rows
-            self._forming = batch
-            collect_until = time.monotonic() + self.max_queue_delay
-            while rows < self.max_batch_size:
-                if not self._queue:
-                    if self._waiting >= self.max_queue_size:
-                        break  # nothing more can join (new requests are shed): waiting would only add delay
-                    if self._slots.locked():  # every slot busy: who arrives meanwhile joins once one frees
-                        await self._slot_freed()
-                        continue
-                    if not self._runs and not self.wait_while_idle and not self._company_due(len(batch)):
-                        break  # the model is idle and nobody else is queued or due: run now
-                    remaining = collect_until - time.monotonic()
-                    if remaining <= 0 or not await self._wait_for_item(remaining):
-                        break
-                item = self._queue[0]
-                if item.key != first.key or rows + item.rows > self.max_batch_size:
-                    break  # it starts the next batch; FIFO order is kept
-                batch.append(self._queue.popleft())
+    def _plan(self, top_only: bool = False) -> tuple[list[int], int, bool, int]:
+        """The batch a run started now would carry: how many requests it takes from each lane (priority 1
+        first, FIFO within a lane), how many in all, whether it is complete (full, or the next request in
+        line cannot join it: another shape, or too many rows), and the priority that leads it. Nothing is
+        taken out. ``top_only``: priority-1 requests only (a batch for a reserved slot)."""
+        counts = [0] * self.priority_levels
+        key, rows, total, lead = None, 0, 0, self.priority_levels
+        for index, lane in enumerate(self._lanes[:1] if top_only else self._lanes):
+            for item in lane:
+                if key is None:
+                    key, lead = item.key, index + 1
+                elif item.key != key or rows + item.rows > self.max_batch_size:
+                    return counts, total, True, lead  # it starts the next batch; the order is kept
+                counts[index] += 1
+                total += 1
                 rows += item.rows
-            await self._slots.acquire()
+                if rows >= self.max_batch_size:
+                    return counts, total, True, lead
+        return counts, total, False, lead
+
+    def _take(self) -> tuple[list[_Pending], int]:
+        # every regular slot busy: this batch takes a reserved one, which carries priority 1 only
+        counts, total, _, lead = self._plan(top_only=self._runs >= self.max_concurrent_batches)
+        batch = [lane.popleft() for lane, count in zip(self._lanes, counts) for _ in range(count)]
+        self._waiting -= total
+        return batch, lead
+
+    def _outranks_runs(self, level: int) -> bool:
+        """Whether every batch running now is led by a lower priority than ``level``."""
+        return not any(self._running_by_level[:level])
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wait_for_item()
+            collect_until = time.monotonic() + self.max_queue_delay
+            # Decide when the next run starts; which requests it carries is decided only once it may start.
+            while True:
+                _, requests, complete, lead = self._plan()
+                if not self._may_start(lead):  # every slot it may take is busy: who arrives meanwhile joins
+                    await self._slot_freed(lead)
+                    continue
+                if complete or self._waiting >= self.max_queue_size:
+                    break  # full, or nothing more can join (a new request is shed or displaces one)
+                if (not self._runs or self._outranks_runs(lead)) and not self.wait_while_idle \
+                        and not self._company_due(requests):
+                    break  # idle (or busy only with lower priorities), nobody else queued or due: run now
+                remaining = collect_until - time.monotonic()
+                if remaining <= 0 or not await self._wait_for_arrival(remaining):
+                    break
+            batch, lead = self._take()  # formed now: a higher priority that arrived while it waited goes first
+            if not batch:
+                continue
             self._runs += 1
-            self._forming = []
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._running_by_level[lead - 1] += 1
+            task = asyncio.get_running_loop().create_task(self._execute(batch, lead))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _execute(self, batch: list[_Pending]) -> None:
-        assert self._slots is not None
-        self._waiting -= len(batch)
+    async def _execute(self, batch: list[_Pending], lead: int) -> None:
         try:
             now = time.monotonic()
-            live = []
+            live: list[_Pending] = []
+            traced: list[_Pending] | None = None
             for item in batch:
                 if item.future.done():  # caller gave up: its deadline timer fired, or it went away
                     if item.deadline is not None and now >= item.deadline:
@@ -240,17 +341,27 @@ class DynamicBatcher:
                     item.future.set_exception(DeadlineExceeded("request deadline passed before the model ran"))
                     continue
                 live.append(item)
+                if item.trace is not None:
+                    if traced is None:
+                        traced = []
+                    traced.append(item)
             if not live:
                 return
             sizes = [item.rows for item in live]
+            run = None if traced is None else self._trace_run(traced, sum(sizes))
             try:
                 outputs = await self._run_batch(merge([item.inputs for item in live]))
                 parts = split(outputs, sizes)
             except Exception as exc:  # noqa: BLE001 - every waiter must learn about the failure
+                if run is not None:
+                    traced[0].trace.run_failed(run, exc)  # type: ignore[index, union-attr]
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
+            finally:
+                if run is not None:
+                    run.end()
             self._batches += 1
             self._requests += len(live)
             self._last_requests, self._last_ended = len(live), time.monotonic()
@@ -262,9 +373,19 @@ class DynamicBatcher:
                     item.future.set_result(part)
         finally:
             self._runs -= 1
-            self._slots.release()
+            self._running_by_level[lead - 1] -= 1
             if self._freed is not None:
                 self._freed.set()
+
+    def _trace_run(self, traced: list[_Pending], rows: int):
+        """The batch's model-run span (linked to every traced request in it), and each one's queue wait."""
+        started = time.time_ns()
+        first = traced[0].trace
+        assert first is not None
+        run = first.model_run(self.name, [item.trace for item in traced], rows)  # type: ignore[misc]
+        for item in traced:
+            item.trace.queued(item.queued_ns, started, item.priority, run)  # type: ignore[union-attr]
+        return run
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         """Stop accepting; let queued and running work finish (bounded), then fail what is left."""
@@ -279,9 +400,10 @@ class DynamicBatcher:
             await self._worker
         except asyncio.CancelledError:
             pass
-        leftovers = self._forming + list(self._queue)
-        self._forming, self._waiting = [], 0
-        self._queue.clear()
+        leftovers = [item for lane in self._lanes for item in lane]
+        for lane in self._lanes:
+            lane.clear()
+        self._waiting = 0
         for item in leftovers:
             if not item.future.done():
                 item.future.set_exception(ServiceUnavailable(f"model {self.name} was unloaded"))

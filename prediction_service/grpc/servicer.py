@@ -16,8 +16,9 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..errors import NotFound, NotReady, PredictionServiceError
-from ..types import InferenceRequest
+from ..types import InferenceRequest, RequestContext
 from ..log_throttle import ThrottledLog
+from ..monitoring.tracing import TRACERESPONSE, grpc_carrier
 from ..oip import grpc_codec as codec
 from .status import status_code, trailing_metadata
 
@@ -107,7 +108,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def ModelInfer(self, request, context) -> service_pb2.ModelInferResponse:
         self._refuse_if_draining()
-        return await self._infer(request, _api_key(context), _caller(context), context.time_remaining())
+        return await self._infer(request, _api_key(context), _caller(context), context.time_remaining(),
+                                 context if self.service.tracing is not None else None)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
@@ -125,9 +127,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         key, caller = _api_key(context), _caller(context)
         stream = _Stream(min(self.limits.grpc_stream_max_pending, self.limits.max_in_flight))
+        # traced: each request's span continues the stream's traceparent (no traceresponse: one stream, many answers)
+        carrier = grpc_carrier(context.invocation_metadata()) if self.service.tracing is not None else None
 
         async def answer(request: service_pb2.ModelInferRequest) -> None:
-            stream.answers.put_nowait(await self._stream_answer(request, key, caller, context.time_remaining()))
+            stream.answers.put_nowait(await self._stream_answer(request, key, caller, context.time_remaining(),
+                                                                carrier))
 
         reader = asyncio.create_task(stream.read(request_iterator, answer))
         try:
@@ -141,10 +146,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await asyncio.wait([reader])  # its task group cancels and awaits every answer still running
 
     async def _stream_answer(self, request: service_pb2.ModelInferRequest, key: str | None, caller: str,
-                             time_remaining: float | None) -> service_pb2.ModelStreamInferResponse | PredictionServiceError:
+                             time_remaining: float | None, carrier: dict[str, str] | None = None
+                             ) -> service_pb2.ModelStreamInferResponse | PredictionServiceError:
         try:
             self._refuse_if_draining()  # an open stream is no way around the drain: the client goes elsewhere
-            response = await self._infer(request, key, caller, time_remaining)
+            response = await self._infer(request, key, caller, time_remaining, carrier=carrier)
             return service_pb2.ModelStreamInferResponse(infer_response=response)
         except PredictionServiceError as error:
             if error.status in (401, 403):
@@ -158,9 +164,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             infer_response=service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id))
 
     async def _infer(self, request: service_pb2.ModelInferRequest, key: str | None, caller: str,
-                     time_remaining: float | None) -> service_pb2.ModelInferResponse:
+                     time_remaining: float | None, call: grpc.aio.ServicerContext | None = None, *,
+                     carrier: dict[str, str] | None = None) -> service_pb2.ModelInferResponse:
+        """``call``: a traced unary call, whose traceparent the request continues and whose initial metadata
+        carries the traceresponse; ``carrier``: a traced stream's trace context. Neither: not traced."""
         api_key = self.service.authorize_predict(key, caller)  # before the tensors are decoded
         context = self.service.request_context(api_key, None, "oip-grpc")
+        if call is not None:
+            carrier = grpc_carrier(call.invocation_metadata())
+        if carrier is not None:
+            self.service.open_trace(context, carrier)
         requested: tuple[str, ...] = ()
 
         async def decode() -> InferenceRequest:
@@ -170,10 +183,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             # The call's gRPC deadline is the caller's budget (else the server default).
             budget_ms = None if time_remaining is None else time_remaining * 1000.0
             return InferenceRequest(decoded.selector, decoded.inputs, decoded.outputs or None, budget_ms,
-                                    decoded.timeout_s)
+                                    decoded.timeout_s, decoded.priority)
 
-        return await self.service.pipeline.run(
-            request.model_name, context, decode, lambda result: codec.encode_response(result, request.id, requested))
+        try:
+            response = await self.service.pipeline.run(
+                request.model_name, context, decode,
+                lambda result: codec.encode_response(result, request.id, requested))
+        except PredictionServiceError:
+            await _send_traceresponse(call, context)
+            raise
+        await _send_traceresponse(call, context)
+        return response
 
     # ---- admission -----------------------------------------------------------------------------------
 
@@ -215,6 +235,14 @@ class _Stream:
             log.debug("gRPC stream ended: %r", exc)
         finally:
             self.answers.put_nowait(None)
+
+
+async def _send_traceresponse(call: grpc.aio.ServicerContext | None, context: RequestContext) -> None:
+    """A traced unary call's traceresponse, in its initial metadata (the gRPC form of a response header),
+    before the answer or the error status."""
+    value = None if call is None or context.trace is None else context.trace.traceresponse
+    if value is not None:
+        await call.send_initial_metadata(((TRACERESPONSE, value),))  # type: ignore[union-attr]
 
 
 def _api_key(context: grpc.aio.ServicerContext) -> str | None:

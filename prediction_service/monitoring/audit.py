@@ -1,7 +1,8 @@
 """Prediction audit log: every prediction, by a batched background writer, into the state database
 (prediction_service/state: an SQLite file in WAL mode by default, PostgreSQL with STATE_DATABASE_URL).
 
-The request path only calls ``observe(record)``, which appends the record to a bounded deque (no
+Each record carries the request's W3C trace id when tracing is on (monitoring/tracing.py), so a prediction
+found here leads to its spans. The request path only calls ``observe(record)``, which appends the record to a bounded deque (no
 hashing, no I/O: those happen in the writer thread). Past ``max_backlog`` waiting records new ones are
 dropped and counted. The writer wakes every ``flush_interval_ms`` (or when a batch is full) and writes
 up to ``batch_size`` records per transaction. When the disk fails or the database goes away, the batch
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 MAX_RETRY_BACKOFF_S = 5.0
 PRUNE_CHUNK_ROWS = 5000  # rows per DELETE: keeps the write lock short for the other workers' writers
 COLUMNS = ("ts", "ts_epoch", "request_id", "model", "version", "stage", "arm", "experiment_id", "latency_ms",
-           "status", "error_code", "backend", "api_key_id", "inputs", "outputs")
+           "status", "error_code", "backend", "api_key_id", "inputs", "outputs", "trace_id")
 
 
 def _insert_sql(paramstyle: str) -> str:
@@ -75,11 +76,13 @@ def _payload(arrays: dict[str, np.ndarray] | None, mode: str) -> str | None:
 
 def _row(record: PredictionRecord, mode: str) -> tuple:
     """The values of COLUMNS, in order."""
-    at = record.context.received_at
+    context = record.context
+    at = context.received_at
     ts = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return (ts, at, record.context.request_id, record.model, record.version, record.stage, record.arm,
+    return (ts, at, context.request_id, record.model, record.version, record.stage, record.arm,
             record.experiment_id, round(record.latency_ms, 3), record.status, record.error_code, record.backend,
-            record.context.api_key_id, _payload(record.inputs, mode), _payload(record.outputs, mode))
+            context.api_key_id, _payload(record.inputs, mode), _payload(record.outputs, mode),
+            context.trace.trace_id if context.trace is not None else None)
 
 
 @dataclass(frozen=True)
@@ -274,6 +277,8 @@ class RequestEntry:
     error_code: str | None
     latency_ms: float
     backend: str | None
+    trace_id: str | None = None
+    """The W3C trace the prediction belonged to (tracing on), to find its spans."""
 
 
 @dataclass(frozen=True)
@@ -323,7 +328,7 @@ class AuditReader:
         c = table.c
         with self.db.read() as conn:
             row = conn.execute(select(c.ts, c.request_id, c.model, c.version, c.stage, c.arm, c.status, c.error_code,
-                                      c.latency_ms, c.backend)
+                                      c.latency_ms, c.backend, c.trace_id)
                                .where(c.request_id == request_id).order_by(c.id).limit(1)).first()
         return RequestEntry(*row) if row else None
 

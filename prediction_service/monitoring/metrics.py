@@ -103,7 +103,11 @@ class _CumulativeFeed:
         self._seen: dict[tuple[str, ...], float] = {}
 
     def update(self, value: float, *labels: str) -> None:
-        previous = self._seen.get(labels, 0.0)
+        previous = self._seen.get(labels)
+        if previous is None:  # a new series starts at 0: its first increase is one Prometheus can see
+            previous = 0.0
+            if labels:
+                self._counter.labels(*labels)
         if value < previous:  # the source restarted (model reloaded): count from its new zero
             previous = 0.0
         if value > previous:
@@ -117,7 +121,8 @@ class ServiceMetrics:
         self.started_at = time.time()
         self.window = LatencyWindow(latency_window)
         self._process = psutil.Process()
-        self._queued_models: set[str] = set()
+        self._queued_models: dict[str, int] = {}
+        """Model versions with queue gauges, and how many priority lanes each had."""
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
             return Counter(name, doc, list(labels), registry=registry)
@@ -132,8 +137,9 @@ class ServiceMetrics:
                                  ["model", "version"], buckets=LATENCY_BUCKETS, registry=registry)
         self.batch_rows = Histogram("prediction_batch_rows", "Rows per model run (dynamic batching).",
                                     ["model"], buckets=BATCH_BUCKETS, registry=registry)
-        self.queue_depth = gauge("prediction_queue_depth", "Requests waiting for a model run, per model version.",
-                                 "livesum", ("model",))
+        # priority: "1" (the highest) .. BATCH_PRIORITY_LEVELS, at most MAX_PRIORITY_LEVELS label values
+        self.queue_depth = gauge("prediction_queue_depth", "Requests waiting for a model run, per model version "
+                                 "and priority lane.", "livesum", ("model", "priority"))
         self.in_flight = gauge("prediction_in_flight", "Predictions in progress.", "livesum")
         self.models_loaded = gauge("prediction_models_loaded", "Model versions loaded (max over workers).",
                                    "livemax")
@@ -145,7 +151,8 @@ class ServiceMetrics:
         self.batcher_expired = counter("prediction_batcher_expired_total",
                                        "Requests dropped by the batcher because their deadline passed.", ("model",))
         self.batcher_shed = counter("prediction_batcher_shed_total",
-                                    "Requests refused because the model's queue was full.", ("model",))
+                                    "Requests shed because the model's queue was full (refused on arrival, or "
+                                    "displaced by a higher priority), by their priority.", ("model", "priority"))
         self.rate_limited = counter("prediction_rate_limited_total", "Requests refused by the rate limiter.",
                                     ("endpoint",))
         self.audit_backlog = gauge("prediction_audit_backlog", "Audit records waiting to be written.", "livesum")
@@ -280,13 +287,19 @@ class ServiceMetrics:
         self.models_loaded.set(len(loaded))
         self.in_flight.set(in_flight)
         stats = {str(key): queue for key, queue in adapter.queue_stats().items()}
-        for model in self._queued_models - set(stats):
-            self.queue_depth.labels(model).set(0)  # unloaded since the last scrape
+        for model in set(self._queued_models) - set(stats):
+            for priority in range(1, self._queued_models[model] + 1):
+                self.queue_depth.labels(model, str(priority)).set(0)  # unloaded since the last scrape
+        lanes: dict[str, int] = {}
         for model, queue in stats.items():
-            self.queue_depth.labels(model).set(queue.queue_depth)
+            depths = queue.depth_by_priority or (queue.queue_depth,)
+            shed = queue.shed_by_priority or (queue.shed,)
+            for priority, (depth, refused) in enumerate(zip(depths, shed), start=1):
+                self.queue_depth.labels(model, str(priority)).set(depth)
+                self._shed_feed.update(refused, model, str(priority))
             self._expired_feed.update(queue.expired, model)
-            self._shed_feed.update(queue.shed, model)
-        self._queued_models = set(stats)
+            lanes[model] = len(depths)
+        self._queued_models = lanes
         if audit is not None:
             self.audit_backlog.set(audit.backlog)
             self._written_feed.update(audit.written)

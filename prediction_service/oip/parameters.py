@@ -1,5 +1,6 @@
 """Request parameters both Open Inference Protocol doors read (REST ``parameters`` object, gRPC
-``InferParameter`` map, already unwrapped to Python values): the selector's strings and Triton's timeout."""
+``InferParameter`` map, already unwrapped to Python values): the selector's strings, Triton's timeout and
+Triton's priority."""
 
 from __future__ import annotations
 
@@ -31,3 +32,15 @@ def timeout_seconds(parameters: dict[str, Any]) -> float | None:
     if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
         raise InvalidInput("parameter 'timeout' must be a non-negative integer (microseconds)")
     return timeout_us / 1e6 if timeout_us else None
+
+
+def priority(parameters: dict[str, Any]) -> int:
+    """Triton's ``priority`` parameter: 1 is the highest, 0 (or none) the default. Anything but a non-negative
+    integer is 422; the pipeline refuses one past the server's levels (BATCH_PRIORITY_LEVELS)."""
+    value = parameters.get("priority")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput("parameter 'priority' must be a non-negative integer (1 is the highest, 0 the default; "
+                           "a uint64_param or int64_param over gRPC)", {"parameter": "priority"})
+    return value

@@ -25,7 +25,7 @@ from .documents import provenance_parameters
 from .datatypes import MAX_RANK, TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
 from ..settings import LimitSettings
 from ..api.body import parse_json
-from .parameters import selector, timeout_seconds
+from .parameters import priority, selector, timeout_seconds
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class InferRequest:
     binary_output: bool
     timeout_s: float | None = None
     """Triton's ``timeout`` request parameter (microseconds on the wire): a tighter deadline, when set."""
+    priority: int = 0
+    """Triton's ``priority`` request parameter: 1 is the highest, 0 the default."""
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,11 @@ def _decode_infer_request(body: bytes, header_length: str | None, limits: LimitS
     if not isinstance(binary_output, bool):
         raise InvalidInput("parameters.binary_data_output must be a boolean")
     timeout_s = timeout_seconds(parameters)
+    asked = priority(parameters)  # a bad one is refused before any tensor is decoded
     inputs = _inputs(document.get("inputs"), binary, limits)
     outputs = _outputs(document.get("outputs"), binary_output, limits.max_request_tensors)
-    return InferRequest(request_id, inputs, selector(parameters, version), outputs, binary_output, timeout_s)
+    return InferRequest(request_id, inputs, selector(parameters, version), outputs, binary_output, timeout_s,
+                        asked)
 
 
 def _header_size(raw: str, body_size: int) -> int:

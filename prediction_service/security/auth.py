@@ -1,7 +1,9 @@
 """API keys: parsed once into sha256 digests with a scope; compared in constant time.
 
 ``API_KEYS="k1,k2:read,k3:outcome"`` -> k1 is admin, k2 read-only, k3 read plus reporting A/B outcomes
-for any prediction (the system that reports fills and P&L). No keys configured = no auth.
+for any prediction (the system that reports fills and P&L). No keys configured = no auth. A third field is the
+key's default priority: ``k4:read:3`` queues k4's predictions at priority 3 (1 is the highest) unless a
+request names its own.
 A missing or unknown key is 401; a read key on an admin endpoint is 403.
 """
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import Forbidden, Unauthorized
-from ..types import RequestContext, Scope
+from ..types import MAX_PRIORITY_LEVELS, RequestContext, Scope
 from ..v1.schemas import API_KEY_HEADER
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ class ApiKey:
     scope: Scope
     key_id: str
     """Short, non-secret id (first 8 hex chars of the digest) for logs and rate limiting."""
+    priority: int | None = None
+    """The priority this key's predictions queue at when they name none; None: the server's default."""
 
 
 def _digest(raw: str) -> bytes:
@@ -35,17 +39,20 @@ def _digest(raw: str) -> bytes:
 
 
 class ApiKeyStore:
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, priority_levels: int = MAX_PRIORITY_LEVELS):
+        """``spec``: API_KEYS, ``key[:scope[:priority]]`` each; a priority past ``priority_levels`` is refused."""
         self.keys: list[ApiKey] = []
         for item in (part.strip() for part in spec.split(",")):
             if not item:
                 continue
-            raw, _, scope_name = item.partition(":")
+            raw, _, rest = item.partition(":")
+            scope_name, _, priority_text = rest.partition(":")
             scope_name = (scope_name or "admin").lower()
             if scope_name not in ("read", "outcome", "admin"):
                 raise ValueError(f"API_KEYS: unknown scope {scope_name!r} (use :read, :outcome or :admin)")
             digest = _digest(raw)
-            key = ApiKey(digest, Scope[scope_name.upper()], digest.hex()[:8])
+            key = ApiKey(digest, Scope[scope_name.upper()], digest.hex()[:8],
+                         _key_priority(priority_text, digest.hex()[:8], priority_levels))
             if any(k.key_id == key.key_id and k.digest != digest for k in self.keys):
                 # key ids attribute predictions to their caller (A/B outcomes): two keys must not share one
                 raise ValueError("API_KEYS: two keys share a key id (first 8 hex chars of sha256); replace one")
@@ -71,6 +78,15 @@ class ApiKeyStore:
         if match.scope < needed:
             raise Forbidden(f"this API key has {match.scope.name.lower()} scope; {needed.name.lower()} is required")
         return match
+
+
+def _key_priority(text: str, key_id: str, levels: int) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= levels:  # the key itself never goes into a message
+        raise ValueError(f"API_KEYS: key {key_id}: priority {text!r} is not an integer in 1..{levels} "
+                         "(BATCH_PRIORITY_LEVELS; 1 is the highest)")
+    return int(text)
 
 
 class VersionAccess:

@@ -85,7 +85,7 @@ class ModelServable:
         tokens = processing.tokens  # long texts queue model time: bounded per worker
         with self.tokens_in_flight.hold(tokens) if tokens else nullcontext():
             async with self.manager.serving(target):
-                outputs = await self._run(target, arrays, context.deadline)
+                outputs = await self._run(target, arrays, context)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         record.outputs = outputs
         provenance = self.provenance(target)
@@ -98,14 +98,23 @@ class ModelServable:
             provenance=provenance, processing=processing,
         )
 
-    async def _run(self, target: ModelVersion, arrays: dict[str, np.ndarray], deadline: float | None):
+    async def _run(self, target: ModelVersion, arrays: dict[str, np.ndarray], context: RequestContext):
+        """The adapter's run, in the request's priority lane. A traced request's queue wait and model run are
+        the in-process batcher's spans; a remote backend's call is traced here as the model run."""
+        if context.trace is None or self.adapter.traces_runs:
+            return await self._predict(target, arrays, context)
+        with context.trace.span("model run", **{"prediction.backend": self.adapter.name}):
+            return await self._predict(target, arrays, context)
+
+    async def _predict(self, target: ModelVersion, arrays: dict[str, np.ndarray], context: RequestContext):
+        deadline = context.deadline
         for attempt in (1, 2):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded("request deadline passed before the model ran")
             try:
                 async with asyncio.timeout(remaining):
-                    return await self.adapter.predict(target.key, arrays, deadline=deadline)
+                    return await self.adapter.predict(target.key, arrays, deadline=deadline, context=context)
             except ModelNotFound:
                 if attempt == 2:
                     raise

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import os
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry
 
@@ -24,6 +25,7 @@ from ..types import RequestContext
 from .model_manager import ModelManager
 from ..monitoring.audit import AuditLog, audit_db_path
 from ..monitoring.metrics import ServiceMetrics, mark_worker_dead, multiprocess_dir
+from ..monitoring.tracing import Tracing
 from ..security.ratelimit import ParseBudget, RateLimiter
 from ..registry import ModelKey, ModelRegistry
 from .pipeline import RequestPipeline
@@ -40,6 +42,9 @@ class Service:
         self.registry = ModelRegistry(settings.model_store, state=settings.state)
         self.reader = self.registry.reader
         self.metrics = ServiceMetrics(metrics_registry or CollectorRegistry())
+        self.tracing = Tracing.from_settings(settings.tracing)
+        """OpenTelemetry tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set; None: no request is traced."""
+        self.default_priority = settings.batching.default_priority
         self.manager = ModelManager(settings, self.reader, self.adapter,
                                     on_event=_all(self.metrics.on_model_event, self._record_model_event))
         self.adapter.batch_observer = self.metrics.observe_batch
@@ -54,9 +59,9 @@ class Service:
             self.dataplane.readiness_details.append(lambda: {"audit": vars(audit.stats())})
             if settings.audit.required_for_readiness:
                 self.dataplane.readiness_checks.append(audit.problems)
-        self.pipeline = RequestPipeline(self.dataplane, settings.limits)
+        self.pipeline = RequestPipeline(self.dataplane, settings.limits, settings.batching.priority_levels)
         """Every door's request path: admit -> decode -> infer -> encode, observed as the client saw it."""
-        self.api_keys = ApiKeyStore(settings.security.api_keys)
+        self.api_keys = ApiKeyStore(settings.security.api_keys, settings.batching.priority_levels)
         self.rate_limiter = RateLimiter(settings.security.rate_limit_per_second,
                                         on_limited=self.metrics.observe_rate_limited)
         self.parse_budget = ParseBudget(settings.limits.large_json_bytes_per_second,
@@ -102,6 +107,8 @@ class Service:
         await self.adapter.close()
         if self.audit is not None:
             self.audit.close(timeout_s=max(1.0, self.settings.server.shutdown_grace_seconds))
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still buffered
         mark_worker_dead()
 
     @property
@@ -145,9 +152,18 @@ class Service:
         return None
 
     def request_context(self, key: ApiKey | None, deadline: float | None, protocol: str) -> RequestContext:
-        """The context a front door hands the data plane for an admitted caller."""
-        return RequestContext(deadline=deadline, api_key_id=key.key_id if key else None,
-                              scope=key.scope if key else None, protocol=protocol)
+        """The context a front door hands the data plane for an admitted caller: at its key's default priority
+        (else the server's) until the request names one."""
+        if key is None:
+            return RequestContext(deadline=deadline, protocol=protocol, priority=self.default_priority)
+        return RequestContext(deadline=deadline, api_key_id=key.key_id, scope=key.scope, protocol=protocol,
+                              priority=key.priority or self.default_priority)
+
+    def open_trace(self, context: RequestContext, carrier: Mapping[str, str]) -> None:
+        """With tracing on, the request's trace (continuing the caller's traceparent in ``carrier``: HTTP
+        headers or gRPC metadata) on ``context``; without, nothing."""
+        if self.tracing is not None:
+            context.trace = self.tracing.open(carrier, context.protocol)
 
     def _take_token(self, key: ApiKey | None, caller: str, endpoint: str) -> None:
         # After authentication, so unknown keys cannot fill buckets; by key id, else by client address.

@@ -84,9 +84,11 @@ audit_predictions = Table(
     Column("api_key_id", Text),
     Column("inputs", Text),  # NULL, sha256 hex, or JSON (AUDIT_RECORD_PAYLOADS)
     Column("outputs", Text),
+    Column("trace_id", Text),  # 32 hex digits: the W3C trace (tracing on), else NULL; migration a0002
     Index("audit_predictions_model_time", "model", "ts_epoch"),
     Index("audit_predictions_request", "request_id"),
     Index("audit_predictions_time", "ts_epoch"),  # retention and oldest()
+    Index("audit_predictions_trace", "trace_id"),
 )
 
 registry_events = Table(

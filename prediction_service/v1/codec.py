@@ -3,12 +3,12 @@
 ``inputs`` (a batch), ``instances`` (rows), ``instance`` (one row), ``text`` or ``bars`` (rows of
 ``[o, h, l, c, v]``, or named columns ``{"open": [...], ...}``) become the tensors the data plane takes.
 Instances are stacked here; text and bars pass as sent, for the model's own step; the data plane validates
-everything against the signature.
+everything against the signature. ``priority`` (1 the highest, 0 the default) goes with them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -17,31 +17,39 @@ from ..types import InferenceResult, RawInput, Selector
 from .schemas import PredictRequest
 
 
-def decode_predict(body: Any, max_rows: int) -> tuple[Selector, dict[str, Any]]:
+class DecodedPredict(NamedTuple):
+    selector: Selector
+    inputs: dict[str, Any]
+    priority: int = 0
+    """The body's ``priority`` (1 is the highest); 0 when it names none."""
+
+
+def decode_predict(body: Any, max_rows: int) -> DecodedPredict:
     try:
         request = PredictRequest.model_validate(body)
     except ValidationError as exc:
         raise InvalidInput("request does not match the predict schema",
                            {"errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]}) from exc
     selector = Selector(request.version, request.stage, request.routing_key)
+    priority = request.priority or 0
     if request.text is not None:
         texts = [request.text] if isinstance(request.text, str) else request.text
         if not texts:
             raise InvalidInput("empty batch: text is empty")
-        return selector, {RawInput.TEXT: texts}
+        return DecodedPredict(selector, {RawInput.TEXT: texts}, priority)
     if request.bars is not None:
         # As sent: the model's bars step checks its size from the lists' lengths, then converts rows or named
         # columns to an array and checks columns and finiteness (serving/processing.py), off the event loop when large.
-        return selector, {RawInput.BARS: request.bars}
+        return DecodedPredict(selector, {RawInput.BARS: request.bars}, priority)
     if request.inputs is not None:
-        return selector, request.inputs
+        return DecodedPredict(selector, request.inputs, priority)
     rows = [request.instance] if request.instance is not None else request.instances
     if not rows:
         raise InvalidInput("empty batch: instances is empty")
     if len(rows) > max_rows:  # before numpy sees them: a huge batch costs nothing
         raise InvalidInput(f"{len(rows)} instances exceed the limit of {max_rows}",
                            {"rows": len(rows), "max_rows": max_rows})
-    return selector, _stack_instances(rows)
+    return DecodedPredict(selector, _stack_instances(rows), priority)
 
 
 def _stack_instances(rows: list[Any]) -> dict[str, Any]:

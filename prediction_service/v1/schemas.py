@@ -44,6 +44,10 @@ class PredictRequest(BaseModel):
     stage: str | None = Field(None, description="production (default) or staging.", max_length=32)
     routing_key: str | None = Field(None, description="Sticky A/B routing key, e.g. a symbol or client id.",
                                     max_length=256)
+    priority: int | None = Field(None, ge=0, le=core.MAX_PRIORITY_LEVELS, strict=True,
+                                 description="Queue priority, as Triton's: 1 is the highest; 0 or absent: the API "
+                                 "key's default, else the server's (BATCH_DEFAULT_PRIORITY). At most "
+                                 "BATCH_PRIORITY_LEVELS.")
 
     @model_validator(mode="after")
     def _one_payload(self) -> "PredictRequest":

@@ -37,7 +37,7 @@ class GatedModel:
     def when_started(self, count: int) -> asyncio.Event:
         return self.reached.setdefault(count, asyncio.Event())
 
-    async def __call__(self, key, inputs, *, deadline=None):
+    async def __call__(self, key, inputs, *, deadline=None, context=None):
         self.started += 1
         for count, event in self.reached.items():
             if self.started >= count:
@@ -47,7 +47,7 @@ class GatedModel:
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
-        return await self._predict(key, inputs, deadline=deadline)
+        return await self._predict(key, inputs, deadline=deadline, context=context)
 
 
 @dataclass

@@ -54,7 +54,9 @@ async def test_metrics_count_requests_latency_batches_and_models(app_client):
     assert value(parsed, "prediction_models_loaded") == 2  # the production version of each model
     assert value(parsed, "prediction_model_loads_total", result="ok") == 2
     assert value(parsed, "prediction_model_load_seconds_count") == 2
-    assert parsed[("prediction_queue_depth", frozenset({"model": "tiny-regressor:1.0.0"}.items()))] == 0
+    for priority in ("1", "2", "3"):  # one lane per priority level (BATCH_PRIORITY_LEVELS, 3 by default)
+        assert parsed[("prediction_queue_depth", frozenset({"model": "tiny-regressor:1.0.0",
+                                                            "priority": priority}.items()))] == 0
     assert value(parsed, "prediction_process_resident_memory_bytes") > 10_000_000
     assert value(parsed, "prediction_process_cpu_seconds") > 0
     # the registry passed in is the one that holds the metrics
