@@ -115,7 +115,11 @@ def build_profile(columns: Mapping[str, np.ndarray], built_from: str, bins: int 
     if not columns:
         raise InvalidInput("no feature to profile")
     rng = np.random.default_rng(seed)
-    features = [profile_feature(name, values, bins, sample_size, rng) for name, values in columns.items()]
+    # a feature without a finite value (requests whose tensors did not fit) is left out; none at all is an error
+    features = [profile_feature(name, values, bins, sample_size, rng) for name, values in columns.items()
+                if np.isfinite(np.asarray(values, dtype=np.float64)).any()]
+    if not features:
+        raise InvalidInput("no feature has a finite reference value")
     rows = max(int(np.asarray(v).size) for v in columns.values())
     return InputProfile(rows=rows, built_from=built_from, features=features)
 
@@ -300,6 +304,9 @@ class ReferenceState(StrEnum):
     LEARNING = "learning"
     """No stored profile: the first requests are becoming the reference."""
     READY = "ready"
+    UNTRACKED = "untracked"
+    """The version's inputs carry no feature to track (bool tensors, a dynamic last dimension), or its first
+    requests gave none: nothing is buffered for it."""
 
 
 class VersionDrift(BaseModel):
@@ -405,6 +412,8 @@ class DriftMonitor:
         tracker = self._trackers.get((record.model, record.version))
         if tracker is None:
             tracker = self._track(record.model, record.version)
+        elif tracker.state is ReferenceState.UNTRACKED:
+            return
         inputs = record.inputs
         rows = _rows(inputs)
         tracker.added += 1
@@ -467,6 +476,11 @@ class DriftMonitor:
         if tracker.state is ReferenceState.PENDING:
             layout, profile, source = await asyncio.to_thread(self._reference, tracker.model, tracker.version)
             tracker.layout = layout
+            if not layout.names:
+                tracker.state = ReferenceState.UNTRACKED
+                tracker.window.clear()
+                tracker.window_rows = 0
+                return
             if profile is not None:
                 tracker.profile, tracker.source, tracker.state = profile, source, ReferenceState.READY
             else:  # what arrived before the lookup is the start of the reference
@@ -485,7 +499,15 @@ class DriftMonitor:
         if tracker.state is ReferenceState.LEARNING and tracker.learn_requests >= settings.reference_requests:
             chunks, tracker.learn = tracker.learn, []
             tracker.learn_rows = 0
-            tracker.profile = await asyncio.to_thread(self._learn, tracker, chunks)
+            try:
+                tracker.profile = await asyncio.to_thread(self._learn, tracker, chunks)
+            except InvalidInput as exc:
+                log.warning("drift: %s %s: no reference from its first requests (%s); not tracked", tracker.model,
+                            tracker.version, exc.message)
+                tracker.state = ReferenceState.UNTRACKED
+                tracker.window.clear()
+                tracker.window_rows = 0
+                return
             tracker.source, tracker.state = "learned", ReferenceState.READY
         if tracker.state is ReferenceState.READY and tracker.added != tracker.computed_added \
                 and tracker.window_rows >= settings.min_window_rows:
@@ -498,6 +520,8 @@ class DriftMonitor:
             self._export(tracker)
 
     def _export(self, tracker: _Tracker) -> None:
+        if self._trackers.get((tracker.model, tracker.version)) is not tracker:
+            return  # forgotten while its figures were computed: its label values stay gone
         model, version, gauges = tracker.model, tracker.version, self.gauges
         for feature in tracker.features:
             gauges.psi.labels(model, version, feature.name).set(feature.psi)

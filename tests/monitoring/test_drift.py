@@ -219,3 +219,56 @@ async def test_the_server_uses_the_stored_profile(tiny_store, tmp_path):
     assert shifted["drifted"] == FEATURES
     assert not (tiny_store / ".state" / "drift").exists()  # nothing learned, nothing persisted
     json.dumps(shifted)  # the answer is plain JSON
+
+
+# ---- the monitor on its own ------------------------------------------------------------------------------
+
+def _record(version: str, rows: np.ndarray, status: int = 200):
+    from prediction_service.types import PredictionRecord, RequestContext
+
+    return PredictionRecord(context=RequestContext(), model=MODEL, version=version, stage=None, arm=None,
+                            experiment_id=None, latency_ms=1.0, status=status,
+                            inputs={"x": rows.astype(np.float32)})
+
+
+async def test_the_window_keeps_the_newest_rows_and_versions_are_bounded(tiny_store):
+    from prediction_service.monitoring.drift import DriftMonitor
+    from prediction_service.registry import RegistryReader
+
+    rng = np.random.default_rng(8)
+    metrics = CollectorRegistry()
+    settings = DriftSettings(reference_requests=10, window_rows=100, min_window_rows=10, max_versions=1)
+    monitor = DriftMonitor(settings, RegistryReader(tiny_store), metrics)
+    for _ in range(10):
+        monitor.observe(_record("1.0.0", _rows(rng, 8)))
+    monitor.observe(_record("1.0.0", _rows(rng, 8) + 5, status=422))  # failed requests are not inputs seen
+    await monitor.refresh()
+    for _ in range(50):
+        monitor.observe(_record("1.0.0", _rows(rng, 8)))
+    report = await monitor.report(MODEL)
+    [drift] = report.versions
+    assert drift.reference_rows == 80 and 100 <= drift.window_rows < 108  # the newest 13 requests
+    labels = {"model": MODEL, "version": "1.0.0"}
+    assert metrics.get_sample_value("prediction_input_drift_window_rows", labels) == drift.window_rows
+    monitor.observe(_record("2.0.0", _rows(rng, 8)))  # a second version: the older one is dropped
+    assert [v.version for v in (await monitor.report(MODEL)).versions] == ["2.0.0"]
+    assert metrics.get_sample_value("prediction_input_drift_window_rows", labels) is None
+    assert metrics.get_sample_value("prediction_input_drift_psi", {**labels, "feature": "x[0]"}) is None
+
+
+async def test_a_version_without_trackable_features_buffers_nothing(tiny_store):
+    from prediction_service.monitoring.drift import DriftMonitor, ReferenceState
+    from prediction_service.registry import ModelRegistry
+
+    registry = ModelRegistry(tiny_store)
+    version = registry.get(MODEL, "2.0.0")
+    meta = version.path / "metadata.json"
+    document = json.loads(meta.read_text())
+    document["signature"]["inputs"][0]["shape"] = [-1, -1]  # no fixed feature columns
+    meta.write_text(json.dumps(document))
+    monitor = DriftMonitor(DriftSettings(), registry.reader, CollectorRegistry())
+    monitor.observe(_record("2.0.0", np.zeros((4, 4))))
+    [drift] = (await monitor.report(MODEL)).versions
+    assert drift.state == ReferenceState.UNTRACKED and drift.window_rows == 0
+    monitor.observe(_record("2.0.0", np.zeros((4, 4))))
+    assert (await monitor.report(MODEL)).versions[0].window_rows == 0
