@@ -4,6 +4,7 @@ edge; on that path, with keys, audit, metrics, an A/B experiment and deadlines a
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 
 from prometheus_client import CollectorRegistry
@@ -11,26 +12,27 @@ from prometheus_client import CollectorRegistry
 from prediction_service.monitoring.audit import AuditReader
 from prediction_service.settings import AuditSettings, SecuritySettings, Settings
 from tests.support.asgi import served_app
-from tests.support.models import register_slow
+from prediction_service.registry import ModelKey
+from tests.support.gated import gated
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 ADMIN = {"X-API-Key": "admin-secret"}
 READER = {"X-API-Key": "reader-secret"}
 PREDICT = "/v1/models/tiny-regressor/predict"
 INFER = "/v2/models/tiny-regressor/infer"
-SLOWER = "slower-regressor"
+SLOW = "slow-regressor"
 OIP_BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
 
 
-async def test_keys_metrics_audit_provenance_ab_and_deadlines_on_the_hot_path(tiny_store_template, tmp_path):
+async def test_keys_metrics_audit_provenance_ab_and_deadlines_on_the_hot_path(slow_store_template, tmp_path,
+                                                                               monkeypatch):
     store = tmp_path / "store"
-    shutil.copytree(tiny_store_template, store, symlinks=True)
-    register_slow(store, tmp_path / "export", name=SLOWER, steps=4000)  # runs for far longer than 15 ms
+    shutil.copytree(slow_store_template, store, symlinks=True)
     settings = Settings(model_store=store, audit=AuditSettings(flush_interval_ms=20),
                         security=SecuritySettings(api_keys="admin-secret,reader-secret:read",
                                                   predict_requires_key=True))
     metrics = CollectorRegistry()
-    async with served_app(settings, metrics_registry=metrics) as (_, http):
+    async with served_app(settings, metrics_registry=metrics) as (app, http):
         # auth: refused before the body is looked at, on both REST doors
         for path, body in ((PREDICT, {"instance": ROW}), (INFER, OIP_BODY)):
             refused = await http.post(path, json=body)
@@ -54,9 +56,12 @@ async def test_keys_metrics_audit_provenance_ab_and_deadlines_on_the_hot_path(ti
         oip = await http.post(INFER, headers=READER, json=OIP_BODY)
         assert oip.status_code == 200 and oip.json()["model_version"] in ("1.0.0", "2.0.0")
 
-        # deadlines: a request whose deadline passes while the slow model runs is answered 504
-        late = await http.post(f"/v1/models/{SLOWER}/predict", headers={**READER, "X-Request-Deadline-Ms": "15"},
-                               json={"instance": ROW})
+        # deadlines: a request whose deadline passes while the model holds it is answered 504
+        async with gated(app, ModelKey(SLOW, "1.0.0"), monkeypatch) as gate:
+            late = asyncio.create_task(http.post(f"/v1/models/{SLOW}/predict", json={"instance": ROW},
+                                                 headers={**READER, "X-Request-Deadline-Ms": "15"}))
+            await gate.wait_started()
+            late = await late
         assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
 
     # metrics: the latency histogram and the status counters moved for what was answered
@@ -65,7 +70,7 @@ async def test_keys_metrics_audit_provenance_ab_and_deadlines_on_the_hot_path(ti
 
     served = sum(sample("prediction_latency_seconds_count", model="tiny-regressor", version=v) for v in ("1.0.0", "2.0.0"))
     assert served == 21
-    assert sample("prediction_requests_total", model=SLOWER, version="1.0.0", status="504") == 1
+    assert sample("prediction_requests_total", model=SLOW, version="1.0.0", status="504") == 1
 
     # audit: every answered request is in the log under the id it was given, with its arm (the lifespan
     # exit flushed the writer)

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from prometheus_client import CollectorRegistry
 
 from prediction_service.registry import ModelKey
 from prediction_service.settings import BatchingSettings, Settings, SimpleSettings
 from tests.support.asgi import served_app
+from tests.support.gated import gated
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 SLOW = "/v1/models/slow-regressor/predict"
 KEY = ModelKey("slow-regressor", "1.0.0")
-
-
-class GatedRun:
-    """The model's runtime behind a gate: the run that reaches it holds the only run slot until ``release``."""
-
-    def __init__(self, run):
-        self._run = run
-        self.started = threading.Event()
-        self.gate = threading.Event()
-
-    def __call__(self, inputs):
-        self.started.set()
-        self.gate.wait(timeout=60)
-        return self._run(inputs)
 
 
 async def test_expired_request_gets_504_and_never_reaches_the_model(ops_store, monkeypatch):
@@ -36,15 +22,10 @@ async def test_expired_request_gets_504_and_never_reaches_the_model(ops_store, m
     registry = CollectorRegistry()
     async with served_app(settings, metrics_registry=registry) as (app, http):
         adapter = app.state.service.adapter
-        runtime = adapter._models[KEY].runtime
-        gated = GatedRun(runtime.run)
-        monkeypatch.setattr(runtime, "run", gated)
-        occupying = asyncio.create_task(http.post(SLOW, json={"instance": ROW}))  # holds the only model slot
-        await asyncio.to_thread(gated.started.wait, 60)
-        try:
+        async with gated(app, KEY, monkeypatch) as gate:
+            occupying = asyncio.create_task(http.post(SLOW, json={"instance": ROW}))  # holds the only model slot
+            await gate.wait_started()
             late = await http.post(SLOW, json={"instance": ROW}, headers={"X-Request-Deadline-Ms": "15"})
-        finally:
-            gated.gate.set()
         assert late.status_code == 504, late.text
         assert late.json()["error"]["code"] == "deadline_exceeded"
         assert (await occupying).status_code == 200
