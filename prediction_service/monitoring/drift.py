@@ -55,6 +55,10 @@ LEARNED_DIR = "drift"
 PSI_EPSILON = 1e-4
 """Bin fractions are floored at this before the PSI's logarithm (an empty bin would make it infinite)."""
 TOKEN_LENGTH, OOV_RATE = "token_length", "oov_rate"
+WINDOW_MAX_BYTES = 16 * 2**20
+"""A version's window also holds at most this many bytes of tensors (a text row is a whole token sequence)."""
+LEARN_MAX_BYTES = 64 * 2**20
+"""Bytes of tensors kept while a reference is learned (besides DRIFT_REFERENCE_MAX_ROWS)."""
 
 
 # ---- the profile ---------------------------------------------------------------------------------------
@@ -345,8 +349,10 @@ class _Tracker:
     source: Literal["registry", "learned"] | None = None
     window: deque = field(default_factory=deque)
     window_rows: int = 0
+    window_bytes: int = 0
     learn: list = field(default_factory=list)
     learn_rows: int = 0
+    learn_bytes: int = 0
     learn_requests: int = 0
     added: int = 0
     """Requests appended so far: the refresh skips a window that has not changed."""
@@ -356,12 +362,28 @@ class _Tracker:
     last_seen: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def append(self, inputs: Mapping[str, np.ndarray], rows: int, limit: int) -> None:
-        """Into the rolling window, which keeps the newest requests holding at least ``limit`` rows."""
-        self.window.append((inputs, rows))
+    def append(self, inputs: Mapping[str, np.ndarray], rows: int, size: int, limit: int) -> None:
+        """Into the rolling window, which keeps the newest requests holding at least ``limit`` rows (fewer when
+        they would take more than WINDOW_MAX_BYTES)."""
+        self.window.append((inputs, rows, size))
         self.window_rows += rows
-        while self.window_rows - self.window[0][1] >= limit:
-            self.window_rows -= self.window.popleft()[1]
+        self.window_bytes += size
+        window = self.window
+        while len(window) > 1 and (self.window_rows - window[0][1] >= limit or self.window_bytes > WINDOW_MAX_BYTES):
+            _, dropped_rows, dropped_size = window.popleft()
+            self.window_rows -= dropped_rows
+            self.window_bytes -= dropped_size
+
+    def clear_window(self) -> None:
+        self.window.clear()
+        self.window_rows = self.window_bytes = 0
+
+    def learn_from(self, inputs: Mapping[str, np.ndarray], rows: int, size: int, settings: "DriftSettings") -> None:
+        self.learn_requests += 1
+        if self.learn_rows < settings.reference_max_rows and self.learn_bytes + size <= LEARN_MAX_BYTES:
+            self.learn.append(inputs)
+            self.learn_rows += rows
+            self.learn_bytes += size
 
 
 def _rows(inputs: Mapping[str, np.ndarray]) -> int:
@@ -415,16 +437,13 @@ class DriftMonitor:
         elif tracker.state is ReferenceState.UNTRACKED:
             return
         inputs = record.inputs
-        rows = _rows(inputs)
+        rows, size = _rows(inputs), sum(getattr(a, "nbytes", 0) for a in inputs.values())
         tracker.added += 1
         tracker.last_seen = time.monotonic()
         if tracker.state is ReferenceState.LEARNING and tracker.learn_requests < self.settings.reference_requests:
-            tracker.learn_requests += 1
-            if tracker.learn_rows < self.settings.reference_max_rows:
-                tracker.learn.append(inputs)
-                tracker.learn_rows += rows
+            tracker.learn_from(inputs, rows, size, self.settings)
             return
-        tracker.append(inputs, rows, self.settings.window_rows)
+        tracker.append(inputs, rows, size, self.settings.window_rows)
 
     def _track(self, model: str, version: str) -> _Tracker:
         tracker = _Tracker(model, version)
@@ -478,40 +497,34 @@ class DriftMonitor:
             tracker.layout = layout
             if not layout.names:
                 tracker.state = ReferenceState.UNTRACKED
-                tracker.window.clear()
-                tracker.window_rows = 0
+                tracker.clear_window()
                 return
             if profile is not None:
                 tracker.profile, tracker.source, tracker.state = profile, source, ReferenceState.READY
             else:  # what arrived before the lookup is the start of the reference
                 tracker.state = ReferenceState.LEARNING
                 pending = list(tracker.window)
-                tracker.window.clear()
-                tracker.window_rows = 0
-                for inputs, rows in pending:
+                tracker.clear_window()
+                for inputs, rows, size in pending:
                     if tracker.learn_requests < settings.reference_requests:
-                        tracker.learn_requests += 1
-                        if tracker.learn_rows < settings.reference_max_rows:
-                            tracker.learn.append(inputs)
-                            tracker.learn_rows += rows
+                        tracker.learn_from(inputs, rows, size, settings)
                     else:
-                        tracker.append(inputs, rows, settings.window_rows)
+                        tracker.append(inputs, rows, size, settings.window_rows)
         if tracker.state is ReferenceState.LEARNING and tracker.learn_requests >= settings.reference_requests:
             chunks, tracker.learn = tracker.learn, []
-            tracker.learn_rows = 0
+            tracker.learn_rows = tracker.learn_bytes = 0
             try:
                 tracker.profile = await asyncio.to_thread(self._learn, tracker, chunks)
             except InvalidInput as exc:
                 log.warning("drift: %s %s: no reference from its first requests (%s); not tracked", tracker.model,
                             tracker.version, exc.message)
                 tracker.state = ReferenceState.UNTRACKED
-                tracker.window.clear()
-                tracker.window_rows = 0
+                tracker.clear_window()
                 return
             tracker.source, tracker.state = "learned", ReferenceState.READY
         if tracker.state is ReferenceState.READY and tracker.added != tracker.computed_added \
                 and tracker.window_rows >= settings.min_window_rows:
-            added, window = tracker.added, [inputs for inputs, _ in tracker.window]
+            added, window = tracker.added, [inputs for inputs, _, _ in tracker.window]
             profile, layout = tracker.profile, tracker.layout
             assert profile is not None and layout is not None
             features = await asyncio.to_thread(lambda: compare(profile, layout.columns(window), settings.psi_threshold))

@@ -272,3 +272,17 @@ async def test_a_version_without_trackable_features_buffers_nothing(tiny_store):
     assert drift.state == ReferenceState.UNTRACKED and drift.window_rows == 0
     monitor.observe(_record("2.0.0", np.zeros((4, 4))))
     assert (await monitor.report(MODEL)).versions[0].window_rows == 0
+
+
+async def test_the_window_is_bounded_in_bytes_too(tiny_store, monkeypatch):
+    from prediction_service.monitoring import drift
+    from prediction_service.registry import RegistryReader
+
+    monkeypatch.setattr(drift, "WINDOW_MAX_BYTES", 1000)  # 7 requests of 8 x 4 float32 (128 bytes each)
+    monitor = drift.DriftMonitor(DriftSettings(window_rows=100, min_window_rows=1), RegistryReader(tiny_store),
+                                 CollectorRegistry())
+    rng = np.random.default_rng(9)
+    for _ in range(30):
+        monitor.observe(_record("1.0.0", _rows(rng, 8)))
+    [tracker] = monitor._trackers.values()
+    assert tracker.window_bytes <= 1000 and tracker.window_rows == 56 and len(tracker.window) == 7
