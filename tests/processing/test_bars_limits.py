@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -99,6 +100,13 @@ async def test_a_large_bars_request_is_converted_off_the_event_loop(demo_store, 
     def profile(frame, event, arg):
         if event in ("call", "return") and frame.f_code in watched:
             seen.append((f"{watched[frame.f_code]} {event}", threading.get_ident(), ticks))
+            if event == "call" and threading.get_ident() != loop_thread:
+                # Hold the conversion until the loop has ticked: on a busy machine a short conversion could
+                # otherwise end before the loop's thread is scheduled at all. On the loop's own thread the
+                # ticks could not move, and the wait would time out.
+                started, until = ticks, time.monotonic() + 10
+                while ticks == started and time.monotonic() < until:
+                    time.sleep(0.001)
 
     async def tick():
         nonlocal ticks
