@@ -286,3 +286,44 @@ async def test_the_window_is_bounded_in_bytes_too(tiny_store, monkeypatch):
         monitor.observe(_record("1.0.0", _rows(rng, 8)))
     [tracker] = monitor._trackers.values()
     assert tracker.window_bytes <= 1000 and tracker.window_rows == 56 and len(tracker.window) == 7
+
+
+async def test_text_and_bars_models_of_the_demo(demo_store, tmp_path):
+    """Text: token length and the unknown-token rate of the tokenized requests; bars: the pre-processed features."""
+    import shutil
+
+    from prediction_service.registry import RegistryReader
+
+    store = tmp_path / "store"
+    shutil.copytree(demo_store, store, symlinks=True)
+    bars_step = RegistryReader(store).resolve("lstm-price", stage="production").signature.bars
+    rng = np.random.default_rng(10)
+    words = "shares rally after strong earnings beat stocks fall on weak guidance profit warning".split()
+
+    def texts(n: int, unknown: bool = False) -> list[str]:
+        pool = ["qzxv", "blorf", "wuggle", "snarf"] if unknown else words
+        return [" ".join(rng.choice(pool, size=rng.integers(3, 9))) for _ in range(n)]
+
+    def windows(n: int, volatility: float) -> list:
+        returns = rng.normal(0, volatility, size=(n, bars_step.min_bars))
+        close = 100 * np.exp(np.cumsum(returns, axis=1))
+        high, low = close * (1 + volatility), close * (1 - volatility)
+        volume = rng.uniform(1e4, 2e4, size=close.shape)
+        return np.stack([close, high, low, close, volume], axis=-1).tolist()
+
+    settings = _settings(store, reference_requests=30, min_window_rows=20)
+    async with served_app(settings) as (_, http):
+        for _ in range(30):  # the references
+            assert (await http.post("/v1/models/sentiment-transformer/predict",
+                                    json={"text": texts(4)})).status_code == 200
+            assert (await http.post("/v1/models/lstm-price/predict",
+                                    json={"bars": windows(2, 0.001)})).status_code == 200
+        for _ in range(10):
+            await http.post("/v1/models/sentiment-transformer/predict", json={"text": texts(4, unknown=True)})
+            await http.post("/v1/models/lstm-price/predict", json={"bars": windows(2, 0.05)})
+        text = (await http.get("/v1/models/sentiment-transformer/drift")).json()["versions"][0]
+        bars = (await http.get("/v1/models/lstm-price/drift")).json()["versions"][0]
+    assert [f["name"] for f in text["features"]] == [TOKEN_LENGTH, OOV_RATE]
+    assert text["reference_rows"] == 120 and text["window_rows"] == 40 and OOV_RATE in text["drifted"]
+    assert bars["reference_rows"] == 30 * 2 * bars_step.window and len(bars["features"]) == bars_step.n_features
+    assert bars["drifted"]  # ten times the volatility moves the normalised prices
