@@ -24,6 +24,7 @@ from ..experiments.service import ExperimentObserver, RegistryCatalog
 from ..types import RequestContext
 from .model_manager import ModelManager
 from ..monitoring.audit import AuditLog, audit_db_path
+from ..monitoring.drift import attach_drift
 from ..monitoring.metrics import ServiceMetrics, mark_worker_dead, multiprocess_dir
 from ..monitoring.tracing import Tracing
 from ..security.ratelimit import ParseBudget, RateLimiter
@@ -59,6 +60,8 @@ class Service:
             self.dataplane.readiness_details.append(lambda: {"audit": vars(audit.stats())})
             if settings.audit.required_for_readiness:
                 self.dataplane.readiness_checks.append(audit.problems)
+        self.drift = attach_drift(settings, self.dataplane, self.reader, self.metrics.registry)
+        """Input drift per model version (monitoring/drift.py); None when DRIFT_ENABLED is false."""
         self.pipeline = RequestPipeline(self.dataplane, settings.limits, settings.batching.priority_levels)
         """Every door's request path: admit -> decode -> infer -> encode, observed as the client saw it."""
         self.api_keys = ApiKeyStore(settings.security.api_keys, settings.batching.priority_levels)
@@ -81,6 +84,8 @@ class Service:
         gc.freeze()
         if multiprocess_dir() is not None:  # other workers answer scrapes too: keep our gauges fresh
             self._background.append(asyncio.create_task(self.metrics.run_refresher(self.refresh_metrics)))
+        if self.drift is not None:
+            self._background.append(asyncio.create_task(self.drift.run()))
         interval = self.settings.experiments.auto_apply_interval_seconds
         if interval > 0:
             self._background.append(asyncio.create_task(_apply_experiment_decisions(self.experiments, interval)))
