@@ -185,7 +185,7 @@ async def test_the_endpoint_refuses_unknown_models_and_needs_read_scope(tiny_sto
     assert off.status_code == 404 and "DRIFT_ENABLED" in off.json()["error"]["message"]
 
 
-def test_register_profile_from_stores_the_profile_in_the_version(tiny_store, tmp_path):
+async def test_register_profile_from_stores_the_profile_and_the_server_uses_it(tiny_store, tmp_path):
     from tests.registry.conftest import run_cli
 
     onnx = next((tiny_store / MODEL / "v1.0.0").glob("*.onnx"))
@@ -200,6 +200,14 @@ def test_register_profile_from_stores_the_profile_in_the_version(tiny_store, tmp
                       str(tmp_path / "missing.npy"), "--store", str(tiny_store), check=False)
     assert refused.returncode == 1 and "missing.npy" in refused.stderr
     assert not (tiny_store / MODEL / "v3.0.1").exists()
+    rng = np.random.default_rng(11)
+    async with served_app(_settings(tiny_store)) as (_, http):
+        await _send(http, _rows(rng, 400), version="3.0.0")
+        calm = await _drift(http, "3.0.0")
+        await _send(http, _rows(rng, 400, shift=-2.0), version="3.0.0")
+        shifted = await _drift(http, "3.0.0")
+    assert calm["reference_source"] == "registry" and calm["reference_rows"] == 500 and calm["drifted"] == []
+    assert shifted["drifted"] == FEATURES
 
 
 async def test_the_server_uses_the_stored_profile(tiny_store, tmp_path):
