@@ -13,7 +13,7 @@ Where the reference comes from, in order:
    the registry's state directory (``.state/drift/<model>/v<version>.json``) so a restart keeps it.
 
 ``DriftMonitor`` is a prediction observer: per answered request it appends the request's tensors to a bounded
-window per model version (no copy, no arithmetic on the event loop). A background refresh (every
+window per model version (no copy: the event loop reads only shapes and sizes). A background refresh (every
 ``DRIFT_INTERVAL_SECONDS``, and on ``GET /v1/models/{name}/drift``) computes per-feature PSI and KS in a thread
 and sets the ``prediction_input_drift_*`` gauges.
 """
@@ -287,9 +287,9 @@ def compare(profile: InputProfile, columns: Mapping[str, np.ndarray], threshold:
     result = []
     for feature in profile.features:
         values = columns.get(feature.name)
+        values = values[np.isfinite(values)] if values is not None else None
         if values is None or values.size == 0:
             continue
-        values = values[np.isfinite(values)]
         value = psi(feature.fractions, _fractions(np.asarray(feature.edges), values))
         ks = pvalue = None
         if feature.continuous and feature.sample:
