@@ -175,6 +175,9 @@ class ModelSignature(BaseModel):
     text: TextPreprocessing | None = None
     bars: BarsPreprocessing | None = None
     """Set when the server turns raw OHLCV ``bars`` into this model's input (prediction_service/preprocessing/bars.py)."""
+    horizon: int | None = Field(None, ge=1)
+    """Steps ahead a forecaster predicts: every output is ``[batch, horizon, ...]``, step ``i`` at index ``i``
+    of axis 1. A request's ``n_steps`` keeps the first that many steps; None: the model has no horizon."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ModelSignature":
@@ -198,6 +201,16 @@ class ModelSignature(BaseModel):
         for want, got in zip((bars.window, bars.n_features), spec.shape[1:]):
             if got != -1 and got != want:
                 raise ValueError(f"bars step makes [batch, {bars.window}, {bars.n_features}], the input "
+                                 f"{spec.name!r} is {list(spec.shape)}")
+        return self
+
+    @model_validator(mode="after")
+    def _outputs_span_the_horizon(self) -> "ModelSignature":
+        if self.horizon is None:
+            return self
+        for spec in self.outputs:
+            if len(spec.shape) < 2 or spec.shape[1] != self.horizon:
+                raise ValueError(f"a model with horizon {self.horizon} has [batch, {self.horizon}, ...] outputs; "
                                  f"{spec.name!r} is {list(spec.shape)}")
         return self
 
