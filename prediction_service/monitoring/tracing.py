@@ -157,9 +157,18 @@ class RequestTrace:
         context = self.root.get_span_context()
         return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
+    @property
+    def recording(self) -> bool:
+        """Whether the root span is sampled (a caller that did not sample gets no spans, only its ids kept)."""
+        return self.root is not None and self.root.is_recording()
+
     @contextmanager
-    def span(self, name: str, **attributes: Any) -> Iterator["Span"]:
-        """A child of the root span around a block; an exception marks it failed and goes on."""
+    def span(self, name: str, **attributes: Any) -> Iterator["Span | None"]:
+        """A child of the root span around a block; an exception marks it failed and goes on. Unsampled:
+        nothing (no child of an unsampled span is ever exported)."""
+        if not self.recording:
+            yield None
+            return
         span = self.tracing.tracer.start_span(name, context=self._context, attributes=attributes or None)
         try:
             yield span
@@ -171,6 +180,8 @@ class RequestTrace:
 
     def queued(self, started_ns: int, ended_ns: int, priority: int, run: "Span | None") -> None:
         """The time the request waited in the batcher's queue (in its lane), linked to the run it joined."""
+        if not self.recording:
+            return
         links = None if run is None else [self.tracing._link(run.get_span_context())]
         span = self.tracing.tracer.start_span("queue wait", context=self._context, links=links,
                                               start_time=started_ns, attributes={"prediction.priority": priority})

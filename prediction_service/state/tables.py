@@ -88,7 +88,8 @@ audit_predictions = Table(
     Index("audit_predictions_model_time", "model", "ts_epoch"),
     Index("audit_predictions_request", "request_id"),
     Index("audit_predictions_time", "ts_epoch"),  # retention and oldest()
-    Index("audit_predictions_trace", "trace_id"),
+    Index("audit_predictions_trace", "trace_id", sqlite_where=text("trace_id IS NOT NULL"),
+          postgresql_where=text("trace_id IS NOT NULL")),  # partial: untraced records cost it nothing
 )
 
 registry_events = Table(

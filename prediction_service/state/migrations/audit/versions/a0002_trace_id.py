@@ -13,11 +13,15 @@ down_revision = "a0001"
 branch_labels = None
 depends_on = None
 
+TRACED = sa.text("trace_id IS NOT NULL")
+
 
 def upgrade() -> None:
     # a nullable column without a default: no table rewrite on SQLite or PostgreSQL, whatever the table's size
     op.add_column("audit_predictions", sa.Column("trace_id", sa.Text))
-    op.create_index("audit_predictions_trace", "audit_predictions", ["trace_id"])
+    # partial: a record without a trace (tracing off) costs the index nothing
+    op.create_index("audit_predictions_trace", "audit_predictions", ["trace_id"], sqlite_where=TRACED,
+                    postgresql_where=TRACED)
 
 
 def downgrade() -> None:
