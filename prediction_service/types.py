@@ -30,6 +30,10 @@ MAX_PRIORITY_LEVELS = 8
 queue metrics. As in Triton, 1 is the highest priority; a request's 0 means "the default"."""
 
 
+MAX_N_STEPS = 100_000
+"""The largest ``n_steps`` a door decodes; what a model accepts is its own horizon (checked when it serves)."""
+
+
 class RawInput(StrEnum):
     """The inputs a door may hand over instead of the model's own tensors; the model's processing turns
     them into tensors (serving/processing.py). A model input of the same name wins: then it is a tensor."""
@@ -83,6 +87,9 @@ class InferenceRequest:
     priority: int = 0
     """The priority the caller asked for (OIP ``priority`` parameter, /v1 ``priority``): 1 is the highest; 0 asks
     for the default (its API key's, else the server's). Checked against BATCH_PRIORITY_LEVELS by the pipeline."""
+    n_steps: int | None = None
+    """Steps ahead a forecaster's answer keeps (/v1 ``n_steps``, OIP ``n_steps`` parameter): the first ``n_steps``
+    of the horizon its signature declares; more than the horizon, or a model without one, is 422. None: all."""
 
 
 class Trace(Protocol):

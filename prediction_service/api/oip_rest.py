@@ -124,7 +124,8 @@ async def _infer(request: Request, name: str, version: str | None, api_key: ApiK
         parsed = await off_loop_if_large(min(json_size, len(body)), limits, service.parse_budget,
                                          decode_infer_request, body, header_length, limits, version)
         outputs = None if parsed.outputs is None else tuple(output.name for output in parsed.outputs)
-        return InferenceRequest(parsed.selector, parsed.inputs, outputs, budget_ms, parsed.timeout_s, parsed.priority)
+        return InferenceRequest(parsed.selector, parsed.inputs, outputs, budget_ms, parsed.timeout_s, parsed.priority,
+                                parsed.n_steps)
 
     def encode(result: InferenceResult) -> Response:
         assert parsed is not None  # decoded before the data plane ran

@@ -183,7 +183,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             # The call's gRPC deadline is the caller's budget (else the server default).
             budget_ms = None if time_remaining is None else time_remaining * 1000.0
             return InferenceRequest(decoded.selector, decoded.inputs, decoded.outputs or None, budget_ms,
-                                    decoded.timeout_s, decoded.priority)
+                                    decoded.timeout_s, decoded.priority, decoded.n_steps)
 
         try:
             response = await self.service.pipeline.run(

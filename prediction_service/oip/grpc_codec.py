@@ -21,7 +21,7 @@ from ..errors import InvalidInput, PredictionServiceError
 from ..types import InferenceResult, ModelMetadata, Selector
 from .datatypes import TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
 from ..settings import LimitSettings
-from .parameters import priority, selector, timeout_seconds
+from .parameters import n_steps, priority, selector, timeout_seconds
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _TYPED_FIELDS: dict[str, tuple[str, np.dtype]] = {
     "FP32": ("fp32_contents", np.dtype(np.float32)), "FP64": ("fp64_contents", np.dtype(np.float64)),
 }
 
-_PARAMETERS = ("timeout", "stage", "routing_key", "priority")
+_PARAMETERS = ("timeout", "stage", "routing_key", "priority", "n_steps")
 """The request parameters this server reads; others are ignored without being looked at."""
 
 
@@ -52,6 +52,8 @@ class DecodedRequest:
     priority: int = 0
     """Triton's ``priority`` request parameter (tritonclient sends a uint64_param): 1 is the highest, 0 the
     default."""
+    n_steps: int | None = None
+    """The ``n_steps`` request parameter: the first steps of a forecaster's horizon; None: all of them."""
 
 
 # ---- requests ----------------------------------------------------------------------------------------
@@ -73,6 +75,7 @@ def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSetting
     # the parameters first: a bad one is refused before any tensor is decoded
     parameters = {key: _parameter(request.parameters[key]) for key in _PARAMETERS if key in request.parameters}
     asked = priority(parameters)
+    steps = n_steps(parameters)
     raw = request.raw_input_contents
     tensors, most = request.inputs, limits.max_request_tensors
     if len(tensors) > most or len(request.outputs) > most:
@@ -98,7 +101,8 @@ def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSetting
         else:
             inputs[tensor.name] = _from_contents(tensor, shape, count)
     return DecodedRequest(inputs, selector(parameters, request.model_version or None),
-                          tuple(output.name for output in request.outputs), timeout_seconds(parameters), asked)
+                          tuple(output.name for output in request.outputs), timeout_seconds(parameters), asked,
+                          steps)
 
 
 def _from_contents(tensor: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int],

@@ -1,13 +1,13 @@
 """Request parameters both Open Inference Protocol doors read (REST ``parameters`` object, gRPC
-``InferParameter`` map, already unwrapped to Python values): the selector's strings, Triton's timeout and
-Triton's priority."""
+``InferParameter`` map, already unwrapped to Python values): the selector's strings, Triton's timeout,
+Triton's priority and a forecaster's ``n_steps``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..errors import InvalidInput
-from ..types import Selector
+from ..types import MAX_N_STEPS, Selector
 
 
 def string_parameter(parameters: dict[str, Any], key: str) -> str | None:
@@ -43,4 +43,16 @@ def priority(parameters: dict[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInput("parameter 'priority' must be a non-negative integer (1 is the highest, 0 the default; "
                            "a uint64_param or int64_param over gRPC)", {"parameter": "priority"})
+    return value
+
+
+def n_steps(parameters: dict[str, Any]) -> int | None:
+    """The ``n_steps`` parameter: the first steps of a forecaster's horizon to answer with; None when unset.
+    Anything but a positive integer is 422; more than the model's horizon is refused when it serves."""
+    value = parameters.get("n_steps")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_N_STEPS:
+        raise InvalidInput(f"parameter 'n_steps' must be an integer from 1 to {MAX_N_STEPS} (an int64_param or "
+                           "uint64_param over gRPC)", {"parameter": "n_steps"})
     return value

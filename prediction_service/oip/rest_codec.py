@@ -25,7 +25,7 @@ from .documents import provenance_parameters
 from .datatypes import MAX_RANK, TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
 from ..settings import LimitSettings
 from ..api.body import parse_json
-from .parameters import priority, selector, timeout_seconds
+from .parameters import n_steps, priority, selector, timeout_seconds
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class InferRequest:
     """Triton's ``timeout`` request parameter (microseconds on the wire): a tighter deadline, when set."""
     priority: int = 0
     """Triton's ``priority`` request parameter: 1 is the highest, 0 the default."""
+    n_steps: int | None = None
+    """The ``n_steps`` request parameter: the first steps of a forecaster's horizon; None: all of them."""
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,11 @@ def _decode_infer_request(body: bytes, header_length: str | None, limits: LimitS
         raise InvalidInput("parameters.binary_data_output must be a boolean")
     timeout_s = timeout_seconds(parameters)
     asked = priority(parameters)  # a bad one is refused before any tensor is decoded
+    steps = n_steps(parameters)
     inputs = _inputs(document.get("inputs"), binary, limits)
     outputs = _outputs(document.get("outputs"), binary_output, limits.max_request_tensors)
     return InferRequest(request_id, inputs, selector(parameters, version), outputs, binary_output, timeout_s,
-                        asked)
+                        asked, steps)
 
 
 def _header_size(raw: str, body_size: int) -> int:

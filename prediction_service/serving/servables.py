@@ -77,6 +77,7 @@ class ModelServable:
         if request.outputs:
             _check_outputs(name, target, request.outputs)
         processing = ModelProcessing(target, self.settings.limits)
+        processing.check_steps(request.n_steps)
         arrays = await _preprocess(processing, request.inputs)
         record.inputs = arrays
         if assignment is not None:  # the arm's error rate counts backend failures too
@@ -86,6 +87,7 @@ class ModelServable:
         with self.tokens_in_flight.hold(tokens) if tokens else nullcontext():
             async with self.manager.serving(target):
                 outputs = await self._run(target, arrays, context)
+        outputs = processing.first_steps(outputs, request.n_steps)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         record.outputs = outputs
         provenance = self.provenance(target)

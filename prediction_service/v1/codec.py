@@ -3,7 +3,7 @@
 ``inputs`` (a batch), ``instances`` (rows), ``instance`` (one row), ``text`` or ``bars`` (rows of
 ``[o, h, l, c, v]``, or named columns ``{"open": [...], ...}``) become the tensors the data plane takes.
 Instances are stacked here; text and bars pass as sent, for the model's own step; the data plane validates
-everything against the signature. ``priority`` (1 the highest, 0 the default) goes with them.
+everything against the signature. ``priority`` (1 the highest, 0 the default) and ``n_steps`` go with them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ class DecodedPredict(NamedTuple):
     inputs: dict[str, Any]
     priority: int = 0
     """The body's ``priority`` (1 is the highest); 0 when it names none."""
+    n_steps: int | None = None
+    """The body's ``n_steps``: the first steps of a forecaster's horizon; None: all of them."""
 
 
 def decode_predict(body: Any, max_rows: int) -> DecodedPredict:
@@ -36,20 +38,20 @@ def decode_predict(body: Any, max_rows: int) -> DecodedPredict:
         texts = [request.text] if isinstance(request.text, str) else request.text
         if not texts:
             raise InvalidInput("empty batch: text is empty")
-        return DecodedPredict(selector, {RawInput.TEXT: texts}, priority)
+        return DecodedPredict(selector, {RawInput.TEXT: texts}, priority, request.n_steps)
     if request.bars is not None:
         # As sent: the model's bars step checks its size from the lists' lengths, then converts rows or named
         # columns to an array and checks columns and finiteness (serving/processing.py), off the event loop when large.
-        return DecodedPredict(selector, {RawInput.BARS: request.bars}, priority)
+        return DecodedPredict(selector, {RawInput.BARS: request.bars}, priority, request.n_steps)
     if request.inputs is not None:
-        return DecodedPredict(selector, request.inputs, priority)
+        return DecodedPredict(selector, request.inputs, priority, request.n_steps)
     rows = [request.instance] if request.instance is not None else request.instances
     if not rows:
         raise InvalidInput("empty batch: instances is empty")
     if len(rows) > max_rows:  # before numpy sees them: a huge batch costs nothing
         raise InvalidInput(f"{len(rows)} instances exceed the limit of {max_rows}",
                            {"rows": len(rows), "max_rows": max_rows})
-    return DecodedPredict(selector, _stack_instances(rows), priority)
+    return DecodedPredict(selector, _stack_instances(rows), priority, request.n_steps)
 
 
 def _stack_instances(rows: list[Any]) -> dict[str, Any]:

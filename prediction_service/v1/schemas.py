@@ -13,6 +13,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 DEADLINE_HEADER = "X-Request-Deadline-Ms"
 API_KEY_HEADER = "X-API-Key"
 MAX_DEADLINE_MS = core.MAX_DEADLINE_MS
+MAX_N_STEPS = core.MAX_N_STEPS
 
 
 class PredictRequest(BaseModel):
@@ -48,6 +49,9 @@ class PredictRequest(BaseModel):
                                  description="Queue priority, as Triton's: 1 is the highest; 0 or absent: the API "
                                  "key's default, else the server's (BATCH_DEFAULT_PRIORITY). At most "
                                  "BATCH_PRIORITY_LEVELS.")
+    n_steps: int | None = Field(None, ge=1, le=MAX_N_STEPS, strict=True,
+                                description="Forecasters: answer with the first n_steps steps of the model's "
+                                "horizon (more than the horizon is 422); absent: the whole horizon.")
 
     @model_validator(mode="after")
     def _one_payload(self) -> "PredictRequest":

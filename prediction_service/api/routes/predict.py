@@ -34,7 +34,8 @@ async def predict(name: str, request: Request, api_key=Depends(require_predict))
     async def decode() -> InferenceRequest:
         budget_ms = requested_budget_ms(request.headers)
         decoded = decode_predict(await read_json(request, limits, service.parse_budget), limits.max_batch_rows)
-        return InferenceRequest(decoded.selector, decoded.inputs, budget_ms=budget_ms, priority=decoded.priority)
+        return InferenceRequest(decoded.selector, decoded.inputs, budget_ms=budget_ms, priority=decoded.priority,
+                                n_steps=decoded.n_steps)
 
     def encode(result: InferenceResult) -> FastJSONResponse:
         return FastJSONResponse(encode_result(result), headers={REQUEST_ID_HEADER: result.request_id})

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...ensemble.combiners import OUTPUTS
 from ...ensemble.runner import RAW_INPUT
 from ...errors import InvalidInput
-from ...types import InferenceRequest, InferenceResult, RawInput, Selector
+from ...types import MAX_N_STEPS, InferenceRequest, InferenceResult, RawInput, Selector
 from ...oip.documents import model_metadata
 from ...registry import validate_name
 from ...v1.schemas import REQUEST_ID_HEADER
@@ -45,7 +45,13 @@ class _SeedRequest(BaseModel):
 _Body = TypeVar("_Body", bound=_SeedRequest)
 
 
-class PriceRequest(_SeedRequest):
+class _ForecastRequest(_SeedRequest):
+    n_steps: int | None = Field(None, ge=1, le=MAX_N_STEPS, strict=True,
+                                description="Forecasters: the first n_steps steps of the model's horizon "
+                                "(more than the horizon is 422); absent: the whole horizon.")
+
+
+class PriceRequest(_ForecastRequest):
     symbol: str | None = Field(None, max_length=64)
     ohlcv_data: list[Any] = Field(description="One window of [open, high, low, close, volume] rows.")
 
@@ -67,7 +73,7 @@ class BatchItem(BaseModel):
     ohlcv_data: list[Any]
 
 
-class BatchRequest(_SeedRequest):
+class BatchRequest(_ForecastRequest):
     items: list[BatchItem] = Field(min_length=1)
 
 
@@ -80,7 +86,8 @@ async def predict_price(request: Request, api_key=Depends(require_predict)) -> F
 def _price_answer(body: PriceRequest, result: InferenceResult) -> FastJSONResponse:
     forecast = _first(result)
     return _answer(result, {"symbol": body.symbol, "predicted_price": _price(result, forecast, body.ohlcv_data),
-                            "forecast": forecast, "confidence": None})
+                            "forecast": forecast, "confidence": None,
+                            **_steps(result, result.predictions[0], body.ohlcv_data)})
 
 
 @router.post("/predict/sentiment", summary="AIPX-compatible: sentiment of a text (SEED_API_SENTIMENT_MODEL)")
@@ -123,7 +130,8 @@ async def predict_batch(request: Request, api_key=Depends(require_predict)) -> F
 def _batch_answer(body: BatchRequest, result: InferenceResult) -> FastJSONResponse:
     forecasts = result.predictions
     predictions = [{"batch_index": index, "symbol": item.symbol, "model_version": result.version,
-                    "predicted_price": _price(result, forecast, item.ohlcv_data), "forecast": forecast}
+                    "predicted_price": _price(result, _step(forecast), item.ohlcv_data), "forecast": _step(forecast),
+                    **_steps(result, forecast, item.ohlcv_data)}
                    for index, (item, forecast) in enumerate(zip(body.items, forecasts))]
     return _answer(result, {"predictions": predictions, "count": len(predictions)})
 
@@ -162,7 +170,8 @@ async def _serve(request: Request, api_key: Any, name: str, schema: type[_Body],
         nonlocal body
         budget_ms = requested_budget_ms(request.headers)
         body = _parse(schema, await read_json(request, limits, service.parse_budget))
-        return InferenceRequest(body.selector(), tensors(body), budget_ms=budget_ms)
+        n_steps = body.n_steps if isinstance(body, _ForecastRequest) else None
+        return InferenceRequest(body.selector(), tensors(body), budget_ms=budget_ms, n_steps=n_steps)
 
     return await service.pipeline.run(name, context, decode, lambda result: answer(body, result))
 
@@ -186,6 +195,20 @@ def _answer(result: InferenceResult, fields: dict[str, Any]) -> FastJSONResponse
 def _first(result: InferenceResult) -> float:
     value = result.predictions[0]
     return value if isinstance(value, float) else float(np.asarray(value).reshape(-1)[0])
+
+
+def _step(prediction: Any) -> float:
+    """A row's first value: the next step of a multi-step forecast."""
+    return prediction if isinstance(prediction, float) else float(np.asarray(prediction).reshape(-1)[0])
+
+
+def _steps(result: InferenceResult, prediction: Any, window: list[Any]) -> dict[str, Any]:
+    """For a model with a horizon, every step kept (``n_steps``) as the model forecast it and in price units;
+    ``predicted_price`` and ``forecast`` stay the next step's."""
+    signature = getattr(result.processing, "signature", None)
+    if getattr(signature, "horizon", None) is None or not isinstance(prediction, list):
+        return {}
+    return {"forecast_steps": prediction, "predicted_prices": [_price(result, float(v), window) for v in prediction]}
 
 
 def _price(result: InferenceResult, forecast: float, window: list[Any]) -> float:
