@@ -162,6 +162,21 @@ class BarsPreprocessing(BaseModel):
         return 29 + 15 * len(self.indicator_windows) + 3 * len(self.macd)
 
 
+class RolloutStep(BaseModel):
+    """A one-step forecaster the server rolls forward: for ``n_steps`` it runs the model, appends the
+    prediction to the end of the input window and drops the window's oldest step, then runs it again. The
+    answer holds every step, ``[batch, n_steps]``, as if the model had a horizon of ``max_steps``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["shift_append"] = "shift_append"
+    step_version: Literal[1] = 1
+    input: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$", max_length=128)
+    """The model input holding the window: ``[batch, window]`` or ``[batch, window, 1]``, oldest step first."""
+    max_steps: int = Field(ge=1, le=1_000)
+    """The most steps a request may ask for (each is one model run)."""
+
+
 class ModelSignature(BaseModel):
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
@@ -178,6 +193,8 @@ class ModelSignature(BaseModel):
     horizon: int | None = Field(None, ge=1)
     """Steps ahead a forecaster predicts: every output is ``[batch, horizon, ...]``, step ``i`` at index ``i``
     of axis 1. A request's ``n_steps`` keeps the first that many steps; None: the model has no horizon."""
+    rollout: RolloutStep | None = None
+    """Set for a one-step model the server rolls forward for ``n_steps`` (instead of a ``horizon``)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ModelSignature":
@@ -213,6 +230,31 @@ class ModelSignature(BaseModel):
                 raise ValueError(f"a model with horizon {self.horizon} has [batch, {self.horizon}, ...] outputs; "
                                  f"{spec.name!r} is {list(spec.shape)}")
         return self
+
+    @model_validator(mode="after")
+    def _rollout_feeds_one_window(self) -> "ModelSignature":
+        step = self.rollout
+        if step is None:
+            return self
+        if self.horizon is not None or self.bars is not None or self.text is not None:
+            raise ValueError("a rollout model takes its window as a tensor: no horizon, bars or text step")
+        if len(self.inputs) != 1 or self.inputs[0].name != step.input:
+            raise ValueError(f"rollout.input {step.input!r} must name the model's only input "
+                             f"(inputs: {[s.name for s in self.inputs]})")
+        spec = self.inputs[0]
+        if not spec.dtype.startswith("float") or len(spec.shape) not in (2, 3) or spec.shape[2:] not in ((), (1,)):
+            raise ValueError(f"a rollout window is a float [batch, window] or [batch, window, 1] input; "
+                             f"{spec.name!r} is {spec.dtype} {list(spec.shape)}")
+        if len(self.outputs) != 1 or self.outputs[0].shape[1:] not in ((), (1,)):
+            raise ValueError("a rollout model has one output of one value per row ([batch] or [batch, 1])")
+        return self
+
+    @property
+    def steps_ahead(self) -> int | None:
+        """The most steps a request's ``n_steps`` may ask for: the horizon, or the rollout's ``max_steps``."""
+        if self.rollout is not None:
+            return self.rollout.max_steps
+        return self.horizon
 
     @model_validator(mode="after")
     def _text_fills_the_inputs(self) -> "ModelSignature":

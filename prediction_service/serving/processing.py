@@ -102,7 +102,7 @@ class ModelProcessing:
             return [{"label": labels[int(np.argmax(row))],
                      "scores": {label: float(score) for label, score in zip(labels, row)}} for row in first]
         rows = first.reshape(first.shape[0], -1)
-        if signature.horizon is not None:  # a forecast is a list of steps, even when n_steps kept one
+        if signature.steps_ahead is not None:  # a forecast is a list of steps, even when n_steps kept one
             return [row.tolist() for row in rows]
         return [float(row[0]) if row.size == 1 else row.tolist() for row in rows]
 
@@ -110,7 +110,7 @@ class ModelProcessing:
         """A request's ``n_steps`` fits the model's declared horizon (422 before the model runs, naming it)."""
         if n_steps is None:
             return
-        horizon = self.signature.horizon
+        horizon = self.signature.steps_ahead
         if horizon is None:
             raise InvalidInput(f"model {self.name} does not forecast steps ahead (its signature declares no "
                                "horizon): leave out n_steps", {"n_steps": n_steps})
@@ -121,8 +121,8 @@ class ModelProcessing:
     def first_steps(self, outputs: dict[str, np.ndarray], n_steps: int | None) -> dict[str, np.ndarray]:
         """The outputs cut to their first ``n_steps`` steps (axis 1, the horizon); as they are without one.
         Applied to what any backend returned, so every door and backend answers the same steps."""
-        if n_steps is None or n_steps == self.signature.horizon:
-            return outputs
+        if n_steps is None or n_steps == self.signature.horizon or self.signature.rollout is not None:
+            return outputs  # a rollout ran exactly n_steps
         return {name: np.ascontiguousarray(array[:, :n_steps]) for name, array in outputs.items()}
 
     def _bars_refusal(self, extent: tuple[int, int]) -> PayloadTooLarge | None:

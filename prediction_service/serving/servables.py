@@ -86,7 +86,10 @@ class ModelServable:
         tokens = processing.tokens  # long texts queue model time: bounded per worker
         with self.tokens_in_flight.hold(tokens) if tokens else nullcontext():
             async with self.manager.serving(target):
-                outputs = await self._run(target, arrays, context)
+                if target.signature.rollout is not None:
+                    outputs = await self._roll_out(target, arrays, context, request.n_steps)
+                else:
+                    outputs = await self._run(target, arrays, context)
         outputs = processing.first_steps(outputs, request.n_steps)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         record.outputs = outputs
@@ -107,6 +110,23 @@ class ModelServable:
             return await self._predict(target, arrays, context)
         with context.trace.span("model run", **{"prediction.backend": self.adapter.name}):
             return await self._predict(target, arrays, context)
+
+    async def _roll_out(self, target: ModelVersion, arrays: dict[str, np.ndarray], context: RequestContext,
+                        n_steps: int | None) -> dict[str, np.ndarray]:
+        """A one-step model run ``n_steps`` times (its ``max_steps`` when not asked), each prediction appended to
+        the window as its newest step and the oldest dropped: ``[batch, n_steps]``. Every run is an ordinary
+        batched run under the request's deadline."""
+        signature = target.signature
+        assert signature.rollout is not None
+        name, output = signature.rollout.input, signature.outputs[0].name
+        window = arrays[name]
+        steps = []
+        for _ in range(n_steps or signature.rollout.max_steps):
+            value = (await self._run(target, {name: window}, context))[output].reshape(len(window), 1)
+            steps.append(value)
+            newest = value.astype(window.dtype, copy=False).reshape(len(window), 1, *window.shape[2:])
+            window = np.concatenate([window[:, 1:], newest], axis=1)
+        return {output: np.concatenate(steps, axis=1)}
 
     async def _predict(self, target: ModelVersion, arrays: dict[str, np.ndarray], context: RequestContext):
         deadline = context.deadline
