@@ -102,6 +102,9 @@ def _module_class():
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import PatchTSTConfig, PatchTSTForPrediction
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # a notice about the unused causal-LM loss_type default: expected
 
     class GatherPatchify(nn.Module):
         """PatchTST's patchify (``unfold`` over time, then channels first) as one index gather: the same
