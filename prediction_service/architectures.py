@@ -176,7 +176,8 @@ def _sentiment_signature(config: SentimentTransformerConfig) -> ModelSignature:
         outputs=[TensorSpec(name="probabilities", dtype="float32", shape=(-1, config.n_classes))],
         task="classification",
         labels=SENTIMENT_LABELS if config.n_classes == 3 else None,
-        text=TextPreprocessing(tokenizer="vocab.txt", max_length=config.max_length),
+        # trained on truncated texts (modelzoo/datasets.py): a longer text is served on its first tokens
+        text=TextPreprocessing(tokenizer="vocab.txt", max_length=config.max_length, truncation=True),
     )
 
 

@@ -16,6 +16,10 @@ the ``X-Request-Id`` of the failed attempt (``audit --request-id`` finds it).
     async with PredictionClient(ClientSettings("http://127.0.0.1:8000", timeout_s=0.05)) as client:
         prediction = await client.predict("lstm-price", instance={"ohlcv": window})
         print(prediction.version, prediction.predictions[0])
+
+Results are typed: ``PredictResponse``, ``ReloadResult``, ``ModelMetadata``, ``ServerStats``, and the experiment
+domain's own ``Experiment`` and ``Analysis`` (prediction_service.experiments.models, imported when an experiment
+call is first made: the statistics behind them are not loaded by a client that never asks).
 """
 
 from __future__ import annotations
@@ -24,12 +28,17 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
+from pydantic import BaseModel, Field
 
 from .v1.schemas import API_KEY_HEADER, DEADLINE_HEADER, MAX_DEADLINE_MS, REQUEST_ID_HEADER, PredictResponse
+
+if TYPE_CHECKING:
+    from .experiments.models import Analysis, Experiment, ExperimentSpec, ExperimentStatus
 
 RETRY_STATUSES = frozenset({429, 503})
 SERVER_DEADLINE_SHARE = 0.9
@@ -60,6 +69,66 @@ class ClientSettings:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
+
+
+class ReloadResult(BaseModel):
+    """``POST /v1/models/{name}/reload``: what this worker serves now (other workers follow within
+    STAGE_POLL_INTERVAL_SECONDS)."""
+
+    model: str
+    serving: dict[str, str | None] = Field(description="Stage -> the version served (None: the stage is empty).")
+    load_failures: dict[str, str] = Field(description="Version -> why it failed to load.")
+
+
+class TensorInfo(BaseModel):
+    name: str
+    datatype: str = Field(description="Open Inference Protocol datatype: FP32, INT64, BYTES...")
+    shape: list[int] = Field(description="Batch dimension first; -1 = any.")
+
+
+class ModelMetadata(BaseModel):
+    """A model's (or an ensemble's) Open Inference Protocol metadata, ``GET /v2/models/{name}[/versions/{v}]``."""
+
+    name: str
+    versions: list[str]
+    platform: str = Field(description="onnxruntime_onnx, pytorch_torchscript, ... or ensemble.")
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+
+class LatencySummary(BaseModel):
+    window: int = Field(description="Successful predictions the percentiles are taken over.")
+    mean: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    scope: str = ""
+
+
+class HostResources(BaseModel):
+    cpu_count: int | None = None
+    cpu_percent: float | None = None
+    load_average_1m: float | None = None
+    memory_total_bytes: int
+    memory_available_bytes: int
+    memory_percent: float
+
+
+class ServerStats(BaseModel):
+    """``GET /v1/stats``: the figures of ``GET /metrics`` as JSON (counts across workers, latency of the worker
+    that answered)."""
+
+    worker_pid: int
+    uptime_seconds: float
+    requests_total: int
+    requests_by_status: dict[str, int]
+    success_rate: float | None = None
+    latency_ms: LatencySummary
+    models_loaded: int
+    process_resident_memory_bytes: int
+    host: HostResources | None = None
+    audit: dict[str, Any] | None = None
+    """The audit writer's counters (written, dropped, backlog...), when the audit log is on."""
 
 
 class ServiceCallError(Exception):
@@ -135,6 +204,73 @@ class PredictionClient:
     async def model(self, name: str) -> dict[str, Any]:
         return await self._call("GET", f"/v1/models/{name}", None, idempotent=True)
 
+    async def model_metadata(self, name: str, version: str | None = None,
+                             timeout_s: float | None = None) -> ModelMetadata:
+        """Inputs, outputs and versions of a model or an ensemble (its production version, else its newest;
+        or ``version``)."""
+        path = f"/v2/models/{_segment(name)}" + (f"/versions/{_segment(version)}" if version is not None else "")
+        return ModelMetadata.model_validate(await self._call("GET", path, None, idempotent=True,
+                                                             timeout_s=timeout_s))
+
+    async def reload(self, name: str, timeout_s: float | None = None) -> ReloadResult:
+        """Re-read ``name``'s stage links now: a new production version is loaded beside the old one, then
+        served (admin key when keys are configured). Harmless to repeat, so retried like a read."""
+        answer = await self._call("POST", f"/v1/models/{_segment(name)}/reload", None, idempotent=True,
+                                  timeout_s=timeout_s)
+        return ReloadResult.model_validate(answer)
+
+    async def metrics(self, timeout_s: float | None = None) -> ServerStats:
+        """Request counts by status, success rate, latency percentiles, uptime, models loaded."""
+        return ServerStats.model_validate(await self._call("GET", "/v1/stats", None, idempotent=True,
+                                                           timeout_s=timeout_s))
+
+    # ---- A/B experiments (admin key to create and stop, any key to read) ------------------------------
+
+    async def create_experiment(self, spec: ExperimentSpec, timeout_s: float | None = None) -> Experiment:
+        """Start splitting ``spec.model_name``'s traffic between its champion and challenger versions. Not
+        retried after a dropped connection: the first attempt may have created it."""
+        from .experiments.models import Experiment
+
+        answer = await self._call("POST", "/v1/experiments", spec.model_dump(mode="json"), idempotent=False,
+                                  timeout_s=timeout_s)
+        return Experiment.model_validate(answer)
+
+    async def experiment(self, experiment_id: str, timeout_s: float | None = None) -> Experiment:
+        from .experiments.models import Experiment
+
+        answer = await self._call("GET", f"/v1/experiments/{_segment(experiment_id)}", None, idempotent=True,
+                                  timeout_s=timeout_s)
+        return Experiment.model_validate(answer)
+
+    async def experiments(self, model_name: str | None = None, status: ExperimentStatus | str | None = None,
+                          timeout_s: float | None = None) -> list[Experiment]:
+        from .experiments.models import Experiment
+
+        query = {k: getattr(v, "value", v) for k, v in (("model_name", model_name), ("status", status)) if v}
+        path = "/v1/experiments" + (f"?{urlencode(query)}" if query else "")
+        answer = await self._call("GET", path, None, idempotent=True, timeout_s=timeout_s)
+        return [Experiment.model_validate(item) for item in answer]
+
+    async def analyze_experiment(self, experiment_id: str, timeout_s: float | None = None) -> Analysis:
+        """Metrics per arm, the tests and the decision (PROMOTE / ROLLBACK / CONTINUE); with ``auto_apply``
+        the server applies a decision it reaches (``Analysis.applied``)."""
+        from .experiments.models import Analysis
+
+        answer = await self._call("GET", f"/v1/experiments/{_segment(experiment_id)}/analyze", None,
+                                  idempotent=True, timeout_s=timeout_s)
+        return Analysis.model_validate(answer)
+
+    async def stop_experiment(self, experiment_id: str, reason: str | None = None,
+                              timeout_s: float | None = None) -> Experiment:
+        """End the experiment; production keeps the champion. Not retried after a dropped connection: a second
+        stop of a stopped experiment is a 409."""
+        from .experiments.models import Experiment
+
+        answer = await self._call("POST", f"/v1/experiments/{_segment(experiment_id)}/stop",
+                                  {"reason": reason} if reason is not None else None, idempotent=False,
+                                  timeout_s=timeout_s)
+        return Experiment.model_validate(answer)
+
     async def ready(self) -> bool:
         try:
             await self._call("GET", "/health/ready", None, idempotent=True, retry=False)
@@ -203,6 +339,11 @@ class PredictionClient:
         except ValueError:  # an HTTP date: not something this server sends
             return self._backoff(attempt)
         return seconds if seconds <= self.settings.max_retry_after_s else None
+
+
+def _segment(value: str) -> str:
+    """A path segment: a name or id never reaches another path of the server."""
+    return quote(value, safe="")
 
 
 def _server_error(status: int, raw: bytes, request_id: str | None, attempt: int) -> ServiceCallError:

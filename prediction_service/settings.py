@@ -7,6 +7,7 @@ Tests build settings directly: ``Settings(model_store=tmp, batching=BatchingSett
 
 from __future__ import annotations
 
+import re
 import textwrap
 from enum import Enum
 from pathlib import Path
@@ -221,6 +222,33 @@ class SecuritySettings(BaseSettings):
     version_selection_scope: Literal["any", "read", "admin"] = "read"
     """With API keys configured: the key scope needed to ask for an explicit ``version`` (any caller may
     pick a stage). ``any`` lets anonymous callers pick versions. Archived versions always need admin."""
+    cors_allow_origins: str = ""
+    """Comma-separated browser origins (``scheme://host[:port]``, e.g. ``https://dash.example.com``) whose pages
+    may call the API (CORS: preflights answered, ``Access-Control-Allow-Origin`` on their answers; the key
+    travels in ``X-API-Key``, never in cookies). Empty = off: no CORS headers, browsers refuse cross-origin calls.
+    ``*`` is refused: list the dashboard's origins."""
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in _comma_list(value):
+            if origin == "*":
+                raise ValueError("CORS_ALLOW_ORIGINS does not take '*': list the origins allowed to call the API")
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"CORS_ALLOW_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path)")
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _comma_list(self.cors_allow_origins)
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+"""A browser's Origin header: scheme, host (a name, an IPv4 or a bracketed IPv6) and an optional port."""
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 class TracingSettings(BaseSettings):

@@ -1,11 +1,13 @@
-"""PredictionClient against the real server (uvicorn subprocess on loopback)."""
+"""PredictionClient against the real server (uvicorn subprocess on loopback): predictions, errors, retries, and
+the typed management calls (reload, model metadata, metrics, A/B experiments)."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from prediction_service.client import ClientSettings, PredictionClient, ServiceCallError
+from prediction_service.client import (ClientSettings, ModelMetadata, PredictionClient, ReloadResult, ServerStats,
+                                       ServiceCallError)
 from tests.support.server import free_port, running_server
 
 ROW = [1.0, 2.0, 3.0, 4.0]
@@ -99,3 +101,80 @@ def test_settings_are_checked():
         ClientSettings("127.0.0.1:8000")
     with pytest.raises(ValueError, match="timeout_s"):
         ClientSettings("http://127.0.0.1:8000", timeout_s=0)
+
+
+@pytest.fixture(scope="module")
+def keyed_server_url(tiny_store_template, tmp_path_factory):
+    import shutil
+
+    store = tmp_path_factory.mktemp("client-keyed") / "store"
+    shutil.copytree(tiny_store_template, store, symlinks=True)
+    with running_server(store, env={"API_KEYS": "admin-k,read-k:read"}) as (url, _):
+        yield url
+
+
+async def test_reload_metadata_and_metrics_come_back_typed(keyed_server_url):
+    admin = PredictionClient(ClientSettings(keyed_server_url, api_key="admin-k", timeout_s=5))
+    reader = PredictionClient(ClientSettings(keyed_server_url, api_key="read-k", timeout_s=5))
+    try:
+        reloaded = await admin.reload("tiny-regressor")
+        assert isinstance(reloaded, ReloadResult)
+        assert (reloaded.model, reloaded.serving["production"], reloaded.load_failures) == (
+            "tiny-regressor", "1.0.0", {})
+        with pytest.raises(ServiceCallError) as refused:
+            await reader.reload("tiny-regressor")
+        assert (refused.value.status, refused.value.attempts) == (403, 1)
+
+        metadata = await reader.model_metadata("tiny-regressor")
+        assert isinstance(metadata, ModelMetadata) and metadata.versions == ["1.0.0", "2.0.0"]
+        assert [(t.name, t.datatype, t.shape) for t in metadata.inputs] == [("x", "FP32", [-1, 4])]
+        assert (await reader.model_metadata("tiny-regressor", version="2.0.0")).name == "tiny-regressor"
+        with pytest.raises(ServiceCallError) as unknown:
+            await reader.model_metadata("no-such-model")
+        assert unknown.value.status == 404
+
+        await reader.predict("tiny-regressor", instance=ROW)
+        stats = await reader.metrics()
+        assert isinstance(stats, ServerStats) and stats.requests_by_status.get("200", 0) >= 1
+        assert stats.latency_ms.window >= 1 and stats.latency_ms.p50 is not None and stats.uptime_seconds > 0
+    finally:
+        await admin.close()
+        await reader.close()
+
+
+async def test_experiments_create_analyze_and_stop(keyed_server_url):
+    from prediction_service.experiments.models import Analysis, Decision, Experiment, ExperimentSpec, ExperimentStatus
+
+    spec = ExperimentSpec(model_name="tiny-regressor", champion_version="1.0.0", challenger_version="2.0.0",
+                          traffic_split=0.5, task="regression")
+    admin = PredictionClient(ClientSettings(keyed_server_url, api_key="admin-k", timeout_s=5))
+    reader = PredictionClient(ClientSettings(keyed_server_url, api_key="read-k", timeout_s=5))
+    try:
+        with pytest.raises(ServiceCallError) as refused:
+            await reader.create_experiment(spec)
+        assert refused.value.status == 403
+        created = await admin.create_experiment(spec)
+        assert isinstance(created, Experiment) and created.status == ExperimentStatus.RUNNING
+        assert (await reader.experiment(created.id)).challenger_version == "2.0.0"
+        assert [e.id for e in await reader.experiments("tiny-regressor", ExperimentStatus.RUNNING)] == [created.id]
+
+        served = [await reader.predict("tiny-regressor", instance=ROW, routing_key=f"k{i}") for i in range(12)]
+        assert {p.experiment_id for p in served} == {created.id}
+        assert {p.arm for p in served} == {"champion", "challenger"}
+        for prediction in served:
+            await reader.record_outcome(prediction.request_id, actual=prediction.predictions[0])
+
+        analysis = await reader.analyze_experiment(created.id)
+        assert isinstance(analysis, Analysis) and analysis.decision == Decision.CONTINUE
+        assert sum(arm.requests for arm in analysis.arms.values()) == 12
+        assert sum(arm.outcomes for arm in analysis.arms.values()) == 12
+
+        stopped = await admin.stop_experiment(created.id, reason="client test")
+        assert (stopped.status, stopped.end_reason) == (ExperimentStatus.STOPPED, "client test")
+        with pytest.raises(ServiceCallError) as again:
+            await admin.stop_experiment(created.id)
+        assert again.value.status == 409 and again.value.attempts == 1
+        assert (await reader.predict("tiny-regressor", instance=ROW)).experiment_id is None
+    finally:
+        await admin.close()
+        await reader.close()

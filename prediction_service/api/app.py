@@ -7,18 +7,20 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from .. import __version__
 from ..serving.service import Service
 from ..settings import Settings
+from ..v1.schemas import API_KEY_HEADER, DEADLINE_HEADER, REQUEST_ID_HEADER
 from . import oip_rest
 from .early_refusal import EarlyRefusal
 from .tarpit import ErrorTarpit
 from .errors import install_error_handlers
 from .hot_path import ServingApp
 from .responses import FastJSONResponse
-from .routes import experiments, health, models, monitoring, predict, registry, seed_aliases
+from .routes import experiments, health, model_server_v2, models, monitoring, predict, registry, seed_aliases
 from .shutdown import readiness_on_signal
 
 log = logging.getLogger(__name__)
@@ -61,10 +63,30 @@ def create_app(settings: Settings | None = None, metrics_registry: CollectorRegi
     limits = service.settings.limits
     app.tarpit = ErrorTarpit(limits.tarpit_errors_per_second, limits.tarpit_burst, limits.tarpit_delay_ms / 1000.0)
     install_error_handlers(app)
-    for module in (predict, models, registry, experiments, health, monitoring, seed_aliases):
+    for module in (predict, models, registry, experiments, health, monitoring, seed_aliases, model_server_v2):
         app.include_router(module.router)
     app.include_router(oip_rest.router)
+    _allow_cors(app, service.settings.security.cors_origin_list)
     return app
+
+
+CORS_HEADERS = (API_KEY_HEADER, DEADLINE_HEADER, REQUEST_ID_HEADER, "Content-Type", "Content-Encoding",
+                "Inference-Header-Content-Length")
+"""Request headers a page may send: the key, the deadline, its own request id, and the body's type and
+encoding (Open Inference Protocol binary tensors included)."""
+CORS_EXPOSED = (REQUEST_ID_HEADER, "Retry-After", "Inference-Header-Content-Length")
+CORS_MAX_AGE_S = 600
+
+
+def _allow_cors(app: ServingApp, origins: list[str]) -> None:
+    """CORS for the origins of CORS_ALLOW_ORIGINS (none: off, nothing added). The middleware wraps the app's
+    dispatch, before the hot routes (hot_path.py): a preflight is answered there, and every answer to a listed
+    origin, a hot route's or an error, carries the CORS headers; a request without an Origin passes straight on."""
+    if not origins:
+        return
+    app.cors = CORSMiddleware(app.dispatch, allow_origins=origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                              allow_headers=list(CORS_HEADERS), expose_headers=list(CORS_EXPOSED),
+                              allow_credentials=False, max_age=CORS_MAX_AGE_S)
 
 
 def create_serving_app() -> FastAPI:

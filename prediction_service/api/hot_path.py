@@ -7,7 +7,7 @@ endpoints (direct_route.py): they take the Request and return a Response, and ev
 a domain error mapped by the app's own exception handlers (api/errors.py). So the app matches their
 paths itself, calls their handlers, and maps exceptions through the same handler table; everything else
 (and OpenAPI, which still documents them) goes through FastAPI as usual. Before a hot route runs, the
-overload check (``early_refusal``) may answer it at once.
+overload check (``early_refusal``) may answer it at once. With CORS on, its middleware wraps all of this.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..monitoring.tracing import TRACERESPONSE
 from .direct_route import DirectRoute
@@ -39,6 +39,10 @@ class ServingApp(FastAPI):
     tracing: bool = False
     """The service traces predictions (OTEL_EXPORTER_OTLP_ENDPOINT): a hot route's answer, error or not, carries
     its request's ``traceresponse`` (the route put the trace on ``request.state``, api/deps.py)."""
+    cors: ASGIApp | None = None
+    """Starlette's CORSMiddleware around this app's dispatch when CORS_ALLOW_ORIGINS lists origins (api/app.py):
+    it answers preflights and adds its headers to every answer to a listed origin, the hot routes' included;
+    None: no CORS."""
 
     def include_router(self, router: APIRouter, **kwargs: Any) -> None:
         super().include_router(router, **kwargs)
@@ -47,6 +51,12 @@ class ServingApp(FastAPI):
                                              if isinstance(route, DirectRoute) and "POST" in (route.methods or ())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.cors is not None and scope["type"] == "http":
+            await self.cors(scope, receive, send)  # which calls dispatch
+        else:
+            await self.dispatch(scope, receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             for route, handler in self._hot_routes():
                 match = route.path_regex.match(scope["path"])

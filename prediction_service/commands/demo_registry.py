@@ -1,5 +1,7 @@
-"""A demo registry: the three zoo models trained briefly, packaged, registered and in production; and,
-opt-in, ``sentiment-minilm``: a head on the pretrained all-MiniLM-L6-v2 encoder (modelzoo/minilm_sentiment.py)."""
+"""A demo registry: the three zoo models trained briefly, packaged, registered and in production, and the
+price + sentiment ensemble over two of them (``price-sentiment``, in production: ``/api/v1/predict/ensemble``
+answers); and, opt-in, ``sentiment-minilm``: a head on the pretrained all-MiniLM-L6-v2 encoder
+(modelzoo/minilm_sentiment.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from ..registry.layout import METADATA_FILE, RegistryLayout
 from ..registry.model_version import ModelVersion
 from ..registry.store import ModelRegistry
 from ..architectures import signature_for
+from ..ensemble import Ensemble, EnsembleMember, EnsembleRegistry, WeightedPriceSentiment
 from ..signature import ModelSignature
 from ..modelzoo.datasets import VOCAB_PATH, bars_step_for, dataset_for
 from ..modelzoo.training import TrainedModel, default_plans, train
@@ -36,12 +39,21 @@ _DESCRIPTIONS = {
 }
 VALIDATION_SEED = 1234
 
+DEMO_ENSEMBLE = "price-sentiment"
+DEMO_ENSEMBLE_MEMBERS = (EnsembleMember(role="price", model="lstm-price"),
+                         EnsembleMember(role="sentiment", model="sentiment-transformer"))
+"""Both members follow production."""
+DEMO_COMBINER = WeightedPriceSentiment(price_weight=0.7, sentiment_weight=0.3, sentiment_scale=0.02)
+"""The combiner.json of the README's ``ensemble register`` example (a test holds the two equal)."""
+
 
 def build_demo_registry(root: Path, force: bool = False, options: PackagingOptions | None = None,
-                        trained: dict[str, TrainedModel] | None = None) -> dict[str, ModelVersion]:
-    """Register v1.0.0 of each demo model under ``root`` and point ``production`` at it.
+                        trained: dict[str, TrainedModel] | None = None) -> dict[str, ModelVersion | Ensemble]:
+    """Register v1.0.0 of each demo model under ``root`` and point ``production`` at it, then the
+    ``price-sentiment`` ensemble v1.0.0 over lstm-price and sentiment-transformer, in production.
 
-    Models already present are skipped unless ``force`` (which replaces their v1.0.0).
+    Models already present are skipped unless ``force`` (which replaces their v1.0.0); the ensemble is
+    skipped when present (its members follow production, so rebuilt models are what it serves).
     ``trained`` lets callers reuse models trained elsewhere (keyed by architecture).
     """
     options = options or PackagingOptions(fp16=True, int8=True, benchmark_runs=20)
@@ -73,7 +85,26 @@ def build_demo_registry(root: Path, force: bool = False, options: PackagingOptio
     tree = build_gbdt_direction(root, force=force, options=options)
     if tree is not None:
         registered[GBDT_NAME] = tree
+    ensemble = register_demo_ensemble(root)
+    if ensemble is not None:
+        registered[DEMO_ENSEMBLE] = ensemble
     return registered
+
+
+def register_demo_ensemble(root: Path) -> Ensemble | None:
+    """``price-sentiment`` v1.0.0 in production (what ``ensemble register`` and ``ensemble promote`` do);
+    None when that version is already registered."""
+    registry = EnsembleRegistry(root)
+    if DEMO_ENSEMBLE in registry.names() and any(e.version == DEMO_VERSION for e in registry.versions(DEMO_ENSEMBLE)):
+        log.info("demo: ensemble %s v%s already present, skipped", DEMO_ENSEMBLE, DEMO_VERSION)
+        return None
+    registry.register(DEMO_ENSEMBLE, DEMO_VERSION, DEMO_ENSEMBLE_MEMBERS, DEMO_COMBINER,
+                      description="LSTM price forecast + transformer headline sentiment", tags={"source": "demo"},
+                      actor="setup-demo")
+    ensemble = registry.promote(DEMO_ENSEMBLE, DEMO_VERSION, "production", actor="setup-demo")
+    log.info("demo: ensemble %s v%s is production (%s)", DEMO_ENSEMBLE, DEMO_VERSION,
+             ", ".join(m.describe() for m in ensemble.metadata.members))
+    return ensemble
 
 
 GBDT_NAME = "gbdt-direction"

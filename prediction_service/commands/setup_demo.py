@@ -1,4 +1,5 @@
-"""``setup-demo``: train the model zoo's three demo models briefly and register them in production."""
+"""``setup-demo``: train the model zoo's three demo models briefly and register them in production, with the
+price + sentiment ensemble over lstm-price and sentiment-transformer."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from ..settings import Settings
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("setup-demo", help="build the demo registry (lstm-price, cnn-lstm-direction, "
-                                                      "sentiment-transformer) with production links")
+                                                      "sentiment-transformer and the price-sentiment ensemble) "
+                                                      "with production links")
     parser.add_argument("--store", type=Path, default=None, help="registry root (default: MODEL_STORE)")
     parser.add_argument("--force", action="store_true", help="rebuild models that are already present")
     parser.add_argument("--minilm", action="store_true",

@@ -37,11 +37,14 @@ class RequestPipeline:
         self.limits = limits
         self.priority_levels = priority_levels
 
-    async def run(self, name: str, context: RequestContext, decode: Decode, encode: Encode[Encoded]) -> Encoded:
+    async def run(self, name: str, context: RequestContext, decode: Decode, encode: Encode[Encoded], *,
+                  received: float | None = None) -> Encoded:
+        """``received``: the time.monotonic() of the request's arrival when the door had to read the body
+        before it knew the model's name (the name is in the body): the deadline still runs from arrival."""
         if context.trace is not None:
-            return await self._run_traced(name, context, decode, encode, context.trace)
-        self.dataplane.admit(name, context)  # from the name alone, before the body is read
-        received = time.monotonic()
+            return await self._run_traced(name, context, decode, encode, context.trace, received)
+        self.dataplane.admit(name, context)  # from the name alone, before the body is read (where it can be)
+        received = time.monotonic() if received is None else received
         started = time.perf_counter()
         record = PredictionRecord(context, name, None, None, None, None, 0.0, 200)
         try:
@@ -57,7 +60,7 @@ class RequestPipeline:
             await self._observe(record)
 
     async def _run_traced(self, name: str, context: RequestContext, decode: Decode, encode: Encode[Encoded],
-                          trace: Trace) -> Encoded:
+                          trace: Trace, received: float | None = None) -> Encoded:
         """``run``, each step in a span of the request's trace; the root span ends with what the client got."""
         trace.begin(name, context.request_id, context.priority)
         record: PredictionRecord | None = None
@@ -65,7 +68,7 @@ class RequestPipeline:
         try:
             with trace.span("admission"):
                 self.dataplane.admit(name, context)
-            received = time.monotonic()
+            received = time.monotonic() if received is None else received
             started = time.perf_counter()
             record = PredictionRecord(context, name, None, None, None, None, 0.0, 200)
             try:

@@ -12,8 +12,11 @@ async def test_all_demo_models_are_ready_and_in_production(demo_client):
     ready = await demo_client.get("/health/ready")
     assert ready.status_code == 200, ready.text
     models = {m["name"]: m for m in (await demo_client.get("/v1/models")).json()}
-    assert set(models) == {"lstm-price", "cnn-lstm-direction", "sentiment-transformer", "gbdt-direction"}
+    assert set(models) == {"lstm-price", "cnn-lstm-direction", "sentiment-transformer", "gbdt-direction",
+                           "price-sentiment"}
+    ensemble = models.pop("price-sentiment")
     assert all(m["stages"]["production"] == "1.0.0" and m["loaded_versions"] == ["1.0.0"] for m in models.values())
+    assert ensemble["kind"] == "ensemble" and ensemble["stages"]["production"] == "1.0.0"
 
 
 async def test_lstm_price_batch_matches_the_registered_state_dict(demo_client, demo_store):
@@ -50,13 +53,13 @@ async def test_sentiment_from_text(demo_client):
     assert labels == ["positive", "negative"]
 
 
-async def test_text_over_the_token_limit_is_422_and_the_server_keeps_serving(demo_client):
-    response = await demo_client.post("/v1/models/sentiment-transformer/predict", json={"text": "profit " * 80})
-    assert response.status_code == 422
-    error = response.json()["error"]
-    assert error["code"] == "invalid_input" and "limit of 64" in error["message"]
-    ok = await demo_client.post("/v1/models/sentiment-transformer/predict", json={"text": "profit rises"})
-    assert ok.status_code == 200
+async def test_text_over_the_token_limit_is_truncated_and_served(demo_client):
+    """The sentiment model declares truncation (it was trained on texts cut the same way): 80 words are served
+    as their first 62 (+ [CLS] and [SEP])."""
+    long = await demo_client.post("/v1/models/sentiment-transformer/predict", json={"text": "profit " * 80})
+    head = await demo_client.post("/v1/models/sentiment-transformer/predict", json={"text": "profit " * 62})
+    assert long.status_code == head.status_code == 200, long.text
+    assert long.json()["predictions"] == head.json()["predictions"]
 
 
 @pytest.mark.parametrize("payload", [{"text": []}, {"text": [""] * 300}, {"text": [1, 2]}])

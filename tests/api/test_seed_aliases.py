@@ -9,7 +9,7 @@ import pytest
 
 from prediction_service.modelzoo.synthetic import synthetic_ohlcv
 from prediction_service.settings import SecuritySettings
-from tests.ensemble.conftest import ENSEMBLE, app_client, register_ensemble
+from tests.ensemble.conftest import ENSEMBLE, app_client
 
 TEXT = "Shares rally after strong earnings beat"
 
@@ -17,8 +17,7 @@ TEXT = "Shares rally after strong earnings beat"
 @pytest.fixture(scope="module")
 def alias_store(demo_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("aliases") / "store"
-    shutil.copytree(demo_store, root, symlinks=True)
-    register_ensemble(root)
+    shutil.copytree(demo_store, root, symlinks=True)  # setup-demo registers the ensemble
     return root
 
 

@@ -1,4 +1,4 @@
-"""A copy of the demo registry with the price + sentiment ensemble registered and in production."""
+"""A copy of the demo registry, which has the price + sentiment ensemble registered and in production."""
 
 from __future__ import annotations
 
@@ -8,18 +8,20 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from prediction_service.ensemble import EnsembleMember, EnsembleRegistry, WeightedPriceSentiment
+from prediction_service.commands.demo_registry import DEMO_COMBINER, DEMO_ENSEMBLE, DEMO_ENSEMBLE_MEMBERS
+from prediction_service.ensemble import EnsembleRegistry, WeightedPriceSentiment
 from prediction_service.settings import AuditSettings, Settings
 from tests.support.asgi import served_app
 
-ENSEMBLE = "price-sentiment"
-MEMBERS = (EnsembleMember(role="price", model="lstm-price"),
-           EnsembleMember(role="sentiment", model="sentiment-transformer"))
-COMBINER = WeightedPriceSentiment(price_weight=0.6, sentiment_weight=0.4, sentiment_scale=0.02)
+ENSEMBLE = DEMO_ENSEMBLE
+MEMBERS = DEMO_ENSEMBLE_MEMBERS
+COMBINER = DEMO_COMBINER
+"""setup-demo registers price-sentiment v1.0.0 with these members and this combiner, in production."""
 
 
-def register_ensemble(root: Path, version: str = "1.0.0", stage: str | None = "production",
+def register_ensemble(root: Path, version: str, stage: str | None = "production",
                       combiner: WeightedPriceSentiment = COMBINER):
+    """Another version of the demo's ensemble."""
     registry = EnsembleRegistry(root)
     registry.register(ENSEMBLE, version, MEMBERS, combiner, description="LSTM price + transformer sentiment")
     if stage:
@@ -31,7 +33,6 @@ def register_ensemble(root: Path, version: str = "1.0.0", stage: str | None = "p
 def ensemble_store(demo_store, tmp_path) -> Path:
     root = tmp_path / "store"
     shutil.copytree(demo_store, root, symlinks=True)
-    register_ensemble(root)
     return root
 
 

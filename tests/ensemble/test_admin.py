@@ -20,6 +20,8 @@ from tests.registry.conftest import run_cli
 ADMIN = {"X-API-Key": "admin-secret"}
 READ = {"X-API-Key": "read-secret"}
 MEMBERS = [{"role": "price", "model": "lstm-price"}, {"role": "sentiment", "model": "sentiment-transformer"}]
+DEMO = {"production": "1.0.0", "staging": None, "versions": 1}
+"""One version in production: the demo's price-sentiment (setup-demo), and here "ps" once promoted."""
 
 
 @pytest.fixture
@@ -44,7 +46,7 @@ def test_cli_register_list_show_promote_archive(store, tmp_path):
 
     run_cli(*cli, "promote", "ps", "1.0.0", "--store", str(store))
     listed = json.loads(run_cli(*cli, "list", "--store", str(store), "--json").stdout)
-    assert listed == [{"ensemble": "ps", "production": "1.0.0", "staging": None, "versions": 1}]
+    assert listed == [{"ensemble": "price-sentiment", **DEMO}, {"ensemble": "ps", **DEMO}]
     shown = run_cli(*cli, "show", "ps", "--store", str(store)).stdout
     assert "member sentiment: sentiment-transformer 1.0.0" in shown and "price_weight=0.7" in shown
     archived = json.loads(run_cli(*cli, "archive", "ps", "1.0.0", "--store", str(store), "--json").stdout)
@@ -84,7 +86,7 @@ async def test_rest_register_promote_show_archive(client):
     assert promoted.status_code == 200 and promoted.json()["status"] == "production"
 
     listed = await client.get("/v1/registry/ensembles", headers=READ)
-    assert listed.json() == [{"name": "ps", "production": "1.0.0", "staging": None, "versions": 1}]
+    assert listed.json() == [{"name": "price-sentiment", **DEMO}, {"name": "ps", **DEMO}]
     detail = (await client.get("/v1/registry/ensembles/ps", headers=READ)).json()
     assert detail["stages"]["production"] == "1.0.0" and detail["versions"][0]["members"][0]["model"] == "lstm-price"
     version = await client.get("/v1/registry/ensembles/ps/versions/1.0.0", headers=READ)
@@ -110,4 +112,4 @@ async def test_rest_writes_need_admin_before_the_body_is_read_and_bad_bodies_are
     missing = await client.post("/v1/registry/ensembles/ps/versions", headers=ADMIN, json={
         "version": "1.0.0", "members": [MEMBERS[0], {"role": "sentiment", "model": "no-such-model"}]})
     assert missing.status_code == 422 and "no-such-model" in missing.text
-    assert (await client.get("/v1/registry/ensembles", headers=READ)).json() == []
+    assert (await client.get("/v1/registry/ensembles", headers=READ)).json() == [{"name": "price-sentiment", **DEMO}]

@@ -75,8 +75,7 @@ async def test_not_ready_while_a_member_version_is_not_loaded(ensemble_client):
 @pytest.fixture(scope="module")
 def grpc_ensemble_server(demo_store, tmp_path_factory):
     template = tmp_path_factory.mktemp("ensemble-template") / "store"
-    shutil.copytree(demo_store, template, symlinks=True)
-    register_ensemble(template)
+    shutil.copytree(demo_store, template, symlinks=True)  # price-sentiment 1.0.0 in production
     server = serve_grpc(template, tmp_path_factory.mktemp("grpc-ensemble"))
     try:
         yield server

@@ -38,7 +38,7 @@ def test_versions_stages_and_promotion(ensemble_store):
     assert [e.event for e in events].count("registered") == 2
     assert ModelRegistry(ensemble_store).production_at(ENSEMBLE, events[-1].time) == "1.0.0"
     document = json.loads((ensemble_store / ENSEMBLE / "v1.0.0" / ENSEMBLE_FILE).read_text())
-    assert document["kind"] == "ensemble" and document["combiner"]["price_weight"] == 0.6
+    assert document["kind"] == "ensemble" and document["combiner"]["price_weight"] == COMBINER.price_weight
     assert document["members"] == [{"role": "price", "model": "lstm-price", "stage": None, "version": None},
                                    {"role": "sentiment", "model": "sentiment-transformer", "stage": None,
                                     "version": None}]

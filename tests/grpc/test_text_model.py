@@ -55,14 +55,20 @@ def test_text_input_raw_and_typed_equal_the_rest_answer(demo_server):
         np.testing.assert_allclose(typed.as_numpy(name), want, rtol=1e-5, atol=1e-6)
 
 
-def test_text_over_the_token_limit_is_invalid_argument(demo_server):
+def test_text_over_the_token_limit_is_truncated_and_bad_text_is_invalid_argument(demo_server):
     client = demo_server.client()
     try:
+        answers = []
+        for words in (80, 62):  # 80 words are read as their first 62 (+ [CLS] and [SEP])
+            text = grpcclient.InferInput("text", [1], "BYTES")
+            text.set_data_from_numpy(np.array([b"profit " * words], dtype=object))
+            answers.append(client.infer(MODEL, [text]).as_numpy("probabilities"))
+        np.testing.assert_array_equal(answers[0], answers[1])
         text = grpcclient.InferInput("text", [1], "BYTES")
-        text.set_data_from_numpy(np.array([b"profit " * 80], dtype=object))
+        text.set_data_from_numpy(np.array([b"\xff\xfe not utf-8"], dtype=object))
         with pytest.raises(grpcclient.InferenceServerException) as caught:
             client.infer(MODEL, [text])
-        assert caught.value.status() == "StatusCode.INVALID_ARGUMENT" and "limit of 64" in caught.value.message()
+        assert caught.value.status() == "StatusCode.INVALID_ARGUMENT" and "not UTF-8" in caught.value.message()
         assert client.is_model_ready(MODEL)
     finally:
         client.close()

@@ -3,7 +3,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from prediction_service.commands.demo_registry import DEMO_MODELS, GBDT_NAME, build_demo_registry
+from prediction_service.commands.demo_registry import DEMO_ENSEMBLE, DEMO_MODELS, GBDT_NAME, build_demo_registry
+from prediction_service.ensemble import EnsembleRegistry
 from prediction_service.preprocessing.tokenizer import Tokenizer
 from prediction_service.packaging.pipeline import PackagingOptions
 from prediction_service.registry import RegistryReader
@@ -12,9 +13,13 @@ from tests.zoo_models import trained_models
 FAST = PackagingOptions(fp16=True, int8=True, benchmark_runs=3, validation_rows=32)
 
 
-def test_demo_registry_has_its_models_in_production(tmp_path: Path):
+def test_demo_registry_has_its_models_and_the_ensemble_in_production(tmp_path: Path):
     registered = build_demo_registry(tmp_path, options=FAST, trained=trained_models())
-    assert set(registered) == {*DEMO_MODELS, GBDT_NAME}
+    assert set(registered) == {*DEMO_MODELS, GBDT_NAME, DEMO_ENSEMBLE}
+    ensemble = EnsembleRegistry(tmp_path).resolve(DEMO_ENSEMBLE)
+    assert ensemble.version == "1.0.0" and ensemble.metadata.status == "production"
+    assert [m.describe() for m in ensemble.metadata.members] == ["lstm-price/production",
+                                                                 "sentiment-transformer/production"]
     reader = RegistryReader(tmp_path)
     assert reader.model_names() == sorted({*DEMO_MODELS, GBDT_NAME})
     for name, architecture in DEMO_MODELS.items():
@@ -45,7 +50,7 @@ def test_existing_models_are_skipped_unless_forced(tmp_path: Path):
     assert build_demo_registry(tmp_path, options=FAST, trained=trained_models()) == {}
     assert metadata.read_bytes() == before
     rebuilt = build_demo_registry(tmp_path, force=True, options=FAST, trained=trained_models())
-    assert set(rebuilt) == {*DEMO_MODELS, GBDT_NAME}
+    assert set(rebuilt) == {*DEMO_MODELS, GBDT_NAME}  # the ensemble follows its members' production: kept as is
     assert metadata.read_bytes() != before  # new created_at / validation timestamps
     assert RegistryReader(tmp_path).resolve("lstm-price").version == "1.0.0"
 
@@ -59,7 +64,8 @@ def test_setup_demo_command_builds_the_registry(tmp_path: Path, capsys):
     setup_demo.register(parser.add_subparsers())
     args = parser.parse_args(["setup-demo", "--store", str(tmp_path)])
     assert args.func(args) == 0
-    assert "lstm-price v1.0.0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "lstm-price v1.0.0" in out and "price-sentiment v1.0.0" in out
     assert RegistryReader(tmp_path).stages("cnn-lstm-direction")["production"] == "1.0.0"
     args = parser.parse_args(["setup-demo", "--store", str(tmp_path)])
     assert args.func(args) == 0

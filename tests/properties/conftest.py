@@ -1,6 +1,6 @@
 """The registry every property module serves: the demo's zoo models (a bars price model, a bars direction
-classifier, a text model), the tiny ONNX regressor (production and staging) and the price + sentiment
-ensemble the /api/v1 aliases name."""
+classifier, a text model) and its price + sentiment ensemble (the one the /api/v1 aliases name), and the tiny
+ONNX regressor (production and staging)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from tests.ensemble.conftest import register_ensemble
 
 
 @pytest.fixture(scope="session")
@@ -19,5 +17,4 @@ def property_store_template(demo_store, tiny_store_template, tmp_path_factory) -
     for model in tiny_store_template.iterdir():
         if not model.name.startswith("."):
             shutil.copytree(model, root / model.name, symlinks=True)
-    register_ensemble(root)
     return root

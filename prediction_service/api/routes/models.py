@@ -27,9 +27,14 @@ def _summary(request: Request, name: str) -> dict:
 @router.get("/v1/models", response_model=list[ModelSummary], summary="Registered models, their stages and what is loaded",
             dependencies=[Depends(require_read)])
 async def list_models(request: Request) -> FastJSONResponse:
+    return FastJSONResponse(model_summaries(request))
+
+
+def model_summaries(request: Request) -> list[dict[str, Any]]:
+    """What ``GET /v1/models`` lists: every registered model, then every ensemble (``"kind": "ensemble"``)."""
     names = get_service(request).reader.model_names()
     ensembles = get_service(request).dataplane.ensemble_summaries()
-    return FastJSONResponse([_summary(request, name) for name in names] + [_ensemble_summary(e) for e in ensembles])
+    return [_summary(request, name) for name in names] + [_ensemble_summary(e) for e in ensembles]
 
 
 @router.get("/v1/models/{name}", response_model=ModelDetail, summary="One model: versions, signature, serving state",
