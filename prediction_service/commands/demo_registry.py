@@ -85,6 +85,9 @@ def build_demo_registry(root: Path, force: bool = False, options: PackagingOptio
     tree = build_gbdt_direction(root, force=force, options=options)
     if tree is not None:
         registered[GBDT_NAME] = tree
+    forecaster = build_patchtst_price(root, force=force, options=options)
+    if forecaster is not None:
+        registered[PATCHTST_NAME] = forecaster
     ensemble = register_demo_ensemble(root)
     if ensemble is not None:
         registered[DEMO_ENSEMBLE] = ensemble
@@ -143,6 +146,43 @@ def build_gbdt_direction(root: Path, force: bool = False,
                                     validation_inputs=gbdt.validation_rows(options.validation_rows, VALIDATION_SEED))
     ModelRegistry(root).promote(GBDT_NAME, DEMO_VERSION, "production", actor="setup-demo")
     log.info("demo: %s v%s is production (%d variants, %d rejected)", GBDT_NAME, DEMO_VERSION,
+             len(result.version.metadata.artifacts), len(result.rejected))
+    return result.version
+
+
+PATCHTST_NAME = "patchtst-price"
+
+
+def build_patchtst_price(root: Path, force: bool = False,
+                         options: PackagingOptions | None = None) -> ModelVersion | None:
+    """``patchtst-price`` v1.0.0 in production: a small PatchTST from transformers' classes (modelzoo/patchtst.py)
+    trained for a few seconds, forecasting the next 8 closes / the last close from 64 raw bars (its declared
+    ``ohlcv_window`` step; the signature declares the horizon, so requests may ask for ``n_steps``). Packaged like
+    the other zoo models (ONNX variants and a traced TorchScript copy, each validated against PyTorch); no
+    state_dict, which would need transformers to rebuild. Returns None when already present (unless ``force``)."""
+    from ..modelzoo import patchtst
+
+    version_dir = RegistryLayout(root).version_dir(PATCHTST_NAME, DEMO_VERSION)
+    if (version_dir / METADATA_FILE).is_file():
+        if not force:
+            log.info("demo: %s v%s already present, skipped (use force to rebuild)", PATCHTST_NAME, DEMO_VERSION)
+            return None
+        shutil.rmtree(version_dir)
+    # trace, not script: the TorchScript compiler cannot read transformers' config classes
+    options = (options or PackagingOptions()).model_copy(update={"state_dict": False, "torchscript_method": "trace"})
+    trained = patchtst.train()
+    request = PackagingRequest(
+        name=PATCHTST_NAME, version=DEMO_VERSION, signature=patchtst.signature(),
+        description="PatchTST (transformers, 2 layers, d_model 32) over a normalised 64-bar OHLCV window -> the "
+                    "next 8 closes / last close",
+        tags={"source": "demo", "data": "synthetic", "model_library": "transformers"},
+        metrics={"final_train_loss": trained.final_loss, "unchanged_forecast_loss": trained.baseline_loss,
+                 "parameters": float(trained.parameters)},
+    )
+    result = package_model(trained.model, request, root, options,
+                           validation_inputs=patchtst.validation_rows(options.validation_rows, VALIDATION_SEED))
+    ModelRegistry(root).promote(PATCHTST_NAME, DEMO_VERSION, "production", actor="setup-demo")
+    log.info("demo: %s v%s is production (%d variants, %d rejected)", PATCHTST_NAME, DEMO_VERSION,
              len(result.version.metadata.artifacts), len(result.rejected))
     return result.version
 

@@ -23,6 +23,8 @@ REQUESTS = {
     "sentiment-transformer": lambda: {"text": ["Shares rally after strong earnings beat", "Guidance cut, stock falls"]},
     # the tree model: one ONNX graph with ai.onnx.ml operators, served from raw bars by its declared step
     "gbdt-direction": lambda: {"bars": bar_windows(synthetic_ohlcv(60, seed=23), 2, 51).tolist()},
+    # the transformers PatchTST forecaster: its first 5 of 8 steps, cut by the server after any backend
+    "patchtst-price": lambda: {"bars": bar_windows(synthetic_ohlcv(80, seed=24), 2, 64).tolist(), "n_steps": 5},
 }
 TORCH_ONLY = ("torchscript",)
 """Adapters that run TorchScript / state_dict artifacts only: a tree model has neither (its one artifact is

@@ -12,7 +12,7 @@ async def test_all_demo_models_are_ready_and_in_production(demo_client):
     ready = await demo_client.get("/health/ready")
     assert ready.status_code == 200, ready.text
     models = {m["name"]: m for m in (await demo_client.get("/v1/models")).json()}
-    assert set(models) == {"lstm-price", "cnn-lstm-direction", "sentiment-transformer", "gbdt-direction",
+    assert set(models) == {"lstm-price", "cnn-lstm-direction", "sentiment-transformer", "gbdt-direction", "patchtst-price",
                            "price-sentiment"}
     ensemble = models.pop("price-sentiment")
     assert all(m["stages"]["production"] == "1.0.0" and m["loaded_versions"] == ["1.0.0"] for m in models.values())
@@ -66,3 +66,18 @@ async def test_text_over_the_token_limit_is_truncated_and_served(demo_client):
 async def test_bad_text_payloads(demo_client, payload):
     response = await demo_client.post("/v1/models/sentiment-transformer/predict", json=payload)
     assert response.status_code == 422 and "error" in response.json()
+
+
+async def test_patchtst_price_forecasts_n_steps_from_raw_bars(demo_client):
+    from prediction_service.modelzoo.datasets import bar_windows
+    from prediction_service.modelzoo.synthetic import synthetic_ohlcv
+
+    bars = bar_windows(synthetic_ohlcv(90, seed=11), 2, 64).tolist()
+    full = await demo_client.post("/v1/models/patchtst-price/predict", json={"bars": bars})
+    three = await demo_client.post("/v1/models/patchtst-price/predict", json={"bars": bars, "n_steps": 3})
+    over = await demo_client.post("/v1/models/patchtst-price/predict", json={"bars": bars, "n_steps": 9})
+    assert full.status_code == 200 and three.status_code == 200, (full.text, three.text)
+    forecast = np.array(full.json()["predictions"])
+    assert forecast.shape == (2, 8) and np.all(np.abs(forecast - 1.0) < 0.5)  # ratios to the last close
+    np.testing.assert_array_equal(np.array(three.json()["predictions"]), forecast[:, :3])
+    assert over.status_code == 422 and "forecasts 8 steps ahead" in over.json()["error"]["message"]

@@ -110,7 +110,8 @@ async def test_models_reload_and_health(http):
     listed = (await http.get("/api/ml/models")).json()
     kinds = {m["model_name"]: m["kind"] for m in listed["models"]}
     assert kinds == {"cnn-lstm-direction": "model", "gbdt-direction": "model", "lstm-price": "model",
-                     "sentiment-transformer": "model", ENSEMBLE: "ensemble"} and listed["count"] == 5
+                     "patchtst-price": "model", "sentiment-transformer": "model", ENSEMBLE: "ensemble"} \
+        and listed["count"] == 6
     lstm = next(m for m in listed["models"] if m["model_name"] == "lstm-price")
     assert lstm["stages"]["production"] == "1.0.0" and lstm["versions"] == ["1.0.0"]
 
@@ -119,7 +120,7 @@ async def test_models_reload_and_health(http):
                                  "load_failures": {}}], "count": 1}
     every = (await http.post("/api/ml/models/reload")).json()  # no body: every registered model
     assert [r["model_name"] for r in every["reloaded"]] == ["cnn-lstm-direction", "gbdt-direction", "lstm-price",
-                                                            "sentiment-transformer"]
+                                                            "patchtst-price", "sentiment-transformer"]
     unknown = await http.post("/api/ml/models/reload", json={"model_name": "no-such-model"})
     assert unknown.status_code == 404
 
@@ -227,3 +228,15 @@ async def test_a_bad_body_is_counted_under_its_model_as_on_v1(ml_store, tmp_path
     entry = reader.request(bad.headers["x-request-id"])
     assert entry is not None and (entry.model, entry.status, entry.error_code) == ("lstm-price", 422, "invalid_input")
     assert reader.request(nameless.headers["x-request-id"]) is None
+
+
+async def test_a_forecaster_answers_its_first_n_steps(http):
+    bars = synthetic_ohlcv(64, seed=12).tolist()
+    v1 = (await http.post("/v1/models/patchtst-price/predict", json={"bars": bars})).json()
+    three = await http.post("/api/ml/predict", json={"model_name": "patchtst-price", "features": {"bars": bars},
+                                                     "n_steps": 3})
+    over = await http.post("/api/ml/predict", json={"model_name": "patchtst-price", "features": {"bars": bars},
+                                                    "n_steps": 9})
+    assert three.status_code == 200, three.text
+    assert three.json()["prediction"] == v1["predictions"][0][:3] and len(v1["predictions"][0]) == 8
+    assert over.status_code == 422 and "forecasts 8 steps ahead" in over.text

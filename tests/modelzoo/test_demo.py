@@ -3,7 +3,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from prediction_service.commands.demo_registry import DEMO_ENSEMBLE, DEMO_MODELS, GBDT_NAME, build_demo_registry
+from prediction_service.commands.demo_registry import (DEMO_ENSEMBLE, DEMO_MODELS, GBDT_NAME, PATCHTST_NAME,
+                                                       build_demo_registry)
 from prediction_service.ensemble import EnsembleRegistry
 from prediction_service.preprocessing.tokenizer import Tokenizer
 from prediction_service.packaging.pipeline import PackagingOptions
@@ -15,13 +16,13 @@ FAST = PackagingOptions(fp16=True, int8=True, benchmark_runs=3, validation_rows=
 
 def test_demo_registry_has_its_models_and_the_ensemble_in_production(tmp_path: Path):
     registered = build_demo_registry(tmp_path, options=FAST, trained=trained_models())
-    assert set(registered) == {*DEMO_MODELS, GBDT_NAME, DEMO_ENSEMBLE}
+    assert set(registered) == {*DEMO_MODELS, GBDT_NAME, PATCHTST_NAME, DEMO_ENSEMBLE}
     ensemble = EnsembleRegistry(tmp_path).resolve(DEMO_ENSEMBLE)
     assert ensemble.version == "1.0.0" and ensemble.metadata.status == "production"
     assert [m.describe() for m in ensemble.metadata.members] == ["lstm-price/production",
                                                                  "sentiment-transformer/production"]
     reader = RegistryReader(tmp_path)
-    assert reader.model_names() == sorted({*DEMO_MODELS, GBDT_NAME})
+    assert reader.model_names() == sorted({*DEMO_MODELS, GBDT_NAME, PATCHTST_NAME})
     for name, architecture in DEMO_MODELS.items():
         version = reader.resolve(name)
         assert version.version == "1.0.0" and version.stage == "production"
@@ -40,6 +41,14 @@ def test_demo_registry_has_its_models_and_the_ensemble_in_production(tmp_path: P
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     (probabilities,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
     assert sentiment.signature.labels[int(np.argmax(probabilities))] == "positive"
+
+    forecaster = reader.resolve(PATCHTST_NAME)
+    meta = forecaster.metadata
+    assert forecaster.stage == "production" and meta.validation.passed
+    assert meta.signature.horizon == 8 and meta.signature.outputs[0].shape == (-1, 8)
+    assert meta.signature.bars is not None and meta.signature.bars.kind == "ohlcv_window"
+    assert {(a.format, a.precision) for a in meta.artifacts} >= {("onnx", "fp32"), ("torchscript", "fp32")}
+    assert meta.tags["model_library"] == "transformers" and 1_000 <= meta.metrics["parameters"] <= 100_000
     assert not (tmp_path / ".packaging").exists()
 
 
@@ -50,7 +59,7 @@ def test_existing_models_are_skipped_unless_forced(tmp_path: Path):
     assert build_demo_registry(tmp_path, options=FAST, trained=trained_models()) == {}
     assert metadata.read_bytes() == before
     rebuilt = build_demo_registry(tmp_path, force=True, options=FAST, trained=trained_models())
-    assert set(rebuilt) == {*DEMO_MODELS, GBDT_NAME}  # the ensemble follows its members' production: kept as is
+    assert set(rebuilt) == {*DEMO_MODELS, GBDT_NAME, PATCHTST_NAME}  # the ensemble follows its members' production: kept as is
     assert metadata.read_bytes() != before  # new created_at / validation timestamps
     assert RegistryReader(tmp_path).resolve("lstm-price").version == "1.0.0"
 
