@@ -252,3 +252,14 @@ class ArmRun:
 
 class PredictionObserver(Protocol):
     def observe(self, record: PredictionRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class RepositoryEntry:
+    name: str
+    version: str
+    state: str
+    """READY (loaded in this worker) or UNAVAILABLE, as Triton reports them."""
+    reason: str
+    """The stage or lifecycle status the version holds (production, staging, archived, none), and why it
+    is not loaded when its last load failed."""

@@ -8,22 +8,29 @@ may read what it infers with. Server metadata and health are open, like /health.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ValidationError
+
+from ..errors import InvalidInput
 
 from ..security.auth import ApiKey
 from ..v1.schemas import REQUEST_ID_HEADER
 from .body import off_loop_if_large, read_body
 from .deadline import requested_budget_ms
 from ..types import InferenceRequest, InferenceResult
-from .deps import get_service, open_context, require_predict
+from .deps import get_service, open_context, require_admin, require_predict
 from .direct_route import DirectRoute
-from ..oip.documents import model_config, model_metadata, server_metadata
+from ..oip.documents import (RepositoryIndexRequest, RepositoryModelRequest, model_config, model_metadata,
+                             repository_index, server_metadata)
 from ..oip.rest_codec import (EXTENSIONS, HEADER_LENGTH, InferRequest, decode_infer_request, decompress,
                               encode_infer_response)
 from .responses import FastJSONResponse
 
 # DirectRoute (see direct_route.py): infer is the hot path, and every route here fits its limits
 router = APIRouter(tags=["open inference protocol"], route_class=DirectRoute)
+M = TypeVar("M", bound=BaseModel)
 _ERRORS = {400: {"description": "Malformed body or framing"}, 404: {"description": "Unknown model or version"},
            413: {"description": "Body too large"}, 422: {"description": "Tensors do not match the model"},
            429: {"description": "Rate limited"}, 503: {"description": "Overloaded or backend down"},
@@ -107,6 +114,42 @@ async def infer(name: str, request: Request, api_key=Depends(require_predict)) -
              openapi_extra=_INFER_BODY)
 async def infer_version(name: str, version: str, request: Request, api_key=Depends(require_predict)) -> Response:
     return await _infer(request, name, version, api_key)
+
+
+@router.post("/v2/repository/index", summary="Every registered version: READY when loaded, and its stage (admin)",
+             responses={401: {"description": "Missing key"}, 403: {"description": "Needs admin scope"}})
+async def repository_index_route(request: Request, api_key=Depends(require_admin)) -> FastJSONResponse:
+    body = await _small_document(request, RepositoryIndexRequest)
+    return FastJSONResponse(repository_index(get_service(request).repository.index(body.ready)))
+
+
+@router.post("/v2/repository/models/{name}/load", summary="Load a registered version (parameters.version; "
+             "default production) beside what the stages serve (admin)", responses=_ERRORS)
+async def repository_load(name: str, request: Request, api_key=Depends(require_admin)) -> FastJSONResponse:
+    body = await _small_document(request, RepositoryModelRequest)
+    await get_service(request).repository.load(name, body.version())
+    return FastJSONResponse({})
+
+
+@router.post("/v2/repository/models/{name}/unload", summary="Unload a version no stage serves "
+             "(parameters.version; default every such version); a stage's version is 409 (admin)",
+             responses={**_ERRORS, 409: {"description": "The version serves a stage"}})
+async def repository_unload(name: str, request: Request, api_key=Depends(require_admin)) -> FastJSONResponse:
+    body = await _small_document(request, RepositoryModelRequest)
+    await get_service(request).repository.unload(name, body.version())
+    return FastJSONResponse({})
+
+
+async def _small_document(request: Request, model: type[M]) -> M:
+    """A repository request's JSON body (empty: the defaults), under the server's body limits."""
+    raw = await read_body(request, get_service(request).settings.limits)
+    if not raw.strip():
+        return model()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]
+        raise InvalidInput(f"invalid {model.__name__} body", {"errors": errors}) from exc
 
 
 async def _infer(request: Request, name: str, version: str | None, api_key: ApiKey | None) -> Response:

@@ -16,7 +16,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..errors import NotFound, NotReady, PredictionServiceError
-from ..types import InferenceRequest, RequestContext
+from ..types import InferenceRequest, RequestContext, Scope
 from ..log_throttle import ThrottledLog
 from ..monitoring.tracing import TRACERESPONSE, grpc_carrier
 from ..oip import grpc_codec as codec
@@ -102,6 +102,25 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request, context) -> service_pb2.ModelConfigResponse:
         self._admit_read(context)
         return codec.model_config_response(self.dataplane.model_metadata(request.name, request.version or None))
+
+    # ---- the model-repository extension (admin) ------------------------------------------------------
+
+    @_rpc
+    async def RepositoryIndex(self, request, context) -> service_pb2.RepositoryIndexResponse:
+        self._admit_admin(context)
+        return codec.repository_index_response(self.service.repository.index(request.ready))
+
+    @_rpc
+    async def RepositoryModelLoad(self, request, context) -> service_pb2.RepositoryModelLoadResponse:
+        self._admit_admin(context)
+        await self.service.repository.load(request.model_name, codec.repository_model_request(request).version())
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, request, context) -> service_pb2.RepositoryModelUnloadResponse:
+        self._admit_admin(context)
+        await self.service.repository.unload(request.model_name, codec.repository_model_request(request).version())
+        return service_pb2.RepositoryModelUnloadResponse()
 
     # ---- inference -----------------------------------------------------------------------------------
 
@@ -202,6 +221,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         infer may read what it infers with."""
         self._refuse_if_draining()
         self.service.authorize_predict(_api_key(context), _caller(context))
+
+    def _admit_admin(self, context: grpc.aio.ServicerContext) -> None:
+        self._refuse_if_draining()
+        self.service.authorize(_api_key(context), _caller(context), Scope.ADMIN, "management")
 
     def _refuse_if_draining(self) -> None:
         if self.draining:

@@ -7,10 +7,14 @@ answer with one content.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from .. import __version__
-from ..types import InferenceResult, ModelMetadata, TensorMetadata
+from ..errors import InvalidInput
+from ..types import InferenceResult, ModelMetadata, RepositoryEntry, TensorMetadata
 from .datatypes import oip_datatype
 
 SERVER_NAME = "prediction-service"
@@ -84,3 +88,34 @@ def provenance_parameters(result: InferenceResult) -> dict[str, str]:
     if member_versions is not None:
         values.update({f"{role}_model_version": value for role, value in member_versions().items()})
     return {key: value for key, value in values.items() if value}
+
+
+class RepositoryIndexRequest(BaseModel):
+    """POST /v2/repository/index: ``ready`` lists only what is loaded."""
+
+    model_config = ConfigDict(extra="forbid")
+    ready: bool = False
+
+
+class RepositoryModelRequest(BaseModel):
+    """POST /v2/repository/models/{name}/load (or unload): the version in ``parameters`` (none: production
+    for load, every version no stage serves for unload). Other parameters Triton defines (a config to
+    load with, unload_dependents) are refused or ignored as documented in docs/operations.md."""
+
+    model_config = ConfigDict(extra="forbid")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    def version(self) -> str | None:
+        unknown = sorted(set(self.parameters) - {"version", "unload_dependents"})
+        if unknown:
+            raise InvalidInput(f"unsupported repository parameters {unknown}: this server loads registered "
+                               "versions (parameters.version), never a config or files sent with the request",
+                               {"parameters": unknown})
+        version = self.parameters.get("version")
+        if version is not None and not isinstance(version, str):
+            raise InvalidInput("parameters.version must be a string", {"version": repr(version)[:40]})
+        return version
+
+
+def repository_index(entries: Sequence[RepositoryEntry]) -> list[dict[str, str]]:
+    return [{"name": e.name, "version": e.version, "state": e.state, "reason": e.reason} for e in entries]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -18,14 +19,14 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from . import documents
 from ..errors import InvalidInput, PredictionServiceError
-from ..types import InferenceResult, ModelMetadata, Selector
+from ..types import InferenceResult, ModelMetadata, RepositoryEntry, Selector
 from .datatypes import TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
 from ..settings import LimitSettings
 from .parameters import n_steps, priority, selector, timeout_seconds
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("model_configuration", "parameters")
+EXTENSIONS = ("model_configuration", "model_repository", "parameters")
 
 # Typed contents field of each datatype, and the dtype the field's values arrive in (FP16 has none).
 _TYPED_FIELDS: dict[str, tuple[str, np.dtype]] = {
@@ -176,3 +177,15 @@ def model_config_response(metadata: ModelMetadata) -> service_pb2.ModelConfigRes
     """The REST door's config document, as the ModelConfig proto it is the JSON mapping of."""
     config = json_format.ParseDict(documents.model_config(metadata), model_config_pb2.ModelConfig())
     return service_pb2.ModelConfigResponse(config=config)
+
+
+def repository_index_response(entries: Sequence[RepositoryEntry]) -> service_pb2.RepositoryIndexResponse:
+    return service_pb2.RepositoryIndexResponse(models=[
+        service_pb2.RepositoryIndexResponse.ModelIndex(**entry) for entry in documents.repository_index(entries)])
+
+
+def repository_model_request(request: Any) -> documents.RepositoryModelRequest:
+    """A RepositoryModelLoad/UnloadRequest's parameters as the REST door reads them."""
+    parameters = {name: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                  for name, value in request.parameters.items()}
+    return documents.RepositoryModelRequest(parameters=parameters)

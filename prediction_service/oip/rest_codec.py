@@ -30,7 +30,7 @@ from .parameters import n_steps, priority, selector, timeout_seconds
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "parameters")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "parameters")
 """Triton extension names this door implements (the rest: shared memory, sequences, ... are not)."""
 
 _UNSUPPORTED_OUTPUT_PARAMETERS = ("classification", "shared_memory_region")

@@ -285,14 +285,24 @@ class ModelManager:
                 result[stage] = old.version
         return result
 
+    def served_stage(self, key: ModelKey) -> str | None:
+        """The stage this worker serves ``key`` as, if any."""
+        return next((stage for (_, stage), version in self._routes.items() if version.key == key), None)
+
+    async def unload(self, key: ModelKey, reason: str) -> None:
+        """Unload a version no stage serves, once its requests in flight have finished."""
+        if self.served_stage(key) is not None:
+            raise ValueError(f"{key} serves a stage")
+        await self._drain_and_unload(key, reason)
+
     def _retire_if_unused(self, key: ModelKey) -> None:
         if any(version.key == key for version in self._routes.values()):
             return
-        task = asyncio.get_running_loop().create_task(self._drain_and_unload(key))
+        task = asyncio.get_running_loop().create_task(self._drain_and_unload(key, "left its stage"))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def _drain_and_unload(self, key: ModelKey) -> None:
+    async def _drain_and_unload(self, key: ModelKey, reason: str) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
         while self._inflight[key] > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -300,7 +310,7 @@ class ModelManager:
             return  # came back into a stage while draining
         started = time.perf_counter()
         await self.adapter.unload(key)
-        self._emit("unload", key, {"reason": "left its stage", "seconds": round(time.perf_counter() - started, 4)})
+        self._emit("unload", key, {"reason": reason, "seconds": round(time.perf_counter() - started, 4)})
 
     def _unloaded_by_adapter(self, key: ModelKey, reason: str) -> None:
         self._emit("unload", key, {"reason": reason})

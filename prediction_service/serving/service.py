@@ -30,6 +30,7 @@ from ..monitoring.tracing import Tracing
 from ..security.ratelimit import ParseBudget, RateLimiter
 from ..registry import ModelKey, ModelRegistry
 from .pipeline import RequestPipeline
+from .repository import ModelRepository
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class Service:
         self.drift = attach_drift(settings, self.dataplane, self.reader, self.metrics.registry)
         """Input drift per model version (monitoring/drift.py); None when DRIFT_ENABLED is false."""
         self.pipeline = RequestPipeline(self.dataplane, settings.limits, settings.batching.priority_levels)
+        self.repository = ModelRepository(self.manager)
+        """The OIP model-repository extension: index, load and unload (admin)."""
         """Every door's request path: admit -> decode -> infer -> encode, observed as the client saw it."""
         self.api_keys = ApiKeyStore(settings.security.api_keys, settings.batching.priority_levels)
         self.rate_limiter = RateLimiter(settings.security.rate_limit_per_second,

@@ -175,7 +175,7 @@ def test_metadata_and_config_are_triton_like():
     (errors.BackendUnavailable("x"), grpc.StatusCode.UNAVAILABLE), (errors.NotReady("x"), grpc.StatusCode.UNAVAILABLE),
     (errors.ModelLoadError("x"), grpc.StatusCode.UNAVAILABLE),
     (errors.DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
-    (errors.BackendTimeout("x"), grpc.StatusCode.DEADLINE_EXCEEDED), (errors.Conflict("x"), grpc.StatusCode.INTERNAL),
+    (errors.BackendTimeout("x"), grpc.StatusCode.DEADLINE_EXCEEDED), (errors.Conflict("x"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.PredictionServiceError("x"), grpc.StatusCode.INTERNAL),
 ])
 def test_every_domain_error_has_its_status_code(error, code):

@@ -151,6 +151,6 @@ def test_unimplemented_rpcs_say_so(client):
         client.get_inference_statistics()
     assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
     with pytest.raises(grpcclient.InferenceServerException) as caught:
-        client.load_model("tiny-regressor")
+        client.get_system_shared_memory_status()
     assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
     assert client.is_server_ready()
