@@ -228,6 +228,42 @@ class SecuritySettings(BaseSettings):
     travels in ``X-API-Key``, never in cookies). Empty = off: no CORS headers, browsers refuse cross-origin calls.
     ``*`` is refused: list the dashboard's origins."""
 
+    jwt_secret: str = ""
+    """HS256 secret that ``Authorization: Bearer`` tokens are signed with (beside API keys). Empty, with no
+    JWT_PUBLIC_KEYS either: bearer tokens are refused."""
+    jwt_public_keys: str = ""
+    """Comma-separated PEM files of the public keys RS256 / ES256 tokens are verified with (each tried)."""
+    jwt_algorithms: str = "HS256,RS256,ES256"
+    """Signing algorithms accepted (``none`` never is)."""
+    jwt_issuer: str = ""
+    """Required ``iss`` of every token; empty: not checked."""
+    jwt_audience: str = ""
+    """Required ``aud`` of every token; empty: a token that names an audience is refused."""
+    jwt_leeway_seconds: float = Field(30.0, ge=0, le=600)
+    """Clock skew allowed on ``exp`` / ``nbf`` / ``iat``. Every token needs ``exp``."""
+    jwt_scope_claim: str = "scope"
+    """Claim holding the token's scopes (space-separated string or list): read, outcome or admin, the highest
+    wins; a token without one is 403."""
+    jwt_scope_prefix: str = ""
+    """Prefix of the scope values in that claim (e.g. ``predictions:`` for ``predictions:read``)."""
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _algorithms(cls, value: str) -> str:
+        allowed = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "PS256"}
+        unknown = [name for name in _comma_list(value) if name not in allowed]
+        if unknown or not _comma_list(value):
+            raise ValueError(f"SECURITY_JWT_ALGORITHMS: unsupported {unknown or value!r}; use {sorted(allowed)}")
+        return value
+
+    @property
+    def jwt_algorithm_list(self) -> list[str]:
+        return _comma_list(self.jwt_algorithms)
+
+    @property
+    def jwt_public_key_list(self) -> list[str]:
+        return _comma_list(self.jwt_public_keys)
+
     @field_validator("cors_allow_origins")
     @classmethod
     def _origins(cls, value: str) -> str:
@@ -315,8 +351,9 @@ class ExperimentSettings(BaseSettings):
     min_samples_per_arm: int = Field(100, ge=2)
     """Outcomes each arm needs before any PROMOTE/ROLLBACK decision."""
     min_units_per_arm: int = Field(30, ge=2)
-    """PROMOTE needs this many independent units in each arm: distinct routing keys (a request without a
-    key is one), and time buckets with variance=cluster. Few keys cannot show a model effect."""
+    """PROMOTE needs this many effective independent units in each arm: routing keys counted as 1 / sum of
+    squared traffic shares (a request without a key is one unit), and time buckets with variance=cluster.
+    Few keys, or a few that carry most of the flow, cannot show a model effect."""
     alpha: float = Field(0.05, gt=0, lt=1)
     """Significance level."""
     power: float = Field(0.8, gt=0.5, lt=1)

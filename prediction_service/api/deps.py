@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from ..security.auth import API_KEY_HEADER, ApiKey, Scope
+from ..security.auth import API_KEY_HEADER, ApiKey, Scope, presented_credential
 from ..types import RequestContext
 from ..serving.service import Service
 from ..settings import Settings
@@ -38,22 +38,27 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.service.settings
 
 
+def _credential(request: Request) -> str | None:
+    """The caller's API key (X-API-Key), else its Authorization: Bearer token."""
+    return presented_credential(request.headers.get(API_KEY_HEADER), request.headers.get("authorization"))
+
+
 def _caller(request: Request) -> str:
     return request.client.host if request.client else "-"
 
 
 async def require_read(request: Request) -> ApiKey | None:
     """Read-only management endpoints: any valid key when keys are configured."""
-    return get_service(request).authorize(request.headers.get(API_KEY_HEADER), _caller(request), Scope.READ,
+    return get_service(request).authorize(_credential(request), _caller(request), Scope.READ,
                                           "management")
 
 
 async def require_admin(request: Request) -> ApiKey | None:
     """Endpoints that change state (registry writes, reload, experiments)."""
-    return get_service(request).authorize(request.headers.get(API_KEY_HEADER), _caller(request), Scope.ADMIN,
+    return get_service(request).authorize(_credential(request), _caller(request), Scope.ADMIN,
                                           "management")
 
 
 async def require_predict(request: Request) -> ApiKey | None:
     """Predictions are open unless PREDICT_REQUIRES_KEY=true; then any valid key."""
-    return get_service(request).authorize_predict(request.headers.get(API_KEY_HEADER), _caller(request))
+    return get_service(request).authorize_predict(_credential(request), _caller(request))

@@ -16,7 +16,7 @@ from __future__ import annotations
 from starlette.responses import Response
 from starlette.types import Scope
 
-from ..security.auth import API_KEY_HEADER
+from ..security.auth import API_KEY_HEADER, presented_credential
 from ..errors import PredictionServiceError
 from ..serving.service import Service
 from .errors import domain_error_response, is_oip
@@ -44,7 +44,10 @@ class EarlyRefusal:
 
 
 def _presented_key(scope: Scope) -> str | None:
+    key = authorization = None
     for header, value in scope["headers"]:
         if header == _KEY_HEADER:
-            return value.decode("latin-1")
-    return None
+            key = value.decode("latin-1")
+        elif header == b"authorization":
+            authorization = value.decode("latin-1")
+    return presented_credential(key, authorization)

@@ -16,6 +16,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..errors import NotFound, NotReady, PredictionServiceError
+from ..security.auth import presented_credential
 from ..types import InferenceRequest, RequestContext, Scope
 from ..log_throttle import ThrottledLog
 from ..monitoring.tracing import TRACERESPONSE, grpc_carrier
@@ -269,10 +270,14 @@ async def _send_traceresponse(call: grpc.aio.ServicerContext | None, context: Re
 
 
 def _api_key(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == API_KEY_METADATA:
-            return value if isinstance(value, str) else value.decode()
-    return None
+    """The caller's API key (x-api-key metadata), else its authorization: Bearer token."""
+    key = authorization = None
+    for name, value in context.invocation_metadata() or ():
+        if name == API_KEY_METADATA:
+            key = value if isinstance(value, str) else value.decode()
+        elif name == "authorization":
+            authorization = value if isinstance(value, str) else value.decode()
+    return presented_credential(key, authorization)
 
 
 def _caller(context: grpc.aio.ServicerContext) -> str:

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 from ..errors import Forbidden, Unauthorized
 from ..types import MAX_PRIORITY_LEVELS, RequestContext, Scope
 from ..v1.schemas import API_KEY_HEADER
+from .jwt import JwtVerifier, bearer_token
 
 if TYPE_CHECKING:
     from ..settings import SecuritySettings
 
-__all__ = ["API_KEY_HEADER", "ApiKey", "ApiKeyStore", "Scope", "VersionAccess"]
+__all__ = ["API_KEY_HEADER", "ApiKey", "ApiKeyStore", "Scope", "VersionAccess", "presented_credential"]
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,20 @@ def _digest(raw: str) -> bytes:
     return hashlib.sha256(raw.encode()).digest()
 
 
+def presented_credential(api_key: str | None, authorization: str | None) -> str | None:
+    """What a caller presented: its API key, else its ``Authorization: Bearer`` value (as sent), else None."""
+    if api_key:
+        return api_key
+    if authorization and bearer_token(authorization) is not None:
+        return authorization
+    return None
+
+
 class ApiKeyStore:
-    def __init__(self, spec: str, priority_levels: int = MAX_PRIORITY_LEVELS):
-        """``spec``: API_KEYS, ``key[:scope[:priority]]`` each; a priority past ``priority_levels`` is refused."""
+    def __init__(self, spec: str, priority_levels: int = MAX_PRIORITY_LEVELS, bearer: JwtVerifier | None = None):
+        """``spec``: API_KEYS, ``key[:scope[:priority]]`` each; a priority past ``priority_levels`` is refused.
+        ``bearer``: verifies ``Authorization: Bearer`` JWTs beside the keys (None: keys only)."""
+        self.bearer = bearer
         self.keys: list[ApiKey] = []
         for item in (part.strip() for part in spec.split(",")):
             if not item:
@@ -60,14 +72,19 @@ class ApiKeyStore:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.keys)
+        return bool(self.keys) or self.bearer is not None
 
     def authenticate(self, presented: str | None, needed: Scope) -> ApiKey | None:
-        """The matching key, None when auth is off; raises Unauthorized / Forbidden."""
+        """The matching key (or the identity of a bearer token), None when auth is off; raises Unauthorized /
+        Forbidden. ``presented``: ``presented_credential``'s answer."""
         if not self.enabled:
             return None
         if not presented:
-            raise Unauthorized(f"missing {API_KEY_HEADER} header")
+            raise Unauthorized(f"missing {API_KEY_HEADER} header" + (" or Authorization: Bearer token"
+                                                                     if self.bearer is not None else ""))
+        token = bearer_token(presented)
+        if token is not None:
+            return self._bearer(token, needed)
         digest = _digest(presented)
         match = None
         for key in self.keys:  # check every key: no early exit that leaks which prefix matched
@@ -78,6 +95,16 @@ class ApiKeyStore:
         if match.scope < needed:
             raise Forbidden(f"this API key has {match.scope.name.lower()} scope; {needed.name.lower()} is required")
         return match
+
+
+    def _bearer(self, token: str, needed: Scope) -> ApiKey:
+        if self.bearer is None:
+            raise Unauthorized(f"bearer tokens are not accepted by this server; send {API_KEY_HEADER}")
+        identity = self.bearer.verify(token)
+        if identity.scope < needed:
+            raise Forbidden(f"this bearer token has {identity.scope.name.lower()} scope; "
+                            f"{needed.name.lower()} is required")
+        return ApiKey(b"", identity.scope, identity.key_id)
 
 
 def _key_priority(text: str, key_id: str, levels: int) -> int | None:

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from ..adapters.base import ServingAdapter
 from ..adapters.factory import ServingAdapterFactory
 from ..security.auth import ApiKey, ApiKeyStore, Scope
+from ..security.jwt import JwtVerifier
 from .dataplane import DataPlane
 from ..errors import NotFound
 from ..experiments import ExperimentService, ExperimentStore
@@ -67,7 +68,8 @@ class Service:
         self.repository = ModelRepository(self.manager)
         """The OIP model-repository extension: index, load and unload (admin)."""
         """Every door's request path: admit -> decode -> infer -> encode, observed as the client saw it."""
-        self.api_keys = ApiKeyStore(settings.security.api_keys, settings.batching.priority_levels)
+        self.api_keys = ApiKeyStore(settings.security.api_keys, settings.batching.priority_levels,
+                                    JwtVerifier.from_settings(settings.security))
         self.rate_limiter = RateLimiter(settings.security.rate_limit_per_second,
                                         on_limited=self.metrics.observe_rate_limited)
         self.parse_budget = ParseBudget(settings.limits.large_json_bytes_per_second,
