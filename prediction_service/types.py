@@ -255,6 +255,15 @@ class PredictionObserver(Protocol):
 
 
 @dataclass(frozen=True)
+class RegionStatus:
+    """One registered system shared-memory region, as the status calls report it (Triton's fields)."""
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(frozen=True)
 class RepositoryEntry:
     name: str
     version: str

@@ -26,6 +26,7 @@ from ..oip.documents import (RepositoryIndexRequest, RepositoryModelRequest, mod
                              repository_index, server_metadata)
 from ..oip.rest_codec import (EXTENSIONS, HEADER_LENGTH, InferRequest, decode_infer_request, decompress,
                               encode_infer_response)
+from ..oip.shared_memory import RegisterRegionRequest, status_document
 from .responses import FastJSONResponse
 
 # DirectRoute (see direct_route.py): infer is the hot path, and every route here fits its limits
@@ -140,6 +141,46 @@ async def repository_unload(name: str, request: Request, api_key=Depends(require
     return FastJSONResponse({})
 
 
+_SHM_ERRORS = {400: {"description": "Bad name, key, offset or size; unknown region"},
+               401: {"description": "Missing key"}, 403: {"description": "Needs admin scope"},
+               409: {"description": "The name is already registered"}}
+
+
+@router.get("/v2/systemsharedmemory/status", summary="Every registered system shared-memory region (admin)",
+            responses=_SHM_ERRORS)
+async def shm_status(request: Request, api_key=Depends(require_admin)) -> FastJSONResponse:
+    return FastJSONResponse(status_document(get_service(request).shared_memory.status()))
+
+
+@router.get("/v2/systemsharedmemory/region/{name}/status", summary="One system shared-memory region (admin)",
+            responses=_SHM_ERRORS)
+async def shm_region_status(name: str, request: Request, api_key=Depends(require_admin)) -> FastJSONResponse:
+    return FastJSONResponse(status_document(get_service(request).shared_memory.status(name)))
+
+
+@router.post("/v2/systemsharedmemory/region/{name}/register", summary="Register a span of a /dev/shm object "
+             "(key, offset, byte_size) as a region inputs are read from and outputs written to (admin)",
+             responses=_SHM_ERRORS)
+async def shm_register(name: str, request: Request, api_key=Depends(require_admin)) -> FastJSONResponse:
+    body = await _small_document(request, RegisterRegionRequest)
+    get_service(request).shared_memory.register(name, body.key, body.offset, body.byte_size)
+    return FastJSONResponse({})
+
+
+@router.post("/v2/systemsharedmemory/region/{name}/unregister", summary="Unregister one region (admin)",
+             responses=_SHM_ERRORS)
+async def shm_unregister(name: str, request: Request, api_key=Depends(require_admin)) -> FastJSONResponse:
+    get_service(request).shared_memory.unregister(name)
+    return FastJSONResponse({})
+
+
+@router.post("/v2/systemsharedmemory/unregister", summary="Unregister every region (admin)",
+             responses=_SHM_ERRORS)
+async def shm_unregister_all(request: Request, api_key=Depends(require_admin)) -> FastJSONResponse:
+    get_service(request).shared_memory.unregister()
+    return FastJSONResponse({})
+
+
 async def _small_document(request: Request, model: type[M]) -> M:
     """A repository request's JSON body (empty: the defaults), under the server's body limits."""
     raw = await read_body(request, get_service(request).settings.limits)
@@ -165,14 +206,15 @@ async def _infer(request: Request, name: str, version: str | None, api_key: ApiK
         header_length = request.headers.get(HEADER_LENGTH)
         json_size = int(header_length) if header_length and header_length.isdigit() else len(body)
         parsed = await off_loop_if_large(min(json_size, len(body)), limits, service.parse_budget,
-                                         decode_infer_request, body, header_length, limits, version)
+                                         decode_infer_request, body, header_length, limits, version,
+                                         service.shared_memory)
         outputs = None if parsed.outputs is None else tuple(output.name for output in parsed.outputs)
         return InferenceRequest(parsed.selector, parsed.inputs, outputs, budget_ms, parsed.timeout_s, parsed.priority,
                                 parsed.n_steps)
 
     def encode(result: InferenceResult) -> Response:
         assert parsed is not None  # decoded before the data plane ran
-        encoded = encode_infer_response(result, parsed)
+        encoded = encode_infer_response(result, parsed, service.shared_memory)
         return Response(encoded.body, media_type=encoded.media_type,
                         headers={**encoded.headers, REQUEST_ID_HEADER: context.request_id})
 

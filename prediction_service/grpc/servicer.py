@@ -123,6 +123,25 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         await self.service.repository.unload(request.model_name, codec.repository_model_request(request).version())
         return service_pb2.RepositoryModelUnloadResponse()
 
+    # ---- the system shared-memory extension (admin) --------------------------------------------------
+
+    @_rpc
+    async def SystemSharedMemoryStatus(self, request, context) -> service_pb2.SystemSharedMemoryStatusResponse:
+        self._admit_admin(context)
+        return codec.shared_memory_status_response(self.service.shared_memory.status(request.name or None))
+
+    @_rpc
+    async def SystemSharedMemoryRegister(self, request, context) -> service_pb2.SystemSharedMemoryRegisterResponse:
+        self._admit_admin(context)
+        self.service.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return service_pb2.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(self, request, context) -> service_pb2.SystemSharedMemoryUnregisterResponse:
+        self._admit_admin(context)
+        self.service.shared_memory.unregister(request.name or None)  # no name: every region, as Triton
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
+
     # ---- inference -----------------------------------------------------------------------------------
 
     @_rpc
@@ -195,11 +214,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if carrier is not None:
             self.service.open_trace(context, carrier)
         requested: tuple[str, ...] = ()
+        places: dict[str, codec.TensorLocation] | None = None
+        regions = self.service.shared_memory
 
         async def decode() -> InferenceRequest:
-            nonlocal requested
-            decoded = codec.decode_request(request, self.limits)
-            requested = decoded.outputs
+            nonlocal requested, places
+            decoded = codec.decode_request(request, self.limits, regions)
+            requested, places = decoded.outputs, decoded.output_places
             # The call's gRPC deadline is the caller's budget (else the server default).
             budget_ms = None if time_remaining is None else time_remaining * 1000.0
             return InferenceRequest(decoded.selector, decoded.inputs, decoded.outputs or None, budget_ms,
@@ -208,7 +229,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             response = await self.service.pipeline.run(
                 request.model_name, context, decode,
-                lambda result: codec.encode_response(result, request.id, requested))
+                lambda result: codec.encode_response(result, request.id, requested, places, regions))
         except PredictionServiceError:
             await _send_traceresponse(call, context)
             raise

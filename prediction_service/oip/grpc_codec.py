@@ -19,14 +19,16 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from . import documents
 from ..errors import InvalidInput, PredictionServiceError
-from ..types import InferenceResult, ModelMetadata, RepositoryEntry, Selector
+from ..types import InferenceResult, ModelMetadata, RegionStatus, RepositoryEntry, Selector
 from .datatypes import TensorBudget, from_raw, numpy_dtype, oip_datatype, to_raw
 from ..settings import LimitSettings
 from .parameters import n_steps, priority, selector, timeout_seconds
+from .shared_memory import (BYTE_SIZE, OFFSET, PARAMETERS as SHM_PARAMETERS, REGION,
+                            SharedMemoryRegions, TensorLocation, check_output, location, no_regions, read_input)
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("model_configuration", "model_repository", "parameters")
+EXTENSIONS = ("model_configuration", "model_repository", "parameters", "system_shared_memory")
 
 # Typed contents field of each datatype, and the dtype the field's values arrive in (FP16 has none).
 _TYPED_FIELDS: dict[str, tuple[str, np.dtype]] = {
@@ -55,16 +57,20 @@ class DecodedRequest:
     default."""
     n_steps: int | None = None
     """The ``n_steps`` request parameter: the first steps of a forecaster's horizon; None: all of them."""
+    output_places: dict[str, TensorLocation] | None = None
+    """Outputs asked in a shared-memory region, by name (None: none)."""
 
 
 # ---- requests ----------------------------------------------------------------------------------------
 
-def decode_request(request: service_pb2.ModelInferRequest, limits: LimitSettings | None = None) -> DecodedRequest:
+def decode_request(request: service_pb2.ModelInferRequest, limits: LimitSettings | None = None,
+                   regions: SharedMemoryRegions | None = None) -> DecodedRequest:
     """The request's tensors, selector, outputs and timeout. Every shape is judged (rank, dimensions, rows,
     elements) against ``limits`` (default: LimitSettings()) before any tensor data is decoded, and whatever
-    the client's data still makes numpy raise is its mistake: INVALID_ARGUMENT, counted like any other."""
+    the client's data still makes numpy raise is its mistake: INVALID_ARGUMENT, counted like any other.
+    ``regions``: the registered shared-memory regions inputs may be read from and outputs written to."""
     try:
-        return _decode_request(request, limits if limits is not None else LimitSettings())
+        return _decode_request(request, limits if limits is not None else LimitSettings(), regions)
     except PredictionServiceError:
         raise
     except (ValueError, TypeError, OverflowError, UnicodeError, struct.error) as exc:
@@ -72,7 +78,8 @@ def decode_request(request: service_pb2.ModelInferRequest, limits: LimitSettings
         raise InvalidInput(f"infer request could not be decoded: {str(exc)[:200]}") from None
 
 
-def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSettings) -> DecodedRequest:
+def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSettings,
+                    regions: SharedMemoryRegions | None) -> DecodedRequest:
     # the parameters first: a bad one is refused before any tensor is decoded
     parameters = {key: _parameter(request.parameters[key]) for key in _PARAMETERS if key in request.parameters}
     asked = priority(parameters)
@@ -87,12 +94,25 @@ def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSetting
                            {"raw_input_contents": len(raw), "inputs": len(tensors)})
     budget = TensorBudget.from_limits(limits)
     counts = [budget.claim(tensor.name, tensor.shape, tensor.datatype) for tensor in tensors]  # before any data
+    places = {}
+    for output in request.outputs:
+        place = location(_shm_parameters(output.parameters), f"output {output.name!r}")
+        if place is not None:
+            check_output(regions, output.name, place)  # before inference: a bad span costs no prediction
+            places[output.name] = place
     inputs: dict[str, np.ndarray] = {}
     for index, (tensor, count) in enumerate(zip(tensors, counts)):
         if tensor.name in inputs:
             raise InvalidInput(f"input {tensor.name!r} appears twice", {"input": tensor.name})
         shape = list(tensor.shape)
-        if raw:
+        place = location(_shm_parameters(tensor.parameters), f"input {tensor.name!r}")
+        if place is not None:
+            if tensor.HasField("contents") or (raw and raw[index]):
+                raise InvalidInput(f"input {tensor.name!r}: {REGION} excludes contents and raw_input_contents",
+                                   {"input": tensor.name})
+            data = read_input(regions, tensor.name, tensor.datatype, count, place, limits.max_request_bytes)
+            inputs[tensor.name] = from_raw(tensor.name, tensor.datatype, shape, data, count).copy()
+        elif raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input {tensor.name!r}: contents must be empty when raw_input_contents "
                                    "is used", {"input": tensor.name})
@@ -103,7 +123,12 @@ def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSetting
             inputs[tensor.name] = _from_contents(tensor, shape, count)
     return DecodedRequest(inputs, selector(parameters, request.model_version or None),
                           tuple(output.name for output in request.outputs), timeout_seconds(parameters), asked,
-                          steps)
+                          steps, places or None)
+
+
+def _shm_parameters(parameters: Any) -> dict[str, Any]:
+    """A tensor's shared-memory parameters, unwrapped (only those: others are not looked at)."""
+    return {key: _parameter(parameters[key]) for key in SHM_PARAMETERS if key in parameters}
 
 
 def _from_contents(tensor: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int],
@@ -146,9 +171,12 @@ def _parameter(value: service_pb2.InferParameter) -> Any:
 
 # ---- responses ---------------------------------------------------------------------------------------
 
-def encode_response(result: InferenceResult, request_id: str,
-                    requested: tuple[str, ...] = ()) -> service_pb2.ModelInferResponse:
-    """``request_id``: the id the client sent, echoed as Triton does (ours goes in the parameters)."""
+def encode_response(result: InferenceResult, request_id: str, requested: tuple[str, ...] = (),
+                    places: dict[str, TensorLocation] | None = None,
+                    regions: SharedMemoryRegions | None = None) -> service_pb2.ModelInferResponse:
+    """``request_id``: the id the client sent, echoed as Triton does (ours goes in the parameters).
+    ``places``: outputs written into a shared-memory region instead: the response names the region and
+    the bytes written, and keeps an empty raw_output_contents in its place so the others stay aligned."""
     unknown = [name for name in requested if name not in result.outputs]
     if unknown:
         raise InvalidInput(f"unknown requested output(s) {unknown}",
@@ -157,8 +185,20 @@ def encode_response(result: InferenceResult, request_id: str,
                                               id=request_id)
     for name in requested or tuple(result.outputs):
         array = result.outputs[name]
-        response.outputs.add(name=name, datatype=oip_datatype(array.dtype), shape=array.shape)
-        response.raw_output_contents.append(to_raw(array))
+        tensor = response.outputs.add(name=name, datatype=oip_datatype(array.dtype), shape=array.shape)
+        place = places.get(name) if places else None
+        if place is None:
+            response.raw_output_contents.append(to_raw(array))
+            continue
+        raw = to_raw(array)
+        if regions is None:
+            raise no_regions(place.region)
+        regions.write(place.region, place.offset, place.byte_size, raw)
+        tensor.parameters[REGION].string_param = place.region
+        tensor.parameters[BYTE_SIZE].int64_param = len(raw)
+        if place.offset:
+            tensor.parameters[OFFSET].int64_param = place.offset
+        response.raw_output_contents.append(b"")
     for key, value in documents.provenance_parameters(result).items():
         response.parameters[key].string_param = value
     response.parameters["inference_time_ms"].double_param = result.inference_time_ms
@@ -189,3 +229,11 @@ def repository_model_request(request: Any) -> documents.RepositoryModelRequest:
     parameters = {name: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
                   for name, value in request.parameters.items()}
     return documents.RepositoryModelRequest(parameters=parameters)
+
+
+def shared_memory_status_response(regions: Sequence[RegionStatus]) -> service_pb2.SystemSharedMemoryStatusResponse:
+    response = service_pb2.SystemSharedMemoryStatusResponse()
+    for region in regions:
+        response.regions[region.name].CopyFrom(service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(
+            name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size))
+    return response

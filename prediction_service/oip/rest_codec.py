@@ -26,14 +26,17 @@ from .datatypes import MAX_RANK, TensorBudget, from_raw, numpy_dtype, oip_dataty
 from ..settings import LimitSettings
 from ..api.body import parse_json
 from .parameters import n_steps, priority, selector, timeout_seconds
+from .shared_memory import (BYTE_SIZE, OFFSET, REGION, SharedMemoryRegions, TensorLocation, check_output, location,
+                            no_regions, read_input)
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "parameters")
-"""Triton extension names this door implements (the rest: shared memory, sequences, ... are not)."""
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "parameters",
+              "system_shared_memory")
+"""Triton extension names this door implements (the rest: CUDA shared memory, sequences, ... are not)."""
 
-_UNSUPPORTED_OUTPUT_PARAMETERS = ("classification", "shared_memory_region")
+_UNSUPPORTED_OUTPUT_PARAMETERS = ("classification",)
 _INT_KINDS = "iu"
 
 
@@ -41,6 +44,8 @@ _INT_KINDS = "iu"
 class RequestedOutput:
     name: str
     binary: bool
+    place: TensorLocation | None = None
+    """Where in a registered shared-memory region the output goes; None: in the response."""
 
 
 @dataclass(frozen=True)
@@ -89,14 +94,15 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 def decode_infer_request(body: bytes, header_length: str | None, limits: LimitSettings,
-                         version: str | None = None) -> InferRequest:
+                         version: str | None = None, regions: SharedMemoryRegions | None = None) -> InferRequest:
     """Parse an infer request; ``version`` comes from the path and wins over ``parameters.stage``.
 
     Every shape is judged (rank, dimensions, rows, elements: LIMIT_MAX_TENSOR_ELEMENTS) before any tensor
     data is decoded, and whatever the client's data still makes numpy or the parsers raise is its mistake:
-    a 4xx, counted and audited like any other."""
+    a 4xx, counted and audited like any other. ``regions``: the registered shared-memory regions inputs
+    may be read from and outputs written to (None: none are)."""
     try:
-        return _decode_infer_request(body, header_length, limits, version)
+        return _decode_infer_request(body, header_length, limits, version, regions)
     except PredictionServiceError:
         raise
     except (ValueError, TypeError, OverflowError, UnicodeError, struct.error) as exc:
@@ -105,7 +111,7 @@ def decode_infer_request(body: bytes, header_length: str | None, limits: LimitSe
 
 
 def _decode_infer_request(body: bytes, header_length: str | None, limits: LimitSettings,
-                          version: str | None) -> InferRequest:
+                          version: str | None, regions: SharedMemoryRegions | None) -> InferRequest:
     view = memoryview(body)
     if header_length is None:
         header, binary = view, view[:0]
@@ -125,8 +131,8 @@ def _decode_infer_request(body: bytes, header_length: str | None, limits: LimitS
     timeout_s = timeout_seconds(parameters)
     asked = priority(parameters)  # a bad one is refused before any tensor is decoded
     steps = n_steps(parameters)
-    inputs = _inputs(document.get("inputs"), binary, limits)
-    outputs = _outputs(document.get("outputs"), binary_output, limits.max_request_tensors)
+    outputs = _outputs(document.get("outputs"), binary_output, limits.max_request_tensors, regions)
+    inputs = _inputs(document.get("inputs"), binary, limits, regions)
     return InferRequest(request_id, inputs, selector(parameters, version), outputs, binary_output, timeout_s,
                         asked, steps)
 
@@ -142,7 +148,8 @@ def _header_size(raw: str, body_size: int) -> int:
     return size
 
 
-def _inputs(raw: Any, binary: memoryview, limits: LimitSettings) -> dict[str, np.ndarray]:
+def _inputs(raw: Any, binary: memoryview, limits: LimitSettings,
+            regions: SharedMemoryRegions | None) -> dict[str, np.ndarray]:
     if not isinstance(raw, list) or not raw:
         raise InvalidInput("'inputs' must be a non-empty array of tensors")
     if len(raw) > limits.max_request_tensors:
@@ -152,12 +159,21 @@ def _inputs(raw: Any, binary: memoryview, limits: LimitSettings) -> dict[str, np
     # every shape is judged before any data is: a huge claim costs nothing, whatever its position
     headers = [_tensor_header(item, budget) for item in raw]
     tensors: dict[str, np.ndarray | None] = {}  # None: binary, decoded once the framing is known good
-    pending: list[tuple[str, str, list[int], int, memoryview]] = []
+    pending: list[tuple[str, str, list[int], int, memoryview | bytes]] = []
     offset = 0
     for item, (name, datatype, shape, count) in zip(raw, headers):
         if name in tensors:
             raise InvalidInput(f"input {name!r} is given twice", {"input": name})
-        size = _object(item.get("parameters"), f"input {name!r} parameters").get("binary_data_size")
+        parameters = _object(item.get("parameters"), f"input {name!r} parameters")
+        size = parameters.get("binary_data_size")
+        place = location(parameters, f"input {name!r}")
+        if place is not None:
+            if "data" in item or size is not None:
+                raise BadRequest(f"input {name!r}: {REGION} excludes 'data' and binary_data_size", {"input": name})
+            tensors[name] = None
+            pending.append((name, datatype, shape, count, read_input(regions, name, datatype, count, place,
+                                                                     limits.max_request_bytes)))
+            continue
         if size is None:
             if "data" not in item:
                 raise InvalidInput(f"input {name!r} has neither 'data' nor parameters.binary_data_size",
@@ -269,7 +285,8 @@ def _strings(name: str, data: Any, expected: int, rank: int) -> list[bytes]:
     return out
 
 
-def _outputs(raw: Any, binary_default: bool, max_outputs: int) -> tuple[RequestedOutput, ...] | None:
+def _outputs(raw: Any, binary_default: bool, max_outputs: int,
+             regions: SharedMemoryRegions | None) -> tuple[RequestedOutput, ...] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
@@ -292,7 +309,10 @@ def _outputs(raw: Any, binary_default: bool, max_outputs: int) -> tuple[Requeste
             raise InvalidInput(f"output {name!r}: parameters.binary_data must be a boolean", {"output": name})
         if any(o.name == name for o in outputs):
             raise InvalidInput(f"output {name!r} is requested twice", {"output": name})
-        outputs.append(RequestedOutput(name, binary))
+        place = location(parameters, f"output {name!r}")
+        if place is not None:
+            check_output(regions, name, place)  # before inference: a bad span costs no prediction
+        outputs.append(RequestedOutput(name, binary, place))
     return tuple(outputs)
 
 
@@ -307,8 +327,10 @@ def _object(raw: Any, what: str) -> dict:
 # ---- responses -------------------------------------------------------------------------------------
 
 
-def encode_infer_response(result: InferenceResult, request: InferRequest) -> EncodedResponse:
-    """The response JSON, followed by the binary outputs when any were asked for in binary."""
+def encode_infer_response(result: InferenceResult, request: InferRequest,
+                          regions: SharedMemoryRegions | None = None) -> EncodedResponse:
+    """The response JSON, followed by the binary outputs when any were asked for in binary. Outputs asked
+    in a shared-memory region are written there, and the response says where (no data), as Triton does."""
     if request.outputs is None:
         wanted = [RequestedOutput(name, request.binary_output) for name in result.outputs]
     else:
@@ -322,7 +344,13 @@ def encode_infer_response(result: InferenceResult, request: InferRequest) -> Enc
         array = result.outputs[output.name]
         tensor: dict[str, Any] = {"name": output.name, "datatype": oip_datatype(array.dtype),
                                   "shape": list(array.shape)}
-        if output.binary:
+        if output.place is not None:
+            raw = to_raw(array)
+            if regions is None:
+                raise no_regions(output.place.region)
+            regions.write(output.place.region, output.place.offset, output.place.byte_size, raw)
+            tensor["parameters"] = _shm_parameters(output.place, len(raw))
+        elif output.binary:
             raw = to_raw(array)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
@@ -339,6 +367,13 @@ def encode_infer_response(result: InferenceResult, request: InferRequest) -> Enc
         return EncodedResponse(header, "application/json", {})
     return EncodedResponse(b"".join([header, *blobs]), "application/octet-stream",
                            {HEADER_LENGTH: str(len(header))})
+
+
+def _shm_parameters(place: TensorLocation, written: int) -> dict[str, Any]:
+    parameters: dict[str, Any] = {REGION: place.region, BYTE_SIZE: written}
+    if place.offset:
+        parameters[OFFSET] = place.offset
+    return parameters
 
 
 def _json_data(name: str, array: np.ndarray) -> Any:

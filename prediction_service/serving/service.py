@@ -32,6 +32,7 @@ from ..security.ratelimit import ParseBudget, RateLimiter
 from ..registry import ModelKey, ModelRegistry
 from .pipeline import RequestPipeline
 from .repository import ModelRepository
+from .shared_memory import SharedMemoryRegistry
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class Service:
         self.pipeline = RequestPipeline(self.dataplane, settings.limits, settings.batching.priority_levels)
         self.repository = ModelRepository(self.manager)
         """The OIP model-repository extension: index, load and unload (admin)."""
+        self.shared_memory = SharedMemoryRegistry()
+        """The OIP system shared-memory extension: this worker's registered /dev/shm regions."""
         """Every door's request path: admit -> decode -> infer -> encode, observed as the client saw it."""
         self.api_keys = ApiKeyStore(settings.security.api_keys, settings.batching.priority_levels,
                                     JwtVerifier.from_settings(settings.security))
@@ -115,6 +118,7 @@ class Service:
             task.cancel()
         await self.manager.stop()
         await self.adapter.close()
+        self.shared_memory.close()
         if self.audit is not None:
             self.audit.close(timeout_s=max(1.0, self.settings.server.shutdown_grace_seconds))
         if self.tracing is not None:

@@ -151,6 +151,6 @@ def test_unimplemented_rpcs_say_so(client):
         client.get_inference_statistics()
     assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
     with pytest.raises(grpcclient.InferenceServerException) as caught:
-        client.get_system_shared_memory_status()
+        client.get_cuda_shared_memory_status()  # system shared memory is served; CUDA's is not
     assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
     assert client.is_server_ready()
