@@ -89,9 +89,12 @@ def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSetting
     if len(tensors) > most or len(request.outputs) > most:
         raise InvalidInput(f"{len(tensors)} inputs and {len(request.outputs)} requested outputs: at most {most} "
                            "of each", {"inputs": len(tensors), "outputs": len(request.outputs), "max": most})
-    if raw and len(raw) != len(tensors):
-        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(tensors)} inputs: send one per input",
-                           {"raw_input_contents": len(raw), "inputs": len(tensors)})
+    # inputs in a shared-memory region have no raw_input_contents entry (as tritonclient sends them)
+    in_regions = [location(_shm_parameters(tensor.parameters), f"input {tensor.name!r}") for tensor in tensors]
+    direct = sum(place is None for place in in_regions)
+    if raw and len(raw) != direct:
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {direct} inputs not in shared memory: send one "
+                           "per input", {"raw_input_contents": len(raw), "inputs": direct})
     budget = TensorBudget.from_limits(limits)
     counts = [budget.claim(tensor.name, tensor.shape, tensor.datatype) for tensor in tensors]  # before any data
     places = {}
@@ -101,22 +104,23 @@ def _decode_request(request: service_pb2.ModelInferRequest, limits: LimitSetting
             check_output(regions, output.name, place)  # before inference: a bad span costs no prediction
             places[output.name] = place
     inputs: dict[str, np.ndarray] = {}
-    for index, (tensor, count) in enumerate(zip(tensors, counts)):
+    next_raw = 0
+    for tensor, count, place in zip(tensors, counts, in_regions):
         if tensor.name in inputs:
             raise InvalidInput(f"input {tensor.name!r} appears twice", {"input": tensor.name})
         shape = list(tensor.shape)
-        place = location(_shm_parameters(tensor.parameters), f"input {tensor.name!r}")
         if place is not None:
-            if tensor.HasField("contents") or (raw and raw[index]):
-                raise InvalidInput(f"input {tensor.name!r}: {REGION} excludes contents and raw_input_contents",
-                                   {"input": tensor.name})
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input {tensor.name!r}: {REGION} excludes contents", {"input": tensor.name})
             data = read_input(regions, tensor.name, tensor.datatype, count, place, limits.max_request_bytes)
-            inputs[tensor.name] = from_raw(tensor.name, tensor.datatype, shape, data, count).copy()
+            array = from_raw(tensor.name, tensor.datatype, shape, data, count)
+            inputs[tensor.name] = array if array.flags.writeable and array.flags.aligned else array.copy()
         elif raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input {tensor.name!r}: contents must be empty when raw_input_contents "
                                    "is used", {"input": tensor.name})
-            array = from_raw(tensor.name, tensor.datatype, shape, raw[index], count)
+            array = from_raw(tensor.name, tensor.datatype, shape, raw[next_raw], count)
+            next_raw += 1
             # a read-only view of the message's bytes: runtimes (torch) expect ordinary arrays, as REST gives
             inputs[tensor.name] = array if array.flags.writeable and array.flags.aligned else array.copy()
         else:

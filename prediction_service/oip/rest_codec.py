@@ -159,7 +159,7 @@ def _inputs(raw: Any, binary: memoryview, limits: LimitSettings,
     # every shape is judged before any data is: a huge claim costs nothing, whatever its position
     headers = [_tensor_header(item, budget) for item in raw]
     tensors: dict[str, np.ndarray | None] = {}  # None: binary, decoded once the framing is known good
-    pending: list[tuple[str, str, list[int], int, memoryview | bytes]] = []
+    pending: list[tuple[str, str, list[int], int, memoryview | bytearray]] = []
     offset = 0
     for item, (name, datatype, shape, count) in zip(raw, headers):
         if name in tensors:

@@ -28,8 +28,8 @@ class SharedMemoryRegions(Protocol):
         """Refuse, before inference, an output span that the answer could not be written to."""
         ...
 
-    def read(self, region: str, offset: int, byte_size: int) -> bytes:
-        """A copy of ``byte_size`` bytes at ``offset``: the client may reuse the region once answered."""
+    def read(self, region: str, offset: int, byte_size: int) -> bytearray:
+        """A (writable) copy of ``byte_size`` bytes at ``offset``: the client may reuse the region once answered."""
         ...
 
     def write(self, region: str, offset: int, byte_size: int, data: bytes) -> None:
@@ -65,7 +65,7 @@ def location(parameters: dict[str, Any], what: str) -> TensorLocation | None:
 
 
 def read_input(regions: SharedMemoryRegions | None, name: str, datatype: str, count: int,
-               place: TensorLocation, max_bytes: int) -> bytes:
+               place: TensorLocation, max_bytes: int) -> bytearray:
     """Input ``name``'s bytes from its region. ``count``: the elements its shape was granted (the budget
     is charged before this is called), so a size that cannot hold them is refused before any read."""
     if regions is None:

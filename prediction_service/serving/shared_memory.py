@@ -99,10 +99,12 @@ class SharedMemoryRegistry:
         with self._lock:
             self._span(region, offset, byte_size)
 
-    def read(self, region: str, offset: int, byte_size: int) -> bytes:
+    def read(self, region: str, offset: int, byte_size: int) -> bytearray:
         with self._lock:  # held while copying: an unregister waits instead of unmapping under the read
             start, mapping = self._span(region, offset, byte_size)
-            return mapping[start:start + byte_size]
+            # one copy, writable: the views are released before the lock is, so close() never finds one
+            with memoryview(mapping) as whole, whole[start:start + byte_size] as span:
+                return bytearray(span)
 
     def write(self, region: str, offset: int, byte_size: int, data: bytes) -> None:
         if len(data) > byte_size:

@@ -215,3 +215,33 @@ def test_tritonclient_grpc_round_trip_through_regions(tiny_store_template, tmp_p
         assert not client.get_system_shared_memory_status(headers=admin, as_json=True).get("regions")
     finally:
         server.process.stop()
+
+
+def test_grpc_decoding_mixes_region_and_raw_inputs(regions):
+    """tritonclient sends no raw_input_contents entry for an input in a region: the others still line up."""
+    from tritonclient.grpc import service_pb2
+
+    from prediction_service.oip.grpc_codec import decode_request
+    from prediction_service.serving.shared_memory import SharedMemoryRegistry
+
+    tag, _ = regions
+    registry = SharedMemoryRegistry()
+    registry.register("in", f"/ps-in-{tag}", offset=64, byte_size=IN_BYTES)
+    try:
+        request = service_pb2.ModelInferRequest(model_name="m")
+        first = request.inputs.add(name="a", datatype="FP32", shape=[32, 4])
+        first.parameters["shared_memory_region"].string_param = "in"
+        first.parameters["shared_memory_byte_size"].int64_param = IN_BYTES
+        request.inputs.add(name="b", datatype="INT64", shape=[2])
+        request.raw_input_contents.append(np.array([7, 9], dtype=np.int64).tobytes())
+        decoded = decode_request(request, regions=registry)
+        np.testing.assert_array_equal(decoded.inputs["a"], ROWS)
+        np.testing.assert_array_equal(decoded.inputs["b"], [7, 9])
+        assert decoded.inputs["a"].flags.writeable
+        request.raw_input_contents.append(b"\0" * 8)  # one more than the inputs outside regions
+        with pytest.raises(Exception) as refused:
+            decode_request(request, regions=registry)
+        assert getattr(refused.value, "status", None) == 422
+    finally:
+        registry.close()
+    assert registry.status() == []
