@@ -64,6 +64,11 @@ class SimpleSettings(BaseSettings):
     """A model version idle for this long is unloaded (it reloads on the next request)."""
     intra_op_threads: int = Field(1, ge=0)
     """Threads per ONNX Runtime / torch run. 1 suits small models batched by the service; 0 = runtime default."""
+    cache_size_mb: float = Field(0.0, ge=0)
+    """Memory budget for the model versions the in-process adapters hold (weights and runtime arena, measured
+    when each loads): past it, least recently used versions outside a stage are unloaded. What a stage serves
+    never leaves; a staged set larger than the budget makes the server not ready (it says why). 0 = no
+    budget (SIMPLE_MAX_MODELS_IN_MEMORY bounds the count either way)."""
 
 
 class BatchingSettings(BaseSettings):

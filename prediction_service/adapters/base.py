@@ -116,6 +116,10 @@ class ServingAdapter(ABC):
     def is_loaded(self, key: ModelKey) -> bool:
         return self.loaded_model(key) is not None
 
+    def memory(self) -> "MemoryUse | None":
+        """Memory held per loaded version, where the adapter measures it (in-process adapters); None elsewhere."""
+        return None
+
     def pin(self, keys: frozenset[ModelKey]) -> None:
         """The versions a stage serves: no cache bound or idle timeout may unload them. Adapters that
         never unload on their own (remote backends) ignore it."""
@@ -139,3 +143,16 @@ class ServingAdapter(ABC):
         """Release everything (called at shutdown)."""
         for model in list(self.loaded()):
             await self.unload(model.key)
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """What the loaded versions hold in memory, measured at load (resident memory the load added, at least
+    the artifact's size), against the budget (SIMPLE_CACHE_SIZE_MB; 0: none)."""
+
+    by_version: dict[ModelKey, int]
+    budget_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.by_version.values())

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 
 from ..artifacts import ARTIFACT_FORMATS
 from ..execution.batching import DynamicBatcher
@@ -23,7 +24,7 @@ from ..settings import BatchingSettings, Settings
 from ..signature import ModelSignature
 from ..types import RequestContext
 from ..execution.warmup import WarmupFailed, WarmupReport, warm_up
-from .base import AdapterHealth, LoadedModel, QueueStats, ServingAdapter
+from .base import AdapterHealth, LoadedModel, MemoryUse, QueueStats, ServingAdapter
 from .runtimes import open_runtime
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class _Entry:
     runtime: Runtime
     batcher: DynamicBatcher
     last_used: float
+    memory_bytes: int = 0
+    """Resident memory the load added (session, weights, the warm-up's arena), at least the artifact's size."""
 
 
 class InProcessAdapter(ServingAdapter):
@@ -52,6 +55,9 @@ class InProcessAdapter(ServingAdapter):
         self._models: OrderedDict[ModelKey, _Entry] = OrderedDict()
         self._pinned: frozenset[ModelKey] = frozenset()
         self._loads = SingleFlight("load", log_failures=False)  # the model manager logs load failures
+        self._measured = asyncio.Lock()
+        """Loads take turns, so each one's growth of the process's resident memory is its own."""
+        self._process = psutil.Process()
         self._background: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
 
@@ -67,10 +73,15 @@ class InProcessAdapter(ServingAdapter):
         key = version.key
         artifact = self.choose_artifact(version)
         loop = asyncio.get_running_loop()
-        runtime = await loop.run_in_executor(self._executor, self._open, version, artifact)
-        details: dict = {"format": runtime.format}
-        if self.settings.warmup.enabled:
-            details["warmup"] = (await self._warm_up(key, runtime, version)).as_dict()
+        async with self._measured:
+            before = self._process.memory_info().rss
+            runtime = await loop.run_in_executor(self._executor, self._open, version, artifact)
+            details: dict = {"format": runtime.format}
+            if self.settings.warmup.enabled:
+                details["warmup"] = (await self._warm_up(key, runtime, version)).as_dict()
+            grown = self._process.memory_info().rss - before
+        memory_bytes = max(grown, artifact.size_bytes or 0)
+        details["memory_bytes"] = memory_bytes
         model = LoadedModel(version=version, backend=self.name, artifact=artifact, details=details)
         batcher = DynamicBatcher(
             self._runner(runtime),
@@ -85,7 +96,7 @@ class InProcessAdapter(ServingAdapter):
             on_batch=self._observe_batch(key.name),
             name=str(key),
         )
-        self._models[key] = _Entry(model, runtime, batcher, time.monotonic())
+        self._models[key] = _Entry(model, runtime, batcher, time.monotonic(), memory_bytes)
         self._evict_over_bound()
         self._ensure_sweeper()
         log.info("loaded %s (%s, %s) in %s", key, artifact.file, artifact.precision, self.name)
@@ -201,14 +212,31 @@ class InProcessAdapter(ServingAdapter):
                 self.batch_observer(model_name, rows)
         return observe
 
+    def memory(self) -> MemoryUse:
+        return MemoryUse({key: entry.memory_bytes for key, entry in list(self._models.items())},
+                         int(self.settings.simple.cache_size_mb * 2**20))
+
     def _evict_over_bound(self) -> None:
         limit = self.settings.simple.max_models_in_memory
         unpinned = [key for key in self._models if key not in self._pinned]  # least recently used first
         for key in unpinned[:max(0, len(unpinned) - limit)]:
-            log.info("evicting %s (LRU, limit %d versions outside a stage)", key, limit)
-            entry = self._models.pop(key)
-            self._spawn(self._retire(key, entry))
-            self._emit_unloaded(key, "evicted (LRU)")
+            self._evict(key, f"LRU, limit {limit} versions outside a stage")
+        budget = int(self.settings.simple.cache_size_mb * 2**20)
+        if not budget:
+            return
+        total = sum(entry.memory_bytes for entry in self._models.values())
+        newest = next(reversed(self._models), None)  # just loaded or just used: a request is waiting for it
+        for key in [key for key in self._models if key not in self._pinned and key != newest]:
+            if total <= budget:
+                break
+            total -= self._models[key].memory_bytes
+            self._evict(key, f"LRU, memory budget {self.settings.simple.cache_size_mb:g} MB")
+
+    def _evict(self, key: ModelKey, why: str) -> None:
+        log.info("evicting %s (%s)", key, why)
+        entry = self._models.pop(key)
+        self._spawn(self._retire(key, entry))
+        self._emit_unloaded(key, "evicted (LRU)")
 
     async def _retire(self, key: ModelKey, entry: _Entry) -> None:
         await entry.batcher.close()  # queued requests finish first

@@ -110,6 +110,13 @@ class ModelManager:
                 route = self._routes.get((name, stage))
                 if route is None or not self.adapter.is_loaded(route.key):
                     problems.append(f"{name}/{stage} ({target}) not loaded")
+        memory = self.adapter.memory()
+        if memory is not None and memory.budget_bytes:
+            staged = {v.key for v in self._routes.values()}
+            held = sum(size for key, size in memory.by_version.items() if key in staged)
+            if held > memory.budget_bytes:  # they stay loaded (a stage's version never leaves): say so
+                problems.append(f"the staged versions hold {held / 2**20:.1f} MB, over the "
+                                f"{memory.budget_bytes / 2**20:g} MB budget (SIMPLE_CACHE_SIZE_MB)")
         return not problems, problems
 
     # ---- request path -------------------------------------------------------------------------------

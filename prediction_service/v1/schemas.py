@@ -97,6 +97,8 @@ class ModelSummary(BaseModel):
     versions: list[str]
     stages: dict[str, str | None]
     loaded_versions: list[str]
+    memory_bytes: dict[str, int] | None = Field(None, description="Per loaded version: resident memory its load "
+                                                "added (in-process backends; absent for remote ones).")
 
 
 class ModelDetail(ModelSummary):

@@ -21,7 +21,11 @@ def _summary(request: Request, name: str) -> dict:
     reader, adapter = service.reader, service.adapter
     versions = [v.version for v in reader.versions(name)]
     loaded = sorted(m.key.version for m in adapter.loaded() if m.key.name == name)
-    return {"name": name, "versions": versions, "stages": reader.stages(name), "loaded_versions": loaded}
+    memory = adapter.memory()
+    summary = {"name": name, "versions": versions, "stages": reader.stages(name), "loaded_versions": loaded}
+    if memory is not None:  # measured where models run in this process
+        summary["memory_bytes"] = {key.version: size for key, size in memory.by_version.items() if key.name == name}
+    return summary
 
 
 @router.get("/v1/models", response_model=list[ModelSummary], summary="Registered models, their stages and what is loaded",

@@ -29,6 +29,10 @@ async def stats(request: Request) -> FastJSONResponse:
     service = get_service(request)
     await service.refresh_metrics()
     body = service.metrics.stats()
+    memory = service.adapter.memory()
+    if memory is not None:
+        body["model_memory"] = {"total_bytes": memory.total_bytes, "budget_bytes": memory.budget_bytes,
+                                "by_version": {str(key): size for key, size in memory.by_version.items()}}
     if service.audit is not None:
         body["audit"] = vars(service.audit.stats())
     return FastJSONResponse(body)
