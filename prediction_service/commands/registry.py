@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reg.add_argument("--labels", help="comma-separated class labels (classification)")
     reg.add_argument("--metric", action="append", default=[], metavar="KEY=VALUE")
     reg.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    reg.add_argument("--symbol", help="family member: the symbol it forecasts (with --timeframe, --model-type; "
+                                      "POST /v1/forecast finds it by these)")
+    reg.add_argument("--timeframe", help="family member: the bar timeframe, e.g. 1m")
+    reg.add_argument("--model-type", help="family member: the model type, e.g. patchtst")
     reg.add_argument("--description", default="")
     reg.add_argument("--architecture", default=None)
     reg.add_argument("--extra-file", action="append", default=[], type=Path, help="e.g. a tokenizer vocab")
@@ -128,7 +132,7 @@ def _register(args: argparse.Namespace) -> Any:
             extra_files.append(_profile_file(args, artifacts, signature, staging))
         version = registry.register(
             args.name, args.version, artifacts, signature=signature, metrics=_pairs(args.metric, float),
-            tags=_pairs(args.tag, str), description=args.description, architecture=args.architecture,
+            tags=_tags(args), description=args.description, architecture=args.architecture,
             validation=validation, extra_files=extra_files, actor=args.actor,
         )
     return version.metadata, f"registered {args.name} {args.version} ({len(version.metadata.artifacts)} artifacts)"
@@ -266,6 +270,17 @@ def _artifact(spec: str):
             raise InvalidInput(f"--artifact {spec}: say the format, e.g. torchscript={spec}")
     fmt, _, precision = kind.partition("/")
     return ArtifactSource(path=Path(path), format=fmt, precision=precision or "fp32")
+
+
+def _tags(args: argparse.Namespace) -> dict[str, str]:
+    """--tag pairs, and the family tags of --symbol / --timeframe / --model-type (all three or none)."""
+    from ..registry.families import family_tags
+
+    try:
+        family = family_tags(args.symbol, args.timeframe, args.model_type)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    return {**_pairs(args.tag, str), **family}
 
 
 def _pairs(items: list[str], cast: type) -> dict[str, Any]:
