@@ -20,8 +20,8 @@ from .tarpit import ErrorTarpit
 from .errors import install_error_handlers
 from .hot_path import ServingApp
 from .responses import FastJSONResponse
-from .routes import (drift, experiments, health, model_server_v2, models, monitoring, predict, registry, seed_aliases,
-                     stream)
+from .routes import (drift, experiments, forecast, health, model_server_v2, models, monitoring, predict, registry,
+                     seed_aliases, stream)
 from .shutdown import readiness_on_signal
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ def create_app(settings: Settings | None = None, metrics_registry: CollectorRegi
     limits = service.settings.limits
     app.tarpit = ErrorTarpit(limits.tarpit_errors_per_second, limits.tarpit_burst, limits.tarpit_delay_ms / 1000.0)
     install_error_handlers(app)
-    for module in (predict, models, registry, experiments, health, monitoring, seed_aliases, model_server_v2, drift,
-                   stream):
+    for module in (predict, forecast, models, registry, experiments, health, monitoring, seed_aliases, model_server_v2,
+                   drift, stream):
         app.include_router(module.router)
     app.include_router(oip_rest.router)
     _allow_cors(app, service.settings.security.cors_origin_list)

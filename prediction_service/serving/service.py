@@ -30,6 +30,7 @@ from ..monitoring.metrics import ServiceMetrics, mark_worker_dead, multiprocess_
 from ..monitoring.tracing import Tracing
 from ..security.ratelimit import ParseBudget, RateLimiter
 from ..registry import ModelKey, ModelRegistry
+from ..registry.families import FamilyIndex
 from .pipeline import RequestPipeline
 from .repository import ModelRepository
 from .shared_memory import SharedMemoryRegistry
@@ -52,6 +53,9 @@ class Service:
         self.manager = ModelManager(settings, self.reader, self.adapter,
                                     on_event=_all(self.metrics.on_model_event, self._record_model_event))
         self.adapter.batch_observer = self.metrics.observe_batch
+        self.families = FamilyIndex(self.reader)
+        """Which model serves each (symbol, timeframe, model type): rebuilt with every stage poll."""
+        self.manager.add_refresher(self.families.refresh)
         self.experiments = _experiment_service(settings, self.registry, observer=self.metrics)
         self.audit = (AuditLog(settings.audit, audit_db_path(settings), state=settings.state)
                       if settings.audit.enabled else None)
