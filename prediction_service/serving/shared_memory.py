@@ -33,6 +33,12 @@ _KEY = re.compile(r"/?([A-Za-z0-9_.\-]{1,255})")
 class _Region:
     status: RegionStatus
     mapping: mmap.mmap
+    fd: int
+    """Kept open so every access can check the object still holds the span (see _span)."""
+
+    def close(self) -> None:
+        self.mapping.close()
+        os.close(self.fd)
 
 
 class SharedMemoryRegistry:
@@ -65,9 +71,9 @@ class SharedMemoryRegistry:
             if len(self._regions) >= MAX_REGIONS:
                 raise BadRequest(f"at most {MAX_REGIONS} shared-memory regions may be registered",
                                  {"max_regions": MAX_REGIONS})
-            mapping = self._map(name, match.group(1), offset, byte_size)
+            mapping, fd = self._map(name, match.group(1), offset, byte_size)
             status = RegionStatus(name, key, offset, byte_size)
-            self._regions[name] = _Region(status, mapping)
+            self._regions[name] = _Region(status, mapping, fd)
         log.info("shared-memory region %s registered: %s [%d, +%d)", name, key, offset, byte_size)
         return status
 
@@ -78,7 +84,7 @@ class SharedMemoryRegistry:
             names = list(self._regions) if name is None else [name] if name in self._regions else []
             regions = [self._regions.pop(n) for n in names]
         for region in regions:
-            region.mapping.close()
+            region.close()
         return names
 
     def status(self, name: str | None = None) -> list[RegionStatus]:
@@ -125,9 +131,15 @@ class SharedMemoryRegistry:
         if offset < 0 or byte_size < 0 or offset + byte_size > size:
             raise BadRequest(f"offset {offset} + byte_size {byte_size} runs past region {name!r} ({size} bytes)",
                              {"region": name, "offset": offset, "byte_size": byte_size, "region_bytes": size})
+        end = region.status.offset + region.status.byte_size
+        # touching a mapped page past the end of the file is SIGBUS, which would end the worker: a client
+        # that shrank the object since it was registered gets a 400 instead
+        if os.fstat(region.fd).st_size < end:
+            raise BadRequest(f"the shared-memory object of region {name!r} is now shorter than the region: "
+                             "unregister it and register it again", {"region": name})
         return region.status.offset + offset, region.mapping
 
-    def _map(self, name: str, filename: str, offset: int, byte_size: int) -> mmap.mmap:
+    def _map(self, name: str, filename: str, offset: int, byte_size: int) -> tuple[mmap.mmap, int]:
         try:
             directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
@@ -146,9 +158,10 @@ class SharedMemoryRegistry:
             if offset + byte_size > info.st_size:
                 raise BadRequest(f"offset {offset} + byte_size {byte_size} runs past the {info.st_size} bytes of "
                                  f"{filename!r}", {"region": name, "file_bytes": info.st_size})
-            return mmap.mmap(fd, offset + byte_size)  # from 0: mmap offsets must be page-aligned
-        finally:
+            return mmap.mmap(fd, offset + byte_size), fd  # from 0: mmap offsets must be page-aligned
+        except BaseException:
             os.close(fd)
+            raise
 
 
 def _unknown(name: str) -> BadRequest:

@@ -174,6 +174,10 @@ async def test_infer_spans_are_checked_against_the_region(keyed_settings, region
                           "shared_memory_offset": 4}):
             refused = await http.post("/v2/models/tiny-regressor/infer", json=request(good, y_params))
             assert refused.status_code == 400, (y_params, refused.text)
+        # an object shrunk under its region is refused, not read past its end (that would be SIGBUS)
+        os.truncate(f"/dev/shm/ps-in-{tag}", 64)
+        shrunk = await http.post("/v2/models/tiny-regressor/infer", json=request(good))
+        assert shrunk.status_code == 400 and "shorter" in shrunk.text
         assert (await http.get("/v2/health/live")).status_code == 200
 
 
