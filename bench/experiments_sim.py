@@ -6,12 +6,15 @@ rules (prediction_service/experiments/simulation.py -> decision.evaluate), with 
 
 Defaults: alpha 0.05, PROMOTE when the estimated gain is >= 1 point and significant, sizes planned for 80 %
 power at a true +2 points, ROLLBACK at a significant drop > 2 points or > 2 ms latency, >= 100 samples and
->= 30 independent units per arm, 10 % of traffic to the challenger, champion accuracy 70 % as scored (1 %
+>= 30 effective independent units per arm, 10 % of traffic to the challenger, variances clustered on the
+routing key and on batches of consecutive outcomes (variance=batch), champion accuracy 70 % as scored (1 %
 of requests fail and count as wrong), latency 10 +- 2 ms; regression cells: MAE, gains relative to the
-champion's MAE, no failed requests. Sequential cells are analysed after every 50 outcomes and
-stop at the first PROMOTE / ROLLBACK (auto_apply); fixed cells decide once, at their planned size.
-Horizon: the planned total the module reports for the cell's design (iid variance), three times that for
-the autocorrelated cells (about what the module reports there; --long: the sticky-key cells too).
+champion's MAE, no failed requests. Sequential cells are analysed after every 50 outcomes and stop at the
+first PROMOTE / ROLLBACK (auto_apply); fixed cells decide once, at their planned size. Horizon: the planned
+total the module reports for the cell's design (iid variance), three times that for the autocorrelated
+cells (about what the module reports there; --long: the sticky-key cells too). Sticky cells: 50 or 500
+equally busy keys, or 500 symbols whose traffic is Zipf-skewed (symbol k carries a share proportional to
+1/k^s: s = 1 gives 28 effective units in all, s = 0.5 about 276), each key with its own accuracy.
 Rates carry Wilson 95 % intervals. --quick: 400 experiments per cell (a smoke run, wide intervals).
 """
 
@@ -32,7 +35,7 @@ from prediction_service.experiments.models import ExperimentMode, VarianceMethod
 from prediction_service.experiments.simulation import (CellResult, Scenario, default_thresholds,  # noqa: E402
                                                        planned_total, simulate)
 
-FIXED, CLUSTER = ExperimentMode.FIXED, VarianceMethod.CLUSTER
+FIXED, CLUSTER, UNIT = ExperimentMode.FIXED, VarianceMethod.CLUSTER, VarianceMethod.UNIT
 
 
 Target = tuple[str, str, float]
@@ -55,11 +58,18 @@ def cells(long: bool) -> list[Cell]:
     sticky = 3.0 if long else 1.0
     return [
         Cell(Scenario("A/A iid"), FALSE_PROMOTION),
+        Cell(Scenario("A/A AR(1) 0.5 (the default variance)", rho=0.5), FALSE_PROMOTION, 3.0),
         Cell(Scenario("A/A AR(1) 0.5, variance=cluster (60 s buckets)", rho=0.5, variance=CLUSTER), FALSE_PROMOTION,
              3.0),
-        Cell(Scenario("A/A AR(1) 0.5, variance=unit (not configured)", rho=0.5), [], 3.0),
+        Cell(Scenario("A/A AR(1) 0.5, variance=unit (ignores it)", rho=0.5, variance=UNIT), [], 3.0),
         Cell(Scenario("A/A sticky, 50 keys, key sd 0.3", keys=50, key_sd=0.3), FALSE_PROMOTION, sticky),
         Cell(Scenario("A/A sticky, 500 keys, key sd 0.3", keys=500, key_sd=0.3), FALSE_PROMOTION, sticky),
+        Cell(Scenario("A/A sticky, 500 symbols Zipf(1), key sd 0.3", keys=500, zipf=1.0, key_sd=0.3),
+             FALSE_PROMOTION, sticky),
+        Cell(Scenario("A/A sticky, 500 symbols Zipf(0.5), key sd 0.3", keys=500, zipf=0.5, key_sd=0.3),
+             FALSE_PROMOTION, sticky),
+        Cell(Scenario("+5 points, 500 symbols Zipf(0.5), key sd 0.3", keys=500, zipf=0.5, key_sd=0.3, gain=0.05),
+             [], sticky),
         Cell(Scenario("+2 points", gain=0.02), POWER),
         Cell(Scenario("+5 points", gain=0.05), POWER),
         Cell(Scenario("-5 points", gain=-0.05), WORSE),
@@ -107,8 +117,8 @@ def main() -> None:
     print(f"{sims} simulated experiments per cell, seed {args.seed}, {args.jobs} processes; split 10 %, "
           f"alpha {th.alpha}, margin {th.promote_min_accuracy_gain:.0%}, target {th.target_accuracy_gain:.0%} "
           f"at power {th.power:.0%}")
-    header = (f"{'cell':50s} {'mode':10s} {'horizon':>8s} {'module plans':>12s} {'promoted [95% CI]':>26s} "
-              f"{'rolled back [95% CI]':>26s} {'mean stop':>9s}  target")
+    header = (f"{'cell':50s} {'mode':10s} {'horizon':>8s} {'module plans':>12s} {'no PROMOTE':>10s} "
+              f"{'promoted [95% CI]':>26s} {'rolled back [95% CI]':>26s} {'mean stop':>9s}  target")
     print(header)
     print("-" * len(header))
     started = time.perf_counter()
@@ -118,12 +128,15 @@ def main() -> None:
         result = simulate(sc, th, sims, total=horizon, seed=args.seed + i, jobs=args.jobs)
         plans = result.median_reported
         plans_text = f"{plans:12.0f}" if plans != float("inf") else f"{'none':>12s}"
-        print(f"{sc.name:50s} {sc.mode.value:10s} {result.total:8d} {plans_text} {pct(result, result.promoted):>26s} "
+        print(f"{sc.name:50s} {sc.mode.value:10s} {result.total:8d} {plans_text} "
+              f"{result.unreachable / result.sims:10.1%} {pct(result, result.promoted):>26s} "
               f"{pct(result, result.rolled_back):>26s} {result.mean_stop:9.0f}  {verdict(result, cell.targets)}",
               flush=True)
     print(f"\nhorizon: outcomes per experiment (sequential: looks every 50); module plans: median planned_total the "
-          f"analysis reports from the data at the horizon (none: an arm has < 2 units); mean stop: mean outcomes at "
-          f"the decision (the horizon if none). {time.perf_counter() - started:.0f} s")
+          f"analysis reports from the data at the horizon (none: no size gives the power at this split, or an arm "
+          f"has < 2 units); no PROMOTE: share of experiments whose analysis at the horizon says PROMOTE can never "
+          f"happen (an arm tends to fewer than 30 effective units); mean stop: mean outcomes at the decision (the "
+          f"horizon if none). {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reg.add_argument("--architecture", default=None)
     reg.add_argument("--extra-file", action="append", default=[], type=Path, help="e.g. a tokenizer vocab")
     reg.add_argument("--validation", type=Path, help="validation report JSON (numeric parity)")
+    reg.add_argument("--allow-contract-change", action="store_true",
+                     help="register although production declares a pre-processing step (bars, text) this version "
+                          "does not (a bare artifact); refused otherwise")
     reg.add_argument("--profile-from", type=Path, metavar="FILE",
                      help="validation inputs (.npy: the model's sole input, .npz: one array per input) from which "
                           "the version's input reference profile (profile.json) is built, for drift monitoring")
@@ -75,7 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     promote.add_argument("name")
     promote.add_argument("version")
     promote.add_argument("--stage", choices=["production", "staging"], default="production")
-    promote.add_argument("--force", action="store_true", help="promote to production without passing validation")
+    promote.add_argument("--force", action="store_true", help="promote to production without passing validation "
+                         "(or with a smoke run only where production has a numeric parity report)")
+    promote.add_argument("--allow-contract-change", action="store_true",
+                         help="promote to production although the serving contract (tensors, pre-processing, "
+                              "labels, task) differs from production's; recorded in the event log")
     promote.set_defaults(func=_run(_promote))
 
     archive = commands.add_parser("archive", parents=[common], help="archive a version")
@@ -134,6 +141,7 @@ def _register(args: argparse.Namespace) -> Any:
             args.name, args.version, artifacts, signature=signature, metrics=_pairs(args.metric, float),
             tags=_tags(args), description=args.description, architecture=args.architecture,
             validation=validation, extra_files=extra_files, actor=args.actor,
+            allow_contract_change=args.allow_contract_change,
         )
     return version.metadata, f"registered {args.name} {args.version} ({len(version.metadata.artifacts)} artifacts)"
 
@@ -210,13 +218,25 @@ def _compare(args: argparse.Namespace) -> Any:
     lines += [f"artifact {c.file}: {'differs' if c.a_sha256 and c.b_sha256 else 'only in ' + (result.a if c.a_sha256 else result.b)}"
               for c in result.artifact_changes]
     if not result.signature_changes:
-        lines.append("signature: identical")
+        lines.append("signature tensors: identical")
+    if result.contract_changes:
+        lines.append(f"contract: {len(result.contract_changes)} difference"
+                     f"{'s' if len(result.contract_changes) != 1 else ''} (promoting {result.b} over {result.a} needs "
+                     "--allow-contract-change)")
+        lines += [f"  {c.text()}" for c in result.contract_changes]
+    else:
+        lines.append("contract: identical")
     return result, "\n".join(lines)
 
 
 def _promote(args: argparse.Namespace) -> Any:
-    found = _registry(args).promote(args.name, args.version, args.stage, force=args.force, actor=args.actor)
-    return found.metadata, f"{args.name} {args.version} is now {args.stage}"
+    found = _registry(args).promote(args.name, args.version, args.stage, force=args.force,
+                                    allow_contract_change=args.allow_contract_change, actor=args.actor)
+    changed = args.allow_contract_change and any(
+        e.event == "contract_change" and e.version == args.version for e in _registry(args, repair=False)
+        .model_events(args.name, limit=5))
+    return found.metadata, f"{args.name} {args.version} is now {args.stage}" + (
+        " (serving contract changed: recorded in the event log)" if changed else "")
 
 
 def _archive(args: argparse.Namespace) -> Any:

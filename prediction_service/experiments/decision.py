@@ -20,8 +20,9 @@ ROLLBACK (checked first; any one suffices):
   (relative: 0.5 = +50 %; any error counts when the champion has none) AND significantly;
 - primary: the estimated gain is below -rollback_accuracy_drop AND the difference is significant.
 PROMOTE: the estimated primary gain is at least promote_min_accuracy_gain (the margin) AND significant,
-each arm has at least min_units_per_arm independent units (routing keys; and time buckets with
-variance=cluster), AND the mean latency degradation is below max_latency_degradation_ms.
+each arm has at least min_units_per_arm effective independent units (routing keys counted as
+1 / sum of squared traffic shares, stats.effective_clusters; and time buckets with variance=cluster), AND
+the mean latency degradation is below max_latency_degradation_ms.
 CONTINUE otherwise, and always while an arm has fewer than min_samples_per_arm requests (reason
 "insufficient samples"); primary-metric rules also need min_samples_per_arm scored outcomes per arm,
 so latency and error regressions can be rolled back before outcomes arrive.
@@ -29,6 +30,18 @@ so latency and error regressions can be rolled back before outcomes arrive.
 Sizes: the primary comparison reports the total that gives the rule above ``power`` at a true gain of
 target_accuracy_gain (stats.required_variance: the estimate must land beyond the margin, not just above
 zero) and, in sequential mode, the expected stopping size.
+
+Reachability (``plan``): sticky routing keys keep their arm and, roughly, their traffic share, so more
+outcomes of the same keys add neither units nor information about between-key differences. Each arm's
+variance of its mean is projected as w/n + beta * S * (1 - 1/n): w the part that shrinks with more
+outcomes, beta the between-unit variance (the unit-clustering excess over s^2/n divided by
+sum c^2/n^2 - 1/n) and S Simpson's unbiased sum of squared unit shares, (sum c^2 - n) / (n (n-1)),
+whose inverse is the number of effective units the arm tends to. PROMOTE is out of reach, whatever the
+size, when an arm tends to fewer than min_units_per_arm effective units (the unit rule can never pass:
+59 or fewer equally busy keys give no split 30 in both arms; 299 or fewer give a 10 % challenger fewer
+than 30); no size has the configured power when the floor beta_a S_a + beta_b S_b alone exceeds the
+variance that power needs. The analysis says which (``Reachability``) instead of a planned size that
+recedes as data arrives.
 
 ``evaluate`` applies the rules to arrays of estimates (one per simulated experiment and look);
 ``decide`` computes the estimates of one experiment from its samples and calls it, so the simulation
@@ -44,7 +57,8 @@ import numpy as np
 
 from . import stats
 from .metrics import ArmData, count_units
-from .models import Comparison, Decision, DecisionResult, ExperimentMode, Thresholds, VarianceMethod
+from .models import (Comparison, Decision, DecisionResult, ExperimentMode, Reachability, Thresholds, Unreachable,
+                     VarianceMethod)
 
 CONTINUE, PROMOTE, ROLLBACK = 0, 1, 2
 _DECISIONS = {CONTINUE: Decision.CONTINUE, PROMOTE: Decision.PROMOTE, ROLLBACK: Decision.ROLLBACK}
@@ -55,13 +69,17 @@ class DecisionContext:
     task: str
     thresholds: Thresholds
     mode: ExperimentMode = ExperimentMode.SEQUENTIAL
-    variance: VarianceMethod = VarianceMethod.UNIT
+    variance: VarianceMethod = VarianceMethod.BATCH
     cluster_seconds: float = 60.0
     traffic_split: float = 0.1
 
     @property
     def time_buckets(self) -> bool:
         return self.variance is VarianceMethod.CLUSTER
+
+    @property
+    def batches(self) -> bool:
+        return self.variance is VarianceMethod.BATCH
 
 
 @dataclass(frozen=True)
@@ -73,7 +91,8 @@ class Inputs:
     outcomes_a: object
     outcomes_b: object
     units_a: object
-    """Independent units behind the champion's scored outcomes (min of keys and time buckets if clustered)."""
+    """Effective independent units behind the champion's scored outcomes (1 / sum of squared shares; the
+    smaller of keys and time buckets if clustered)."""
     units_b: object
     latency: stats.Estimate
     error_rate_a: object
@@ -168,7 +187,26 @@ def _buckets(times: np.ndarray, ctx: DecisionContext) -> np.ndarray | None:
 
 
 def _estimate(a: np.ndarray, b: np.ndarray, units_a, units_b, times_a, times_b, ctx) -> stats.Estimate:
-    return stats.estimate(a, b, units_a, units_b, _buckets(times_a, ctx), _buckets(times_b, ctx))
+    return stats.estimate(a, b, units_a, units_b, _buckets(times_a, ctx), _buckets(times_b, ctx),
+                          batches=ctx.batches)
+
+
+def in_time_order(data: ArmData) -> ArmData:
+    """The arm's rows sorted by when they were served (stably): batch means cut consecutive outcomes."""
+    def order(times: np.ndarray) -> np.ndarray | None:
+        return None if times.size < 2 or bool(np.all(np.diff(times) >= 0)) else np.argsort(times, kind="stable")
+
+    fields = dict(vars(data))
+    requests, outcomes = order(data.served_at), order(data.outcome_served_at)
+    for names, idx, rows in ((("latency_ms", "error", "served_at", "unit"), requests, data.requests),
+                             (("actual", "predicted_class", "correct", "abs_error", "pnl", "outcome_served_at",
+                               "outcome_unit", "worst_case"), outcomes, data.outcome_served_at.size)):
+        if idx is None:
+            continue
+        for name in names:
+            if fields[name].size == rows:
+                fields[name] = fields[name][idx]
+    return ArmData(**fields)
 
 
 def _comparison(metric: str, a: np.ndarray, b: np.ndarray, test: stats.TestResult) -> Comparison:
@@ -195,34 +233,149 @@ def _describe(metric: str, a: np.ndarray, b: np.ndarray) -> Comparison:
                       cohens_d=stats.cohens_d(var_a, var_b, diff))
 
 
-def planned_totals(est: stats.Estimate, n_a, n_b, ctx: DecisionContext, scale) -> np.ndarray:
-    """Total scored outcomes at which the primary rule has the configured power at the target gain, at the
-    variance per scored outcome observed so far (arrays broadcast; inf where there is none).
+@dataclass(frozen=True)
+class Plan:
+    """plan_arrays' answer; fields are floats or arrays (simulations)."""
 
-    Each arm's per-outcome variance is its mean's (unit-clustered) variance times its n; the time-bucket
-    part of a two-way variance scales both alike; stats.required_total plans each arm at the larger."""
+    total: np.ndarray
+    """Total scored outcomes for the configured power; inf where no size reaches it."""
+    why_not: np.ndarray
+    """0 reachable, 1 units (PROMOTE impossible), 2 variance floor, 3 margin (no size has the power)."""
+    units_a: np.ndarray
+    """Effective units each arm tends to (inf: unbounded)."""
+    units_b: np.ndarray
+    units_total: np.ndarray
+
+
+REACHABLE, NO_UNITS, NO_VARIANCE, NO_MARGIN = 0, 1, 2, 3
+UNREACHABLE = {NO_UNITS: Unreachable.UNITS, NO_VARIANCE: Unreachable.VARIANCE, NO_MARGIN: Unreachable.MARGIN}
+
+
+def units_at_any_size(n, sum_sq) -> np.ndarray:
+    """Effective units an arm tends to as its units' outcomes grow in fixed shares: 1 / Simpson's unbiased
+    sum of squared shares, n (n-1) / (sum_g c_g^2 - n); inf while no unit has two outcomes."""
+    n, sum_sq = np.asarray(n, dtype=np.float64), np.asarray(sum_sq, dtype=np.float64)
+    sum_sq = np.where(np.isnan(sum_sq), n, sum_sq)  # nan: every outcome its own unit
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sum_sq > n, n * (n - 1) / (sum_sq - n), np.inf)
+
+
+def _projection(n, variance, excess, sum_sq) -> tuple[np.ndarray, np.ndarray]:
+    """(w, floor) of an arm: its mean's variance at n outcomes is w/n + floor (1 - 1/n) (module docstring)."""
+    n, variance = np.asarray(n, dtype=np.float64), np.asarray(variance, dtype=np.float64)
+    excess = np.maximum(np.nan_to_num(np.asarray(excess, dtype=np.float64)), 0.0)
+    sum_sq = np.asarray(sum_sq, dtype=np.float64)
+    sum_sq = np.where(np.isnan(sum_sq), n, sum_sq)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        repeat = (sum_sq - n) / n**2  # sum c^2 / n^2 - 1/n
+        beta = np.where(repeat > 0, excess / repeat, 0.0)
+        simpson = np.where((n > 1) & (sum_sq > n), (sum_sq - n) / (n * (n - 1)), 0.0)
+        return n * (variance - excess), beta * simpson
+
+
+def plan_arrays(est: stats.Estimate, n_a, n_b, ctx: DecisionContext, scale) -> Plan:
+    """Total scored outcomes at which the primary rule has the configured power at the target gain, at the
+    variance per scored outcome observed so far with the between-unit part projected as a floor, and
+    whether PROMOTE is reachable at all (arrays broadcast).
+
+    The part of each arm's variance that shrinks with more outcomes is planned at the larger arm's per
+    outcome (stats.required_total: the test meets the variance where the estimate lands); the time-bucket
+    part of a two-way variance scales everything alike."""
     th = ctx.thresholds
+    share = ctx.traffic_split
     v_a, v_b = np.asarray(est.variance_a, dtype=np.float64), np.asarray(est.variance_b, dtype=np.float64)
+    n_a, n_b = np.asarray(n_a, dtype=np.float64), np.asarray(n_b, dtype=np.float64)
+    w_a, floor_a = _projection(n_a, v_a, est.unit_excess_a, est.unit_sq_a)
+    w_b, floor_b = _projection(n_b, v_b, est.unit_excess_b, est.unit_sq_b)
+    reach_a, reach_b = units_at_any_size(n_a, est.unit_sq_a), units_at_any_size(n_b, est.unit_sq_b)
+    sq = [np.where(np.isnan(np.asarray(q, dtype=np.float64)), n, q)
+          for q, n in ((est.unit_sq_a, n_a), (est.unit_sq_b, n_b))]
+    reach_total = units_at_any_size(n_a + n_b, sq[0] + sq[1])
     with np.errstate(invalid="ignore", divide="ignore"):
         inflate = np.asarray(est.variance, dtype=np.float64) / (v_a + v_b)  # 1 unless time buckets add to it
-        scale2 = np.asarray(scale, dtype=np.float64) ** 2  # target, margin and tau scale with it: V with its square
-        total = stats.required_total(v_a * np.asarray(n_a) * inflate / scale2, v_b * np.asarray(n_b) * inflate / scale2,
-                                     th.target_accuracy_gain, th.alpha, th.power, ctx.traffic_split,
-                                     th.promote_min_accuracy_gain, ctx.mode is ExperimentMode.SEQUENTIAL,
-                                     th.msprt_tau or th.target_accuracy_gain)
-        total = np.ceil(total)
-    return np.where(np.isfinite(total) & (total > 0), total, np.inf)
+        factor = inflate / np.asarray(scale, dtype=np.float64) ** 2  # target, margin, tau scale with it
+        sequential = ctx.mode is ExperimentMode.SEQUENTIAL
+        required = stats.required_variance(th.target_accuracy_gain, th.promote_min_accuracy_gain, th.alpha, th.power,
+                                           sequential, th.msprt_tau or th.target_accuracy_gain)
+        floor = (floor_a + floor_b) * factor
+        shrinking = (np.maximum(w_a, w_b) * (1 / (1 - share) + 1 / share) - floor_a / (1 - share)
+                     - floor_b / share) * factor
+        if required is None or required <= 0:
+            total = np.full(np.broadcast(floor, shrinking).shape, np.inf)
+        else:
+            total = np.where(floor < required, np.ceil(np.maximum(shrinking, 0.0) / (required - floor)), np.inf)
+            total = np.where(np.isfinite(total), np.maximum(total, 2.0), np.inf)
+        enough = (n_a >= th.min_samples_per_arm) & (n_b >= th.min_samples_per_arm)
+        few_units = enough & ((reach_a < th.min_units_per_arm) | (reach_b < th.min_units_per_arm))
+        why = np.where(required is None, NO_MARGIN,
+                       np.where(few_units, NO_UNITS,
+                                np.where(np.isnan(floor) | (floor < (required or 0.0)), REACHABLE, NO_VARIANCE)))
+        total = np.where((why == REACHABLE) & np.isfinite(total) & (total > 0), total, np.inf)
+    return Plan(total, why, reach_a, reach_b, reach_total)
+
+
+def planned_totals(est: stats.Estimate, n_a, n_b, ctx: DecisionContext, scale) -> np.ndarray:
+    """plan_arrays' totals: inf where none reaches the power or PROMOTE is out of reach."""
+    return plan_arrays(est, n_a, n_b, ctx, scale).total
+
+
+def _units_text(value: float) -> str:
+    return "an unbounded number of" if not math.isfinite(value) else f"about {value:.1f}"
+
+
+def reachability(p: Plan, n_a: int, n_b: int, ctx: DecisionContext) -> Reachability | None:
+    """The typed answer of ``plan_arrays`` for one experiment; None before both arms have min_samples_per_arm
+    scored outcomes."""
+    th = ctx.thresholds
+    if n_a < th.min_samples_per_arm or n_b < th.min_samples_per_arm:
+        return None
+    why = int(np.asarray(p.why_not))
+    units = [float(np.asarray(x)) for x in (p.units_a, p.units_b, p.units_total)]
+    opt = [u if math.isfinite(u) else None for u in units]
+    result = Reachability(promotion_reachable=why != NO_UNITS, size_reachable=why == REACHABLE,
+                          units_champion=opt[0], units_challenger=opt[1], units_total=opt[2],
+                          min_units_per_arm=th.min_units_per_arm)
+    if why == REACHABLE:
+        return result
+    result.why_not = UNREACHABLE[why]
+    need = th.min_units_per_arm
+    if why == NO_UNITS:
+        total = units[2]
+        text = (f"no promotion is reachable at this split: the champion's outcomes tend to {_units_text(units[0])} "
+                f"effective units and the challenger's to {_units_text(units[1])} (sticky routing keys keep their "
+                f"arm and traffic share, so more outcomes add none); PROMOTE needs {need} in each arm. ")
+        if math.isfinite(total) and total < 2 * need:
+            text += (f"The {total:.1f} effective units of both arms together give no split {need} in both: only a "
+                     "routing key with more distinct values (or none: every request its own unit) can.")
+        else:
+            low = need / total if math.isfinite(total) else 0.0
+            result.splits = (round(low, 4), round(1 - low, 4))
+            text += (f"A new experiment with traffic_split between {low:.2f} and {1 - low:.2f} could give both "
+                     f"arms {need} (keys of even traffic assumed).")
+        result.reason = text
+    elif why == NO_VARIANCE:
+        result.reason = (f"no size gives the rule {th.power:.0%} power at a {th.target_accuracy_gain:.2%} gain at "
+                         "this split: the variance between the routing keys, which more outcomes of the same keys "
+                         "do not reduce, alone exceeds what that power needs (a larger gain can still be "
+                         "promoted; more distinct keys, or a split nearer 50 %, would help)")
+    else:
+        result.reason = (f"no size gives the rule {th.power:.0%} power: the target gain "
+                         f"{th.target_accuracy_gain:.2%} does not exceed the {th.promote_min_accuracy_gain:.2%} margin")
+    return result
 
 
 def plan(est: stats.Estimate, n_a: int, n_b: int, ctx: DecisionContext, scale: float
-         ) -> tuple[int | None, int | None, int | None]:
-    """(planned_total, samples still needed by the slower-filling arm, expected_total) of the primary rule."""
+         ) -> tuple[int | None, int | None, int | None, Reachability | None]:
+    """(planned_total, samples still needed by the slower-filling arm, expected_total, reachability) of the
+    primary rule."""
     th = ctx.thresholds
     if n_a < 2 or n_b < 2:
-        return None, None, None
-    total = float(planned_totals(est, n_a, n_b, ctx, scale))
+        return None, None, None, None
+    p = plan_arrays(est, n_a, n_b, ctx, scale)
+    reach = reachability(p, n_a, n_b, ctx)
+    total = float(np.asarray(p.total))
     if not math.isfinite(total):
-        return None, None, None
+        return None, None, None, reach
     sequential = ctx.mode is ExperimentMode.SEQUENTIAL
     target, margin = th.target_accuracy_gain * scale, th.promote_min_accuracy_gain * scale
     tau = float(primary_tau(ctx, scale))
@@ -230,7 +383,7 @@ def plan(est: stats.Estimate, n_a: int, n_b: int, ctx: DecisionContext, scale: f
     share = ctx.traffic_split
     remaining = math.ceil(max(0.0, (1 - share) * planned - n_a, share * planned - n_b))
     expected = stats.expected_total(planned, target, margin, th.alpha, th.power, tau) if sequential else None
-    return planned, remaining, None if expected is None else math.ceil(expected)
+    return planned, remaining, None if expected is None else math.ceil(expected), reach
 
 
 def worst_abs_error(champion: ArmData, challenger: ArmData) -> float | None:
@@ -240,15 +393,23 @@ def worst_abs_error(champion: ArmData, challenger: ArmData) -> float | None:
     return float(errors.max()) if errors.size else None
 
 
-def scored_units(units: np.ndarray | None, times: np.ndarray, rows: int, ctx: DecisionContext) -> int:
-    """Independent units behind an arm's scored outcomes: keys, and at most the time buckets if clustered."""
+def scored_units(units: np.ndarray | None, times: np.ndarray, rows: int, ctx: DecisionContext) -> tuple[int, float]:
+    """(distinct, effective) independent units behind an arm's scored outcomes: keys (effective: 1 / sum of
+    squared shares), and at most the time buckets if clustered."""
     count = count_units(units, rows)
+    if units is None or np.asarray(units).size != rows:
+        effective = float(rows)
+    else:
+        effective = float(stats.effective_clusters(np.unique(units, return_counts=True)[1])) if rows else 0.0
     if ctx.time_buckets:
-        count = min(count, int(np.unique(_buckets(times, ctx)).size))
-    return count
+        buckets = np.unique(_buckets(times, ctx), return_counts=True)[1]
+        count = min(count, int(buckets.size))
+        effective = min(effective, float(stats.effective_clusters(buckets)) if buckets.size else 0.0)
+    return count, effective
 
 
 def decide(champion: ArmData, challenger: ArmData, ctx: DecisionContext) -> DecisionResult:
+    champion, challenger = in_time_order(champion), in_time_order(challenger)
     units_a, units_b = champion.request_units(), challenger.request_units()
     latency_est = _estimate(champion.latency_ms, challenger.latency_ms, units_a, units_b, champion.served_at,
                             challenger.served_at, ctx)
@@ -262,8 +423,8 @@ def decide(champion: ArmData, challenger: ArmData, ctx: DecisionContext) -> Deci
     inputs = Inputs(
         requests_a=champion.requests, requests_b=challenger.requests,
         outcomes_a=a_values.size, outcomes_b=b_values.size,
-        units_a=scored_units(a_units, a_times, a_values.size, ctx),
-        units_b=scored_units(b_units, b_times, b_values.size, ctx),
+        units_a=scored_units(a_units, a_times, a_values.size, ctx)[1],
+        units_b=scored_units(b_units, b_times, b_values.size, ctx)[1],
         latency=latency_est, error_rate_a=float(err_a.mean()) if err_a.size else float("nan"),
         error_rate_b=float(err_b.mean()) if err_b.size else float("nan"), errors=errors_est,
         primary=primary_est, primary_level_a=level_a)
@@ -272,7 +433,7 @@ def decide(champion: ArmData, challenger: ArmData, ctx: DecisionContext) -> Deci
     regression = ctx.task == "regression"
     scale = float(primary_scale(ctx, level_a))
     primary = _comparison("abs_error" if regression else "accuracy", a_values, b_values, ev.primary)
-    primary.planned_total, primary.samples_needed_per_arm, primary.expected_total = plan(
+    primary.planned_total, primary.samples_needed_per_arm, primary.expected_total, reach = plan(
         primary_est, a_values.size, b_values.size, ctx, scale)
     latency = _comparison("latency_ms", champion.latency_ms, challenger.latency_ms, ev.latency)
     errors = _comparison("error_rate", err_a, err_b, ev.errors)
@@ -280,13 +441,13 @@ def decide(champion: ArmData, challenger: ArmData, ctx: DecisionContext) -> Deci
     pnl_b, _ = challenger.pnl_values()
     pnl = _describe("pnl", pnl_a, pnl_b) if pnl_a.size and pnl_b.size else None
     result = DecisionResult(decision=_DECISIONS[int(ev.decision)], reasons=[], primary=primary, latency=latency,
-                            error_rate=errors, pnl=pnl)
-    result.reasons = _reasons(ev, inputs, champion, challenger, ctx, primary)
+                            error_rate=errors, pnl=pnl, reachability=reach)
+    result.reasons = _reasons(ev, inputs, champion, challenger, ctx, primary, reach)
     return result
 
 
 def _reasons(ev: Evaluation, x: Inputs, champion: ArmData, challenger: ArmData, ctx: DecisionContext,
-             primary: Comparison) -> list[str]:
+             primary: Comparison, reach: Reachability | None = None) -> list[str]:
     th = ctx.thresholds
     n_min = th.min_samples_per_arm
     if not bool(ev.enough_requests):
@@ -317,8 +478,9 @@ def _reasons(ev: Evaluation, x: Inputs, champion: ArmData, challenger: ArmData, 
                 f"and latency change {latency_diff:+.2f} ms (< {th.max_latency_degradation_ms} ms)"]
     reasons = []
     if not bool(ev.enough_units):
-        reasons.append(f"too few independent units: champion={x.units_a}, challenger={x.units_b} "
-                       f"(routing keys{', time buckets' if ctx.time_buckets else ''}); each arm needs "
+        reasons.append(f"too few independent units: champion={float(x.units_a):.1f}, challenger={float(x.units_b):.1f} "
+                       f"effective (routing keys, 1 / sum of squared traffic shares"
+                       f"{'; time buckets' if ctx.time_buckets else ''}); each arm needs "
                        f"{th.min_units_per_arm} before a promotion")
     if not math.isfinite(gain) or gain < th.promote_min_accuracy_gain:
         reasons.append(f"{label} {gain if math.isfinite(gain) else 0.0:.2%} below the "
@@ -327,7 +489,9 @@ def _reasons(ev: Evaluation, x: Inputs, champion: ArmData, challenger: ArmData, 
         reasons.append(f"{label} not significant (p={p_value:.3g}, alpha={th.alpha})")
     if not bool(ev.latency_ok):
         reasons.append(f"latency change {latency_diff:.2f} ms not below {th.max_latency_degradation_ms} ms")
-    if primary.planned_total is not None:
+    if reach is not None and not reach.size_reachable and reach.reason:
+        reasons.append(reach.reason)
+    elif primary.planned_total is not None:
         reasons.append(f"planned size {primary.planned_total} scored outcomes for {th.power:.0%} power at a "
                        f"{th.target_accuracy_gain:.2%} {label}"
                        + (f"; expected stop near {primary.expected_total}" if primary.expected_total else ""))

@@ -78,6 +78,15 @@ def count_units(units: np.ndarray | None, rows: int) -> int:
     return rows if units is None else int(np.unique(units).size)
 
 
+def effective_units(units: np.ndarray | None, rows: int) -> float:
+    """Effective randomization units among ``rows`` rows: 1 / sum of squared traffic shares (rows when
+    every row is its own unit)."""
+    if units is None or not rows:
+        return float(rows)
+    counts = np.unique(units, return_counts=True)[1].astype(np.float64)
+    return float(rows * rows / np.sum(counts**2))
+
+
 def macro_precision_recall_f1(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
     """Macro averages over the classes seen in either array; an undefined ratio counts as 0."""
     classes = np.union1d(actual, predicted)
@@ -119,6 +128,7 @@ def arm_metrics(data: ArmData, task: str, periods_per_year: float,
     values, _, units = data.primary_values(task, worst_abs_error)
     metrics.scored = int(values.size)
     metrics.scored_units = count_units(units, values.size)
+    metrics.effective_units = effective_units(units, values.size)
     metrics.worst_case = int(data.worst_case.sum()) if data.worst_case.size == data.actual.size else 0
     if task == "classification":
         if values.size:

@@ -32,9 +32,14 @@ class ExperimentMode(str, Enum):
 
 
 class VarianceMethod(str, Enum):
+    BATCH = "batch"
+    """The default. Cluster-robust by randomization unit (the routing key; a request without one is its own
+    unit) AND by batches of consecutive outcomes within each arm (batch means, about n^(1/3) outcomes each): robust
+    to outcomes autocorrelated within an arm (a model wrong for a while), at any traffic rate, with nothing
+    to configure. Costs almost nothing when outcomes are independent."""
     UNIT = "unit"
-    """The default. Cluster-robust by randomization unit: the routing key (every request of a key goes to
-    one arm, so the key is what was randomized); a request without a key is its own unit (then: Welch)."""
+    """Cluster-robust by randomization unit only: outcomes of different requests of one arm are taken as
+    independent over time. The default before "batch"; an experiment stored with it keeps it."""
     CLUSTER = "cluster"
     """Two-way cluster-robust by unit and by time bucket (``cluster_seconds``): for outcomes that are
     autocorrelated in time (a market regime shared by the requests of one minute)."""
@@ -82,7 +87,8 @@ class Thresholds(BaseModel):
     target_accuracy_gain: float = 0.02
     """The true gain sample sizes are planned for (with ``power``); must exceed promote_min_accuracy_gain."""
     min_units_per_arm: int = 30
-    """PROMOTE needs at least this many independent units (routing keys; time buckets too) in each arm."""
+    """PROMOTE needs at least this many effective independent units (routing keys, 1 / sum of squared
+    traffic shares; time buckets too with variance=cluster) in each arm."""
     msprt_tau: float | None = None
 
 
@@ -99,7 +105,7 @@ class ExperimentSpec(BaseModel):
     task: Task = "classification"
     """classification: accuracy is the primary metric; regression: absolute error (lower is better)."""
     mode: ExperimentMode = ExperimentMode.SEQUENTIAL
-    variance: VarianceMethod = VarianceMethod.UNIT
+    variance: VarianceMethod = VarianceMethod.BATCH
     cluster_seconds: float = Field(60.0, gt=0)
     """Time-bucket width for VarianceMethod.CLUSTER (outcomes grouped by the minute by default)."""
     planned_outcomes: int | None = Field(None, ge=4)
@@ -178,7 +184,12 @@ class ArmMetrics(BaseModel):
     scored: int = 0
     """Outcomes that score the primary metric (worst-case rows included)."""
     scored_units: int = 0
-    """Independent units behind the scored outcomes: what the primary test's variance rests on."""
+    """Distinct units behind the scored outcomes (routing keys; at most the time buckets with variance=cluster)."""
+    effective_units: float = 0.0
+    """Effective independent units behind the scored outcomes, 1 / sum of squared traffic shares (n^2 / sum of
+    squared per-unit counts; at most the effective time buckets with variance=cluster): what the primary
+    test's variance and degrees of freedom rest on, and what PROMOTE's min_units_per_arm counts. 500 symbols
+    whose flow is Zipf-skewed are about 28 effective units, not 500."""
     time_buckets: int | None = None
     """variance=cluster: time buckets holding this arm's scored outcomes."""
     worst_case: int = 0
@@ -200,8 +211,8 @@ class Comparison(BaseModel):
 
     metric: str
     method: str
-    """welch | cluster-unit | cluster (unit and time) | msprt | msprt-cluster-unit | msprt-cluster |
-    description (reported, no test: P&L)."""
+    """welch | cluster-unit | batch (batch means, with the units) | cluster (unit and time) | msprt |
+    msprt-cluster-unit | msprt-batch | msprt-cluster | description (reported, no test: P&L)."""
     champion: float | None = None
     challenger: float | None = None
     difference: float | None = None
@@ -217,10 +228,46 @@ class Comparison(BaseModel):
     planned_total: int | None = None
     """Primary metric: total scored outcomes at which the decision rule (estimate >= the promotion margin
     AND significant) has the configured power at the target gain, at the variance per outcome observed so
-    far (clustering included). Sequential: the power of the last look alone, a lower bound. None when no
-    size reaches it (target gain not above the margin)."""
+    far (clustering included; sticky units' between-unit variance does not shrink with more outcomes and
+    is projected as such). Sequential: the power of the last look alone, a lower bound. None when no size
+    reaches it: see the analysis's ``reachability``."""
     expected_total: int | None = None
     """Sequential mode: mean total at which the test stops under the target gain."""
+
+
+class Unreachable(str, Enum):
+    UNITS = "units"
+    """An arm's scored outcomes will never rest on min_units_per_arm effective units: the sticky routing
+    keys it has keep their traffic shares, so more outcomes do not add units. PROMOTE cannot happen."""
+    VARIANCE = "variance"
+    """The between-unit variance, which more outcomes of the same units do not reduce, alone exceeds the
+    variance at which the rule has the configured power at the target gain: no size has that power (a
+    larger gain may still be promoted)."""
+    MARGIN = "margin"
+    """The target gain does not exceed the promotion margin: no size gives the rule the power."""
+
+
+class Reachability(BaseModel):
+    """What more outcomes can still achieve at this split (decision.plan): the analysis says so instead of
+    a planned size that recedes as data arrives. ROLLBACK stays reachable either way."""
+
+    promotion_reachable: bool
+    """False: PROMOTE can never happen in this experiment (why_not=units)."""
+    size_reachable: bool
+    """False: no number of outcomes gives the rule the configured power at the target gain (planned_total
+    is None); why_not says why."""
+    why_not: Unreachable | None = None
+    reason: str | None = None
+    units_champion: float | None = None
+    """Effective units the champion's scored outcomes tend to as outcomes arrive, its keys keeping their
+    traffic shares (1 / Simpson's unbiased sum of squared shares); None: unbounded (no unit repeats)."""
+    units_challenger: float | None = None
+    units_total: float | None = None
+    """Both arms together: below 2 x min_units_per_arm no split gives both arms enough units."""
+    min_units_per_arm: int | None = None
+    splits: tuple[float, float] | None = None
+    """why_not=units: the traffic_split range under which a new experiment could give both arms
+    min_units_per_arm (keys of even traffic assumed); None when no split can."""
 
 
 class DecisionResult(BaseModel):
@@ -230,6 +277,7 @@ class DecisionResult(BaseModel):
     latency: Comparison | None = None
     error_rate: Comparison | None = None
     pnl: Comparison | None = None
+    reachability: Reachability | None = None
 
 
 class Analysis(BaseModel):
@@ -243,3 +291,6 @@ class Analysis(BaseModel):
     """True when this analysis applied the decision (auto_apply): promoted or rolled back."""
     horizon_reached: bool | None = None
     """mode=fixed with planned_outcomes: whether the decision was taken (on the frozen first outcomes)."""
+    reachability: Reachability | None = None
+    """Whether more outcomes can still lead to PROMOTE (None until both arms have min_samples_per_arm scored
+    outcomes): with few sticky keys, or a challenger that got few of them, no size can."""

@@ -15,7 +15,9 @@ experiments back into those per-prediction rules.
 
 Safe defaults: auto_apply acts on always-valid (sequential) tests, or on a fixed-horizon test once, at its
 planned size; create refuses anything else, a champion that is not what production serves, and a
-challenger the registry would refuse to promote (so a PROMOTE cannot fail later). If a promotion fails
+challenger the registry would refuse to promote (its validation gate; a serving contract that differs from
+production's, 409 contract_changed: production's clients would break on its share of traffic), so a
+PROMOTE cannot fail later. The promoter is the registry's own promote, without any override. If a promotion fails
 anyway, the experiment stops with the reason instead of retrying (and failing) on every analysis.
 """
 
@@ -54,6 +56,9 @@ class VersionFacts:
     status: str
     """none | staging | production | archived."""
     validation_passed: bool
+    promotion_refused: PredictionServiceError | None = None
+    """What the registry's promotion into production would refuse the version with (its validation gate, a
+    serving contract that differs from production's: 409 contract_changed); None when it would pass."""
 
 
 class VersionCatalog(Protocol):
@@ -94,10 +99,12 @@ class RegistryCatalog:
     def facts(self, model_name: str, version: str) -> VersionFacts | None:
         try:
             metadata = self.registry.get(model_name, version).metadata
+            refusal = self.registry.production_refusal(model_name, version)
         except PredictionServiceError:
             return None
         return VersionFacts(status=metadata.status,
-                            validation_passed=metadata.validation is not None and metadata.validation.passed)
+                            validation_passed=metadata.validation is not None and metadata.validation.passed,
+                            promotion_refused=refusal)
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,13 @@ class ExperimentService:
             raise Conflict(f"challenger {spec.challenger_version} has no passing validation report, so the registry "
                            "would refuse to promote it: validate it first",
                            {"model": spec.model_name, "challenger_version": spec.challenger_version})
+        if facts is not None and facts.promotion_refused is not None:
+            # the same error the promotion would raise (a changed serving contract: 409 contract_changed):
+            # production's clients would also break on the challenger's share of traffic
+            refusal = facts.promotion_refused
+            raise type(refusal)(f"challenger {spec.challenger_version}: {refusal.message} (the registry would "
+                                "refuse to promote it, and the experiment would route production traffic to it)",
+                                {**refusal.details, "challenger_version": spec.challenger_version})
 
     def get(self, experiment_id: str) -> Experiment:
         return self.store.get_experiment(experiment_id)
@@ -382,11 +396,11 @@ class ExperimentService:
             if ctx.time_buckets:
                 _, times, units = data[arm].primary_values(experiment.task, worst)
                 metrics.time_buckets = int(np.unique(np.floor(times / ctx.cluster_seconds)).size)
-                metrics.scored_units = scored_units(units, times, times.size, ctx)
+                metrics.scored_units, metrics.effective_units = scored_units(units, times, times.size, ctx)
             arms[arm] = metrics
         analysis = Analysis(experiment=experiment, thresholds=thresholds, arms=arms, decision=result.decision,
                             reasons=result.reasons, comparisons=comparisons, applied=applied,
-                            horizon_reached=reached)
+                            horizon_reached=reached, reachability=result.reachability)
         self._observe("experiment_analysis", analysis)
         return analysis
 

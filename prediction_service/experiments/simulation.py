@@ -10,9 +10,15 @@ this gives the decisions ``decide`` gives on the same requests materialized as `
 
 Scenarios (``Scenario``): accuracy of each arm; outcomes autocorrelated within an arm (a DAR(1) process:
 an outcome repeats the arm's previous one with probability rho, else is drawn afresh, so the lag-k
-autocorrelation is rho^k); sticky routing by K keys, each key with its own accuracy (probit-scale effect
-with sd ``key_sd``, shared by both arms: the key is a trading symbol); failed requests (scored as wrong);
-latency in ms. The traffic split is by key when there are keys (router.py), else by request.
+autocorrelation is rho^k); sticky routing by K keys, equally busy or Zipf-skewed (key k of K carries a
+share proportional to 1/k^zipf, as trading symbols do), each key with its own accuracy (probit-scale
+effect with sd ``key_sd``, shared by both arms: the key is a trading symbol); failed requests (scored as
+wrong); latency in ms. The traffic split is by key when there are keys (router.py), else by request.
+
+Variances: the unit-clustered sums above; for variance=batch (the default) also each arm's batch sums at
+every look, for every batch size the look may use (powers of two, stats.batch_size): the arm's outcomes
+are laid out in arm order once, complete batches summed by a reshape, and the partial last batch read
+off a cumulative sum.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 from scipy import stats as sps
 
 from . import stats
-from .decision import (CONTINUE, PROMOTE, ROLLBACK, DecisionContext, Inputs, evaluate, planned_totals,
+from .decision import (CONTINUE, NO_UNITS, PROMOTE, ROLLBACK, DecisionContext, Inputs, Plan, evaluate, plan_arrays,
                        primary_scale)
 from .metrics import ArmData
 from .models import ExperimentMode, Thresholds, VarianceMethod
@@ -48,14 +54,22 @@ class Scenario:
     rho: float = 0.0
     """Autocorrelation of outcomes within each arm (DAR(1))."""
     keys: int | None = None
-    """Sticky routing keys (uniformly popular); None: requests carry no key, each is its own unit."""
+    """Sticky routing keys; None: requests carry no key, each is its own unit."""
+    zipf: float = 0.0
+    """Skew of the keys' traffic: key k (1..K) carries a share proportional to 1 / k^zipf (0: equally busy)."""
     key_sd: float = 0.0
     """Probit-scale accuracy effect of a key."""
     mode: ExperimentMode = ExperimentMode.SEQUENTIAL
-    variance: VarianceMethod = VarianceMethod.UNIT
+    variance: VarianceMethod = VarianceMethod.BATCH
     requests_per_second: float = 5.0
     """Arrival rate: with cluster_seconds 60, 300 requests per time bucket."""
     cluster_seconds: float = 60.0
+
+    def key_shares(self) -> np.ndarray | None:
+        if not self.keys:
+            return None
+        weights = 1.0 / np.arange(1, self.keys + 1, dtype=np.float64) ** self.zipf
+        return weights / weights.sum()
 
     @property
     def challenger_accuracy(self) -> float:
@@ -83,6 +97,8 @@ class CellResult:
     """Sum over experiments of the total at which they stopped (the horizon when they never did)."""
     reported: list[float] = field(default_factory=list)
     """Per experiment: the planned total the analysis reports from the data at the horizon (inf: none)."""
+    unreachable: int = 0
+    """Experiments whose analysis at the horizon says PROMOTE can never happen (too few units; decision.plan)."""
 
     def rate(self, count: int) -> tuple[float, float, float]:
         """(rate, low, high): Wilson 95 % interval."""
@@ -161,7 +177,11 @@ def generate(scenario: Scenario, rng: np.random.Generator, sims: int, n: int, sp
     shape = (sims, n)
     key = None
     if scenario.keys:
-        key = rng.integers(0, scenario.keys, shape, dtype=np.int16 if scenario.keys < 2**15 else np.int32)
+        dtype = np.int16 if scenario.keys < 2**15 else np.int32
+        if scenario.zipf:
+            key = rng.choice(scenario.keys, shape, p=scenario.key_shares()).astype(dtype)
+        else:
+            key = rng.integers(0, scenario.keys, shape, dtype=dtype)
         challenger_key = rng.random((sims, scenario.keys)) < split  # router.py: uniform bucket per key
         challenger = np.take_along_axis(challenger_key, key, axis=1)
     else:
@@ -220,7 +240,26 @@ class ArmLooks:
     n: np.ndarray
     mean: np.ndarray
     var_of_mean: np.ndarray
+    """The variance the test uses: unit-clustered, plus the batch part with variance=batch."""
     groups: np.ndarray
+    """Distinct units."""
+    effective: np.ndarray = None
+    """Effective units, n^2 / sum_g c_g^2."""
+    sum_cc: np.ndarray = None
+    """sum_g c_g^2 over units (n when every request is its own)."""
+    var_iid: np.ndarray = None
+    var_unit: np.ndarray = None
+    df_groups: np.ndarray = None
+    """Clusters behind the df: effective units, at most the effective batches with variance=batch."""
+
+    def __post_init__(self) -> None:
+        for name in ("effective", "sum_cc", "df_groups"):
+            if getattr(self, name) is None:
+                setattr(self, name, self.groups if name != "sum_cc" else self.n)
+        if self.var_unit is None:
+            self.var_unit = self.var_of_mean
+        if self.var_iid is None:
+            self.var_iid = self.var_of_mean
 
 
 @dataclass
@@ -230,6 +269,7 @@ class Looks:
     time: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     """metric -> (V_time, buckets) when time-clustered."""
     buckets_a: np.ndarray | None = None
+    """Effective time buckets of each arm at every look, when time-clustered."""
     buckets_b: np.ndarray | None = None
 
 
@@ -263,19 +303,71 @@ def _arm_looks(y: np.ndarray, m: np.ndarray, n: np.ndarray, looks: int, prefix: 
     total = _at_looks(y * m, looks)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / n
+        requests_sq = _at_looks(y * y * m, looks)
+        iid = np.where(n > 1, np.maximum(requests_sq - n * mean**2, 0.0) / (n - 1) / n, np.nan)
         if prefix is None:  # every request its own unit: sum_g S_g^2 = sum y^2, sum_g S_g c_g = sum y
-            sum_sq = _at_looks(y * y * m, looks)
-            var = stats.arm_cluster_variance(n, mean, sum_sq, total, n, n)
-            return ArmLooks(n, mean, var, n)
+            var = stats.arm_cluster_variance(n, mean, requests_sq, total, n, n)
+            return ArmLooks(n, mean, var, n, n, n, iid, var, n)
         s_prev, c_prev = prefix  # sums and counts of earlier requests of the same unit: the increments of
         # sum_g S_g^2, sum_g S_g c_g and sum_g c_g^2 when y joins its unit
         sum_sq = _at_looks((2 * s_prev * y + y * y) * m, looks)
         sum_sc = _at_looks((s_prev + y * (c_prev + 1)) * m, looks)
         sum_cc = _at_looks((2 * c_prev + 1) * m, looks)
         groups = _at_looks((c_prev == 0) * m, looks)
-        requests_sq = _at_looks(y * y * m, looks)
         var = stats.arm_cluster_variance(n, mean, sum_sq, sum_sc, sum_cc, groups, requests_sq)
-        return ArmLooks(n, mean, var, groups)
+        effective = n**2 / sum_cc
+        return ArmLooks(n, mean, var, groups, effective, sum_cc, iid, var, effective)
+
+
+def _arm_order(m: np.ndarray) -> np.ndarray:
+    """Per row, the arm's request positions first, in arrival order (the arm's own sequence)."""
+    return np.argsort(~m.astype(bool), axis=1, kind="stable")
+
+
+def _batch_looks(y: np.ndarray, m: np.ndarray, order: np.ndarray, arm: ArmLooks, look_every: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(CR1 variance over batches of stats.batch_size(n) consecutive outcomes of the arm, floored at s^2/n;
+    effective batches) at every look, as stats.batch_variance computes them."""
+    sims, n = y.shape
+    looks = n // look_every
+    counts = np.rint(arm.n).astype(np.int64)  # (sims, looks)
+    ordered = np.take_along_axis(y * m, order, axis=1)
+    cum = np.concatenate([np.zeros((sims, 1)), np.cumsum(ordered, axis=1)], axis=1)  # cum[k]: first k outcomes
+    cum_n = np.take_along_axis(cum, counts, axis=1)
+    exponent = stats.batch_exponent(counts).astype(np.int64)
+    requests_sq = _at_looks(y * y * m, look_every)
+    var = np.full((sims, looks), np.nan)
+    effective = np.full((sims, looks), np.nan)
+    for e in range(int(exponent.max()) + 1):
+        here = exponent == e
+        if not here.any():
+            continue
+        b = 1 << e
+        complete = n // b
+        sums = cum[:, b: complete * b + 1: b] - cum[:, 0: complete * b: b]  # (sims, complete)
+        sq = np.concatenate([np.zeros((sims, 1)), np.cumsum(sums**2, axis=1)], axis=1)
+        full, rem = counts // b, counts % b
+        cum_full = np.take_along_axis(cum, full * b, axis=1)
+        partial = cum_n - cum_full
+        sum_ss = np.take_along_axis(sq, full, axis=1) + partial**2
+        sum_sc = b * cum_full + rem * partial
+        sum_cc = (full * b * b + rem * rem).astype(np.float64)
+        groups = (full + (rem > 0)).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = stats.arm_cluster_variance(arm.n, arm.mean, sum_ss, sum_sc, sum_cc, groups, requests_sq)
+            eff = arm.n**2 / sum_cc
+        var = np.where(here, v, var)
+        effective = np.where(here, eff, effective)
+    return var, effective
+
+
+def _with_batches(arm: ArmLooks, var_batch: np.ndarray, eff_batch: np.ndarray) -> ArmLooks:
+    """variance=batch: V_unit + V_batch - s^2/n; df clusters min(effective units, effective batches) where the
+    batches add variance, the effective units where they do not."""
+    return ArmLooks(arm.n, arm.mean, arm.var_unit + var_batch - arm.var_iid, arm.groups, arm.effective, arm.sum_cc,
+                    arm.var_iid, arm.var_unit,
+                    np.where(stats.adds_variance(var_batch, arm.var_iid), np.minimum(arm.effective, eff_batch),
+                             arm.effective))
 
 
 def _time_variance(y: np.ndarray, challenger: np.ndarray, a: ArmLooks, b: ArmLooks, look_every: int,
@@ -309,15 +401,19 @@ def _time_variance(y: np.ndarray, challenger: np.ndarray, a: ArmLooks, b: ArmLoo
     return v_time, groups
 
 
-def _arm_buckets(mask: np.ndarray, look_every: int, per_bucket: int) -> np.ndarray:
-    """Buckets in which the arm has at least one request, at every look."""
+def _arm_buckets(mask: np.ndarray, look_every: int, per_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """(buckets in which the arm has at least one request, effective buckets n^2 / sum_t c_t^2) at every look."""
     sims, n = mask.shape
     padded = -(-n // per_bucket) * per_bucket
     m = np.zeros((sims, padded), dtype=bool)
     m[:, :n] = mask
     within = np.cumsum(m.reshape(sims, -1, per_bucket), axis=2).reshape(sims, padded)[:, :n]
     first_in_bucket = mask & (within == 1)
-    return _at_looks(first_in_bucket.astype(np.float64), look_every)
+    count = _at_looks(mask.astype(np.float64), look_every)
+    sum_cc = _at_looks(np.where(mask, 2.0 * within - 1, 0.0), look_every)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        effective = count**2 / sum_cc
+    return _at_looks(first_in_bucket.astype(np.float64), look_every), effective
 
 
 def summarize_looks(requests: Requests, scenario: Scenario, look_every: int) -> Looks:
@@ -334,6 +430,12 @@ def summarize_looks(requests: Requests, scenario: Scenario, look_every: int) -> 
         champion[name] = _arm_looks(y, m_a, n_a, look_every, prefixes[name])
         challenger[name] = _arm_looks(y, m_b, n_b, look_every, prefixes[name])
     result = Looks(champion, challenger)
+    if scenario.variance is VarianceMethod.BATCH:
+        for arm_looks, m in ((champion, m_a), (challenger, m_b)):
+            order = _arm_order(m)
+            for name, y in metrics.items():
+                arm_looks[name] = _with_batches(arm_looks[name], *_batch_looks(y, m, order, arm_looks[name],
+                                                                                look_every))
     if scenario.variance is VarianceMethod.CLUSTER:
         if requests.key is not None:
             raise NotImplementedError("the engine clusters on time buckets only for requests without keys")
@@ -343,35 +445,52 @@ def summarize_looks(requests: Requests, scenario: Scenario, look_every: int) -> 
         for name, y in metrics.items():
             result.time[name] = _time_variance(y, requests.challenger, champion[name], challenger[name], look_every,
                                                per_bucket)
-        result.buckets_a = _arm_buckets(~requests.challenger, look_every, per_bucket)
-        result.buckets_b = _arm_buckets(requests.challenger, look_every, per_bucket)
+        result.buckets_a = _arm_buckets(~requests.challenger, look_every, per_bucket)[1]
+        result.buckets_b = _arm_buckets(requests.challenger, look_every, per_bucket)[1]
     return result
 
 
 def _estimate(looks: Looks, metric: str) -> stats.Estimate:
     a, b = looks.champion[metric], looks.challenger[metric]
-    est = stats.cluster_from_summary(a.n, a.mean, a.var_of_mean, a.groups, b.n, b.mean, b.var_of_mean, b.groups)
+    est = stats.cluster_from_summary(a.n, a.mean, a.var_of_mean, a.df_groups, b.n, b.mean, b.var_of_mean,
+                                     b.df_groups)
+    units = dict(unit_excess_a=a.var_unit - a.var_iid, unit_excess_b=b.var_unit - b.var_iid, unit_sq_a=a.sum_cc,
+                 unit_sq_b=b.sum_cc)
     if metric not in looks.time:
-        return est
+        return stats.Estimate(est.difference, est.variance, est.df, est.method, est.variance_a, est.variance_b,
+                              **units)
     v_time, groups = looks.time[metric]
     # no keys: (request, bucket) cells are the requests, so V_unit&time = V_unit and V = V_time
     variance, df = stats.two_way(est.variance, est.df, v_time, groups, est.variance)
-    return stats.Estimate(est.difference, variance, df, "cluster", est.variance_a, est.variance_b)
+    return stats.Estimate(est.difference, variance, df, "cluster", est.variance_a, est.variance_b, **units)
+
+
+def _last(est: stats.Estimate) -> stats.Estimate:
+    """The estimate at the last look of every experiment."""
+    def at(value):
+        value = np.asarray(value)
+        return value[:, -1] if value.ndim == 2 else value
+    return stats.Estimate(at(est.difference), at(est.variance), at(est.df), est.method, at(est.variance_a),
+                          at(est.variance_b), at(est.unit_excess_a), at(est.unit_excess_b), at(est.unit_sq_a),
+                          at(est.unit_sq_b))
+
+
+def reported_plan(looks: Looks, ctx: DecisionContext) -> Plan:
+    """What decision.plan() reports at the last look of every experiment."""
+    a, b = looks.champion["primary"], looks.challenger["primary"]
+    return plan_arrays(_last(_estimate(looks, "primary")), a.n[:, -1], b.n[:, -1], ctx,
+                       primary_scale(ctx, a.mean[:, -1]))
 
 
 def reported_total(looks: Looks, ctx: DecisionContext) -> np.ndarray:
     """The planned total decision.plan() reports at the last look of every experiment (inf: none)."""
-    est = _estimate(looks, "primary")
-    a, b = looks.champion["primary"], looks.challenger["primary"]
-    last = stats.Estimate(*(np.asarray(getattr(est, f))[:, -1] for f in ("difference", "variance", "df")),
-                          est.method, np.asarray(est.variance_a)[:, -1], np.asarray(est.variance_b)[:, -1])
-    return planned_totals(last, a.n[:, -1], b.n[:, -1], ctx, primary_scale(ctx, a.mean[:, -1]))
+    return reported_plan(looks, ctx).total
 
 
 def decisions(looks: Looks, ctx: DecisionContext) -> np.ndarray:
     """decision.evaluate at every look: (sims, looks) CONTINUE / PROMOTE / ROLLBACK codes."""
     a, b = looks.champion, looks.challenger
-    units_a, units_b = a["primary"].groups, b["primary"].groups
+    units_a, units_b = a["primary"].effective, b["primary"].effective
     if looks.buckets_a is not None:
         units_a, units_b = np.minimum(units_a, looks.buckets_a), np.minimum(units_b, looks.buckets_b)
     inputs = Inputs(requests_a=a["latency"].n, requests_b=b["latency"].n, outcomes_a=a["primary"].n,
@@ -395,7 +514,7 @@ def outcome_of(codes: np.ndarray, look_every: int, mode: ExperimentMode) -> tupl
     return codes[np.arange(sims), first], (first + 1) * look_every
 
 
-def _run_chunk(args: tuple) -> tuple[int, int, float, list[float]]:
+def _run_chunk(args: tuple) -> tuple[int, int, float, list[float], int]:
     scenario, thresholds, sims, total, split, look_every, seed = args
     rng = np.random.default_rng(seed)
     n = -(-total // look_every) * look_every
@@ -406,8 +525,9 @@ def _run_chunk(args: tuple) -> tuple[int, int, float, list[float]]:
     requests = generate(scenario, rng, sims, n, split)
     looks = summarize_looks(requests, scenario, look_every)
     final, stopped = outcome_of(decisions(looks, ctx), look_every, scenario.mode)
+    plan = reported_plan(looks, ctx)
     return (int(np.sum(final == PROMOTE)), int(np.sum(final == ROLLBACK)), float(stopped.sum()),
-            reported_total(looks, ctx).tolist())
+            plan.total.tolist(), int(np.sum(plan.why_not == NO_UNITS)))
 
 
 def simulate(scenario: Scenario, thresholds: Thresholds, sims: int, *, total: int | None = None,
@@ -424,11 +544,12 @@ def simulate(scenario: Scenario, thresholds: Thresholds, sims: int, *, total: in
             parts = list(pool.map(_run_chunk, work))
     else:
         parts = [_run_chunk(w) for w in work]
-    for promoted, rolled_back, stop_sum, reported in parts:
+    for promoted, rolled_back, stop_sum, reported, unreachable in parts:
         result.promoted += promoted
         result.rolled_back += rolled_back
         result.stop_sum += stop_sum
         result.reported.extend(reported)
+        result.unreachable += unreachable
     return result
 
 

@@ -14,11 +14,30 @@ Variance of the difference: on the randomization unit
 
     floored at the variance independent requests would give (s^2/n): clustering can only add variance,
     and a CR1 estimate from a handful of units is near zero by chance often enough to matter (two keys
-    that happen to agree). V = V_champion + V_challenger (units are nested in arms). Degrees of freedom:
-    Satterthwaite's
-    (V_a + V_b)^2 / (V_a^2/(G_a-1) + V_b^2/(G_b-1)). When every request is its own unit (no routing key)
-    R[g] = y - mean, V_arm = s^2/n and the df are Welch's: the test *is* Welch's t-test, identical to
-    ``scipy.stats.ttest_ind(b, a, equal_var=False)``.
+    that happen to agree). V = V_champion + V_challenger (units are nested in arms).
+
+    Effective clusters: G counts distinct units, but 500 symbols of which three carry half the flow
+    behave like a handful. What the variance estimate rests on is the effective number of clusters
+    G_eff = 1 / sum_g share_g^2 = n^2 / sum_g c_g^2 (c_g: the unit's outcomes; G_eff = G for equal
+    units, = n with one request per unit). Degrees of freedom: Satterthwaite's
+    (V_a + V_b)^2 / (V_a^2/(G_eff_a-1) + V_b^2/(G_eff_b-1)), and decision.py's unit rule counts G_eff.
+    When every request is its own unit (no routing key) R[g] = y - mean, V_arm = s^2/n and the df are
+    Welch's: the test *is* Welch's t-test, identical to ``scipy.stats.ttest_ind(b, a, equal_var=False)``.
+
+    Batch means (VarianceMethod.BATCH, the default): outcomes autocorrelated within an arm (a model
+    that is wrong for a while, in a regime) are not independent either, whatever their keys. Each arm's
+    outcomes, in the order they were served, are cut into batches of b consecutive ones, b the largest
+    power of two not above n^(1/3) (``batch_size``: the rate that minimises the estimate's mean squared
+    error, Flegal and Jones 2010; n^(2/3) batches, so few df are lost, and a batch only ever merges with
+    its neighbour as data arrives), and the CR1 variance over batches V_batch (floored at s^2/n)
+    replaces s^2/n: with keys, V_arm = V_unit + V_batch - s^2/n, each design effect added to the
+    independent-request variance (two-way clustering with the intersection's variance taken as s^2/n:
+    exact when a key rarely has two outcomes in one batch, conservative otherwise). When the batches add
+    variance (their CR1 estimate exceeds s^2/n), the arm's clusters for the df are min(G_eff units,
+    G_eff batches); when the floor binds the estimate is the unit one and so are its df (a large
+    effect on a few hundred independent outcomes keeps the evidence Welch's test gives it). Nothing
+    about time or traffic rate enters: the batches follow the arm's own outcomes, so the correction
+    holds at a few outcomes a day as at thousands a second.
 
     Time buckets (VarianceMethod.CLUSTER): outcomes served in the same minute share a market regime, in
     both arms. Two-way clustering (Cameron, Gelbach, Miller 2011): V = V_unit + V_time - V_unit&time,
@@ -47,6 +66,12 @@ Peeking-safe test (ExperimentMode.SEQUENTIAL): mSPRT
     d +- sqrt(V' (V' + tau^2) / tau^2 * (2 log(1/alpha) + log((V' + tau^2) / V'))). tau is the gain the
     experiment is planned for: power is best for effects near tau.
 
+    Both are computed in log space: for |t| beyond ~38 the t tail probability is below the smallest
+    double, so ``t_to_z`` takes log P(T > t) (``t_logsf``: scipy where it is finite, the incomplete-beta
+    series or the Laplace expansion of the tail where it is not) to z with ``ndtri_exp``; the widened
+    variance is exp(log V + 2 log(t/z)) and the half-width exp of half a sum of logs. A large estimate
+    is strong evidence, never a zero-width interval.
+
 Sample sizes for the rule the decision applies (``required_variance``, ``required_total``)
     PROMOTE needs the estimated gain d >= margin AND significance. At a true gain delta and variance V of
     the estimate, one look promotes with probability P(d >= max(margin, c sqrt(V))) =
@@ -69,6 +94,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special as sc
 from scipy import stats as sps
 
 ArrayLike = np.ndarray | float
@@ -96,10 +122,18 @@ class Estimate:
     variance: ArrayLike
     df: ArrayLike
     method: str
-    """welch (every request its own unit) | cluster-unit (routing keys) | cluster (time buckets, two-way)."""
+    """welch (every request its own unit) | cluster-unit (routing keys) | batch (batch means, with the keys
+    if any) | cluster (time buckets, two-way)."""
     variance_a: ArrayLike = float("nan")
-    """Variance of the champion's mean, clustered on units (the part of ``variance`` each arm brings)."""
+    """Variance of the champion's mean, clustered on units (and batches) (the part of ``variance`` each arm
+    brings)."""
     variance_b: ArrayLike = float("nan")
+    unit_excess_a: ArrayLike = 0.0
+    """What clustering on units adds to the champion's independent-request variance s^2/n (>= 0)."""
+    unit_excess_b: ArrayLike = 0.0
+    unit_sq_a: ArrayLike = float("nan")
+    """sum over the champion's units of their squared outcome counts (nan: every outcome its own unit)."""
+    unit_sq_b: ArrayLike = float("nan")
 
 
 def _as_scalar(result: TestResult) -> TestResult:
@@ -165,6 +199,13 @@ def cluster_from_summary(n_a, mean_a, var_a, g_a, n_b, mean_b, var_b, g_b,
     return Estimate(mean_b - mean_a, var_a + var_b, satterthwaite(var_a, g_a, var_b, g_b), method, var_a, var_b)
 
 
+def effective_clusters(counts) -> np.ndarray:
+    """1 / sum of squared shares = n^2 / sum_g c_g^2 from cluster sizes c_g (last axis)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts.sum(axis=-1) ** 2 / np.sum(counts**2, axis=-1)
+
+
 def _codes(labels: np.ndarray) -> tuple[np.ndarray, int]:
     uniques, inverse = np.unique(np.asarray(labels), return_inverse=True)
     return inverse.reshape(-1), uniques.size
@@ -176,15 +217,59 @@ def _arm_terms(values: np.ndarray, codes: np.ndarray, groups: int) -> float:
     return float(np.sum(resid**2))
 
 
-def _arm_variance(values: np.ndarray, units: np.ndarray | None) -> tuple[float, int]:
+def _iid_variance(values: np.ndarray) -> float:
+    n = values.size
+    return float(values.var(ddof=1)) / n if n > 1 else float("nan")
+
+
+def _arm_variance(values: np.ndarray, units: np.ndarray | None) -> tuple[float, int, float, float]:
+    """(CR1 variance of the arm's mean floored at s^2/n, distinct units, effective units, sum_g c_g^2)."""
     n = values.size
     if units is None or np.asarray(units).size != n:  # no unit labels: every request is its own unit
-        return (float(values.var(ddof=1)) / n if n > 1 else float("nan")), n
+        return _iid_variance(values), n, float(n), float(n)
     codes, groups = _codes(units)
+    counts = np.bincount(codes, minlength=groups)
+    effective, sum_sq = float(effective_clusters(counts)), float(np.sum(counts.astype(np.float64) ** 2))
     if groups < 2:
-        return float("nan"), groups
+        return float("nan"), groups, effective, sum_sq
     clustered = groups / (groups - 1) * _arm_terms(values, codes, groups) / n**2
-    return max(clustered, float(values.var(ddof=1)) / n), groups
+    return max(clustered, _iid_variance(values)), groups, effective, sum_sq
+
+
+def adds_variance(clustered, iid) -> np.ndarray:
+    """Whether a floored cluster-robust variance exceeds the independent-request one (beyond rounding: an
+    estimate that equals s^2/n in exact arithmetic must not flip on the last bit)."""
+    clustered, iid = np.asarray(clustered, dtype=np.float64), np.asarray(iid, dtype=np.float64)
+    return clustered > iid * (1 + 1e-9)
+
+
+BATCH_ROOT = 3
+"""Batches hold about n^(1/BATCH_ROOT) outcomes (power of two at most that)."""
+
+
+def batch_exponent(n) -> np.ndarray:
+    """log2 of ``batch_size`` (arrays too)."""
+    n = np.maximum(np.asarray(n, dtype=np.float64), 1.0)
+    return (np.frexp(n)[1] - 1) // BATCH_ROOT
+
+
+def batch_size(n: int) -> int:
+    """Outcomes per batch for batch means: the largest power of two not above n^(1/3) (1 below n = 8)."""
+    return 1 << int(batch_exponent(int(n)))
+
+
+def batch_variance(values: np.ndarray) -> tuple[float, int, float]:
+    """(CR1 variance of the mean over batches of ``batch_size(n)`` consecutive values, floored at s^2/n;
+    batches; effective batches). ``values`` in the order they were served."""
+    n = values.size
+    b = batch_size(n)
+    codes = np.arange(n) // b
+    groups = int(codes[-1]) + 1 if n else 0
+    effective = float(effective_clusters(np.bincount(codes, minlength=groups))) if n else float("nan")
+    if groups < 2:
+        return float("nan"), groups, effective
+    clustered = groups / (groups - 1) * _arm_terms(values, codes, groups) / n**2
+    return max(clustered, _iid_variance(values)), groups, effective
 
 
 def time_variance(champion: np.ndarray, champion_buckets: np.ndarray, challenger: np.ndarray,
@@ -210,21 +295,34 @@ def two_way(v_unit, df_unit, v_time, groups_time, v_both) -> tuple[np.ndarray, n
 
 def estimate(champion: np.ndarray, challenger: np.ndarray, champion_units: np.ndarray | None = None,
              challenger_units: np.ndarray | None = None, champion_buckets: np.ndarray | None = None,
-             challenger_buckets: np.ndarray | None = None) -> Estimate:
+             challenger_buckets: np.ndarray | None = None, *, batches: bool = False) -> Estimate:
     """Difference in means clustered on the randomization unit (None: one unit per request), and on time
-    buckets as well when they are given."""
+    buckets as well when they are given, or on batches of consecutive outcomes within each arm when
+    ``batches`` (values in the order they were served; see the module docstring)."""
     a = np.asarray(champion, dtype=np.float64)
     b = np.asarray(challenger, dtype=np.float64)
     nan = float("nan")
     if a.size < 2 or b.size < 2:
         return Estimate(float(b.mean() - a.mean()) if a.size and b.size else nan, nan, nan, "none")
-    var_a, g_a = _arm_variance(a, champion_units)
-    var_b, g_b = _arm_variance(b, challenger_units)
+    var_a, g_a, eff_a, sq_a = _arm_variance(a, champion_units)
+    var_b, g_b, eff_b, sq_b = _arm_variance(b, challenger_units)
     singletons = g_a == a.size and g_b == b.size
-    unit = cluster_from_summary(a.size, a.mean(), var_a, g_a, b.size, b.mean(), var_b, g_b,
+    units = dict(unit_excess_a=var_a - _iid_variance(a), unit_excess_b=var_b - _iid_variance(b), unit_sq_a=sq_a,
+                 unit_sq_b=sq_b)
+    if batches:
+        arms = []
+        for values, v_unit, eff in ((a, var_a, eff_a), (b, var_b, eff_b)):
+            v_batch, _, eff_batch = batch_variance(values)
+            iid = _iid_variance(values)
+            arms.append((v_unit + v_batch - iid, min(eff, eff_batch) if adds_variance(v_batch, iid) else eff))
+        (var_a, eff_a), (var_b, eff_b) = arms
+        est = cluster_from_summary(a.size, a.mean(), var_a, eff_a, b.size, b.mean(), var_b, eff_b, "batch")
+        return Estimate(float(est.difference), float(est.variance), float(est.df), est.method, var_a, var_b, **units)
+    unit = cluster_from_summary(a.size, a.mean(), var_a, eff_a, b.size, b.mean(), var_b, eff_b,
                                 "welch" if singletons else "cluster-unit")
     if champion_buckets is None or challenger_buckets is None:
-        return Estimate(float(unit.difference), float(unit.variance), float(unit.df), unit.method, var_a, var_b)
+        return Estimate(float(unit.difference), float(unit.variance), float(unit.df), unit.method, var_a, var_b,
+                        **units)
     v_time, groups_time = time_variance(a, champion_buckets, b, challenger_buckets)
     if singletons:
         v_both = float(unit.variance)  # (request, bucket) cells are the requests themselves
@@ -235,7 +333,7 @@ def estimate(champion: np.ndarray, challenger: np.ndarray, champion_units: np.nd
                               np.char.add("|", np.asarray(challenger_buckets).astype(str)))
         v_both = _arm_variance(a, cells_a)[0] + _arm_variance(b, cells_b)[0]
     variance, df = two_way(unit.variance, unit.df, v_time, groups_time, v_both)
-    return Estimate(float(unit.difference), float(variance), float(df), "cluster", var_a, var_b)
+    return Estimate(float(unit.difference), float(variance), float(df), "cluster", var_a, var_b, **units)
 
 
 # -- tests -------------------------------------------------------------------------------------------
@@ -252,12 +350,47 @@ def fixed_test(est: Estimate, alpha: float = 0.05) -> TestResult:
     return TestResult(diff, se, t, df, p, diff - half, diff + half, est.method)
 
 
+def t_logsf(t, df) -> np.ndarray:
+    """log P(T > t) for Student's t(df), t >= 0 (arrays broadcast), finite far beyond where P underflows.
+
+    scipy's tail where its log is finite; beyond (|t| above ~38 with many df, far more with few) the
+    incomplete-beta form P = I_x(df/2, 1/2) / 2, x = df / (df + t^2), taken in logs as
+    x^a (1-x)^b / (a B(a, b)) 2F1(a+b, 1; a+1; x), while x <= 0.99, and else (t^2 << df, so the t density
+    is nearly normal around t and its log falls steeply) the Laplace expansion of the tail integral,
+    P = f(t) / -g'(t) * (1 + g''(t) / g'(t)^2) with g = log f."""
+    t, df = np.broadcast_arrays(np.asarray(t, dtype=np.float64), np.asarray(df, dtype=np.float64))
+    shape = t.shape
+    t, df = t.reshape(-1), df.reshape(-1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        out = np.asarray(np.where(np.isinf(df), sps.norm.logsf(t), np.log(sps.t.sf(t, df))),
+                         dtype=np.float64).reshape(-1)
+        far = ~np.isfinite(out) & np.isfinite(t) & (t > 0) & (df > 0)
+        if np.any(far):
+            tf, nu = t[far], df[far]
+            a = nu / 2
+            log_t2 = 2 * np.log(tf)
+            log_x = np.log(nu) - np.logaddexp(np.log(nu), log_t2)
+            log_1mx = log_t2 - np.logaddexp(np.log(nu), log_t2)
+            beta = (np.log(0.5) + a * log_x + 0.5 * log_1mx - np.log(a) - sc.betaln(a, 0.5)
+                    + np.log(sc.hyp2f1(a + 0.5, 1.0, a + 1.0, np.exp(log_x))))
+            # Laplace: g = log f, f(s) = C (1 + s^2/nu)^(-(nu+1)/2); normal density when nu is infinite
+            log_c = sc.gammaln((nu + 1) / 2) - sc.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
+            g = log_c - (nu + 1) / 2 * np.log1p(tf**2 / nu)
+            g1 = -(nu + 1) * tf / (nu + tf**2)
+            g2 = -(nu + 1) * (nu - tf**2) / (nu + tf**2) ** 2
+            laplace = g - np.log(-g1) + np.log1p(g2 / g1**2)
+            use_beta = (log_x <= np.log(0.99)) & np.isfinite(beta)
+            out[far] = np.where(use_beta, beta, laplace)
+    return out.reshape(shape)
+
+
 def t_to_z(statistic, df) -> np.ndarray:
-    """The normal quantile with the same tail probability as ``statistic`` under Student's t(df)."""
+    """The normal quantile with the same tail probability as ``statistic`` under Student's t(df), matched
+    in log space (``t_logsf``), so a t of 60 on 5,000 df is a z near 59, not an infinite z."""
     t = np.asarray(statistic, dtype=np.float64)
     df = np.asarray(df, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        z = np.sign(t) * sps.norm.isf(sps.t.sf(np.abs(t), df))
+        z = np.sign(t) * -sc.ndtri_exp(t_logsf(np.abs(t), df))
     return np.where(np.isinf(df) | np.isinf(t), t, z)
 
 
@@ -266,10 +399,13 @@ def sequential_test(est: Estimate, tau: float, alpha: float = 0.05) -> TestResul
     diff = np.asarray(est.difference, dtype=np.float64)
     variance = np.asarray(est.variance, dtype=np.float64)
     df = np.asarray(est.df, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         t = diff / np.sqrt(variance)
         z = t_to_z(t, df)
-        widened = np.where((t != 0) & np.isfinite(t) & (z != 0), variance * (t / z) ** 2, variance)
+        # V' = V (t/z)^2 in logs: t and z both huge must not become 0 / inf
+        log_ratio = 2 * (np.log(np.abs(t)) - np.log(np.abs(z)))
+        widened = np.where((t != 0) & np.isfinite(t) & (z != 0) & np.isfinite(log_ratio),
+                           np.exp(np.log(variance) + log_ratio), variance)
     method = "msprt" if est.method == "welch" else f"msprt-{est.method}"
     result = msprt(diff, widened, tau, alpha, method)
     return TestResult(result.difference, result.se, result.statistic, df, result.p_value, result.ci_low,
@@ -313,9 +449,11 @@ def msprt(difference, variance, tau, alpha: float = 0.05, method: str = "msprt")
     v = np.asarray(variance, dtype=np.float64)
     tau2 = np.asarray(tau, dtype=np.float64) ** 2
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        log_lr = 0.5 * np.log(v / (v + tau2)) + tau2 * d**2 / (2 * v * (v + tau2))
+        log_lr = -0.5 * np.log1p(tau2 / v) + tau2 * d**2 / (2 * v * (v + tau2))
         p = np.minimum(1.0, np.exp(-log_lr))
-        half = np.sqrt(v * (v + tau2) / tau2 * (2 * np.log(1 / alpha) + np.log((v + tau2) / v)))
+        # sqrt(V (V + tau^2) / tau^2 * (2 log(1/alpha) + log(1 + tau^2/V))), as a sum of logs
+        half = np.exp(0.5 * (np.log(v) + np.log1p(v / tau2)
+                             + np.log(2 * np.log(1 / alpha) + np.log1p(tau2 / v))))
     degenerate = v == 0
     p = np.where(degenerate, np.where(d == 0, 1.0, 0.0), p)
     p = np.where(np.isnan(p), 1.0, p)

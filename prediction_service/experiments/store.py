@@ -227,13 +227,15 @@ class ExperimentStore:
         for arm in Arm:
             rows = conn.execute(select(predictions.c.latency_ms, predictions.c.error, predictions.c.served_at, _UNIT)
                                 .where(predictions.c.experiment_id == experiment_id, predictions.c.arm == arm.value,
-                                       predictions.c.served_at <= served_until)).all()
+                                       predictions.c.served_at <= served_until)
+                                .order_by(predictions.c.served_at, predictions.c.request_id)).all()
             pred = np.array([r[:3] for r in rows], dtype=np.float64).reshape(-1, 3)
             units = np.array([r[3] for r in rows], dtype=object)
             query = (select(outcomes.c.actual, predictions.c.predicted_class, outcomes.c.correct, outcomes.c.abs_error,
                             outcomes.c.pnl, predictions.c.served_at, outcomes.c.worst_case, _UNIT)
                      .select_from(outcomes.join(predictions))
-                     .where(predictions.c.experiment_id == experiment_id, predictions.c.arm == arm.value))
+                     .where(predictions.c.experiment_id == experiment_id, predictions.c.arm == arm.value)
+                     .order_by(predictions.c.served_at, predictions.c.request_id))  # batch means: in time order
             if outcome_filter is not None:
                 query = query.where(outcome_filter)
             rows = conn.execute(query).all()

@@ -6,7 +6,10 @@ the ``onnx`` flavour with its external weights and extra files, a TorchScript ``
 (``mlflow-3``) through ``ModelRegistry.register``: files copied and hashed, the MLflow signature converted to
 the strict one, a smoke run against it. The MLflow run id, run metrics and tags are recorded in
 metadata.json. Then the aliases that mean production / staging become ``ModelRegistry.promote`` calls,
-through the same validation gate as any promotion.
+through the same validation gate and serving-contract check as any promotion: an alias moved to a version
+whose contract differs from production's is reported ``not_promoted`` (contract_changed, each difference
+named) until an admin promotes it with the override (``registry promote --allow-contract-change``); a
+version without the pre-processing step production declares is refused at mirroring, naming the step.
 
 Safety: MLmodel is parsed with yaml.safe_load; only the files the plan names are downloaded, by paths that
 must be plain relative names (artifacts.safe_path: nothing can leave the staging dir), into a private staging
@@ -29,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import Conflict, InvalidInput, InvalidName, PredictionServiceError, ServiceUnavailable, ValidationFailed
+from ..registry.contract import ContractChanged
 from ..registry.errors import InvalidTransition, PromotionRefused
 from ..registry.layout import validate_name
 from ..registry.model_version import ValidationReport
@@ -195,6 +199,8 @@ class MlflowSync:
         try:
             with self.registry.upload_staging() as staging:
                 action = self._download_and_register(name, mv, version, staging)
+        except ContractChanged as exc:  # production declares a pre-processing step this version lacks
+            action = SyncAction(name, "refused", mlflow_version, version, reason=exc.message)
         except Conflict:  # another sync registered it between our check and our write
             return self._existing(name, version, mlflow_version) or done
         except MlflowUnavailable as exc:  # transient: tried again next time

@@ -1,10 +1,11 @@
-"""Side-by-side comparison of two versions: metric deltas, signature and artifact differences."""
+"""Side-by-side comparison of two versions: metric deltas, serving-contract, signature and artifact differences."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
 from ..signature import ModelSignature
+from .contract import ContractChange, ServingContract
 from .model_version import VersionMetadata
 
 
@@ -42,18 +43,30 @@ class VersionComparison(BaseModel):
     signature_changes: list[TensorChange]
     artifact_changes: list[ArtifactChange]
     """Files only in one version, or with different content."""
+    contract_changes: list[ContractChange] = []
+    """Every difference of the serving contract (contract.py: tensors, pre-processing steps and their
+    parameters, the vocabulary, labels, task): what promoting b over a would refuse without the override."""
 
     @property
     def same_signature(self) -> bool:
         return not self.signature_changes
 
+    @property
+    def same_contract(self) -> bool:
+        return not self.contract_changes
 
-def compare_versions(a: VersionMetadata, b: VersionMetadata) -> VersionComparison:
+
+def compare_versions(a: VersionMetadata, b: VersionMetadata,
+                     contract_changes: list[ContractChange] | None = None) -> VersionComparison:
+    """``contract_changes``: from the versions' directories (a text step's vocabulary is a file there);
+    None: from the metadata alone."""
+    if contract_changes is None:
+        contract_changes = ServingContract.from_metadata(a).differences(ServingContract.from_metadata(b))
     return VersionComparison(
         model=a.name, a=a.version, b=b.version, status=(a.status, b.status),
         metrics=_metric_deltas(a.metrics, b.metrics),
         signature_changes=_signature_changes(a.signature, b.signature),
-        artifact_changes=_artifact_changes(a, b),
+        artifact_changes=_artifact_changes(a, b), contract_changes=contract_changes,
     )
 
 

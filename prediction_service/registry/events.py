@@ -25,9 +25,11 @@ from ..state.tables import registry_events as events_table
 _INSERT = insert(events_table).returning(events_table.c.id)  # built once: loads and unloads write one each
 
 EventKind = Literal[
-    "registered", "stage_change", "forced_promotion", "deleted", "metrics_updated",
+    "registered", "stage_change", "forced_promotion", "contract_change", "deleted", "metrics_updated",
     "validation_updated", "reconciled", "loaded", "unloaded",
 ]
+"""contract_change: a promotion into production changed the serving contract by explicit override (details:
+production_version, differences)."""
 EVENTS_FILE = "registry_events.sqlite3"
 
 class RegistryEvent(BaseModel):

@@ -1,5 +1,10 @@
 """ModelRegistry: the registry's domain object. Register, list, compare, promote, archive, delete.
 
+Promotion into production is the one gate every path goes through (CLI, API, the MLflow alias follower,
+experiments' auto_apply): the candidate needs a passing validation report, and more than a smoke run when
+production has a real one (numeric parity), unless ``force``; and its serving contract (contract.py) must
+equal production's, unless ``allow_contract_change`` (recorded as a ``contract_change`` event).
+
 Every write to a model happens under that model's file lock (``<root>/<name>/.lock``), so CLI runs,
 server workers and API calls serialize per model. Stage links move atomically (temp link +
 ``os.replace``); metadata is rewritten atomically (temp + fsync + replace). The link moves first,
@@ -27,6 +32,7 @@ from ..settings import StateSettings
 from ..signature import ModelSignature
 from .checkpoints import step
 from .compare import VersionComparison, compare_versions
+from .contract import ContractChange, ContractChanged, ServingContract, contract_changed, dropped_steps
 from .errors import NameInUse, PromotionRefused, RegistryBusy, StageInUse
 from .events import EVENTS_FILE, EventLog, RegistryEvent
 from .fsutil import atomic_symlink, fsync_dir
@@ -136,7 +142,26 @@ class ModelRegistry:
         return self.reader.stages(name)
 
     def compare(self, name: str, a: str, b: str) -> VersionComparison:
-        return compare_versions(self.get(name, a).metadata, self.get(name, b).metadata)
+        first, second = self.get(name, a), self.get(name, b)
+        return compare_versions(first.metadata, second.metadata,
+                                ServingContract.of(first).differences(ServingContract.of(second)))
+
+    def contract(self, name: str, version: str) -> ServingContract:
+        return ServingContract.of(self.get(name, version))
+
+    def production_refusal(self, name: str, version: str) -> PromotionRefused | None:
+        """What ``promote(name, version)`` into production would refuse with, without force or override (a
+        read: nothing is locked, so a concurrent write may change the answer); None when it would pass."""
+        metadata = self.get(name, version).metadata
+        if metadata.status == "production":
+            return None
+        production = self.reader.model_stage(name, "production")
+        try:
+            self._check_production_gate(name, version, metadata, production, force=False)
+            self._check_contract(name, version, production, allow=False)
+        except PromotionRefused as exc:
+            return exc
+        return None
 
     def model_events(self, name: str, *, limit: int = 1000, since: datetime | None = None) -> list[RegistryEvent]:
         validate_name(name)
@@ -176,12 +201,18 @@ class ModelRegistry:
         extra_files: Sequence[Path] = (),
         benchmarks: Mapping[str, Any] | None = None,
         actor: str = "unknown",
+        allow_contract_change: bool = False,
     ) -> ModelVersion:
         """Copy artifacts in as a new version (status ``none``).
 
         The signature is inferred from the ONNX artifact unless given. With an ONNX artifact the
         model gets a smoke run against the signature (ValidationFailed when it does not match), and
         that smoke report is stored unless a ``numeric_parity`` report is supplied.
+
+        When the model's production version declares a pre-processing step (bars, text) the new version
+        does not declare (a bare artifact's inferred signature has none), registering is refused with
+        ContractChanged naming the step: clients sending raw bars or text would lose it at the next
+        promotion. ``allow_contract_change`` registers it anyway (the promotion still needs its own).
         """
         self.layout.new_version_dir(name, version)  # fail before the smoke run
         self._check_not_ensemble(name)
@@ -198,10 +229,12 @@ class ModelRegistry:
                 raise InvalidInput(f"extra file {Path(extra).name} does not exist")
         onnx_source = next((s for s in artifacts if s.format == "onnx" and s.precision == "fp32"), None) \
             or next((s for s in artifacts if s.format == "onnx"), None)
+        inferred = signature is None
         if signature is None:
             if onnx_source is None:
                 raise InvalidInput("without an ONNX artifact the signature must be given explicitly")
             signature = infer_signature(onnx_source.path)
+        dropped = self._dropped_steps(name, version, signature, inferred, allow=allow_contract_change)
         if onnx_source is not None:
             with self.upload_staging() as scratch:  # on the store's filesystem: the run maps the weights in place
                 smoke = smoke_test(onnx_source.path, signature, scratch)
@@ -218,21 +251,26 @@ class ModelRegistry:
 
             def record(created: ModelVersion) -> None:
                 # Before the version is renamed into place: when the event cannot be written, nothing is listed.
-                self.events.record("registered", name, version, actor=actor, details={
-                    "artifacts": [a.file for a in created.metadata.artifacts],
-                    "validation": validation.kind if validation else None,
-                })
+                details: dict[str, Any] = {"artifacts": [a.file for a in created.metadata.artifacts],
+                                           "validation": validation.kind if validation else None}
+                if dropped:  # registered without production's pre-processing, by explicit override
+                    details["contract_change_allowed"] = [c.model_dump() for c in dropped]
+                self.events.record("registered", name, version, actor=actor, details=details)
 
             created = register_version(self.root, metadata, list(artifacts), list(extra_files), before_publish=record)
         log.info("registered %s %s (%d artifacts)", name, version, len(created.metadata.artifacts))
         return created
 
     def promote(self, name: str, version: str, stage: Literal["production", "staging"] = "production",
-                *, force: bool = False, actor: str = "unknown") -> ModelVersion:
+                *, force: bool = False, allow_contract_change: bool = False, actor: str = "unknown") -> ModelVersion:
         """Point ``stage`` at ``version``. The version it displaces is archived.
 
-        Entering production needs ``validation.passed``; ``force`` overrides and is logged as a
-        ``forced_promotion``. Promoting a version already in ``stage`` is a no-op.
+        Entering production needs ``validation.passed``, and more than a smoke run when the production
+        version has a passing report of another kind (numeric parity); ``force`` overrides both and is
+        logged as a ``forced_promotion``. It also needs the serving contract of the production version
+        (contract.py): any difference is ContractChanged (409 ``contract_changed``, each difference
+        listed) unless ``allow_contract_change``, which is logged as a ``contract_change`` event with the
+        differences. Promoting a version already in ``stage`` is a no-op.
         """
         if stage not in STAGE_OF_STATUS:
             raise InvalidName(f"unknown stage {stage!r}; valid: {', '.join(STAGE_OF_STATUS)}", {"value": stage})
@@ -243,15 +281,11 @@ class ModelRegistry:
             if current == stage:
                 return self.get(name, version)
             check_transition(name, version, current, stage)
-            passed = metadata.validation is not None and metadata.validation.passed
-            forced = stage == "production" and not passed
-            if forced and not force:
-                raise PromotionRefused(
-                    f"{name} {version} has no passing validation report; promote with force to override",
-                    {"model": name, "version": version,
-                     "validation": metadata.validation.model_dump(mode="json") if metadata.validation else None},
-                )
             displaced = self.layout.read_stage(name, stage)
+            forced, changes = False, []
+            if stage == "production":
+                forced = self._check_production_gate(name, version, metadata, displaced, force=force)
+                changes = self._check_contract(name, version, displaced, allow=allow_contract_change)
             step("locked")
             atomic_symlink(f"v{version}", self.layout.stage_link(name, stage))
             step("link_moved")
@@ -264,7 +298,9 @@ class ModelRegistry:
             if displaced is not None and displaced != version:
                 write_status(self.layout, read_metadata(self.layout, name, displaced), "archived")
                 step("displaced_archived")
-            details = {"forced": forced, "displaced": displaced}
+            details: dict[str, Any] = {"forced": forced, "displaced": displaced}
+            if changes:
+                details["contract_changes"] = len(changes)
             self.events.record("stage_change", name, version, actor=actor, from_stage=current, to_stage=stage,
                                details=details)
             if displaced is not None and displaced != version:
@@ -273,10 +309,75 @@ class ModelRegistry:
             if forced:
                 self.events.record("forced_promotion", name, version, actor=actor, from_stage=current,
                                    to_stage=stage, details={"validation": _validation_summary(metadata)})
+            if changes:
+                self.events.record("contract_change", name, version, actor=actor, from_stage=current,
+                                   to_stage=stage, details={"production_version": displaced, "allowed": True,
+                                                            "differences": [c.model_dump() for c in changes]})
             step("events_recorded")
-        log.info("%s: %s %s -> %s (displaced %s%s)", actor, name, version, stage, displaced,
-                 ", forced" if forced else "")
+        log.info("%s: %s %s -> %s (displaced %s%s%s)", actor, name, version, stage, displaced,
+                 ", forced" if forced else "", f", {len(changes)} contract changes allowed" if changes else "")
         return self.get(name, version)
+
+    def _check_production_gate(self, name: str, version: str, metadata: VersionMetadata, production: str | None,
+                               *, force: bool) -> bool:
+        """Validation gate into production; True when it is forced (PromotionRefused without ``force``)."""
+        report = metadata.validation
+        if report is None or not report.passed:
+            if force:
+                return True
+            raise PromotionRefused(
+                f"{name} {version} has no passing validation report; promote with force to override",
+                {"model": name, "version": version,
+                 "validation": report.model_dump(mode="json") if report else None})
+        if report.kind != "smoke" or production is None or production == version:
+            return False
+        theirs = read_metadata(self.layout, name, production).validation
+        if theirs is None or not theirs.passed or theirs.kind == "smoke":
+            return False
+        if force:
+            return True
+        raise PromotionRefused(
+            f"{name} {version} has only a smoke run (it loads and answers in the declared shapes), while "
+            f"production {production} passed {theirs.kind}: a smoke run does not pass the production gate "
+            "here. Attach a numeric parity report (package, or registry register --validation) or promote "
+            "with force to override",
+            {"model": name, "version": version, "validation": report.model_dump(mode="json"),
+             "production_version": production, "production_validation": theirs.kind})
+
+    def _check_contract(self, name: str, version: str, production: str | None, *,
+                        allow: bool) -> list[ContractChange]:
+        """The differences between production's serving contract and the candidate's (ContractChanged when
+        there are any and ``allow`` is not given)."""
+        if production is None or production == version:
+            return []
+        ours = ServingContract.of(self.get(name, version))
+        changes = ServingContract.of(self.get(name, production)).differences(ours)
+        if changes and not allow:
+            raise contract_changed(name, version, production, changes)
+        return changes
+
+    def _dropped_steps(self, name: str, version: str, signature: ModelSignature, inferred: bool, *,
+                       allow: bool) -> list[ContractChange]:
+        """Production's pre-processing steps ``signature`` does not declare; ContractChanged naming them
+        unless ``allow``."""
+        production = self.reader.model_stage(name, "production") if self.layout.model_dir(name).is_dir() else None
+        if production is None:
+            return []
+        theirs = ServingContract.of(self.get(name, production))
+        dropped = dropped_steps(theirs, ServingContract.from_signature(signature))
+        changes = [ContractChange(field=f"preprocessing.{kind}", a=step.describe(), b=None) for kind, step in dropped]
+        if not dropped or allow:
+            return changes
+        what = "; ".join(f"a {kind} step {step.describe()}" for kind, step in dropped)
+        source = "the signature inferred from the bare artifact" if inferred else "the given signature"
+        raise ContractChanged(
+            f"{name} production {production} declares {what}; {source} of {version} declares none, so "
+            f"{'raw ' + ' and '.join(kind for kind, _ in dropped)} requests would stop working once it is "
+            "promoted. Register it with a signature that declares the step (e.g. production's: registry show "
+            f"{name} {production} --json), or pass --allow-contract-change (API: \"allow_contract_change\": "
+            "true) to register it without",
+            {"model": name, "version": version, "production_version": production,
+             "dropped": [kind for kind, _ in dropped], "differences": [c.model_dump() for c in changes]})
 
     def archive(self, name: str, version: str, *, actor: str = "unknown") -> ModelVersion:
         """Retire a version; a stage link pointing at it is removed (production then has no version)."""

@@ -126,5 +126,5 @@ async def test_outcome_and_analyze(client, service: ExperimentService):
     assert body["arms"]["champion"]["outcomes"] + body["arms"]["challenger"]["outcomes"] == 200
     assert body["arms"]["challenger"]["total_pnl"] is not None
     accuracy = next(c for c in body["comparisons"] if c["metric"] == "accuracy")
-    assert accuracy["method"] == "msprt" and 0 <= accuracy["p_value"] <= 1  # sequential by default; keys unique
+    assert accuracy["method"] == "msprt-batch" and 0 <= accuracy["p_value"] <= 1  # sequential, batch means by default
     assert (await client.get("/v1/experiments/nope/analyze", headers=READ)).status_code == 404

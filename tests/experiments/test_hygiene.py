@@ -42,7 +42,9 @@ def probs(cls: int | None) -> np.ndarray:
 
 def feed(service: ExperimentService, n: int, *, champion: float = 0.6, challenger: float = 0.6,
          challenger_nan: float = 0.0, keys: int | None = None, prefix: str = "r", seed: int = 0) -> None:
-    """n requests with outcomes; exact shares of right (and NaN) answers per arm in every 20 of its requests."""
+    """n requests with outcomes; exact shares of right (and NaN) answers per arm in every 20 of its requests,
+    spread through the 20 (slot 11k mod 20), not in runs: runs of right answers would be outcomes autocorrelated
+    within the arm, which the default variance (batch means) rightly counts as less evidence."""
     rng = np.random.default_rng(seed)
     seen = {Arm.CHAMPION: 0, Arm.CHALLENGER: 0}
     for i in range(n):
@@ -51,8 +53,9 @@ def feed(service: ExperimentService, n: int, *, champion: float = 0.6, challenge
         k = seen[assignment.arm]
         seen[assignment.arm] += 1
         is_challenger = assignment.arm is Arm.CHALLENGER
-        broken = is_challenger and (k % 20) < round(challenger_nan * 20)
-        right = (k % 20) < round((challenger if is_challenger else champion) * 20)
+        slot = (11 * k) % 20
+        broken = is_challenger and slot < round(challenger_nan * 20)
+        right = slot < round((challenger if is_challenger else champion) * 20)
         actual = int(rng.integers(0, 3))
         predicted = None if broken else (actual if right else (actual + 1) % 3)
         service.record_prediction(f"{prefix}-{i}", assignment, float(rng.normal(10, 1)), False, probs(predicted))
@@ -127,7 +130,7 @@ def test_routing_key_is_stored_and_clusters_the_analysis(make_service):
     units = {arm: m.scored_units for arm, m in analysis.arms.items()}
     assert sum(units.values()) == 12 and analysis.arms[Arm.CHAMPION].units == units[Arm.CHAMPION]
     accuracy = next(c for c in analysis.comparisons if c.metric == "accuracy")
-    assert accuracy.method == "msprt-cluster-unit"
+    assert accuracy.method == "msprt-batch"  # keys, and batch means by default
     # a 45-point gain, but on 12 accounts: no promotion
     assert analysis.decision is Decision.CONTINUE
     assert any("too few independent units" in r for r in analysis.reasons)
@@ -139,7 +142,7 @@ def test_requests_without_a_key_are_their_own_units(make_service):
     feed(service, 600, champion=0.5, challenger=0.95)
     analysis = service.analyze(exp.id)
     assert sum(m.scored_units for m in analysis.arms.values()) == 600
-    assert next(c for c in analysis.comparisons if c.metric == "accuracy").method == "msprt"  # Welch inside
+    assert next(c for c in analysis.comparisons if c.metric == "accuracy").method == "msprt-batch"  # batch means
     assert analysis.decision is Decision.PROMOTE
 
 
@@ -223,6 +226,39 @@ def test_a_refused_promotion_stops_the_experiment_instead_of_looping(db_path, ca
         assert service.apply_due_decisions() == []
         assert service.analyze(exp.id).experiment.status is ExperimentStatus.STOPPED
     assert not [r for r in caplog.records if r.exc_info]  # no traceback on the schedule
+
+
+def test_a_challenger_with_another_serving_contract_is_refused_at_create_and_never_auto_promoted(db_path, tmp_path):
+    """auto_apply promotes through the registry's own promote: a changed serving contract (here the class labels)
+    is 409 contract_changed at create, and a promotion refused for it stops the experiment, champion kept."""
+    from tests.support.models import CLASSIFIER_SIGNATURE, TinyClassifier, register_tiny
+
+    root = tmp_path / "store"
+    register_tiny(root, "sentiment", "1.0.0", TinyClassifier(), CLASSIFIER_SIGNATURE, tmp_path / "work")
+    relabelled = CLASSIFIER_SIGNATURE.model_copy(update={"labels": ["sell", "hold", "buy"]})
+    register_tiny(root, "sentiment", "1.1.0", TinyClassifier(), relabelled, tmp_path / "work", stage=None)
+    registry = ModelRegistry(root)
+    catalog = RegistryCatalog(registry)
+
+    def promote(name: str, version: str) -> None:  # what serving/service.py wires in
+        registry.promote(name, version, "production", actor="experiment")
+
+    checked = ExperimentService(ExperimentStore(db_path), ExperimentSettings(min_samples_per_arm=50), promote,
+                                version_exists, catalog=catalog)
+    with pytest.raises(Conflict) as refused:
+        checked.create(spec(auto_apply=True))
+    assert refused.value.code == "contract_changed" and "labels" in refused.value.message
+    assert refused.value.details["differences"][0]["field"] == "labels"
+
+    unchecked = ExperimentService(ExperimentStore(db_path), ExperimentSettings(min_samples_per_arm=50), promote,
+                                  version_exists)  # no catalog: nothing refuses it up front
+    exp = unchecked.create(spec(auto_apply=True))
+    feed(unchecked, 600, champion=0.5, challenger=0.95)
+    analysis = unchecked.analyze(exp.id)
+    assert analysis.decision is Decision.PROMOTE and not analysis.applied, analysis.reasons
+    assert analysis.experiment.status is ExperimentStatus.STOPPED
+    assert "contract" in analysis.experiment.end_reason and "labels" in analysis.experiment.end_reason
+    assert registry.stages("sentiment")["production"] == "1.0.0"
 
 
 def test_fixed_horizon_decides_once_on_its_planned_outcomes(make_service, promoter):

@@ -14,7 +14,8 @@ from scipy import stats as sps
 from prediction_service.experiments import simulation as sim
 from prediction_service.experiments.decision import DecisionContext, decide, planned_totals, primary_scale, run_test
 from prediction_service.experiments.metrics import ArmData
-from prediction_service.experiments.models import Decision, ExperimentMode, Thresholds, VarianceMethod
+from prediction_service.experiments.models import (Decision, ExperimentMode, ExperimentSpec, Thresholds, Unreachable,
+                                                   VarianceMethod)
 
 ALPHA = 0.05
 
@@ -181,6 +182,8 @@ CODES = {Decision.CONTINUE: 0, Decision.PROMOTE: 1, Decision.ROLLBACK: 2}
     sim.Scenario("fixed mode", mode=ExperimentMode.FIXED, gain=0.05),
     sim.Scenario("slower, failing challenger", latency_shift_ms=1.0, error_rate=0.05),
     sim.Scenario("regression, 10 % lower MAE", task="regression", gain=0.10, error_rate=0.0, mae=2.5),
+    sim.Scenario("Zipf-skewed sticky keys, autocorrelated", keys=40, zipf=1.0, key_sd=0.3, rho=0.3, gain=0.05),
+    sim.Scenario("sticky keys, variance=unit", keys=30, key_sd=0.3, variance=VarianceMethod.UNIT),
 ], ids=lambda s: s.name)
 def test_simulation_engine_decides_as_decide_does(scenario):
     """Look by look, the engine's running sums give the p-values and decisions decide() gives on the same
@@ -209,8 +212,8 @@ def test_simulation_engine_decides_as_decide_does(scenario):
                 assert comparison.p_value == pytest.approx(float(ours.p_value), abs=1e-9), (metric, s, k)
                 compared += 1
             est = estimates["primary"]
-            at_look = type(est)(*(np.asarray(getattr(est, f))[s, k] for f in ("difference", "variance", "df")),
-                                est.method, np.asarray(est.variance_a)[s, k], np.asarray(est.variance_b)[s, k])
+            at_look = type(est)(**{f: (v if f == "method" else np.broadcast_to(np.asarray(v), est.variance.shape)[s, k])
+                                   for f, v in vars(est).items()})
             a, b = looks.champion["primary"], looks.challenger["primary"]
             planned = float(planned_totals(at_look, a.n[s, k], b.n[s, k], ctx, primary_scale(ctx, a.mean[s, k])))
             assert result.primary.planned_total == (None if planned == float("inf") else planned)
@@ -225,6 +228,8 @@ def _bound(sims: int, rate: float) -> int:
 @pytest.mark.parametrize("scenario, sims", [
     (sim.Scenario("A/A iid"), 300),
     (sim.Scenario("A/A sticky by 500 keys", keys=500, key_sd=0.3), 150),
+    (sim.Scenario("A/A sticky by 500 Zipf-skewed symbols", keys=500, zipf=1.0, key_sd=0.3), 150),
+    (sim.Scenario("A/A AR(1) 0.5, the default variance", rho=0.5), 150),
     (sim.Scenario("A/A AR(1) 0.5, time buckets", rho=0.5, variance=VarianceMethod.CLUSTER), 150),
 ], ids=lambda x: x.name if isinstance(x, sim.Scenario) else str(x))
 def test_seeded_aa_false_promotions_stay_within_a_binomial_bound(scenario, sims):
@@ -238,9 +243,10 @@ def test_seeded_aa_false_promotions_stay_within_a_binomial_bound(scenario, sims)
 
 
 def test_peeking_without_the_randomization_unit_would_fail_the_same_bound():
-    """The same AR(1) A/A run with variance=unit (autocorrelation not configured): the bound is not vacuous."""
+    """The same AR(1) A/A run with variance=unit (the default before batch means): the bound is not vacuous."""
     th = sim.default_thresholds()
-    result = sim.simulate(sim.Scenario("AR(1) 0.5, unit", rho=0.5), th, 150, seed=20261130)
+    result = sim.simulate(sim.Scenario("AR(1) 0.5, unit", rho=0.5, variance=VarianceMethod.UNIT), th, 150,
+                          seed=20261130)
     assert result.promoted > _bound(150, th.alpha + 0.02)
 
 
@@ -259,3 +265,57 @@ def test_five_points_worse_is_rolled_back_and_never_promoted():
     result = sim.simulate(sim.Scenario("-5 points", gain=-0.05), th, 200, seed=8)
     assert result.rolled_back >= sps.binom.ppf(0.001, 200, 0.8)
     assert result.promoted <= _bound(200, 0.005)
+
+
+# -- the split design's defects of issue 27 (D1-D3; D4 is in test_stats.py) -------------------------------------
+
+def test_the_default_variance_keeps_autocorrelated_aa_within_the_bound():
+    """D1: outcomes autocorrelated within each arm (DAR(1) rho 0.5), default settings, auto_apply peeking every 50
+    outcomes up to the planned size: variance=unit (the old default) fails this very bound
+    (test_peeking_without_the_randomization_unit_would_fail_the_same_bound); the default, batch means, keeps it."""
+    th = sim.default_thresholds()
+    scenario = sim.Scenario("A/A AR(1) 0.5", rho=0.5)
+    assert scenario.variance is ExperimentSpec.model_fields["variance"].default is VarianceMethod.BATCH
+    result = sim.simulate(scenario, th, 150, seed=20261130)
+    assert result.promoted <= _bound(150, th.alpha + 0.02)
+
+
+def test_plan_says_no_promotion_is_reachable_with_too_few_sticky_keys():
+    """D2: with K sticky keys the challenger keeps about K/10 of them whatever the size, so the unit rule can never
+    pass: the analysis says so (typed) instead of a planned size that recedes (1.7 M -> 6.8 M here before)."""
+    th = sim.default_thresholds()
+    for keys, any_split in ((50, False), (200, True)):
+        scenario = sim.Scenario(f"{keys} keys", keys=keys, key_sd=0.3)
+        ctx = sim.context(scenario, th, 0.1)
+        requests = sim.generate(scenario, np.random.default_rng(1), 1, 40_000, 0.1)
+        for n in (10_000, 40_000):
+            result = decide(sim.arm_data(requests, 0, n, False, scenario), sim.arm_data(requests, 0, n, True, scenario),
+                            ctx)
+            reach = result.reachability
+            assert result.primary.planned_total is None and result.primary.samples_needed_per_arm is None
+            assert reach is not None and not reach.promotion_reachable and not reach.size_reachable
+            assert reach.why_not is Unreachable.UNITS and reach.min_units_per_arm == 30
+            assert reach.units_challenger < 30 and reach.units_total == pytest.approx(keys, rel=0.05)
+            assert any(r.startswith("no promotion is reachable at this split") for r in result.reasons)
+            assert not any(r.startswith("planned size") for r in result.reasons)
+        if any_split:  # 200 keys: a split between 15 % and 85 % would give both arms 30
+            assert reach.splits == pytest.approx((0.15, 0.85), abs=0.01) and "traffic_split between" in reach.reason
+        else:  # 59 or fewer: no split can
+            assert reach.splits is None and "no split" in reach.reason
+
+
+def test_the_unit_rule_counts_effective_clusters_not_distinct_keys():
+    """D3: 60 distinct keys in the challenger, one of them with three quarters of its outcomes: about 1.8
+    effective clusters. A 15-point gain on them is no promotion (distinct keys would have let it through)."""
+    rng = np.random.default_rng(41)
+    champion = arm(rng, 4000, accuracy=0.6)
+    challenger = arm(rng, 2000, accuracy=0.75)
+    keys = np.array([f"sym-{0 if i < 1500 else 1 + i % 59}" for i in range(2000)], dtype=object)
+    challenger.unit, challenger.outcome_unit = keys, keys
+    context = DecisionContext(task="classification", thresholds=sim.default_thresholds(), mode=ExperimentMode.FIXED,
+                              traffic_split=0.33)
+    result = decide(champion, challenger, context)
+    assert result.decision is Decision.CONTINUE
+    units = next(r for r in result.reasons if r.startswith("too few independent units"))
+    assert "challenger=1.8 effective" in units
+    assert result.primary.df < 3

@@ -143,7 +143,10 @@ def test_unit_clustering_matches_the_sandwich_formula_and_sees_key_effects():
     assert est.variance == pytest.approx(cr1(a, keys_a) + cr1(b, keys_b), rel=1e-12)
     assert est.variance > 5 * stats.estimate(a, b).variance  # the key effect is what the unit variance sees
     v_a, v_b = cr1(a, keys_a), cr1(b, keys_b)
-    assert est.df == pytest.approx((v_a + v_b) ** 2 / (v_a**2 / 19 + v_b**2 / 19))
+    # df on effective clusters, 1 / sum of squared shares (just under the 20 keys: their counts differ a little)
+    g_a, g_b = (y.size**2 / np.sum(np.unique(g, return_counts=True)[1] ** 2.0) for y, g in ((a, keys_a), (b, keys_b)))
+    assert 19 < g_a < 20 and 19 < g_b < 20
+    assert est.df == pytest.approx((v_a + v_b) ** 2 / (v_a**2 / (g_a - 1) + v_b**2 / (g_b - 1)))
 
 
 def test_unit_variance_is_never_below_independent_requests():
@@ -204,3 +207,51 @@ def test_sequential_sizes_cost_more_than_one_look_and_stop_earlier_on_average():
     expected = stats.expected_total(sequential, 0.02, 0.01, ALPHA, 0.8, tau=0.02)
     assert 1.5 * fixed < sequential < 2.5 * fixed
     assert expected < 0.7 * sequential
+
+
+# -- effective clusters, log-space sequences (issue 27: D3, D4) ------------------------------------------------
+
+def test_degrees_of_freedom_count_effective_clusters_not_distinct_keys():
+    """40 keys, one of which carries 90 % of the outcomes: about 1.2 effective clusters, and the df say so."""
+    rng = np.random.default_rng(31)
+    keys_b = np.concatenate([np.zeros(361, dtype=int), np.arange(1, 40)])
+    b = rng.normal(0, 1, keys_b.size) + np.where(keys_b == 0, 0.3, 0.0)
+    a = rng.normal(0, 1, 2000)
+    est = stats.estimate(a, b, None, keys_b)
+    effective = keys_b.size**2 / np.sum(np.bincount(keys_b) ** 2.0)
+    assert effective == pytest.approx(1.23, abs=0.01)
+    assert float(stats.effective_clusters(np.bincount(keys_b))) == pytest.approx(effective)
+    v_a, v_b = est.variance_a, est.variance_b
+    assert est.df == pytest.approx((v_a + v_b) ** 2 / (v_a**2 / 1999 + v_b**2 / (effective - 1)))
+    assert est.df < 3  # distinct keys would have said 39
+
+
+@pytest.mark.parametrize("t", [45.0, 60.0, 400.0])
+def test_confidence_sequence_never_collapses_for_a_large_statistic(t):
+    """With thousands of df, P(T > 40) is below the smallest double: t_to_z must not turn that into an infinite z
+    (the widened variance would be 0 and the sequence a point)."""
+    variance = 1e-4
+    est = stats.Estimate(t * np.sqrt(variance), variance, 5000.0, "batch")
+    z = float(stats.t_to_z(t, 5000.0))
+    assert np.isfinite(z) and 38 < z <= t  # the t tail, heavier than the normal's, maps to a smaller z
+    seq = stats.sequential_test(est, tau=0.02)
+    known = stats.msprt(est.difference, variance, 0.02)  # the width at the unwidened variance: a lower bound
+    assert float(seq.ci_high) - float(seq.ci_low) >= float(known.ci_high) - float(known.ci_low) > 0
+    assert float(seq.ci_low) < est.difference < float(seq.ci_high) and float(seq.p_value) < 1e-10
+    # and the log-space tail agrees with scipy where scipy's is still finite
+    assert float(stats.t_logsf(37.0, 5000.0)) == pytest.approx(np.log(sps.t.sf(37.0, 5000.0)), rel=1e-9)
+    assert float(stats.t_logsf(30.0, 1e7)) == pytest.approx(np.log(sps.t.sf(30.0, 1e7)), rel=1e-6)
+
+
+def test_batch_means_see_autocorrelation_that_independent_requests_miss():
+    """Runs of outcomes (an AR-like arm): batch means widen the variance; shuffled, they do not."""
+    rng = np.random.default_rng(33)
+    runs = np.repeat(rng.random(300) < 0.6, 8).astype(np.float64)  # 2,400 outcomes in runs of 8
+    a = rng.random(2400) < 0.6
+    b_size = stats.batch_size(runs.size)
+    assert b_size == 8  # 2400^(1/3) = 13.4 -> 8
+    correlated = stats.estimate(a, runs, batches=True)
+    shuffled = stats.estimate(a, rng.permutation(runs), batches=True)
+    plain = stats.estimate(a, runs)
+    assert correlated.method == "batch" and correlated.variance_b > 5 * plain.variance_b
+    assert shuffled.variance_b == pytest.approx(plain.variance_b, rel=0.3)

@@ -243,3 +243,30 @@ def test_cli_sync_json_and_exit_status(mlflow_server, mlflow_models, tmp_path):
     run = subprocess.run([sys.executable, "-m", "prediction_service", "mlflow", "sync"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1 and "MLFLOW_TRACKING_URI" in run.stderr
+
+
+def test_an_alias_onto_another_serving_contract_is_not_promoted_until_an_admin_allows_it(mlflow_server, mlflow_models,
+                                                                                         tmp_path):
+    """The follower promotes through ModelRegistry.promote like everyone else: production here takes ``features``,
+    MLflow's versions take ``x``, so moving production to one is refused (contract_changed) and the stage stays."""
+    from prediction_service.registry.writer import ArtifactSource
+    from prediction_service.signature import ModelSignature, TensorSpec
+
+    store = tmp_path / "store"
+    local = ModelRegistry(store)
+    signature = ModelSignature(inputs=[TensorSpec(name="features", dtype="float32", shape=(-1, 4))],
+                               outputs=[TensorSpec(name="y", dtype="float32", shape=(-1, 1))])
+    onnx_path, _ = export(TinyRegressor(1.0), signature, tmp_path / "local")
+    local.register(MODEL, "0.9.0", [ArtifactSource(onnx_path, "onnx")], signature=signature)
+    local.promote(MODEL, "0.9.0")
+
+    registry, report = _sync(mlflow_server, store)
+    refused = _action(report, MODEL, "1", "production")
+    assert refused.action == "not_promoted" and "contract" in refused.reason
+    assert "inputs.features: float32[-1, 4] -> none" in refused.reason and "inputs.x: none ->" in refused.reason
+    assert registry.stages(MODEL)["production"] == "0.9.0"
+
+    registry.promote(MODEL, "mlflow-1", allow_contract_change=True, actor="admin")  # what an admin does instead
+    registry, report = _sync(mlflow_server, store)
+    assert _action(report, MODEL, "1", "production").action == "in_stage"
+    assert [e.actor for e in registry.model_events(MODEL) if e.event == "contract_change"] == ["admin"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,35 @@ def onnx_models(tmp_path_factory) -> dict[str, Path]:
         "b": _export_linear(base / "model_b.onnx", seed=2),
         "wide": _export_linear(base / "model_wide.onnx", seed=3, in_features=6, out_features=3),
     }
+
+
+def _export_bars_model(path: Path, seed: int, window: int = 60) -> Path:
+    """A tiny price model over [batch, window, 5] OHLCV windows (what an ohlcv_window bars step makes)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(window * 5, 1)).eval()
+    torch.onnx.export(model, (torch.zeros(1, window, 5),), str(path), input_names=["window"],
+                      output_names=["price"], dynamic_axes={"window": {0: "batch"}, "price": {0: "batch"}},
+                      dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bars_models(tmp_path_factory) -> dict[str, Path]:
+    """ONNX price models over 60 bars (two seeds) and a signature JSON declaring their ohlcv_window step."""
+    from prediction_service.signature import BarsPreprocessing, ModelSignature, TensorSpec
+
+    base = tmp_path_factory.mktemp("bars-onnx")
+    signature = ModelSignature(inputs=[TensorSpec(name="window", dtype="float32", shape=(-1, 60, 5))],
+                               outputs=[TensorSpec(name="price", dtype="float32", shape=(-1, 1))],
+                               bars=BarsPreprocessing(kind="ohlcv_window", input="window", window=60))
+    (base / "signature.json").write_text(signature.model_dump_json())
+    parity = {"passed": True, "kind": "numeric_parity", "details": {"max_abs_diff": 1e-6}}
+    (base / "parity.json").write_text(json.dumps(parity))
+    return {"a": _export_bars_model(base / "lstm_a.onnx", seed=1),
+            "b": _export_bars_model(base / "lstm_b.onnx", seed=2),
+            "signature": base / "signature.json", "parity": base / "parity.json"}
 
 
 def onnx_artifact(path: Path) -> list[ArtifactSource]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -135,3 +136,69 @@ def test_openapi_names_each_schema_once_and_documents_the_bodies(tmp_path):
     for path, method in [("/v1/registry/models/{name}/versions/{version}/promote", "post"),
                          ("/v1/registry/models/{name}/versions/{version}/metrics", "patch")]:
         assert spec["paths"][path][method]["requestBody"]["required"]
+
+
+# ---- the serving contract at promotion ----------------------------------------------------------------------
+
+async def test_a_changed_contract_is_409_until_an_admin_overrides_it(client, onnx_models):
+    for version, model in (("1.0.0", "a"), ("2.0.0", "wide")):
+        created = await client.post("/v1/registry/models/price/versions", headers=ADMIN,
+                                    json=_upload(onnx_models[model], version))
+        assert created.status_code == 201, created.text
+    assert (await client.post("/v1/registry/models/price/versions/1.0.0/promote", headers=ADMIN,
+                              json={})).status_code == 200
+
+    compared = (await client.get("/v1/registry/models/price/compare", params={"a": "1.0.0", "b": "2.0.0"},
+                                 headers=READ)).json()
+    assert [(c["field"], c["a"], c["b"]) for c in compared["contract_changes"]] == [
+        ("inputs.features", "float32[-1, 4]", "float32[-1, 6]"),
+        ("outputs.prediction", "float32[-1, 2]", "float32[-1, 3]")]
+
+    refused = await client.post("/v1/registry/models/price/versions/2.0.0/promote", headers=ADMIN, json={})
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "contract_changed" and "inputs.features" in error["message"]
+    assert [d["field"] for d in error["details"]["differences"]] == ["inputs.features", "outputs.prediction"]
+    assert error["details"]["production_version"] == "1.0.0"
+    forced = await client.post("/v1/registry/models/price/versions/2.0.0/promote", headers=ADMIN,
+                               json={"force": True})
+    assert forced.status_code == 409 and forced.json()["error"]["code"] == "contract_changed"  # force is not it
+    read_only = await client.post("/v1/registry/models/price/versions/2.0.0/promote", headers=READ,
+                                  json={"allow_contract_change": True})
+    assert read_only.status_code == 403
+
+    allowed = await client.post("/v1/registry/models/price/versions/2.0.0/promote", headers=ADMIN,
+                                json={"allow_contract_change": True})
+    assert allowed.status_code == 200 and allowed.json()["status"] == "production"
+    events = (await client.get("/v1/registry/models/price/events", headers=READ)).json()
+    change = next(e for e in events if e["event"] == "contract_change")
+    assert change["version"] == "2.0.0" and change["actor"].startswith("api-key:")
+    assert change["details"]["production_version"] == "1.0.0" and len(change["details"]["differences"]) == 2
+    # rolling back is a contract change too (the other way round), and needs the same override
+    back = await client.post("/v1/registry/models/price/versions/1.0.0/promote", headers=ADMIN, json={})
+    assert back.status_code == 409 and back.json()["error"]["code"] == "contract_changed"
+
+
+async def test_registering_a_bare_artifact_under_a_bars_model_names_the_step(client, bars_models):
+    signature = json.loads(bars_models["signature"].read_text())
+    parity = json.loads(bars_models["parity"].read_text())
+    created = await client.post("/v1/registry/models/lstm-price/versions", headers=ADMIN,
+                                json=_upload(bars_models["a"], "1.1.0", signature=signature, validation=parity))
+    assert created.status_code == 201, created.text
+    await client.post("/v1/registry/models/lstm-price/versions/1.1.0/promote", headers=ADMIN, json={})
+
+    bare = await client.post("/v1/registry/models/lstm-price/versions", headers=ADMIN,
+                             json=_upload(bars_models["b"], "9.9.9"))
+    assert bare.status_code == 409, bare.text
+    error = bare.json()["error"]
+    assert error["code"] == "contract_changed" and "bars step ohlcv_window(" in error["message"]
+    assert error["details"]["dropped"] == ["bars"]
+    assert (await client.get("/v1/registry/models/lstm-price/versions/9.9.9", headers=READ)).status_code == 404
+
+    allowed = await client.post("/v1/registry/models/lstm-price/versions", headers=ADMIN,
+                                json=_upload(bars_models["b"], "9.9.9", allow_contract_change=True))
+    assert allowed.status_code == 201 and allowed.json()["signature"]["bars"] is None
+    # a smoke run alone does not pass the gate where production has a numeric parity report
+    smoke = await client.post("/v1/registry/models/lstm-price/versions/9.9.9/promote", headers=ADMIN, json={})
+    assert smoke.status_code == 409 and smoke.json()["error"]["code"] == "promotion_refused"
+    assert "only a smoke run" in smoke.json()["error"]["message"]

@@ -76,3 +76,62 @@ def test_production_moves_back_and_forth_by_cli_while_a_reader_resolves(two_vers
     assert reg.resolve("price").version == "1.0.0"
     moves = [e for e in reg.model_events("price") if e.event == "stage_change" and e.to_stage == "production"]
     assert len(moves) == 21 and all(e.actor == "ops" for e in moves[1:])
+
+
+# ---- the serving contract at promotion ----------------------------------------------------------------------
+
+def test_a_bare_artifact_cannot_drop_the_bars_step_and_a_smoke_run_cannot_replace_parity(tmp_path, bars_models):
+    """The story of issue 27: production declares a bars step and has a numeric parity report; a bare ONNX of
+    the same graph shape loses the step (clients sending raw bars would get 422) and has only a smoke run."""
+    store = str(tmp_path / "store")
+    run_cli("registry", "register", "lstm-price", "1.1.0", "--artifact", str(bars_models["a"]), "--signature",
+            str(bars_models["signature"]), "--validation", str(bars_models["parity"]), "--store", store)
+    run_cli("registry", "promote", "lstm-price", "1.1.0", "--store", store)
+
+    bare = run_cli("registry", "register", "lstm-price", "9.9.9", "--artifact", str(bars_models["b"]),
+                   "--store", store, check=False)
+    assert bare.returncode == 1 and "error [contract_changed]" in bare.stderr
+    assert "declares a bars step ohlcv_window(" in bare.stderr and "--allow-contract-change" in bare.stderr
+    run_cli("registry", "register", "lstm-price", "9.9.9", "--artifact", str(bars_models["b"]),
+            "--allow-contract-change", "--store", store, "--actor", "carol")
+
+    compared = run_cli("registry", "compare", "lstm-price", "1.1.0", "9.9.9", "--store", store).stdout
+    assert "contract: 1 difference" in compared and "contract: identical" not in compared
+    assert "preprocessing.bars: ohlcv_window(" in compared and "-> none" in compared
+    as_json = json.loads(run_cli("registry", "compare", "lstm-price", "1.1.0", "9.9.9", "--store", store,
+                                 "--json").stdout)
+    assert [c["field"] for c in as_json["contract_changes"]] == ["preprocessing.bars"]
+
+    smoke_only = run_cli("registry", "promote", "lstm-price", "9.9.9", "--store", store, check=False)
+    assert smoke_only.returncode == 1 and "error [promotion_refused]" in smoke_only.stderr
+    assert "only a smoke run" in smoke_only.stderr and "numeric_parity" in smoke_only.stderr
+    changed = run_cli("registry", "promote", "lstm-price", "9.9.9", "--force", "--store", store, check=False)
+    assert changed.returncode == 1 and "error [contract_changed]" in changed.stderr
+    details = json.loads(changed.stderr.splitlines()[-1])
+    assert details["production_version"] == "1.1.0"
+    assert [d["field"] for d in details["differences"]] == ["preprocessing.bars"]
+    shown = json.loads(run_cli("registry", "show", "lstm-price", "--store", store, "--json").stdout)
+    assert shown["version"] == "1.1.0"
+
+    done = run_cli("registry", "promote", "lstm-price", "9.9.9", "--force", "--allow-contract-change", "--store",
+                   store, "--actor", "carol")
+    assert "is now production" in done.stdout and "serving contract changed" in done.stdout
+    events = json.loads(run_cli("registry", "events", "lstm-price", "--store", store, "--json").stdout)
+    registered = next(e for e in events if e["event"] == "registered" and e["version"] == "9.9.9")
+    assert registered["details"]["contract_change_allowed"][0]["field"] == "preprocessing.bars"
+    change = next(e for e in events if e["event"] == "contract_change")
+    assert change["version"] == "9.9.9" and change["actor"] == "carol"
+    assert change["details"]["production_version"] == "1.1.0"
+    assert change["details"]["differences"][0]["field"] == "preprocessing.bars"
+
+
+def test_a_version_with_the_same_contract_promotes_without_an_override(tmp_path, bars_models):
+    store = str(tmp_path / "store")
+    for version, model in (("1.1.0", "a"), ("1.2.0", "b")):
+        run_cli("registry", "register", "lstm-price", version, "--artifact", str(bars_models[model]), "--signature",
+                str(bars_models["signature"]), "--validation", str(bars_models["parity"]), "--store", store)
+    run_cli("registry", "promote", "lstm-price", "1.1.0", "--store", store)
+    assert "contract: identical" in run_cli("registry", "compare", "lstm-price", "1.1.0", "1.2.0", "--store",
+                                            store).stdout
+    done = run_cli("registry", "promote", "lstm-price", "1.2.0", "--store", store).stdout
+    assert "is now production" in done and "contract changed" not in done

@@ -68,11 +68,21 @@ class RegisterRequest(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     description: str = ""
     validation: ValidationReport | None = None
+    allow_contract_change: bool = False
+    """Register even though production declares a pre-processing step (bars, text) this version does not
+    (a bare artifact): refused otherwise with 409 ``contract_changed`` naming the step."""
 
 
 class PromoteRequest(BaseModel):
     stage: Literal["production", "staging"] = "production"
     force: bool = False
+
+
+class ModelPromoteRequest(PromoteRequest):
+    allow_contract_change: bool = False
+    """Promote into production although the version's serving contract (tensors, pre-processing, labels,
+    task) differs from production's: refused otherwise with 409 ``contract_changed`` listing each
+    difference. The event log records the override (a ``contract_change`` event)."""
 
 
 class MetricsUpdate(BaseModel):
@@ -159,12 +169,15 @@ async def register_version(name: str, request: Request,
     return created.metadata
 
 
-@router.post("/models/{name}/versions/{version}/promote", openapi_extra=json_body_openapi(PromoteRequest))
+@router.post("/models/{name}/versions/{version}/promote", openapi_extra=json_body_openapi(ModelPromoteRequest),
+             responses={409: {"description": "promotion_refused (validation), contract_changed (the serving "
+                                             "contract differs from production's; error.details.differences "
+                                             "lists each), invalid_transition"}})
 async def promote(name: str, version: str, request: Request,
                   key: ApiKey | None = Depends(require_admin)) -> VersionMetadata:
-    body = await read_model(request, PromoteRequest, get_settings(request).limits)
+    body = await read_model(request, ModelPromoteRequest, get_settings(request).limits)
     promoted = await asyncio.to_thread(_registry(request).promote, name, version, body.stage, force=body.force,
-                                       actor=_actor(key))
+                                       allow_contract_change=body.allow_contract_change, actor=_actor(key))
     return promoted.metadata
 
 
@@ -425,7 +438,7 @@ def _register_upload(registry: ModelRegistry, name: str, splitter: _UploadSplitt
         total += size
     return registry.register(name, body.version, sources, signature=body.signature, metrics=body.metrics,
                              tags=body.tags, description=body.description, validation=body.validation,
-                             actor=actor)
+                             actor=actor, allow_contract_change=body.allow_contract_change)
 
 
 def _stray_placeholders(body: RegisterRequest, splitter: _UploadSplitter) -> list[int]:
