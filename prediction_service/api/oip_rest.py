@@ -184,10 +184,8 @@ async def shm_unregister_all(request: Request, api_key=Depends(require_admin)) -
 async def _small_document(request: Request, model: type[M]) -> M:
     """A repository request's JSON body (empty: the defaults), under the server's body limits."""
     raw = await read_body(request, get_service(request).settings.limits)
-    if not raw.strip():
-        return model()
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate_json(raw) if raw.strip() else model.model_validate({})
     except ValidationError as exc:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:10]]
         raise InvalidInput(f"invalid {model.__name__} body", {"errors": errors}) from exc

@@ -66,6 +66,9 @@ async def test_repository_calls_need_admin_and_clear_bodies(keyed_settings):
         assert missing.status_code == 404
         unknown = await http.post("/v2/repository/models/no-such-model/load", headers=ADMIN)
         assert unknown.status_code == 404
+        # a small admin document with required fields, sent empty: 422, never a 500
+        empty = await http.post("/v2/systemsharedmemory/region/r/register", headers=ADMIN)
+        assert empty.status_code == 422, empty.text
         metadata = (await http.get("/v2")).json()
         assert "model_repository" in metadata["extensions"]
 
