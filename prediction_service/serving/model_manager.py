@@ -25,6 +25,7 @@ from ..adapters.base import LoadedModel, ServingAdapter
 from ..execution.single_flight import SingleFlight
 from ..errors import ModelLoadError, Overloaded, PredictionServiceError, RateLimited
 from ..registry import ModelKey, ModelVersion, RegistryReader
+from ..registry.families import family_of
 from ..security.ratelimit import RateLimiter
 from ..settings import Settings
 
@@ -83,7 +84,7 @@ class ModelManager:
         await self._refresh()
         for name in self.reader.model_names():
             self._generations[name] = self.reader.reload_generation(name)
-            for stage in self.settings.preload_stage_list:
+            for stage in self._preload_stages(name):
                 try:
                     await self.resolve(name, stage=stage)
                 except PredictionServiceError as exc:
@@ -103,7 +104,7 @@ class ModelManager:
             return False, ["starting"]
         problems = []
         for name in self.reader.model_names():
-            for stage in self.settings.preload_stage_list:
+            for stage in self._preload_stages(name):
                 target = self.reader.model_stage(name, stage)  # an ensemble version is no model to load
                 if target is None:
                     continue
@@ -112,7 +113,7 @@ class ModelManager:
                     problems.append(f"{name}/{stage} ({target}) not loaded")
         memory = self.adapter.memory()
         if memory is not None and memory.budget_bytes:
-            staged = {v.key for v in self._routes.values()}
+            staged = self._pinned_keys()
             held = sum(size for key, size in memory.by_version.items() if key in staged)
             if held > memory.budget_bytes:  # they stay loaded (a stage's version never leaves): say so
                 problems.append(f"the staged versions hold {held / 2**20:.1f} MB, over the "
@@ -155,8 +156,23 @@ class ModelManager:
 
     def _pin(self) -> None:
         """What a preload stage serves is pinned: no cache bound or idle timeout unloads it."""
-        self.adapter.pin(frozenset(v.key for (_, stage), v in self._routes.items()
-                                   if stage in self.settings.preload_stage_list))
+        self.adapter.pin(self._pinned_keys())
+
+    def _pinned_keys(self) -> frozenset[ModelKey]:
+        return frozenset(v.key for (name, stage), v in self._routes.items()
+                         if stage in self.settings.preload_stage_list and not self._family_member(name))
+
+    def _preload_stages(self, name: str) -> list[str]:
+        """The stages loaded before traffic: none for a family member, which loads on first use and may
+        leave under the memory budget like a version outside a stage (a desk has hundreds)."""
+        return [] if self._family_member(name) else self.settings.preload_stage_list
+
+    def _family_member(self, name: str) -> bool:
+        try:
+            target = self.reader.model_stage(name, "production")
+            return target is not None and family_of(self.reader.get(name, target).metadata) is not None
+        except PredictionServiceError:
+            return False
 
     def _take_load_token(self, key: ModelKey) -> None:
         try:
@@ -264,7 +280,7 @@ class ModelManager:
         """A pinned version the backend lost (restart, crash) comes back without waiting for traffic;
         readiness reports it until then. ensure_loaded applies the failure backoff."""
         for (name, stage), version in list(self._routes.items()):
-            if stage in self.settings.preload_stage_list and not self.adapter.is_loaded(version.key):
+            if stage in self._preload_stages(name) and not self.adapter.is_loaded(version.key):
                 try:
                     await self.ensure_loaded(version)
                     log.info("reloaded %s/%s (%s): it was no longer loaded", name, stage, version.version)
@@ -272,7 +288,7 @@ class ModelManager:
                     log.debug("reload of %s/%s deferred: %s", name, stage, exc.message)
 
     async def _sync_model(self, name: str) -> dict[str, str | None]:
-        stages = set(self.settings.preload_stage_list) | {s for (m, s) in self._routes if m == name}
+        stages = set(self._preload_stages(name)) | {s for (m, s) in self._routes if m == name}
         result: dict[str, str | None] = {}
         for stage in sorted(stages):
             old = self._routes.get((name, stage))

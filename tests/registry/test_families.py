@@ -77,3 +77,26 @@ def test_only_production_versions_and_complete_tags_make_members(tiny_store, tmp
     index = FamilyIndex(RegistryReader(tiny_store))
     index.refresh()
     assert index.member(FamilyKey("IBM", "1m", "lstm")) is None  # registered, never promoted: not a member yet
+
+
+async def test_members_load_on_first_use_and_leave_under_the_memory_budget(tiny_store, tmp_path):
+    from prediction_service.settings import Settings, SimpleSettings
+
+    onnx = onnx_of(tiny_store, tmp_path)
+    for symbol in ("aapl", "msft", "ibm"):
+        register_member(tiny_store, onnx, f"lstm-{symbol}-1m", symbol.upper())
+    # a budget below anything measurable: only the member just used may stay
+    settings = Settings(model_store=tiny_store, simple=SimpleSettings(cache_size_mb=0.000001))
+    async with served_app(settings) as (_, http):
+        def loaded(listing):
+            return {m["name"]: m["loaded_versions"] for m in listing if m["name"].startswith("lstm-")}
+
+        assert loaded((await http.get("/v1/models")).json()) == {f"lstm-{s}-1m": [] for s in ("aapl", "msft", "ibm")}
+        for symbol in ("AAPL", "MSFT"):
+            answer = await http.post("/v1/forecast", json={"symbol": symbol, "timeframe": "1m", "model_type": "lstm",
+                                                           "instance": ROW})
+            assert answer.status_code == 200, answer.text
+        now = loaded((await http.get("/v1/models")).json())
+        assert now == {"lstm-aapl-1m": [], "lstm-msft-1m": ["1.0.0"], "lstm-ibm-1m": []}  # aapl left for msft
+        ready = await http.get("/health/ready")
+        assert "lstm-" not in ready.text  # members are not what readiness waits for
