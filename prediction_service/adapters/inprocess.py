@@ -4,6 +4,8 @@ model runs on a thread pool so the event loop never blocks."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import time
 from collections import OrderedDict
@@ -241,6 +243,7 @@ class InProcessAdapter(ServingAdapter):
     async def _retire(self, key: ModelKey, entry: _Entry) -> None:
         await entry.batcher.close()  # queued requests finish first
         entry.runtime.close()
+        _return_freed_memory()
         log.info("unloaded %s", key)
 
     def _emit_unloaded(self, key: ModelKey, reason: str) -> None:
@@ -273,3 +276,22 @@ class InProcessAdapter(ServingAdapter):
 def _batch_delay_ms(batching: BatchingSettings, signature: ModelSignature) -> float:
     """How long a forming batch may wait for company: the model's own delay, else the server's."""
     return signature.batch_delay_ms if signature.batch_delay_ms is not None else batching.max_queue_delay_ms
+
+
+def _return_freed_memory() -> None:
+    """Give the heap's free pages back to the OS after an unload (glibc's malloc_trim): without it the freed
+    weights stay in the process's resident set, and a memory budget would bound the models but not the RSS."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc: nothing to trim with
+        return None
+
+
+_LIBC = _libc()
