@@ -15,7 +15,6 @@ status the REST door would have answered, and the connection stays open.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import orjson
@@ -31,7 +30,6 @@ from ..body import parse_json_off_loop
 from ..errors import error_body
 from ..responses import FastJSONResponse
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["predict"])
 
 POLICY_VIOLATION = 1008
