@@ -66,29 +66,37 @@ def _app(variant: str, store: Path, work: Path):
     return create_app(Settings()), version
 
 
-async def _drive(app, body: bytes, path: str, requests: int) -> tuple[float, int]:
+async def asgi_post(app, path: str, body: bytes) -> int:
+    """One JSON POST straight into the ASGI app (no server, no client library): its status."""
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
+    delivered = False
+    status = 0
+
+    async def receive():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # http.disconnect never comes: the client stays
+
+    async def send(message):
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def _drive(app, body: bytes, path: str, requests: int) -> tuple[float, int]:
     statuses: list[int] = []
 
     async def one() -> None:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-                 "headers": headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
-        delivered = False
-
-        async def receive():
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()  # http.disconnect never comes: the client stays
-
-        async def send(message):
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-
-        await app(scope, receive, send)
+        statuses.append(await asgi_post(app, path, body))
 
     async def worker(count: int) -> None:
         for _ in range(count):

@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from app_cost import asgi_post  # noqa: E402  one ASGI request, as app_cost measures it
 
 MODEL = "lstm-price"
 CONCURRENCY = 32
@@ -61,25 +62,7 @@ async def _drive(app, bodies: list[bytes], path: str, requests: int) -> tuple[fl
     statuses: list[int] = []
 
     async def one(body: bytes) -> None:
-        headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode())]
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-                 "headers": headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
-        delivered = False
-
-        async def receive():
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()  # http.disconnect never comes: the client stays
-
-        async def send(message):
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-
-        await app(scope, receive, send)
+        statuses.append(await asgi_post(app, path, body))
 
     async def worker(start: int, count: int) -> None:
         for i in range(count):
