@@ -23,13 +23,15 @@ from tests.grpc.conftest import serve_grpc
 
 CALLS = 6
 ROWS = 8
-"""Each call is its own model run of 8 rows of the slow model (~30 ms a row), one run at a time: the
-calls queue behind each other for seconds, so they are still in flight when SIGTERM arrives."""
+BLOCKER_ROWS = 64
+"""The first call's run (64 rows of the slow model, ~30 ms a row, one run at a time) holds the only run
+slot for seconds; the other calls are sent once it is in flight, so they queue behind it and are all still
+in flight when SIGTERM arrives, however slowly a busy machine lets the test send them."""
 
 
-def slow_input() -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput("x", [ROWS, 4], "FP32")
-    tensor.set_data_from_numpy(np.ones((ROWS, 4), np.float32))
+def slow_input(rows: int = ROWS) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("x", [rows, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((rows, 4), np.float32))
     return tensor
 
 
@@ -61,14 +63,17 @@ async def wait_not_ready(url: str, timeout_s: float = 30.0) -> None:
 
 async def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(slow_store_template, tmp_path):
     server = serve_grpc(slow_store_template, tmp_path, env={
-        "SERVER_SHUTDOWN_GRACE_SECONDS": "60", "SERVER_SHUTDOWN_DRAIN_SECONDS": "0", "BATCH_MAX_BATCH_SIZE": str(ROWS),
+        "SERVER_SHUTDOWN_GRACE_SECONDS": "60", "SERVER_SHUTDOWN_DRAIN_SECONDS": "0", "BATCH_MAX_BATCH_SIZE": str(BLOCKER_ROWS),
         "BATCH_CONCURRENT_BATCHES": "1", "SIMPLE_INTRA_OP_THREADS": "1", "LIMIT_CALLER_DEADLINE_CEILING_MS": "120000"})
     client = aioclient.InferenceServerClient(server.grpc_url)
     stream = server.client()
     try:
         # a gRPC deadline well past the default one: queued calls must not expire while they wait
-        calls = [asyncio.create_task(client.infer("slow-regressor", [slow_input()], request_id=str(i),
-                                                  client_timeout=120)) for i in range(CALLS)]
+        calls = [asyncio.create_task(client.infer("slow-regressor", [slow_input(BLOCKER_ROWS)], request_id="0",
+                                                  client_timeout=120))]
+        await wait_in_flight(server.http_url, 1)
+        calls += [asyncio.create_task(client.infer("slow-regressor", [slow_input()], request_id=str(i),
+                                                   client_timeout=120)) for i in range(1, CALLS)]
         streamed: queue.Queue = queue.Queue()
         stream.start_stream(callback=lambda result, error: streamed.put((result, error)), stream_timeout=120)
         stream.async_stream_infer("slow-regressor", [slow_input()], request_id="streamed")
@@ -104,7 +109,8 @@ async def test_sigterm_lets_calls_in_flight_finish_and_refuses_new_ones(slow_sto
     assert sorted(result.get_response().id for result in results) == [str(i) for i in range(CALLS)]
     for result in results:
         outputs = result.as_numpy("y")
-        assert outputs.shape == (ROWS, 1) and outputs.dtype == np.float32 and np.isfinite(outputs).all()
+        rows = BLOCKER_ROWS if result.get_response().id == "0" else ROWS
+        assert outputs.shape == (rows, 1) and outputs.dtype == np.float32 and np.isfinite(outputs).all()
     log = server.process.log()
     assert exit_code == 0, log[-3000:]
     assert "gRPC server stopped" in log

@@ -78,17 +78,21 @@ def launch(store: Path, env: dict[str, str] | None = None, workers: int = 1, log
     deadline = time.monotonic() + ready_timeout
     port = _bound_port(process, port_file, log_path, deadline)
     server = ServerProcess(process, port, store, log_path)
+    last_answer = "no answer yet"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-3000:]}")
         try:
-            if httpx.get(f"{server.url}/health/ready", timeout=1.0).status_code == 200:
+            response = httpx.get(f"{server.url}/health/ready", timeout=1.0)
+            if response.status_code == 200:
                 return server
-        except httpx.HTTPError:
-            pass
+            last_answer = f"{response.status_code} {response.text[:1000]}"
+        except httpx.HTTPError as exc:
+            last_answer = f"{type(exc).__name__}: {exc}"
         time.sleep(0.1)
     server.stop()
-    raise RuntimeError(f"server not ready after {ready_timeout} s:\n{server.log()[-3000:]}")
+    raise RuntimeError(f"server on port {port} not ready after {ready_timeout} s (last /health/ready: "
+                       f"{last_answer}):\n{server.log()[-3000:]}")
 
 
 def _bound_port(process: subprocess.Popen, port_file: Path, log_path: Path, deadline: float) -> int:
