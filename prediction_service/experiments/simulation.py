@@ -19,6 +19,12 @@ Variances: the unit-clustered sums above; for variance=batch (the default) also 
 every look, for every batch size the look may use (powers of two, stats.batch_size): the arm's outcomes
 are laid out in arm order once, complete batches summed by a reshape, and the partial last batch read
 off a cumulative sum.
+
+Shadow experiments (``ShadowScenario``, ``simulate_shadow``): every request scored for both models, the two
+models' correctness driven by one latent bivariate Gaussian per request (so their errors coincide), AR(1) over
+requests when asked, keys as above with an optional per-key challenger effect. The engine keeps the same running
+sums for the single sample of per-request differences d (all requests in it) and calls paired.evaluate_paired,
+which paired.decide_paired calls on the raw pairs.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats as sps
+from scipy.optimize import brentq
+from scipy.signal import lfilter
 
 from . import stats
 from .decision import (CONTINUE, NO_UNITS, PROMOTE, ROLLBACK, DecisionContext, Inputs, Plan, evaluate, plan_arrays,
-                       primary_scale)
+                       primary_scale, units_at_any_size)
 from .metrics import ArmData
 from .models import ExperimentMode, Thresholds, VarianceMethod
+from .paired import METHOD, PairedData, PairedInputs, combine, evaluate_paired
 
 
 @dataclass(frozen=True)
@@ -553,6 +562,198 @@ def simulate(scenario: Scenario, thresholds: Thresholds, sims: int, *, total: in
     return result
 
 
+# -- shadow experiments: both models scored on every request -----------------------------------------------
+
+@dataclass(frozen=True)
+class ShadowScenario:
+    """A shadow experiment: the champion answers every request and the challenger a copy of it, both scored on
+    the same outcome (paired.py). Per request, a latent bivariate Gaussian (X_a, X_b) with correlation
+    ``latent_correlation()``; a model is right when its X is below its probit threshold (the shared input
+    difficulty makes the two models' errors coincide)."""
+
+    name: str
+    accuracy: float = 0.70
+    """Champion accuracy as scored (failures count as wrong and are part of it)."""
+    gain: float = 0.0
+    """Challenger minus champion accuracy as scored; regression: the relative MAE reduction."""
+    task: str = "classification"
+    mae: float = 1.0
+    correlation: float = 0.8
+    """classification: Pearson correlation of the two models' correctness indicators as scored (failures
+    included; the latent correlation is solved for it at the scenario's accuracies); regression: the
+    correlation of the two models' signed (Gaussian) errors."""
+    rho: float = 0.0
+    """AR(1) coefficient of the latent Gaussians over requests in arrival order (autocorrelated d)."""
+    keys: int | None = None
+    zipf: float = 0.0
+    key_sd: float = 0.0
+    """Probit-scale accuracy effect of a key, shared by both models."""
+    pair_key_sd: float = 0.0
+    """Probit-scale effect of a key on the challenger alone (mean zero over keys): the models differ by key."""
+    error_rate: float = 0.01
+    """Failed requests per model, independently (scored as wrong)."""
+    mode: ExperimentMode = ExperimentMode.SEQUENTIAL
+
+    def key_shares(self) -> np.ndarray | None:
+        return Scenario(self.name, keys=self.keys, zipf=self.zipf).key_shares()
+
+    def answered_accuracies(self) -> tuple[float, float]:
+        answered = 1 - self.error_rate
+        return self.accuracy / answered, (self.accuracy + self.gain) / answered
+
+    def latent_correlation(self) -> float:
+        if self.task == "regression":
+            return self.correlation
+        return latent_for_indicators(*self.answered_accuracies(), self.correlation, 1 - self.error_rate)
+
+
+def indicator_correlation(p_a: float, p_b: float, latent: float, answered: float = 1.0) -> float:
+    """Pearson correlation of two models' scored correctness: right when answered (independently, probability
+    ``answered``) and X < Phi^-1(p), (X_a, X_b) standard bivariate normal with correlation ``latent``."""
+    t = [sps.norm.ppf(p_a), sps.norm.ppf(p_b)]
+    both = answered**2 * float(sps.multivariate_normal(cov=[[1.0, latent], [latent, 1.0]]).cdf(t))
+    q_a, q_b = answered * p_a, answered * p_b
+    return (both - q_a * q_b) / math.sqrt(q_a * (1 - q_a) * q_b * (1 - q_b))
+
+
+def latent_for_indicators(p_a: float, p_b: float, correlation: float, answered: float = 1.0) -> float:
+    """The latent correlation whose scored indicators have Pearson ``correlation``."""
+    return float(brentq(lambda r: indicator_correlation(p_a, p_b, r, answered) - correlation, 0.0, 0.9999,
+                        xtol=1e-6))
+
+
+@dataclass
+class ShadowRequests:
+    """(sims, n) arrays in arrival order: each model's score on every request."""
+
+    champion: np.ndarray
+    challenger: np.ndarray
+    key: np.ndarray | None = None
+
+
+def _ar1(shape: tuple[int, int], rho: float, rng: np.random.Generator) -> np.ndarray:
+    """Stationary standard-normal AR(1) series along the last axis."""
+    e = rng.standard_normal(shape)
+    if rho <= 0:
+        return e
+    scale = math.sqrt(1 - rho * rho)
+    e[:, 0] /= scale  # the first value is drawn from the stationary law
+    return lfilter([scale], [1.0, -rho], e, axis=1)
+
+
+def generate_shadow(scenario: ShadowScenario, rng: np.random.Generator, sims: int, n: int) -> ShadowRequests:
+    shape = (sims, n)
+    c = scenario.latent_correlation()
+    x_a = _ar1(shape, scenario.rho, rng)
+    x_b = c * x_a + math.sqrt(1 - c * c) * _ar1(shape, scenario.rho, rng)
+    key = None
+    if scenario.keys:
+        dtype = np.int16 if scenario.keys < 2**15 else np.int32
+        key = rng.choice(scenario.keys, shape, p=scenario.key_shares()).astype(dtype)
+    if scenario.task == "regression":
+        # half-normal absolute errors with MAE mae and mae * (1 - gain); the signed errors correlate c
+        scale_a = scenario.mae * math.sqrt(math.pi / 2)
+        return ShadowRequests(np.abs(x_a) * scale_a, np.abs(x_b) * scale_a * (1 - scenario.gain), key)
+    acc_a, acc_b = scenario.answered_accuracies()
+    # thresholds widened for the key effects, so each model's accuracy averaged over keys stays as stated (a
+    # mean-zero probit effect alone would lower it): in an A/A cell the models are equally good on average
+    spread_a = math.sqrt(1 + scenario.key_sd**2)
+    spread_b = math.sqrt(1 + scenario.key_sd**2 + scenario.pair_key_sd**2)
+    t_a = np.full((sims, 1), sps.norm.ppf(acc_a) * spread_a)
+    t_b = np.full((sims, 1), sps.norm.ppf(acc_b) * spread_b)
+    if key is not None and (scenario.key_sd > 0 or scenario.pair_key_sd > 0):
+        shared = rng.normal(0.0, scenario.key_sd, (sims, scenario.keys))
+        own = rng.normal(0.0, scenario.pair_key_sd, (sims, scenario.keys))
+        t_a = np.take_along_axis(t_a + shared, key, axis=1)
+        t_b = np.take_along_axis(t_b + shared + own, key, axis=1)
+    right_a = (x_a < t_a) & (rng.random(shape) >= scenario.error_rate)
+    right_b = (x_b < t_b) & (rng.random(shape) >= scenario.error_rate)
+    return ShadowRequests(right_a.astype(np.float64), right_b.astype(np.float64), key)
+
+
+def shadow_inputs(requests: ShadowRequests, look_every: int) -> PairedInputs:
+    """paired.PairedInputs at every look ((sims, looks) arrays) from running sums of d, as decide_paired builds
+    them from the pairs: d is one sample (every request in it), clustered on keys and on batches."""
+    d = requests.challenger - requests.champion
+    ones = np.ones_like(d)
+    n = _at_looks(ones, look_every)
+    prefix = None
+    if requests.key is not None:
+        prefix = tuple(_within_unit_prefix(requests.key, [d, ones]))
+    looks = _arm_looks(d, ones, n, look_every, prefix)
+    order = np.broadcast_to(np.arange(d.shape[1]), d.shape)
+    var_batch, eff_batch = _batch_looks(d, ones, order, looks, look_every)
+    variance, df = combine(looks.var_unit, var_batch, looks.var_iid, looks.effective, eff_batch)
+    est = stats.Estimate(looks.mean, variance, df, METHOD, variance, 0.0, unit_sq_a=looks.sum_cc)
+    return PairedInputs(n, looks.effective, est, _at_looks(requests.champion, look_every) / n)
+
+
+def paired_data(requests: ShadowRequests, sim: int, n: int, requests_per_second: float = 5.0) -> PairedData:
+    """The first n pairs of one simulated experiment as decide_paired gets them."""
+    units = None
+    if requests.key is not None:
+        units = np.array([f"key-{k}" for k in requests.key[sim, :n]], dtype=object)
+    return PairedData(champion=requests.champion[sim, :n], challenger=requests.challenger[sim, :n],
+                      served_at=np.arange(n, dtype=np.float64) / requests_per_second, units=units)
+
+
+def shadow_context(scenario: ShadowScenario, thresholds: Thresholds) -> DecisionContext:
+    return DecisionContext(task=scenario.task, thresholds=thresholds, mode=scenario.mode)
+
+
+@dataclass
+class ShadowResult(CellResult):
+    promote_stops: list[int] = field(default_factory=list)
+    """Scored pairs at which each promoted experiment promoted."""
+
+    @property
+    def median_promote_stop(self) -> float:
+        return float(np.median(self.promote_stops)) if self.promote_stops else float("nan")
+
+    @property
+    def mean_promote_stop(self) -> float:
+        return float(np.mean(self.promote_stops)) if self.promote_stops else float("nan")
+
+
+def _run_shadow_chunk(args: tuple) -> tuple[int, int, float, list[int], int]:
+    scenario, thresholds, sims, total, look_every, seed = args
+    rng = np.random.default_rng(seed)
+    n = max(total // look_every, 1) * look_every  # the last look at most ``total``: a budget, not a target
+    if scenario.mode is ExperimentMode.FIXED:
+        n = look_every = total
+    requests = generate_shadow(scenario, rng, sims, n)
+    inputs = shadow_inputs(requests, look_every)
+    ctx = shadow_context(scenario, thresholds)
+    final, stopped = outcome_of(evaluate_paired(inputs, ctx).decision, look_every, scenario.mode)
+    reach = units_at_any_size(inputs.pairs[:, -1], inputs.estimate.unit_sq_a[:, -1] if requests.key is not None
+                              else np.nan)
+    return (int(np.sum(final == PROMOTE)), int(np.sum(final == ROLLBACK)), float(stopped.sum()),
+            stopped[final == PROMOTE].tolist(), int(np.sum(reach < thresholds.min_units_per_arm)))
+
+
+def simulate_shadow(scenario: ShadowScenario, thresholds: Thresholds, sims: int, total: int, *,
+                    look_every: int = 50, seed: int = 0, chunk: int = 25, jobs: int = 1) -> ShadowResult:
+    """Runs ``sims`` shadow experiments to at most ``total`` scored pairs (the last look; ``result.total``),
+    analysed every ``look_every`` (sequential: stopping at the first PROMOTE / ROLLBACK)."""
+    seeds = np.random.SeedSequence(seed).spawn(-(-sims // chunk))
+    sizes = [min(chunk, sims - i * chunk) for i in range(len(seeds))]
+    work = [(scenario, thresholds, size, total, look_every, s) for size, s in zip(sizes, seeds)]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            parts = list(pool.map(_run_shadow_chunk, work))
+    else:
+        parts = [_run_shadow_chunk(w) for w in work]
+    last_look = total if scenario.mode is ExperimentMode.FIXED else max(total // look_every, 1) * look_every
+    result = ShadowResult(scenario, sims, last_look)
+    for promoted, rolled_back, stop_sum, stops, unreachable in parts:
+        result.promoted += promoted
+        result.rolled_back += rolled_back
+        result.stop_sum += stop_sum
+        result.promote_stops.extend(stops)
+        result.unreachable += unreachable
+    return result
+
+
 def default_thresholds(**overrides) -> Thresholds:
     """Thresholds as ExperimentService resolves them from default ExperimentSettings."""
     from ..settings import ExperimentSettings
@@ -566,5 +767,6 @@ def default_thresholds(**overrides) -> Thresholds:
     return Thresholds(**(values | overrides))
 
 
-__all__ = ["CellResult", "Scenario", "arm_data", "decisions", "default_thresholds", "generate", "outcome_of",
-           "planned_total", "simulate", "summarize_looks", "wilson"]
+__all__ = ["CellResult", "Scenario", "ShadowResult", "ShadowScenario", "arm_data", "decisions", "default_thresholds",
+           "generate", "generate_shadow", "outcome_of", "paired_data", "planned_total", "shadow_inputs", "simulate",
+           "simulate_shadow", "summarize_looks", "wilson"]

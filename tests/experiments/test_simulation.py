@@ -319,3 +319,62 @@ def test_the_unit_rule_counts_effective_clusters_not_distinct_keys():
     units = next(r for r in result.reasons if r.startswith("too few independent units"))
     assert "challenger=1.8 effective" in units
     assert result.primary.df < 3
+
+
+# -- shadow experiments: the paired test ---------------------------------------------------------------
+
+@pytest.mark.parametrize("scenario", [
+    sim.ShadowScenario("iid, +3 points", gain=0.03),
+    sim.ShadowScenario("Zipf-skewed keys that differ by model, autocorrelated", keys=40, zipf=1.0, key_sd=0.3,
+                       pair_key_sd=0.3, rho=0.3, gain=0.03),
+    sim.ShadowScenario("regression, 5 % lower MAE", task="regression", gain=0.05, error_rate=0.0, mae=2.5),
+    sim.ShadowScenario("worse, fixed", gain=-0.05, mode=ExperimentMode.FIXED),
+], ids=lambda s: s.name)
+def test_shadow_engine_decides_as_decide_paired_does(scenario):
+    """Look by look, the engine's running sums of d give decide_paired's p-values and decisions on the same pairs."""
+    from prediction_service.experiments.paired import decide_paired, evaluate_paired
+
+    th = sim.default_thresholds(min_samples_per_arm=20, min_units_per_arm=5)
+    ctx = sim.shadow_context(scenario, th)
+    requests = sim.generate_shadow(scenario, np.random.default_rng(5), 3, 3000)
+    ev = evaluate_paired(sim.shadow_inputs(requests, 50), ctx)
+    seen = set()
+    for s in range(3):
+        for k in range(1, 60, 4):
+            result = decide_paired(sim.paired_data(requests, s, (k + 1) * 50), ctx)
+            assert CODES[result.decision] == ev.decision[s, k], (s, k, result.reasons)
+            assert result.primary.p_value == pytest.approx(float(ev.test.p_value[s, k]), abs=1e-9), (s, k)
+            seen.add(result.decision)
+    assert len(seen) > 1 or scenario.keys  # the comparison covers decisions, not only CONTINUE
+
+
+def test_shadow_correlation_is_the_one_stated():
+    scenario = sim.ShadowScenario("+2", gain=0.02)
+    requests = sim.generate_shadow(scenario, np.random.default_rng(3), 20, 20_000)
+    a, b = requests.champion.ravel(), requests.challenger.ravel()
+    assert np.corrcoef(a, b)[0, 1] == pytest.approx(0.8, abs=0.01)
+    assert a.mean() == pytest.approx(0.70, abs=0.005) and b.mean() - a.mean() == pytest.approx(0.02, abs=0.003)
+
+
+@pytest.mark.parametrize("scenario", [
+    sim.ShadowScenario("A/A iid"),
+    sim.ShadowScenario("A/A AR(1) 0.5", rho=0.5),
+    sim.ShadowScenario("A/A 500 Zipf(0.5) symbols that differ by model", keys=500, zipf=0.5, key_sd=0.3,
+                       pair_key_sd=0.3),
+], ids=lambda s: s.name)
+def test_seeded_shadow_aa_false_promotions_stay_within_a_binomial_bound(scenario):
+    """Peeking every 50 pairs to 3x a tenth of the split's planned size (bench/experiments_sim.py --design shadow)."""
+    th = sim.default_thresholds()
+    horizon = 3 * sim.planned_total(sim.Scenario("+2", gain=0.02), th, 0.1) // 10
+    result = sim.simulate_shadow(scenario, th, 200, horizon, seed=20261130)
+    assert result.promoted <= _bound(200, th.alpha)
+    assert result.rolled_back <= _bound(200, th.alpha)
+
+
+def test_shadow_promotes_two_points_within_a_tenth_of_the_split_size():
+    th = sim.default_thresholds()
+    budget = sim.planned_total(sim.Scenario("+2", gain=0.02), th, 0.1) // 10
+    result = sim.simulate_shadow(sim.ShadowScenario("+2", gain=0.02), th, 200, budget, seed=7)
+    assert result.total <= budget
+    assert result.promoted >= sps.binom.ppf(0.001, 200, th.power)
+    assert result.rolled_back == 0
