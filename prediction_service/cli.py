@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "prediction_service.commands.setup_demo",
     "prediction_service.commands.triton_local",
     "prediction_service.commands.audit",
+    "prediction_service.commands.experiments",
     "prediction_service.commands.state",
     "prediction_service.commands.mlflow_sync",
     "prediction_service.commands.ray",

@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from .v1.schemas import API_KEY_HEADER, DEADLINE_HEADER, MAX_DEADLINE_MS, REQUEST_ID_HEADER, PredictResponse
 
 if TYPE_CHECKING:
-    from .experiments.models import Analysis, Experiment, ExperimentSpec, ExperimentStatus
+    from .experiments.models import Analysis, Experiment, ExperimentSpec, ExperimentStatus, ShadowRecord
 
 RETRY_STATUSES = frozenset({429, 503})
 SERVER_DEADLINE_SHARE = 0.9
@@ -234,6 +234,28 @@ class PredictionClient:
         answer = await self._call("POST", "/v1/experiments", spec.model_dump(mode="json"), idempotent=False,
                                   timeout_s=timeout_s)
         return Experiment.model_validate(answer)
+
+    async def create_shadow_experiment(self, model_name: str, champion_version: str, challenger_version: str, *,
+                                       shadow_fraction: float = 1.0, auto_apply: bool = False,
+                                       task: str = "classification", timeout_s: float | None = None) -> Experiment:
+        """Start a shadow experiment: production keeps answering every request with the champion while a copy
+        of ``shadow_fraction`` of them runs on the challenger; outcomes score both on the same requests."""
+        from .experiments.models import ExperimentKind, ExperimentSpec
+
+        spec = ExperimentSpec(model_name=model_name, champion_version=champion_version,
+                              challenger_version=challenger_version, kind=ExperimentKind.SHADOW,
+                              shadow_fraction=shadow_fraction, auto_apply=auto_apply, task=task)  # type: ignore[arg-type]
+        return await self.create_experiment(spec, timeout_s=timeout_s)
+
+    async def shadow_prediction(self, experiment_id: str, request_id: str,
+                                timeout_s: float | None = None) -> ShadowRecord:
+        """The challenger's answer to the copy of one production request (ServiceCallError not_found until
+        the copy has run)."""
+        from .experiments.models import ShadowRecord
+
+        answer = await self._call("GET", f"/v1/experiments/{_segment(experiment_id)}/shadow/{_segment(request_id)}",
+                                  None, idempotent=True, timeout_s=timeout_s)
+        return ShadowRecord.model_validate(answer)
 
     async def experiment(self, experiment_id: str, timeout_s: float | None = None) -> Experiment:
         from .experiments.models import Experiment

@@ -384,6 +384,14 @@ class ExperimentSettings(BaseSettings):
     """Sharpe annualisation: each outcome counts as one period (252 = one decision per trading day)."""
     busy_timeout_ms: int = Field(5000, ge=0)
     """SQLite busy_timeout: how long a writer waits for another process's lock."""
+    shadow_queue_size: int = Field(256, ge=1)
+    """Shadow experiments: copies of production requests waiting for the challenger, per worker. A copy that
+    finds the queue full is shed (prediction_shadow_shed_total): shadow work never holds up production."""
+    shadow_concurrency: int = Field(1, ge=1, le=64)
+    """Shadow copies running at once per worker, in the lowest priority lane of the challenger's queue (copies
+    waiting together share a model run)."""
+    shadow_timeout_seconds: float = Field(10.0, gt=0)
+    """How long a shadow copy may wait and run before it counts as the challenger's error."""
     auto_apply_interval_seconds: float = Field(10.0, ge=0)
     """How often each worker analyses running auto_apply experiments and acts on a PROMOTE / ROLLBACK
     decision. 0 = only when someone calls analyze. Sequential (mSPRT) experiments may be analysed at any

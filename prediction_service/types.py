@@ -240,6 +240,11 @@ class PredictionRecord:
     """Set once an A/B arm's version is about to run: its prediction (or failure) is recorded for the arm."""
 
 
+SHADOW_ARM = "shadow"
+"""The arm of a shadow copy's record: the challenger's answer to a copy of a production request, stored for
+its experiment (the caller got the champion's)."""
+
+
 @dataclass(frozen=True)
 class ArmRun:
     """An A/B experiment's assignment for a request that reached its arm's model."""

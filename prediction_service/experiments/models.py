@@ -22,6 +22,16 @@ class ExperimentStatus(str, Enum):
     ROLLED_BACK = "rolled_back"
 
 
+class ExperimentKind(str, Enum):
+    SPLIT = "split"
+    """The default. Each request is answered by one arm, chosen by its routing key (``traffic_split``); the
+    arms are compared on different requests."""
+    SHADOW = "shadow"
+    """Every production request (or a ``shadow_fraction`` of them) is answered by the champion, and a copy runs
+    on the challenger off the response path; an outcome scores both models on the same request, and a paired
+    test on the per-request differences decides (experiments/paired.py). The challenger serves nobody."""
+
+
 class ExperimentMode(str, Enum):
     SEQUENTIAL = "sequential"
     """The default. Always-valid mSPRT p-values: analyse after every batch of outcomes (auto_apply does,
@@ -100,8 +110,11 @@ class ExperimentSpec(BaseModel):
     model_name: str = Field(min_length=1, max_length=128)
     champion_version: str = Field(min_length=1, max_length=64)
     challenger_version: str = Field(min_length=1, max_length=64)
+    kind: ExperimentKind = ExperimentKind.SPLIT
     traffic_split: float = Field(0.10, gt=0, lt=1)
-    """Share of traffic routed to the challenger, strictly between 0 and 1."""
+    """kind=split: share of traffic routed to the challenger, strictly between 0 and 1."""
+    shadow_fraction: float = Field(1.0, gt=0, le=1)
+    """kind=shadow: share of production requests copied to the challenger (sampled per request)."""
     task: Task = "classification"
     """classification: accuracy is the primary metric; regression: absolute error (lower is better)."""
     mode: ExperimentMode = ExperimentMode.SEQUENTIAL
@@ -137,6 +150,9 @@ class Assignment(BaseModel):
     version: str
     unit: str | None = None
     """Digest of the routing key (the randomization unit); None when the request had no key."""
+    shadow_version: str | None = None
+    """kind=shadow: the challenger version a copy of this request runs on, off the response path; None when
+    the request was not sampled (or the experiment is a split)."""
 
 
 class PredictionRecord(BaseModel):
@@ -154,6 +170,20 @@ class PredictionRecord(BaseModel):
     """Randomization unit: digest of the routing key; None = the request id is the unit."""
     api_key_id: str | None = None
     """Key id of the caller that made the prediction; None when anonymous."""
+
+
+class ShadowRecord(BaseModel):
+    """The challenger's answer to a copy of a production request (kind=shadow), stored by its request id."""
+
+    request_id: str
+    experiment_id: str
+    version: str
+    served_at: float
+    latency_ms: float
+    error: bool
+    """The shadow run failed, or its output was NaN/inf."""
+    predicted_class: int | None = None
+    predicted_value: float | None = None
 
 
 class OutcomeRecord(BaseModel):

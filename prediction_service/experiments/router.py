@@ -9,14 +9,18 @@ experiment. Requests without a key get a random one (uuid4): uniform, not sticky
 The assignment carries a digest of the routing key (``unit``): the key is the randomization unit, and
 the analysis clusters its variance on it (stats.py). A digest, because the analysis needs only equality
 and the state database need not hold account ids.
+
+A shadow experiment answers every request from the champion and marks a sampled share of them for a copy
+on the challenger (``shadow_version``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
 
-from .models import Arm, Assignment, Experiment
+from .models import Arm, Assignment, Experiment, ExperimentKind
 
 _SCALE = float(2**64)
 
@@ -40,6 +44,13 @@ def unit_of(routing_key: str | None) -> str | None:
 
 
 def assign(experiment: Experiment, routing_key: str | None) -> Assignment:
+    if experiment.kind is ExperimentKind.SHADOW:
+        # the champion answers every request; a sampled copy runs on the challenger (no stickiness needed:
+        # both models see the same request, so the unit only clusters the variance)
+        mirrored = experiment.shadow_fraction >= 1.0 or random.random() < experiment.shadow_fraction
+        return Assignment(experiment_id=experiment.id, arm=Arm.CHAMPION, version=experiment.champion_version,
+                          unit=unit_of(routing_key),
+                          shadow_version=experiment.challenger_version if mirrored else None)
     arm = choose_arm(experiment.id, routing_key, experiment.traffic_split)
     version = experiment.challenger_version if arm is Arm.CHALLENGER else experiment.champion_version
     return Assignment(experiment_id=experiment.id, arm=arm, version=version, unit=unit_of(routing_key))

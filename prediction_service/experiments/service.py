@@ -29,18 +29,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import BadRequest, Conflict, Forbidden, InvalidInput, PredictionServiceError, VersionNotFound
+from ..errors import (BadRequest, Conflict, Forbidden, InvalidInput, NotFound, PredictionServiceError,
+                      VersionNotFound)
 from ..settings import ExperimentSettings
 from . import router
 from .decision import DecisionContext, decide, scored_units, worst_abs_error
-from .metrics import arm_metrics
-from .models import (Analysis, Arm, Assignment, Decision, Experiment, ExperimentMode, ExperimentSpec,
-                     ExperimentStatus, OutcomeRecord, PredictionRecord, Thresholds)
+from .metrics import ArmData, arm_metrics
+from .models import (Analysis, Arm, Assignment, Decision, DecisionResult, Experiment, ExperimentKind, ExperimentMode,
+                     ExperimentSpec, ExperimentStatus, OutcomeRecord, PredictionRecord, ShadowRecord, Thresholds)
+from .paired import PairedData, decide_paired
 from .store import ExperimentStore
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,17 @@ class RegistryCatalog:
         return VersionFacts(status=metadata.status,
                             validation_passed=metadata.validation is not None and metadata.validation.passed,
                             promotion_refused=refusal)
+
+
+@dataclass(frozen=True)
+class ShadowAnswer:
+    """The challenger's answer to the copy of one production request, as the shadow runner hands it over."""
+
+    request_id: str
+    assignment: Assignment
+    latency_ms: float
+    error: bool
+    prediction: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +206,9 @@ class ExperimentService:
                              "true gain at the margin more than 50 % power",
                              {"target_accuracy_gain": th.target_accuracy_gain,
                               "promote_min_accuracy_gain": th.promote_min_accuracy_gain})
+        if spec.kind is ExperimentKind.SHADOW and spec.mode is not ExperimentMode.SEQUENTIAL:
+            raise BadRequest("a shadow experiment is sequential: its paired test may be analysed after every outcome",
+                             {"kind": spec.kind.value, "mode": spec.mode.value})
         if spec.mode is ExperimentMode.FIXED:
             if spec.auto_apply and spec.planned_outcomes is None:
                 raise BadRequest("auto_apply with mode=fixed needs planned_outcomes: a fixed-horizon test is valid "
@@ -302,6 +318,33 @@ class ExperimentService:
             self._observe("experiment_prediction", self._spec(assignment.experiment_id), assignment.arm.value)
         return recorded
 
+    def record_shadows(self, answers: list[ShadowAnswer]) -> int:
+        """Stores challengers' answers to copies of requests (kind=shadow), one transaction for the lot; returns
+        how many were stored (an answer whose experiment ended meanwhile is not). A NaN/inf output counts as an
+        error."""
+        records = []
+        for answer in answers:
+            assignment = answer.assignment
+            if assignment.shadow_version is None:
+                raise BadRequest("this request was not copied to a shadow challenger",
+                                 {"request_id": answer.request_id})
+            predicted_class, predicted_value = summarize_prediction(answer.prediction,
+                                                                    self._task(assignment.experiment_id))
+            records.append(ShadowRecord(
+                request_id=answer.request_id, experiment_id=assignment.experiment_id,
+                version=assignment.shadow_version, served_at=self.clock(), latency_ms=float(answer.latency_ms),
+                error=answer.error or not finite_output(answer.prediction), predicted_class=predicted_class,
+                predicted_value=predicted_value))
+        return self.store.insert_shadows(records)
+
+    def shadow_prediction(self, experiment_id: str, request_id: str) -> ShadowRecord:
+        """The challenger's stored answer to the copy of ``request_id``; NotFound when there is none (yet)."""
+        record = self.store.get_shadow(request_id)
+        if record is None or record.experiment_id != experiment_id:
+            raise NotFound(f"experiment {experiment_id!r} has no shadow answer for request {request_id!r}",
+                           {"experiment_id": experiment_id, "request_id": request_id})
+        return record
+
     def authorize_outcome(self, prediction: PredictionRecord, reporter: OutcomeReporter | None) -> None:
         """Forbidden unless ``reporter`` may report this prediction's outcome (None: a trusted in-process
         caller, or an API without keys)."""
@@ -373,7 +416,11 @@ class ExperimentService:
         # At the horizon the data is frozen (the first planned outcomes), so every later analysis repeats
         # the one decision; before it there is no decision to take.
         data = self.store.arm_data(experiment_id, first_outcomes=horizon if reached else None)
-        result = decide(data[Arm.CHAMPION], data[Arm.CHALLENGER], ctx)
+        if experiment.kind is ExperimentKind.SHADOW:  # the challenger answered copies: its arm is its shadow answers
+            data[Arm.CHALLENGER] = self.store.shadow_data(experiment_id)
+            result = self._decide_shadow(experiment_id, data, ctx)
+        else:
+            result = decide(data[Arm.CHAMPION], data[Arm.CHALLENGER], ctx)
         if reached is False:
             result.decision = Decision.CONTINUE
             result.reasons = [f"fixed horizon: {self.store.outcome_count(experiment_id)} of {horizon} planned "
@@ -403,6 +450,29 @@ class ExperimentService:
                             horizon_reached=reached, reachability=result.reachability)
         self._observe("experiment_analysis", analysis)
         return analysis
+
+    def _decide_shadow(self, experiment_id: str, data: dict[Arm, ArmData], ctx: DecisionContext) -> DecisionResult:
+        """The paired test on the requests both models answered and that have an outcome: each model scored on
+        the same request (a failed or non-finite answer as the worst case, as in a split)."""
+        rows = self.store.paired_rows(experiment_id)
+        if ctx.task == "classification":
+            def score(classes: np.ndarray, failed: np.ndarray) -> np.ndarray:
+                right = (classes == rows.actual).astype(np.float64)
+                return np.where(failed | np.isnan(classes), 0.0, right)
+            champion = score(rows.champion_class, rows.champion_error)
+            challenger = score(rows.challenger_class, rows.challenger_error)
+        else:
+            worst = worst_abs_error(data[Arm.CHAMPION], data[Arm.CHALLENGER])
+            def score(values: np.ndarray, failed: np.ndarray) -> np.ndarray:
+                errors = np.abs(values - rows.actual)
+                return np.where(failed | np.isnan(errors), np.nan if worst is None else worst, errors)
+            champion = score(rows.champion_value, rows.champion_error)
+            challenger = score(rows.challenger_value, rows.challenger_error)
+            keep = ~(np.isnan(champion) | np.isnan(challenger))
+            champion, challenger = champion[keep], challenger[keep]
+            rows = replace(rows, served_at=rows.served_at[keep], units=rows.units[keep])
+        return decide_paired(PairedData(champion=champion, challenger=challenger, served_at=rows.served_at,
+                                        units=rows.units), ctx)
 
     def apply_due_decisions(self) -> list[Analysis]:
         """Analyse every running auto_apply experiment (acting on its decision); returns the ones applied.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,9 +27,11 @@ from ..state import StateUnavailable, open_area
 from ..state.tables import EXPERIMENTS
 from ..state.tables import experiment_outcomes as outcomes
 from ..state.tables import experiment_predictions as predictions
+from ..state.tables import experiment_shadow_predictions as shadows
 from ..state.tables import experiments
 from .metrics import ArmData
-from .models import Arm, Experiment, ExperimentSpec, ExperimentStatus, OutcomeRecord, PredictionRecord
+from .models import (Arm, Experiment, ExperimentSpec, ExperimentStatus, OutcomeRecord, PredictionRecord,
+                     ShadowRecord)
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,30 @@ _INSERT_PREDICTION = insert(predictions).from_select(
     [c.name for c in _PREDICTION_COLUMNS],
     select(*[cast(bindparam(c.name, type_=c.type), c.type) for c in _PREDICTION_COLUMNS])
     .where(exists().where(experiments.c.id == bindparam("experiment_id"), _RUNNING)))
+_SHADOW_COLUMNS = tuple(shadows.c[name] for name in ShadowRecord.model_fields)
+_INSERT_SHADOW = insert(shadows).from_select(
+    [c.name for c in _SHADOW_COLUMNS],
+    select(*[cast(bindparam(c.name, type_=c.type), c.type) for c in _SHADOW_COLUMNS])
+    .where(exists().where(experiments.c.id == bindparam("experiment_id"), _RUNNING)))
 _EXPERIMENT_EXISTS = select(experiments.c.id).where(experiments.c.id == bindparam("id"))
 _GET_PREDICTION = select(*_PREDICTION_COLUMNS).where(predictions.c.request_id == bindparam("request_id"))
 _INSERT_OUTCOME = insert(outcomes)
+
+
+@dataclass(frozen=True)
+class PairedRows:
+    """A shadow experiment's scored requests, both models' predictions side by side (NaN: none)."""
+
+    actual: np.ndarray
+    champion_class: np.ndarray
+    champion_value: np.ndarray
+    champion_error: np.ndarray
+    challenger_class: np.ndarray
+    challenger_value: np.ndarray
+    challenger_error: np.ndarray
+    served_at: np.ndarray
+    units: np.ndarray
+    """The randomization unit of each request (routing-key digest, else the request)."""
 
 
 def _dt(epoch: float | None) -> datetime | None:
@@ -175,6 +199,82 @@ class ExperimentStore:
         except StateUnavailable as exc:
             self._outage_log.warning("predict", f"experiments: predictions served but not counted: {exc.message}")
             return False
+
+    def insert_shadows(self, records: list[ShadowRecord]) -> int:
+        """Stores challengers' answers to copies of requests, in one transaction, for the experiments still
+        running; returns how many were stored (0 while the database is unreachable). Conflict when a request
+        id was stored before (nothing is stored then)."""
+        rows = [{**record.model_dump(mode="json"), "error": int(record.error)} for record in records]
+        if not rows:
+            return 0
+        try:
+            with self.db.write() as conn:
+                return sum(conn.execute(_INSERT_SHADOW, row).rowcount for row in rows)
+        except IntegrityError as exc:
+            raise Conflict("a shadow prediction is already recorded",
+                           {"request_ids": [r.request_id for r in records][:10]}) from exc
+        except StateUnavailable as exc:
+            self._outage_log.warning("shadow", f"experiments: shadow answers not counted: {exc.message}")
+            return 0
+
+    def get_shadow(self, request_id: str) -> ShadowRecord | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(*_SHADOW_COLUMNS).where(shadows.c.request_id == request_id)).first()
+        if row is None:
+            return None
+        fields = dict(zip(ShadowRecord.model_fields, row))
+        fields["error"] = bool(fields["error"])
+        return ShadowRecord(**fields)
+
+    def shadow_data(self, experiment_id: str) -> ArmData:
+        """The challenger's side of a shadow experiment as an arm: its shadow answers (latency, errors) and, for
+        each scored request it answered, the outcome scored against its own prediction. Rows in time order;
+        ``correct`` and ``abs_error`` are computed here from the actual value (the outcome table scores the
+        champion)."""
+        with self.db.read() as conn:
+            rows = conn.execute(select(shadows.c.latency_ms, shadows.c.error, shadows.c.served_at, _UNIT)
+                                .select_from(shadows.join(predictions, predictions.c.request_id == shadows.c.request_id,
+                                                          isouter=True))
+                                .where(shadows.c.experiment_id == experiment_id)
+                                .order_by(shadows.c.served_at, shadows.c.request_id)).all()
+            scored = conn.execute(
+                select(outcomes.c.actual, shadows.c.predicted_class, shadows.c.predicted_value, shadows.c.error,
+                       outcomes.c.pnl, predictions.c.served_at, _UNIT)
+                .select_from(shadows.join(predictions, predictions.c.request_id == shadows.c.request_id)
+                             .join(outcomes, outcomes.c.request_id == shadows.c.request_id))
+                .where(shadows.c.experiment_id == experiment_id)
+                .order_by(predictions.c.served_at, predictions.c.request_id)).all()
+        pred = np.array([r[:3] for r in rows], dtype=np.float64).reshape(-1, 3)
+        out = np.array([tuple(np.nan if v is None else v for v in r[:6]) for r in scored],
+                       dtype=np.float64).reshape(-1, 6)
+        actual, predicted_class, predicted_value, error = out[:, 0], out[:, 1], out[:, 2], out[:, 3] == 1
+        with np.errstate(invalid="ignore"):
+            correct = np.where(np.isnan(predicted_class), np.where(error, 0.0, np.nan),
+                               (predicted_class == actual).astype(np.float64))
+        return ArmData(latency_ms=pred[:, 0], error=pred[:, 1].astype(bool), served_at=pred[:, 2],
+                       unit=np.array([r[3] for r in rows], dtype=object), actual=actual,
+                       predicted_class=predicted_class, correct=correct, abs_error=np.abs(actual - predicted_value),
+                       pnl=np.full(len(scored), np.nan), outcome_served_at=out[:, 5], worst_case=error,
+                       outcome_unit=np.array([r[6] for r in scored], dtype=object))
+
+    def paired_rows(self, experiment_id: str) -> PairedRows:
+        """Every request of a shadow experiment that both models answered and that has an outcome, in the
+        order it was served."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(outcomes.c.actual, predictions.c.predicted_class, predictions.c.predicted_value,
+                       predictions.c.error, shadows.c.predicted_class, shadows.c.predicted_value, shadows.c.error,
+                       predictions.c.served_at, _UNIT)
+                .select_from(predictions.join(shadows, shadows.c.request_id == predictions.c.request_id)
+                             .join(outcomes, outcomes.c.request_id == predictions.c.request_id))
+                .where(predictions.c.experiment_id == experiment_id)
+                .order_by(predictions.c.served_at, predictions.c.request_id)).all()
+        values = np.array([tuple(np.nan if v is None else v for v in r[:8]) for r in rows],
+                          dtype=np.float64).reshape(-1, 8)
+        return PairedRows(actual=values[:, 0], champion_class=values[:, 1], champion_value=values[:, 2],
+                          champion_error=values[:, 3] == 1, challenger_class=values[:, 4],
+                          challenger_value=values[:, 5], challenger_error=values[:, 6] == 1,
+                          served_at=values[:, 7], units=np.array([r[8] for r in rows], dtype=object))
 
     def get_prediction(self, request_id: str) -> PredictionRecord:
         with self.db.read() as conn:

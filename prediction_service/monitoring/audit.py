@@ -35,6 +35,7 @@ from ..settings import AuditSettings, Settings, StateSettings
 from ..state import SchemaOutdated, StateDatabase, StateUnavailable, open_area
 from ..state.tables import AUDIT
 from ..state.tables import audit_predictions as table
+from ..types import SHADOW_ARM
 
 if TYPE_CHECKING:
     from ..types import PredictionRecord
@@ -309,7 +310,8 @@ class AuditReader:
         start = second.timestamp()
         end = (second + timedelta(seconds=1)).timestamp()
         c = table.c
-        ok = (c.model == model, c.status == 200, c.version.is_not(None))
+        # a shadow copy's record (arm=shadow) answered nobody: it never counts as what served
+        ok = (c.model == model, c.status == 200, c.version.is_not(None), c.arm.is_distinct_from(SHADOW_ARM))
         entry = (c.ts, c.request_id, c.version, c.stage, c.arm, c.status)
         with self.db.read() as conn:
             served = [ServedVersion(*row) for row in conn.execute(
@@ -329,7 +331,8 @@ class AuditReader:
         with self.db.read() as conn:
             row = conn.execute(select(c.ts, c.request_id, c.model, c.version, c.stage, c.arm, c.status, c.error_code,
                                       c.latency_ms, c.backend, c.trace_id)
-                               .where(c.request_id == request_id).order_by(c.id).limit(1)).first()
+                               .where(c.request_id == request_id, c.arm.is_distinct_from(SHADOW_ARM))
+                               .order_by(c.id).limit(1)).first()
         return RequestEntry(*row) if row else None
 
     def oldest(self) -> str | None:

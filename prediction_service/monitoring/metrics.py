@@ -192,6 +192,13 @@ class ServiceMetrics:
         self.experiment_applied = counter("prediction_experiment_applied_total",
                                           "Decisions applied by auto_apply (promote / rollback).",
                                           (*experiment, "decision"))
+        self.shadow_runs_total = counter("prediction_shadow_runs_total", "Shadow copies run on a shadow experiment's "
+                                   "challenger, by whether its answer agreed with the champion's (agree, disagree, "
+                                   "error).", ("model", "outcome"))
+        self.shadow_shed_total = counter("prediction_shadow_shed_total", "Shadow copies shed because the shadow queue "
+                                   "was full.", ("model",))
+        self.shadow_latency = Histogram("prediction_shadow_latency_seconds", "Queue wait and run of a shadow copy "
+                                        "on the challenger.", ["model"], buckets=LATENCY_BUCKETS, registry=registry)
         self._expired_feed = _CumulativeFeed(self.batcher_expired)
         self._shed_feed = _CumulativeFeed(self.batcher_shed)
         self._written_feed = _CumulativeFeed(self.audit_written)
@@ -245,6 +252,15 @@ class ServiceMetrics:
 
     def observe_readiness(self, readiness: Readiness) -> None:
         self.ready.set(1 if readiness.ready else 0)
+
+    # ---- shadow experiments (serving.shadow.ShadowObserver) -------------------------------------------
+
+    def shadow_run(self, model: str, outcome: str, latency_s: float) -> None:
+        self.shadow_runs_total.labels(model, outcome).inc()
+        self.shadow_latency.labels(model).observe(latency_s)
+
+    def shadow_shed(self, model: str) -> None:
+        self.shadow_shed_total.labels(model).inc()
 
     # ---- A/B experiments (experiments.service.ExperimentObserver) ------------------------------------
 

@@ -21,6 +21,7 @@ from ..types import (ArmRun, InferenceRequest, InferenceResult, ModelMetadata, P
                      RawInput, RequestContext, Selector, TensorMetadata)
 from .model_manager import ModelManager
 from .processing import ModelProcessing, TokensInFlight
+from .shadow import ShadowJob, ShadowRunner
 from ..registry import ModelVersion, validate_name
 from ..settings import Settings
 
@@ -55,6 +56,8 @@ class ModelServable:
         self.experiments = experiments
         self.access = VersionAccess(settings.security)
         self.tokens_in_flight = TokensInFlight(settings.limits.max_tokens_in_flight)
+        self.shadow: ShadowRunner | None = None
+        """Runs the copies of requests a shadow experiment sends to its challenger (set by the service)."""
 
     async def infer(self, name: str, request: InferenceRequest, context: RequestContext,
                     record: PredictionRecord) -> InferenceResult:
@@ -93,6 +96,10 @@ class ModelServable:
         outputs = processing.first_steps(outputs, request.n_steps)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         record.outputs = outputs
+        if assignment is not None and assignment.shadow_version is not None and self.shadow is not None:
+            output = target.signature.outputs[0].name
+            self.shadow.submit(ShadowJob(name, assignment, context.request_id, arrays, output, outputs.get(output),
+                                         request.n_steps))
         provenance = self.provenance(target)
         record.backend = provenance.backend
         return InferenceResult(
@@ -102,6 +109,18 @@ class ModelServable:
             request_id=context.request_id, inference_time_ms=round(elapsed_ms, 3), outputs=outputs,
             provenance=provenance, processing=processing,
         )
+
+    async def run_version(self, name: str, version: str, arrays: dict[str, np.ndarray], context: RequestContext,
+                          n_steps: int | None = None) -> dict[str, np.ndarray]:
+        """Pre-processed ``arrays`` on ``version`` (loaded if need be), as ``infer`` runs them: a shadow copy."""
+        target = await self.manager.resolve(name, version=version)
+        processing = ModelProcessing(target, self.settings.limits)
+        async with self.manager.serving(target):
+            if target.signature.rollout is not None:
+                outputs = await self._roll_out(target, arrays, context, n_steps)
+            else:
+                outputs = await self._run(target, arrays, context)
+        return processing.first_steps(outputs, n_steps)
 
     async def _run(self, target: ModelVersion, arrays: dict[str, np.ndarray], context: RequestContext):
         """The adapter's run, in the request's priority lane. A traced request's queue wait and model run are

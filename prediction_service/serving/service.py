@@ -33,6 +33,7 @@ from ..registry import ModelKey, ModelRegistry
 from ..registry.families import FamilyIndex
 from .pipeline import RequestPipeline
 from .repository import ModelRepository
+from .shadow import ShadowRunner
 from .shared_memory import SharedMemoryRegistry
 from ..settings import Settings
 
@@ -67,14 +68,20 @@ class Service:
             self.dataplane.readiness_details.append(lambda: {"audit": vars(audit.stats())})
             if settings.audit.required_for_readiness:
                 self.dataplane.readiness_checks.append(audit.problems)
+        if self.experiments is not None:
+            self.dataplane.models.shadow = ShadowRunner(
+                self.dataplane.models.run_version, self.experiments,
+                queue_size=settings.experiments.shadow_queue_size, concurrency=settings.experiments.shadow_concurrency,
+                priority=settings.batching.priority_levels, timeout_s=settings.experiments.shadow_timeout_seconds,
+                production_busy=lambda: self.dataplane.in_flight > 0, observer=self.metrics, audit=self.audit)
         self.drift = attach_drift(settings, self.dataplane, self.reader, self.metrics.registry)
         """Input drift per model version (monitoring/drift.py); None when DRIFT_ENABLED is false."""
         self.pipeline = RequestPipeline(self.dataplane, settings.limits, settings.batching.priority_levels)
+        """Every door's request path: admit -> decode -> infer -> encode, observed as the client saw it."""
         self.repository = ModelRepository(self.manager)
         """The OIP model-repository extension: index, load and unload (admin)."""
         self.shared_memory = SharedMemoryRegistry()
         """The OIP system shared-memory extension: this worker's registered /dev/shm regions."""
-        """Every door's request path: admit -> decode -> infer -> encode, observed as the client saw it."""
         self.api_keys = ApiKeyStore(settings.security.api_keys, settings.batching.priority_levels,
                                     JwtVerifier.from_settings(settings.security))
         self.rate_limiter = RateLimiter(settings.security.rate_limit_per_second,
@@ -120,6 +127,8 @@ class Service:
         self.shutting_down = True
         for task in self._background:
             task.cancel()
+        if self.dataplane.models.shadow is not None:
+            await self.dataplane.models.shadow.close()
         await self.manager.stop()
         await self.adapter.close()
         self.shared_memory.close()

@@ -66,6 +66,21 @@ experiment_outcomes = Table(
     Column("worst_case", Integer, nullable=False, server_default=text("0")),
 )
 
+experiment_shadow_predictions = Table(
+    # the challenger's answer to a copy of a production request (shadow experiments), by the request's id; no
+    # key to experiment_predictions: the copy may finish before the champion's answer is recorded
+    "experiment_shadow_predictions", experiments_metadata,
+    Column("request_id", Text, primary_key=True),
+    Column("experiment_id", Text, ForeignKey("experiments.id"), nullable=False),
+    Column("version", Text, nullable=False),
+    Column("served_at", Double, nullable=False),
+    Column("latency_ms", Double, nullable=False),
+    Column("error", Integer, nullable=False),
+    Column("predicted_class", Integer),
+    Column("predicted_value", Double),
+    Index("experiment_shadow_predictions_by_experiment", "experiment_id"),
+)
+
 audit_predictions = Table(
     "audit_predictions", audit_metadata,
     Column("id", Id, primary_key=True, autoincrement=True),

@@ -45,6 +45,7 @@ PREDICT = f"/v1/models/{MODEL}/predict"
 EVENT_ONLY_PANELS = {
     "Shed (429), deadline expired (504) and rate limited (429) per second",
     "Refusals by status (429 / 503 / 504) per second",
+    "Shadow copies shed/s (shadow queue full)",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
@@ -349,6 +350,23 @@ def run_experiment(api: httpx.Client, sent: dict[str, int], requests: int = 60) 
     return created.json()["id"]
 
 
+def start_shadow(api: httpx.Client) -> None:
+    """A shadow experiment on tiny-regressor once the split has ended: production (2.0.0) answers every request
+    and a copy runs on 1.0.0."""
+    spec = {"model_name": MODEL, "champion_version": "2.0.0", "challenger_version": "1.0.0", "kind": "shadow",
+            "task": "regression"}
+    created = api.post("/v1/experiments", json=spec)
+    assert created.status_code == 201, created.text
+
+
+def send_shadowed(api: httpx.Client, sent: dict[str, int], requests: int) -> None:
+    for i in range(requests):
+        response = api.post(PREDICT, json={"instance": [0.1 * i, 0.2, 0.3, 0.4]})
+        assert response.status_code == 200 and response.json()["version"] == "2.0.0", response.text
+        sent["200"] += 1
+        sent["shadow"] = sent.get("shadow", 0) + 1
+
+
 @pytest.fixture(scope="module")
 def scraped(tiny_store_template, tmp_path_factory) -> Iterator[tuple[httpx.Client, str, str, dict[str, int]]]:
     """A running service under a small bounded load with an A/B experiment that rolls back by itself, and a
@@ -430,6 +448,11 @@ def scraped(tiny_store_template, tmp_path_factory) -> Iterator[tuple[httpx.Clien
             wait_for(lambda: total(f'prediction_experiment_applied_total{{job="{JOB}", decision="rollback"}}') == 1
                      and seen(1), "Prometheus to scrape the rollback")
             sent["experiment_id"] = experiment
+            start_shadow(api)
+            for requests in (5, 25):  # the series appears, then grows in a later scrape (rates see it)
+                send_shadowed(api, sent, requests)
+                wait_for(lambda: total(f'prediction_shadow_runs_total{{job="{JOB}"}}') == sent["shadow"]
+                         and seen(1), "Prometheus to scrape the shadow copies")
             yield http, prometheus, target, sent
     finally:
         if process is not None:

@@ -80,8 +80,8 @@ def legacy_store(root: Path, experiments: int = 3, predictions: int = 400, audit
                          "VALUES (?, 'm0', ?, 'stage_change', 'production', 'alice')",
                          [(1_700_000_000_000_000 + i, f"1.{i}.0") for i in range(events)])
     return {"experiments": experiments, "experiment_predictions": predictions,
-            "experiment_outcomes": len(range(0, predictions, 2)), "audit_predictions": audit,
-            "registry_events": events}
+            "experiment_outcomes": len(range(0, predictions, 2)), "experiment_shadow_predictions": 0,
+            "audit_predictions": audit, "registry_events": events}
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

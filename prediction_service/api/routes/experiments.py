@@ -23,7 +23,8 @@ import asyncio
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...experiments.models import Analysis, Experiment, ExperimentSpec, ExperimentStatus, OutcomeRecord
+from ...experiments.models import (Analysis, Experiment, ExperimentSpec, ExperimentStatus, OutcomeRecord,
+                                   ShadowRecord)
 from ...security.auth import ApiKey, Scope
 from ...experiments.service import ExperimentService, OutcomeReporter
 from ..body import read_body
@@ -76,6 +77,14 @@ def get_experiment(experiment_id: str, request: Request) -> Experiment:
 def analyze_experiment(experiment_id: str, request: Request) -> Analysis:
     """Analysis with decision; with auto_apply this may promote or roll back (as any analysis would)."""
     return _service(request).analyze(experiment_id)
+
+
+@router.get("/v1/experiments/{experiment_id}/shadow/{request_id}", response_model=ShadowRecord,
+            dependencies=[Depends(require_read)])
+def shadow_prediction(experiment_id: str, request_id: str, request: Request) -> ShadowRecord:
+    """A shadow experiment's challenger answer to the copy of one production request (404 until it has run,
+    and for a request that was not copied)."""
+    return _service(request).shadow_prediction(experiment_id, request_id)
 
 
 @router.post("/v1/experiments/{experiment_id}/stop", response_model=Experiment,

@@ -1,0 +1,145 @@
+"""What a shadow experiment costs production: the champion's latency with shadow copies on and off.
+
+    python bench/shadow_bench.py [--seconds 10] [--store DIR]
+
+One run, on 127.0.0.1, the demo's lstm-price served by one worker. A copy of the production version is
+registered as the challenger (same contract, so its copies run the same model). First the capacity: a
+closed loop of 8 connections for ``--seconds``. Then an open-loop client sends at half that rate (a request
+every 2/capacity seconds, whatever the answers) for ``--seconds``, with no experiment ("shadow off"), then
+with a 10 % split experiment (what recording every request for an experiment costs, for reference), then
+while a shadow experiment copies every request to the challenger ("shadow on"). Prints p50/p99 of both,
+the ratio (target: p99 with shadow on within 1.10x of off) and how many copies ran or were shed (the shadow
+queue gives way to production: EXPERIMENT_SHADOW_QUEUE_SIZE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import aiohttp  # noqa: E402
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+from loadgen import LoadResult, run_load  # noqa: E402
+from serve_bench import ensure_store  # noqa: E402
+
+from tests.support.server import launch  # noqa: E402
+
+MODEL = "lstm-price"
+CHALLENGER = "9.0.0-shadow"
+P99_TARGET = 1.10
+
+
+def add_challenger(store: Path) -> str:
+    """Register a copy of production's version as the challenger; returns the champion's version."""
+    from prediction_service.registry import RegistryReader
+    from prediction_service.registry.writer import ArtifactSource, register_version
+
+    champion = RegistryReader(store).resolve(MODEL, stage="production")
+    if not (store / MODEL / f"v{CHALLENGER}").exists():
+        metadata = champion.metadata.model_copy(update={"version": CHALLENGER, "status": "none"})
+        sources = [ArtifactSource(champion.artifact_path(a), a.format, a.precision, a.file)
+                   for a in champion.metadata.artifacts]
+        extras = [p for p in champion.path.iterdir() if p.is_file() and p.name != "metadata.json"
+                  and p.name not in {a.file for a in champion.metadata.artifacts}]
+        register_version(store, metadata, sources, extra_files=extras)
+    return champion.version
+
+
+async def paced(url: str, body: dict, rate: float, seconds: float, label: str) -> LoadResult:
+    """Open loop: one request every 1/rate s for ``seconds``, each timed from when it was due."""
+    payload = orjson.dumps(body)
+    result = LoadResult(label, seconds)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+        async def one(due: float) -> None:
+            async with session.post(url, data=payload, headers={"content-type": "application/json"}) as response:
+                await response.read()
+                result.statuses[response.status] += 1
+                if response.status == 200:
+                    result.latencies_ms.append((time.perf_counter() - due) * 1000.0)
+
+        began = time.perf_counter()
+        tasks, sent = [], 0
+        while (due := began + sent / rate) < began + seconds:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(due)))
+            sent += 1
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return result
+
+
+def start(base: str, champion: str, **spec) -> str:
+    created = httpx.post(f"{base}/v1/experiments", timeout=30, json={
+        "model_name": MODEL, "champion_version": champion, "challenger_version": CHALLENGER, "task": "regression",
+        **spec})
+    created.raise_for_status()
+    time.sleep(1.5)  # every worker's route cache sees the experiment
+    return created.json()["id"]
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.MULTILINE))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--store", type=Path, help="registry with lstm-price (default: the demo registry, built)")
+    args = parser.parse_args()
+    from prediction_service.registry import RegistryReader
+
+    source = ensure_store(args.store)
+    store = Path(tempfile.mkdtemp(prefix="shadow-bench-")) / "store"
+    shutil.copytree(source, store, symlinks=True)
+    champion = add_challenger(store)
+    version = RegistryReader(store).resolve(MODEL, stage="production")
+    name = version.signature.inputs[0].name
+    body = {"instance": version.signature.synthetic_inputs(1)[name][0].tolist()}
+
+    server = launch(store, workers=1)
+    try:
+        url = f"{server.url}/v1/models/{MODEL}/predict"
+        capacity = asyncio.run(run_load(url, body, concurrency=8, seconds=args.seconds, warmup_seconds=1.0,
+                                        label="capacity (c=8)"))
+        rate = capacity.throughput / 2
+        print(f"{MODEL}, 1 worker, one run, {os.cpu_count()} cores shared by client and server; "
+              f"{capacity.line()}\nopen loop at half capacity: {rate:.0f} req/s for {args.seconds:g} s", flush=True)
+        off = asyncio.run(paced(url, body, rate, args.seconds, "shadow off"))
+        print(f"  {off.line()}", flush=True)
+        split = start(server.url, champion, kind="split", traffic_split=0.1)
+        with_split = asyncio.run(paced(url, body, rate, args.seconds, "split 10 % (reference)"))
+        print(f"  {with_split.line()}", flush=True)
+        httpx.post(f"{server.url}/v1/experiments/{split}/stop", timeout=30).raise_for_status()
+        start(server.url, champion, kind="shadow")
+        runs_before = metric(server.url, "prediction_shadow_runs_total")
+        on = asyncio.run(paced(url, body, rate, args.seconds, "shadow on"))
+        print(f"  {on.line()}", flush=True)
+        time.sleep(1.0)
+        runs = metric(server.url, "prediction_shadow_runs_total") - runs_before
+        shed = metric(server.url, "prediction_shadow_shed_total")
+    finally:
+        server.stop()
+
+    p99_x = on.percentile(99) / off.percentile(99)
+    print(f"\n{'':<24} {'p50 ms':>8} {'p99 ms':>8}")
+    for label, result in (("no experiment", off), ("split 10 % (reference)", with_split), ("shadow on", on)):
+        print(f"{label:<24} {result.percentile(50):8.2f} {result.percentile(99):8.2f}")
+    print(f"p99 on / off: x{p99_x:.2f} (target <= x{P99_TARGET}: {'met' if p99_x <= P99_TARGET else 'MISSED'}); "
+          f"p50 x{on.percentile(50) / off.percentile(50):.2f}; shadow copies run {runs:.0f}, shed {shed:.0f} "
+          f"of {on.ok} production answers")
+
+
+if __name__ == "__main__":
+    main()

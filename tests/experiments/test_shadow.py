@@ -1,0 +1,128 @@
+"""Shadow experiments on the served app: the champion answers every request, a copy runs on the challenger off
+the response path (stored by request id, marked in the audit log, shed when its queue is full), and outcomes
+score both models on the same requests for the paired test."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from prediction_service.experiments.models import ExperimentKind
+from prediction_service.monitoring.audit import AuditReader, audit_db_path
+from prediction_service.registry import ModelKey
+from prediction_service.settings import AuditSettings, ExperimentSettings, Settings
+from tests.support.asgi import served_app
+from tests.support.gated import gated
+
+MODEL = "tiny-regressor"
+PREDICT = f"/v1/models/{MODEL}/predict"
+SHADOW_SPEC = {"model_name": MODEL, "champion_version": "1.0.0", "challenger_version": "2.0.0", "kind": "shadow",
+               "task": "regression", "min_samples_per_arm": 20, "thresholds": {"min_units_per_arm": 5}}
+
+
+def _settings(store, **experiments) -> Settings:
+    return Settings(model_store=store, audit=AuditSettings(flush_interval_ms=20),
+                    experiments=ExperimentSettings(auto_apply_interval_seconds=0, **experiments))
+
+
+@pytest.fixture
+def store(tiny_store_template, tmp_path):
+    root = tmp_path / "store"
+    shutil.copytree(tiny_store_template, root, symlinks=True)
+    return root
+
+
+def _row(i: int) -> list[float]:
+    return [float(np.sin(i + k)) for k in range(4)]
+
+
+async def test_the_champion_answers_and_the_challenger_answers_a_copy(store):
+    metrics = CollectorRegistry()
+    async with served_app(_settings(store), metrics_registry=metrics) as (app, http):
+        created = await http.post("/v1/experiments", json=SHADOW_SPEC)
+        assert created.status_code == 201, created.text
+        experiment = created.json()
+        assert experiment["kind"] == ExperimentKind.SHADOW.value and experiment["shadow_fraction"] == 1.0
+
+        answers = [await http.post(PREDICT, json={"instance": _row(i), "routing_key": f"k{i % 8}"})
+                   for i in range(24)]
+        bodies = [a.json() for a in answers]
+        assert all(a.status_code == 200 for a in answers), answers[0].text
+        assert {(b["version"], b["arm"]) for b in bodies} == {("1.0.0", "champion")}  # nobody got the challenger
+        await app.state.service.dataplane.models.shadow.drain()
+
+        for i, body in enumerate(bodies[:5]):
+            shadow = await http.get(f"/v1/experiments/{experiment['id']}/shadow/{body['request_id']}")
+            assert shadow.status_code == 200, shadow.text
+            direct = (await http.post(PREDICT, json={"instance": _row(i), "version": "2.0.0"})).json()
+            assert shadow.json()["version"] == "2.0.0" and not shadow.json()["error"]
+            assert shadow.json()["predicted_value"] == pytest.approx(direct["predictions"][0], rel=1e-5)
+        missing = await http.get(f"/v1/experiments/{experiment['id']}/shadow/no-such-request")
+        assert missing.status_code == 404
+
+        # outcomes: the truth is the challenger's answer, so the paired test sees it strictly better
+        for body in bodies:
+            shadow = (await http.get(f"/v1/experiments/{experiment['id']}/shadow/{body['request_id']}")).json()
+            posted = await http.post(f"/v1/predictions/{body['request_id']}/outcome",
+                                     json={"actual": shadow["predicted_value"]})
+            assert posted.status_code == 201, posted.text
+        analysis = (await http.get(f"/v1/experiments/{experiment['id']}/analyze")).json()
+
+    assert analysis["arms"]["challenger"]["requests"] == 24 and analysis["arms"]["challenger"]["scored"] == 24
+    assert analysis["arms"]["challenger"]["mae"] == pytest.approx(0.0, abs=1e-6)
+    assert analysis["arms"]["champion"]["mae"] > 0
+    primary = analysis["comparisons"][0]
+    assert primary["method"].startswith("paired")
+    assert analysis["decision"] != "rollback"
+
+    runs = sum(metrics.get_sample_value("prediction_shadow_runs_total", {"model": MODEL, "outcome": o}) or 0
+               for o in ("agree", "disagree", "error"))
+    assert runs == 24
+    assert (metrics.get_sample_value("prediction_shadow_runs_total", {"model": MODEL, "outcome": "error"}) or 0) == 0
+
+    # the audit log marks the copies; "which version served" never counts them
+    reader = AuditReader(audit_db_path(_settings(store)))
+    served = reader.request(bodies[0]["request_id"])
+    assert served is not None and served.version == "1.0.0" and served.arm == "champion"
+    with reader.db.read() as conn:
+        from sqlalchemy import func, select
+
+        from prediction_service.state.tables import audit_predictions as table
+        shadow_rows = conn.execute(select(func.count()).where(table.c.arm == "shadow",
+                                                              table.c.version == "2.0.0")).scalar_one()
+    assert shadow_rows == 24
+
+
+async def test_copies_are_shed_when_the_shadow_queue_is_full_and_production_never_waits(store, monkeypatch):
+    metrics = CollectorRegistry()
+    async with served_app(_settings(store, shadow_queue_size=2, shadow_concurrency=1), metrics_registry=metrics) as (app, http):
+        assert (await http.post("/v1/experiments", json=SHADOW_SPEC)).status_code == 201
+        runner = app.state.service.dataplane.models.shadow
+        assert (await http.post(PREDICT, json={"instance": _row(0)})).status_code == 200
+        await runner.drain()  # the challenger is loaded now: gate it
+        async with gated(app, ModelKey(MODEL, "2.0.0"), monkeypatch) as gate:
+            first = await http.post(PREDICT, json={"instance": _row(1)})
+            await gate.wait_started()  # one copy holds the challenger's run
+            answers = [await http.post(PREDICT, json={"instance": _row(i)}) for i in range(2, 8)]
+            # production answered while the challenger was held: 2 copies queued, the other 4 shed
+            assert first.status_code == 200 and all(a.status_code == 200 for a in answers)
+            assert runner.depth == 2 and runner.shed == 4
+        await asyncio.wait_for(runner.drain(), 30)
+    assert metrics.get_sample_value("prediction_shadow_shed_total", {"model": MODEL}) == 4
+
+
+async def test_a_shadow_experiment_is_sequential_and_sampled_per_request(store):
+    async with served_app(_settings(store)) as (app, http):
+        fixed = await http.post("/v1/experiments", json={**SHADOW_SPEC, "mode": "fixed"})
+        assert fixed.status_code == 400 and "sequential" in fixed.json()["error"]["message"]
+        created = await http.post("/v1/experiments", json={**SHADOW_SPEC, "shadow_fraction": 0.25})
+        assert created.status_code == 201, created.text
+        for i in range(200):
+            assert (await http.post(PREDICT, json={"instance": _row(i)})).status_code == 200
+        runner = app.state.service.dataplane.models.shadow
+        await runner.drain()
+        assert 20 <= runner.done <= 80  # about a quarter copied (binomial 200 x 0.25: 50 +- 18 at 3 sigma)
