@@ -62,3 +62,17 @@ def new_request_id() -> str:
 def random_request_id() -> str:
     """128 random bits as 32 hex digits: the id scheme before UUIDv7, kept for the bench's comparison."""
     return os.urandom(16).hex()
+
+
+def issued_at(request_id: str) -> float | None:
+    """When a request id of ours was made (Unix seconds, from its UUIDv7 milliseconds); None for any other
+    string (a caller's own X-Request-Id)."""
+    if len(request_id) != 32:
+        return None
+    try:
+        value = int(request_id, 16)
+    except ValueError:
+        return None
+    if (value >> 76) & 0xF != 0x7 or (value >> 62) & 0b11 != 0b10:
+        return None
+    return (value >> 80) / 1000.0

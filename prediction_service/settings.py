@@ -384,6 +384,10 @@ class ExperimentSettings(BaseSettings):
     """Sharpe annualisation: each outcome counts as one period (252 = one decision per trading day)."""
     busy_timeout_ms: int = Field(5000, ge=0)
     """SQLite busy_timeout: how long a writer waits for another process's lock."""
+    outcome_wait_seconds: float = Field(1.0, ge=0, le=30)
+    """Predictions under an experiment are recorded behind their responses, in batches; an outcome posted for a
+    request id this server issued moments ago waits up to this long for its prediction's record to land
+    (an id the server never issued, or an old one, is 404 at once)."""
     shadow_queue_size: int = Field(256, ge=1)
     """Shadow experiments: copies of production requests waiting for the challenger, per worker. A copy that
     finds the queue full is shed (prediction_shadow_shed_total): shadow work never holds up production."""

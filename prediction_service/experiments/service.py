@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import (BadRequest, Conflict, Forbidden, InvalidInput, NotFound, PredictionServiceError,
                       VersionNotFound)
+from ..request_ids import issued_at
 from ..settings import ExperimentSettings
 from . import router
 from .decision import DecisionContext, decide, scored_units, worst_abs_error
@@ -47,6 +48,9 @@ from .store import ExperimentStore
 
 log = logging.getLogger(__name__)
 
+PENDING_RECORD_S = 10.0
+"""How recent a request id must be for an outcome to wait for its prediction's record."""
+OUTCOME_POLL_S = 0.02
 Promoter = Callable[[str, str], None]
 """promoter(model_name, version): make ``version`` the production version (the registry's promote)."""
 VersionExists = Callable[[str, str], bool]
@@ -107,6 +111,18 @@ class RegistryCatalog:
         return VersionFacts(status=metadata.status,
                             validation_passed=metadata.validation is not None and metadata.validation.passed,
                             promotion_refused=refusal)
+
+
+@dataclass(frozen=True)
+class ServedPrediction:
+    """One request served under an experiment, as the data plane hands it over to be recorded."""
+
+    request_id: str
+    assignment: Assignment
+    latency_ms: float
+    error: bool
+    prediction: np.ndarray | None = None
+    api_key_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -307,16 +323,31 @@ class ExperimentService:
         """Stores one served request (Conflict when the request id is already recorded). A NaN/inf output
         counts as an error. False, and nothing stored, when the experiment ended after the assignment was
         made (a stale route): such a prediction is not part of the experiment."""
-        predicted_class, predicted_value = summarize_prediction(prediction, self._task(assignment.experiment_id))
-        error = bool(error) or not finite_output(prediction)
-        recorded = self.store.insert_prediction(PredictionRecord(
-            request_id=request_id, experiment_id=assignment.experiment_id, arm=assignment.arm,
-            version=assignment.version, served_at=self.clock(), latency_ms=float(latency_ms), error=error,
-            predicted_class=predicted_class, predicted_value=predicted_value, unit=assignment.unit,
-            api_key_id=api_key_id))
+        served = ServedPrediction(request_id, assignment, latency_ms, error, prediction, api_key_id)
+        recorded = self.store.insert_prediction(self._prediction_record(served))
         if recorded:
             self._observe("experiment_prediction", self._spec(assignment.experiment_id), assignment.arm.value)
         return recorded
+
+    def record_predictions(self, served: list[ServedPrediction]) -> list[bool]:
+        """``record_prediction`` for many served requests, in one transaction; for each, whether it was stored
+        (a request id recorded before is not, and is logged, instead of failing the others)."""
+        stored = self.store.insert_predictions([self._prediction_record(one) for one in served])
+        for one, recorded in zip(served, stored):
+            if recorded:
+                self._observe("experiment_prediction", self._spec(one.assignment.experiment_id),
+                              one.assignment.arm.value)
+        return stored
+
+    def _prediction_record(self, served: ServedPrediction) -> PredictionRecord:
+        assignment = served.assignment
+        predicted_class, predicted_value = summarize_prediction(served.prediction,
+                                                                self._task(assignment.experiment_id))
+        return PredictionRecord(
+            request_id=served.request_id, experiment_id=assignment.experiment_id, arm=assignment.arm,
+            version=assignment.version, served_at=self.clock(), latency_ms=float(served.latency_ms),
+            error=bool(served.error) or not finite_output(served.prediction), predicted_class=predicted_class,
+            predicted_value=predicted_value, unit=assignment.unit, api_key_id=served.api_key_id)
 
     def record_shadows(self, answers: list[ShadowAnswer]) -> int:
         """Stores challengers' answers to copies of requests (kind=shadow), one transaction for the lot; returns
@@ -359,6 +390,24 @@ class ExperimentService:
             raise Forbidden("an outcome may be posted only with the API key that made the prediction, or with "
                             "a key of outcome scope", details)
 
+    def _served_prediction(self, request_id: str) -> PredictionRecord:
+        """The prediction an outcome is for. Predictions are written behind their responses (a batch per
+        commit), so an outcome posted right after its answer may arrive first: for a request id this server
+        issued in the last PENDING_RECORD_S seconds, the record is waited for (in this thread) for up to
+        ``outcome_wait_seconds``. Any other unknown id is NotFound at once."""
+        deadline = None
+        while True:
+            try:
+                return self.store.get_prediction(request_id)
+            except NotFound:
+                issued = issued_at(request_id)
+                if issued is None or self.clock() - issued > PENDING_RECORD_S:
+                    raise
+                deadline = deadline or time.monotonic() + self.settings.outcome_wait_seconds
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(OUTCOME_POLL_S)
+
     def record_outcome(self, request_id: str, actual: float, pnl: float | None = None,
                        reporter: OutcomeReporter | None = None) -> OutcomeRecord:
         """Scores a served prediction against what happened. NotFound for an unknown request id, Forbidden
@@ -366,7 +415,7 @@ class ExperimentService:
         A failed or non-finite prediction scores as the worst case."""
         if not math.isfinite(actual) or (pnl is not None and not math.isfinite(pnl)):
             raise InvalidInput("actual and pnl must be finite numbers")
-        prediction = self.store.get_prediction(request_id)
+        prediction = self._served_prediction(request_id)
         self.authorize_outcome(prediction, reporter)
         task = self._task(prediction.experiment_id)
         correct = abs_error = None

@@ -50,12 +50,14 @@ _RUNNING_EXPERIMENT = select(*_EXPERIMENT_COLUMNS).where(experiments.c.model_nam
 _INSERT_PREDICTION = insert(predictions).from_select(
     [c.name for c in _PREDICTION_COLUMNS],
     select(*[cast(bindparam(c.name, type_=c.type), c.type) for c in _PREDICTION_COLUMNS])
-    .where(exists().where(experiments.c.id == bindparam("experiment_id"), _RUNNING)))
+    .where(exists().where(experiments.c.id == bindparam("experiment_id"), _RUNNING))
+).returning(predictions.c.request_id)  # a row back when stored (psycopg reports no rowcount for INSERT ... SELECT)
 _SHADOW_COLUMNS = tuple(shadows.c[name] for name in ShadowRecord.model_fields)
 _INSERT_SHADOW = insert(shadows).from_select(
     [c.name for c in _SHADOW_COLUMNS],
     select(*[cast(bindparam(c.name, type_=c.type), c.type) for c in _SHADOW_COLUMNS])
-    .where(exists().where(experiments.c.id == bindparam("experiment_id"), _RUNNING)))
+    .where(exists().where(experiments.c.id == bindparam("experiment_id"), _RUNNING))
+).returning(shadows.c.request_id)
 _EXPERIMENT_EXISTS = select(experiments.c.id).where(experiments.c.id == bindparam("id"))
 _GET_PREDICTION = select(*_PREDICTION_COLUMNS).where(predictions.c.request_id == bindparam("request_id"))
 _INSERT_OUTCOME = insert(outcomes)
@@ -75,6 +77,10 @@ class PairedRows:
     served_at: np.ndarray
     units: np.ndarray
     """The randomization unit of each request (routing-key digest, else the request)."""
+
+
+def _prediction_row(record: PredictionRecord) -> dict:
+    return {**record.__dict__, "arm": record.arm.value, "error": int(record.error)}
 
 
 def _dt(epoch: float | None) -> datetime | None:
@@ -188,7 +194,7 @@ class ExperimentStore:
         values["error"] = int(record.error)
         try:
             with self.db.write() as conn:
-                if conn.execute(_INSERT_PREDICTION, values).rowcount == 1:
+                if conn.execute(_INSERT_PREDICTION, values).first() is not None:
                     return True
                 if conn.execute(_EXPERIMENT_EXISTS, {"id": record.experiment_id}).first() is None:
                     raise NotFound(f"experiment {record.experiment_id!r} not found")
@@ -209,7 +215,7 @@ class ExperimentStore:
             return 0
         try:
             with self.db.write() as conn:
-                return sum(conn.execute(_INSERT_SHADOW, row).rowcount for row in rows)
+                return sum(conn.execute(_INSERT_SHADOW, row).first() is not None for row in rows)
         except IntegrityError as exc:
             raise Conflict("a shadow prediction is already recorded",
                            {"request_ids": [r.request_id for r in records][:10]}) from exc
@@ -275,6 +281,46 @@ class ExperimentStore:
                           champion_error=values[:, 3] == 1, challenger_class=values[:, 4],
                           challenger_value=values[:, 5], challenger_error=values[:, 6] == 1,
                           served_at=values[:, 7], units=np.array([r[8] for r in rows], dtype=object))
+
+    def insert_predictions(self, records: list[PredictionRecord]) -> list[bool]:
+        """``insert_prediction`` for many, in one transaction and one multi-row INSERT (the per-request
+        records of busy experiments share commits); for each, whether it was stored. Records of experiments
+        that are not running, and request ids recorded before, are not stored (the latter logged); should
+        another process store one of the same ids meanwhile, the batch is retried one by one."""
+        if not records:
+            return []
+        ids = [record.request_id for record in records]
+        try:
+            with self.db.write() as conn:
+                running = set(conn.execute(select(experiments.c.id).where(
+                    experiments.c.id.in_({r.experiment_id for r in records}), _RUNNING)).scalars())
+                taken = set(conn.execute(select(predictions.c.request_id)
+                                         .where(predictions.c.request_id.in_(ids))).scalars())
+                stored = []
+                for record in records:
+                    new = record.experiment_id in running and record.request_id not in taken
+                    if new:
+                        taken.add(record.request_id)
+                    elif record.request_id in taken and record.experiment_id in running:
+                        self._outage_log.warning("conflict", f"experiments: prediction {record.request_id!r} "
+                                                             "is already recorded; not counted again")
+                    stored.append(new)
+                rows = [_prediction_row(r) for r, new in zip(records, stored) if new]
+                if rows:
+                    conn.execute(insert(predictions), rows)
+                return stored
+        except IntegrityError:
+            return [self._insert_or_refuse(record) for record in records]
+        except StateUnavailable as exc:
+            self._outage_log.warning("predict", f"experiments: predictions served but not counted: {exc.message}")
+            return [False] * len(records)
+
+    def _insert_or_refuse(self, record: PredictionRecord) -> bool:
+        try:
+            return self.insert_prediction(record)
+        except (Conflict, NotFound) as exc:
+            self._outage_log.warning(exc.code, f"experiments: prediction not counted: {exc.message}")
+            return False
 
     def get_prediction(self, request_id: str) -> PredictionRecord:
         with self.db.read() as conn:

@@ -195,10 +195,11 @@ class ServiceMetrics:
         self.shadow_runs_total = counter("prediction_shadow_runs_total", "Shadow copies run on a shadow experiment's "
                                    "challenger, by whether its answer agreed with the champion's (agree, disagree, "
                                    "error).", ("model", "outcome"))
-        self.shadow_shed_total = counter("prediction_shadow_shed_total", "Shadow copies shed because the shadow queue "
-                                   "was full.", ("model",))
-        self.shadow_latency = Histogram("prediction_shadow_latency_seconds", "Queue wait and run of a shadow copy "
-                                        "on the challenger.", ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.shadow_shed_total = counter("prediction_shadow_shed_total", "Shadow copies shed: the shadow queue was full, "
+                                   "or production kept the challenger busy past EXPERIMENT_SHADOW_TIMEOUT_SECONDS.",
+                                   ("model",))
+        self.shadow_latency = Histogram("prediction_shadow_latency_seconds", "A shadow copy's wait in the challenger's "
+                                        "lowest priority lane and its run.", ["model"], buckets=LATENCY_BUCKETS, registry=registry)
         self._expired_feed = _CumulativeFeed(self.batcher_expired)
         self._shed_feed = _CumulativeFeed(self.batcher_shed)
         self._written_feed = _CumulativeFeed(self.audit_written)

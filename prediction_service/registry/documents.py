@@ -3,7 +3,8 @@ version's ensemble.json are read, listed, cached and resolved by the same code.
 
 Parsed documents are cached by their file's stamp (inode, mtime_ns, size). Stage resolution has a fast
 path for the request hot path: a resolved (name, stage) is reused while the stage link's target and the
-document's stamp are unchanged: one readlink and one stat, never a read or a parse.
+document's stamp are unchanged: one readlink and one stat, never a read or a parse. An explicit version
+(an experiment's arm) is reused while its document's stamp is unchanged: one stat.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class VersionedDocuments(Generic[D]):
         self._parsed: dict[Path, tuple[Stamp, D]] = {}
         self._resolved: dict[tuple[str, str], tuple[str, str, Stamp, D]] = {}
         """(name, stage) -> (stage link path, its target, the document's stamp, the resolved document)."""
+        self._versions: dict[tuple[str, str], tuple[str, Stamp, D]] = {}
+        """(name, version) -> (the document's path, its stamp, the document): ``get``'s fast path."""
 
     @property
     def root(self) -> Path:
@@ -70,13 +73,24 @@ class VersionedDocuments(Generic[D]):
         return sorted(found, key=lambda document: version_sort_key(document.version))
 
     def get(self, name: str, version: str) -> D:
+        cached = self._versions.get((name, version))
+        if cached is not None:  # the hot path of an experiment's arm: one stat, no path resolution or parse
+            path, stamp, document = cached
+            try:
+                if file_stamp(path) == stamp:
+                    return document
+            except OSError:
+                pass
         version_dir = self.layout.version_dir(name, version)
         if not (version_dir / self.file_name).is_file():
             if not self.layout.has_versions(name, self.file_name):
                 raise self._not_registered(name)
             raise VersionNotFound(f"{self.kind} {name!r} has no version {version!r}",
                                   {self.kind: name, "version": version})
-        return self._load(version_dir)
+        stamp, document = self._load_stamped(version_dir)
+        with self._lock:
+            self._versions[(name, version)] = (str(version_dir / self.file_name), stamp, document)
+        return document
 
     def stages(self, name: str) -> dict[str, str | None]:
         return {stage: self.layout.read_stage(name, stage) for stage in STAGES}

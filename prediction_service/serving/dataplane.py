@@ -17,6 +17,8 @@ from typing import Any
 from ..adapters.base import ServingAdapter
 from ..security.auth import VersionAccess
 from ..errors import Overloaded, PredictionServiceError, ServiceUnavailable
+from ..execution.group_commit import GroupCommit
+from ..experiments.service import ServedPrediction
 from ..log_throttle import ThrottledLog
 from ..types import (InferenceRequest, InferenceResult, ModelMetadata, PredictionObserver, PredictionRecord,
                      Readiness, RequestContext)
@@ -30,6 +32,11 @@ from ..settings import Settings
 
 log = logging.getLogger(__name__)
 _arm_log = ThrottledLog(log)
+
+
+def _arm_write_failed(exc: Exception, count: int) -> None:
+    # the clients' answers stand; the arms miss these samples
+    _arm_log.warning(type(exc).__name__, f"could not record {count} A/B arm predictions: {exc!r}")
 
 ReadinessCheck = Callable[[], list[str]]
 """Extra readiness conditions (e.g. the audit log): the reasons it is not ready, empty when it is."""
@@ -49,6 +56,7 @@ class DataPlane:
         """Reported beside readiness, never flipping it."""
         self.shutting_down = False
         self.in_flight = 0
+        self._arm_writes: GroupCommit[ServedPrediction, bool] | None = None
         self.models = ModelServable(settings, manager, adapter, experiments)
         catalog = EnsembleCatalog(manager.reader.root, state=settings.state, models=manager.reader)
         self.ensembles = EnsembleRunner(catalog, ModelGateway(self.models, self.settle), VersionAccess(settings.security))
@@ -107,25 +115,31 @@ class DataPlane:
             self.in_flight -= 1
 
     async def settle(self, record: PredictionRecord) -> None:
-        """A finished prediction, as its caller got it: the A/B arm's record first (written before the
-        response leaves, so an outcome posted right after always finds its prediction), then the observers
-        (metrics, audit log)."""
+        """A finished prediction, as its caller got it: the A/B arm's record handed to its writer, then the
+        observers (metrics, audit log)."""
         if record.arm_run is not None:
-            await self.record_arm(record)
+            self.record_arm(record)
         self.observe(record)
 
-    async def record_arm(self, record: PredictionRecord) -> None:
-        """The arm's sample for a request that reached its version. One its caller abandoned (499) is none."""
+    def record_arm(self, record: PredictionRecord) -> None:
+        """The arm's sample for a request that reached its version, written behind the response: the records
+        of the requests that finish together share one transaction, and no answer waits for a commit (an
+        outcome posted right after waits for its prediction's record instead: ExperimentService.record_outcome).
+        One its caller abandoned (499) is no sample."""
         arm_run = record.arm_run
-        if arm_run is not None and self.experiments is not None and record.status != CLIENT_CLOSED_REQUEST:
-            error = record.status != 200
-            prediction = None if error or record.outputs is None else record.outputs.get(arm_run.output)
-            try:
-                await asyncio.to_thread(self.experiments.record_prediction, record.context.request_id,
-                                        arm_run.assignment, record.latency_ms, error, prediction,
-                                        api_key_id=record.context.api_key_id)
-            except Exception as exc:  # noqa: BLE001 - the client's answer stands; the arm misses one sample
-                _arm_log.warning(type(exc).__name__, f"could not record an A/B arm's prediction: {exc!r}")
+        if arm_run is None or self.experiments is None or record.status == CLIENT_CLOSED_REQUEST:
+            return
+        error = record.status != 200
+        prediction = None if error or record.outputs is None else record.outputs.get(arm_run.output)
+        if self._arm_writes is None:
+            self._arm_writes = GroupCommit(self.experiments.record_predictions, on_error=_arm_write_failed)
+        self._arm_writes.enqueue(ServedPrediction(record.context.request_id, arm_run.assignment, record.latency_ms,
+                                                  error, prediction, record.context.api_key_id))
+
+    async def flush(self) -> None:
+        """Until the arm records handed over so far are written (shutdown)."""
+        if self._arm_writes is not None:
+            await self._arm_writes.flush()
 
     def observe(self, record: PredictionRecord) -> None:
         """Metrics and the audit log learn of a finished (or refused) request."""

@@ -112,6 +112,6 @@ class RequestPipeline:
         return asked
 
     async def _observe(self, record: PredictionRecord) -> None:
-        if record.arm_run is not None:  # before the answer leaves: an outcome posted next finds it
-            await self.dataplane.record_arm(record)
+        if record.arm_run is not None:
+            self.dataplane.record_arm(record)
         self.dataplane.observe(record)

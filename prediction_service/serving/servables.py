@@ -40,8 +40,8 @@ class ExperimentRouter(Protocol):
 
     def route(self, model_name: str, routing_key: str | None = None) -> Any: ...
 
-    def record_prediction(self, request_id: str, assignment: Any, latency_ms: float, error: bool,
-                          prediction: np.ndarray | None = None, *, api_key_id: str | None = None) -> bool: ...
+    def record_predictions(self, served: list[Any]) -> list[bool]: ...
+    """Stores experiments.ServedPrediction records, one transaction for the lot."""
 
 
 class ModelServable:
@@ -174,6 +174,12 @@ class ModelServable:
         self.access.check(what, unstaged=unstaged, context=context)
 
     def stage_of(self, version: ModelVersion) -> str | None:
+        # the stages the model manager serves first (in memory, refreshed with every stage poll): an
+        # experiment's champion is production's version; the registry's links for any other version
+        served = self.manager.routes(version.name)
+        stage = next((stage for stage, v in served.items() if v == version.version), None)
+        if stage is not None:
+            return stage
         stages = self.manager.reader.stages(version.name)
         return next((stage for stage, v in stages.items() if v == version.version), None)
 

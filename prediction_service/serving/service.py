@@ -129,6 +129,7 @@ class Service:
             task.cancel()
         if self.dataplane.models.shadow is not None:
             await self.dataplane.models.shadow.close()
+        await self.dataplane.flush()
         await self.manager.stop()
         await self.adapter.close()
         self.shared_memory.close()

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import DeadlineExceeded, Overloaded
 from ..experiments.service import ShadowAnswer
 from ..log_throttle import ThrottledLog
 from ..types import SHADOW_ARM, PredictionObserver, PredictionRecord, RequestContext
@@ -173,6 +174,12 @@ class ShadowRunner:
         outputs, status, error_code = None, 200, None
         try:
             outputs = await self.run(job.model, version, job.arrays, context, job.n_steps)
+        except (DeadlineExceeded, Overloaded):
+            # production kept the challenger's queue busy: the copy never ran, which says nothing of the model
+            self.shed += 1
+            if self.observer is not None:
+                self.observer.shadow_shed(job.model)
+            return
         except Exception as exc:  # noqa: BLE001 - the challenger's failure is a sample, not a crash
             status, error_code = int(getattr(exc, "status", 500)), getattr(exc, "code", "internal_error")
         latency_ms = (time.perf_counter() - started) * 1000.0

@@ -212,3 +212,16 @@ def test_threshold_overrides_apply(service: ExperimentService):
     th = service.thresholds(exp)
     assert th.alpha == 0.01 and th.min_samples_per_arm == 7 and th.promote_min_accuracy_gain == 0.01
     assert th.target_accuracy_gain == 0.02 and th.min_units_per_arm == 30
+
+
+def test_recorded_in_one_batch_a_duplicate_request_id_is_refused_alone(service: ExperimentService):
+    from prediction_service.experiments.service import ServedPrediction
+
+    service.create(spec())
+    assignment = service.route("sentiment", "k")
+    service.record_prediction("seen", assignment, 3.0, False, np.array([[0.1, 0.7, 0.2]]))
+    batch = [ServedPrediction(request_id, assignment, 2.0, False, np.array([[0.8, 0.1, 0.1]]))
+             for request_id in ("a", "seen", "b")]
+    assert service.record_predictions(batch) == [True, False, True]
+    assert service.store.get_prediction("b").predicted_class == 0
+    assert service.store.get_prediction("seen").latency_ms == 3.0  # the first record stands

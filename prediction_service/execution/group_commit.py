@@ -1,0 +1,67 @@
+"""Group commit: many callers' writes share one transaction.
+
+Only one write runs at a time, in a thread, and everything submitted while it runs is the next batch. Under
+load a batch holds every item that arrived during the previous commit, so the commits per second stay
+bounded while the items per second follow the load. A caller either awaits its own result (``submit``:
+what it wrote is durable before it goes on) or hands the item over and goes on (``enqueue``: write-behind;
+a failed write is reported to ``on_error``); ``flush`` waits until everything handed over is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class GroupCommit(Generic[Item, Result]):
+    def __init__(self, write: Callable[[list[Item]], list[Result]],
+                 on_error: Callable[[Exception, int], None] | None = None):
+        self._write = write
+        """Writes a batch (in a worker thread) and returns one result per item, in order."""
+        self._on_error = on_error
+        """Told of a failed write that held enqueued items (the exception, how many items)."""
+        self._pending: list[tuple[Item, asyncio.Future[Result] | None]] = []
+        self._writer: asyncio.Task | None = None
+
+    async def submit(self, item: Item) -> Result:
+        """``item``'s result once the batch holding it is written; the write's exception if it failed."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._start()
+        return await future
+
+    def enqueue(self, item: Item) -> None:
+        """Hand ``item`` over to be written with the next batch, without waiting for it."""
+        self._pending.append((item, None))
+        self._start()
+
+    async def flush(self) -> None:
+        """Until every item handed over so far is written (or its write has failed)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
+    def _start(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain(), name="group-commit")
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(self._write, [item for item, _ in batch])
+                answered = list(zip(batch, results, strict=True))
+            except Exception as exc:  # noqa: BLE001 - every caller in the batch learns it
+                for _, future in batch:
+                    if future is not None and not future.done():
+                        future.set_exception(exc)
+                handed_over = sum(future is None for _, future in batch)
+                if handed_over and self._on_error is not None:
+                    self._on_error(exc, handed_over)
+                continue
+            for (_, future), result in answered:
+                if future is not None and not future.done():  # None: enqueued; done: its caller was cancelled
+                    future.set_result(result)
