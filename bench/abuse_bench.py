@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from loadgen import run_load  # noqa: E402
 from serve_bench import ensure_store  # noqa: E402
 
-from tests.support.server import ServerProcess, free_port, launch  # noqa: E402
+from tests.support.server import ServerProcess, launch  # noqa: E402
 
 PRICE_MODEL, PRICE_INPUT = "lstm-price", "ohlcv"
 MINILM, SMALL_TEXT_MODEL = "sentiment-minilm", "sentiment-transformer"
@@ -305,12 +305,11 @@ def deferred_stop() -> Iterator[None]:
 
 
 def start_service(stack: ExitStack, store: Path, work: Path, kind: str, workers: int) -> tuple[ServerProcess, str]:
-    grpc_port = free_port()
     with deferred_stop():
-        service = launch(store, env={"SERVER_GRPC_PORT": str(grpc_port)}, workers=workers,
-                         log_path=work / f"service-{kind}.log", ready_timeout=120)
+        service = launch(store, workers=workers, log_path=work / f"service-{kind}.log", ready_timeout=120,
+                         grpc=True)
         stack.callback(service.stop)
-    return service, f"127.0.0.1:{grpc_port}"
+    return service, f"127.0.0.1:{service.grpc_port}"
 
 
 def measure(kind: str, args: argparse.Namespace, store: Path, work: Path, text_model: str) -> Row:

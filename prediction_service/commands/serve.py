@@ -14,6 +14,7 @@ import logging.config
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="write the port the server bound here once it listens (with --port 0: which one)")
     parser.add_argument("--grpc-port", type=int,
                         help="Open Inference Protocol gRPC port (default SERVER_GRPC_PORT or 8001; 0 = none)")
+    parser.add_argument("--grpc-port-file", type=Path,
+                        help="serve gRPC on a free port the system picks (held from before any worker starts, so "
+                             "no other process can take it) and write it here")
     parser.add_argument("--workers", type=int, help="worker processes (default SERVER_WORKERS or 1)")
     parser.add_argument("--store", help="model registry root (default MODEL_STORE)")
     parser.add_argument("--log-level", default="info")
@@ -79,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
         os.environ["MODEL_STORE"] = args.store  # workers are separate processes: pass it by env
     if args.grpc_port is not None:
         os.environ["SERVER_GRPC_PORT"] = str(args.grpc_port)  # each worker binds it (SO_REUSEPORT)
+    grpc_hold = None
+    if args.grpc_port_file is not None:
+        grpc_hold = _hold_free_port(args.host or Settings().server.host)
+        os.environ["SERVER_GRPC_PORT"] = str(grpc_hold.getsockname()[1])
+        atomic_write_bytes(args.grpc_port_file, os.environ["SERVER_GRPC_PORT"].encode())
     settings = Settings()
     log_config = _log_config(args.log_level)
     logging.config.dictConfig(log_config)
@@ -116,4 +125,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if temporary_metrics_dir is not None:
             shutil.rmtree(temporary_metrics_dir, ignore_errors=True)
+        if grpc_hold is not None:
+            grpc_hold.close()
     return 0
+
+
+def _hold_free_port(host: str) -> socket.socket:
+    """A port the system picks, bound (never listening) with SO_REUSEPORT: the workers' gRPC servers bind it
+    beside this socket and take its connections, and no other process can take the port meanwhile."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, 0))
+    return sock

@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.support.server import ServerProcess, free_port, launch
+from tests.support.server import ServerProcess, launch
 
 
 @dataclass
@@ -32,11 +32,10 @@ def serve_grpc(store_template: Path, work: Path, env: dict[str, str] | None = No
     """Copy the registry into ``work`` and serve it; returns once gRPC answers ready too."""
     store = work / "store"
     shutil.copytree(store_template, store, symlinks=True)
-    grpc_port = free_port()
     # No warm-up: the slow model's takes seconds, and these tests are about the protocol.
-    process = launch(store, env={"SERVER_GRPC_PORT": str(grpc_port), "WARMUP_ENABLED": "false", **(env or {})},
-                     workers=workers, log_path=work / "server.log", log_level="info")
-    server = GrpcServer(process, f"127.0.0.1:{grpc_port}")
+    process = launch(store, env={"WARMUP_ENABLED": "false", **(env or {})}, workers=workers,
+                     log_path=work / "server.log", log_level="info", grpc=True)
+    server = GrpcServer(process, f"127.0.0.1:{process.grpc_port}")
     try:
         wait_grpc_ready(server)
     except BaseException:

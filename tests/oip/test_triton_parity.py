@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 from prediction_service.commands.servers.triton import LocalTriton
 from prediction_service.registry import ModelRegistry, ModelVersion
 from tests.support.oip import publish, unpublish, wait_grpc_ready
-from tests.support.server import free_port, start_server
+from tests.support.server import start_server
 
 pytestmark = pytest.mark.triton
 
@@ -127,10 +127,9 @@ def tritonserver(shared_triton: LocalTriton, lstm: ModelVersion) -> Iterator[Url
 
 @pytest.fixture(scope="module")
 def service(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Urls]:
-    grpc_port = free_port()
-    server = start_server(demo_store, tmp_path_factory.mktemp("oip-parity"), env={"SERVER_GRPC_PORT": str(grpc_port)})
+    server = start_server(demo_store, tmp_path_factory.mktemp("oip-parity"), grpc=True)
     try:
-        urls = Urls(http=f"127.0.0.1:{server.port}", grpc=f"127.0.0.1:{grpc_port}")
+        urls = Urls(http=f"127.0.0.1:{server.port}", grpc=f"127.0.0.1:{server.grpc_port}")
         asyncio.run(wait_grpc_ready(urls.grpc, server.log))
         yield urls
     finally:

@@ -32,6 +32,8 @@ class ServerProcess:
     port: int
     store: Path
     log_path: Path
+    grpc_port: int | None = None
+    """The gRPC door's port when launched with ``grpc=True``."""
 
     @property
     def url(self) -> str:
@@ -57,9 +59,10 @@ class ServerProcess:
 
 
 def launch(store: Path, env: dict[str, str] | None = None, workers: int = 1, log_path: Path | None = None,
-           ready_timeout: float = 60.0, log_level: str = "warning") -> ServerProcess:
+           ready_timeout: float = 60.0, log_level: str = "warning", grpc: bool = False) -> ServerProcess:
     """Serve ``store`` as it is on a port the server picks (``--port 0``: no race with another process
-    taking a port chosen beforehand); returns once /health/ready says ready."""
+    taking a port chosen beforehand), with ``grpc`` its gRPC door on one it picks too (``--grpc-port-file``);
+    returns once /health/ready says ready."""
     run_dir = Path(tempfile.mkdtemp(prefix="server-", dir=store.parent))
     port_file = run_dir / "port"
     log_path = log_path or run_dir / "server.log"
@@ -69,15 +72,18 @@ def launch(store: Path, env: dict[str, str] | None = None, workers: int = 1, log
         full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve makes its own for several workers
     if "SERVER_GRPC_PORT" not in (env or {}):
         full_env["SERVER_GRPC_PORT"] = "0"  # no gRPC door unless a test asks (8001 would be shared by all)
+    grpc_port_file = run_dir / "grpc-port"
+    grpc_args = ["--grpc-port-file", str(grpc_port_file)] if grpc else []
     with open(log_path, "wb") as log_file:
         # Own session: stop() can signal uvicorn's worker processes too.
         process = subprocess.Popen(
             [sys.executable, "-m", "prediction_service", "serve", "--store", str(store), "--port", "0",
-             "--port-file", str(port_file), "--workers", str(workers), "--log-level", log_level],
+             "--port-file", str(port_file), "--workers", str(workers), "--log-level", log_level, *grpc_args],
             cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + ready_timeout
-    port = _bound_port(process, port_file, log_path, deadline)
-    server = ServerProcess(process, port, store, log_path)
+    port = _bound_port(process, port_file, log_path, deadline)  # written after the gRPC port's file
+    server = ServerProcess(process, port, store, log_path,
+                           grpc_port=int(grpc_port_file.read_text()) if grpc else None)
     last_answer = "no answer yet"
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -113,12 +119,12 @@ def _tail(log_path: Path) -> str:
 
 
 def start_server(store_template: Path, work: Path, env: dict[str, str] | None = None, workers: int = 1,
-                 ready_timeout: float = 60.0) -> ServerProcess:
+                 ready_timeout: float = 60.0, grpc: bool = False) -> ServerProcess:
     """Copy the registry into ``work`` and serve the copy (tests that change the store keep the template)."""
     store = work / "store"
     shutil.copytree(store_template, store, symlinks=True)
     return launch(store, env={"STAGE_POLL_INTERVAL_SECONDS": "0.5", **(env or {})}, workers=workers,
-                  log_path=work / "server.log", ready_timeout=ready_timeout, log_level="info")
+                  log_path=work / "server.log", ready_timeout=ready_timeout, log_level="info", grpc=grpc)
 
 
 @contextmanager
