@@ -1,5 +1,6 @@
-"""A real PostgreSQL for tests: ``initdb`` in a temporary directory, ``pg_ctl`` on a free loopback port,
-as an unprivileged user when the tests run as root (PostgreSQL refuses to run as root); stopped at exit.
+"""A real PostgreSQL for tests: ``initdb`` in a temporary directory, ``pg_ctl`` listening on a Unix socket in
+that directory only (no TCP port another process could take first), as an unprivileged user when the tests
+run as root (PostgreSQL refuses to run as root); stopped at exit.
 
 Fixtures (a plugin of tests/conftest.py): ``postgres_server`` (one cluster per run, started on first use),
 ``postgres_url`` (a fresh database per test, dropped afterwards), and two parametrized over SQLite and
@@ -15,7 +16,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -34,18 +34,12 @@ def _bin_dir() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PostgresServer:
     def __init__(self, bin_dir: Path):
         self.bin_dir = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="pgtest-"))  # not under pytest's 0700 tmp: the user must reach it
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = 5432  # names the socket file in the cluster's own directory: no TCP port is bound
         self.user: str | None = None
         if os.geteuid() == 0:
             self.user = "nobody"
@@ -72,7 +66,7 @@ class PostgresServer:
         return result
 
     def start(self) -> None:
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
+        options = (f"-c listen_addresses='' -p {self.port} -c unix_socket_directories={self.root} "
                    "-c fsync=off -c full_page_writes=off")  # test data: durability buys nothing
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w",
                   "-t", "60", "start")
@@ -88,12 +82,12 @@ class PostgresServer:
         self.start()
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres@/{database}?host={self.root}&port={self.port}"
 
     def _admin(self, sql: str) -> None:
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+        with psycopg.connect(f"host={self.root} port={self.port} user=postgres dbname=postgres",
                              autocommit=True) as conn:
             conn.execute(sql)
 
