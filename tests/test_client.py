@@ -178,3 +178,44 @@ async def test_experiments_create_analyze_and_stop(keyed_server_url):
     finally:
         await admin.close()
         await reader.close()
+
+
+async def test_shadow_experiments_from_the_client_and_the_cli(keyed_server_url):
+    import asyncio
+    import subprocess
+    import sys
+
+    from prediction_service.experiments.models import ExperimentKind, ExperimentStatus, ShadowRecord
+
+    admin = PredictionClient(ClientSettings(keyed_server_url, api_key="admin-k", timeout_s=5))
+    reader = PredictionClient(ClientSettings(keyed_server_url, api_key="read-k", timeout_s=5))
+    try:
+        created = await admin.create_shadow_experiment("tiny-regressor", "1.0.0", "2.0.0", task="regression")
+        assert created.kind == ExperimentKind.SHADOW and created.shadow_fraction == 1.0
+        served = await reader.predict("tiny-regressor", instance=ROW)
+        assert (served.version, served.arm) == ("1.0.0", "champion")  # production answers
+        shadow = None
+        for _ in range(100):  # the copy runs off the response path
+            try:
+                shadow = await reader.shadow_prediction(created.id, served.request_id)
+                break
+            except ServiceCallError as exc:
+                assert exc.status == 404
+                await asyncio.sleep(0.05)
+        assert isinstance(shadow, ShadowRecord) and shadow.version == "2.0.0"
+        assert shadow.predicted_value == pytest.approx(2 * served.predictions[0], rel=1e-5)  # TinyRegressor(2.0)
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "prediction_service", "experiments", "--url",
+                                   keyed_server_url, *args], capture_output=True, text=True, timeout=60)
+
+        listed = cli("--api-key", "read-k", "list", "--model", "tiny-regressor", "--status", "running")
+        assert listed.returncode == 0 and created.id in listed.stdout and "shadow" in listed.stdout, listed.stderr
+        refused = cli("--api-key", "read-k", "stop", created.id)
+        assert refused.returncode == 2 and "403" in refused.stdout
+        stopped = cli("--api-key", "admin-k", "stop", created.id, "--reason", "cli test")
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+        assert (await reader.experiment(created.id)).status == ExperimentStatus.STOPPED
+    finally:
+        await admin.close()
+        await reader.close()
