@@ -4,12 +4,12 @@
 
 One run, on 127.0.0.1, the demo's lstm-price served by one worker. A copy of the production version is
 registered as the challenger (same contract, so its copies run the same model). First the capacity: a
-closed loop of 8 connections for ``--seconds``. Then an open-loop client sends at half that rate (a request
-every 2/capacity seconds, whatever the answers) for ``--seconds``, with no experiment ("shadow off"), then
-with a 10 % split experiment (what recording every request for an experiment costs, for reference), then
-while a shadow experiment copies every request to the challenger ("shadow on"). Prints p50/p99 of both,
-the ratio (target: p99 with shadow on within 1.10x of off) and how many copies ran or were shed (the shadow
-queue gives way to production: EXPERIMENT_SHADOW_QUEUE_SIZE).
+closed loop of 8 connections for ``--seconds``. Then, ``--rounds`` times, an open-loop client sends at half
+that rate (a request every 2/capacity seconds, whatever the answers) for ``--seconds`` per phase: with no
+experiment, with a 10 % split experiment (what recording every request for an experiment costs, for
+reference), and while a shadow experiment copies every request to the challenger. Prints the median over
+rounds of each phase's p50/p99, the ratio (target: p99 with shadow on within 1.10x of no experiment) and how
+many copies ran or were shed (copies use idle capacity only and give way to production).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -95,7 +96,8 @@ def metric(base: str, name: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three phases, back to back")
     parser.add_argument("--store", type=Path, help="registry with lstm-price (default: the demo registry, built)")
     args = parser.parse_args()
     from prediction_service.registry import RegistryReader
@@ -108,37 +110,47 @@ def main() -> None:
     name = version.signature.inputs[0].name
     body = {"instance": version.signature.synthetic_inputs(1)[name][0].tolist()}
 
+    phases: dict[str, list[LoadResult]] = {"no experiment": [], "split 10 % (reference)": [], "shadow on": []}
+    runs = shed = 0.0
     server = launch(store, workers=1)
     try:
         url = f"{server.url}/v1/models/{MODEL}/predict"
         capacity = asyncio.run(run_load(url, body, concurrency=8, seconds=args.seconds, warmup_seconds=1.0,
                                         label="capacity (c=8)"))
         rate = capacity.throughput / 2
-        print(f"{MODEL}, 1 worker, one run, {os.cpu_count()} cores shared by client and server; "
-              f"{capacity.line()}\nopen loop at half capacity: {rate:.0f} req/s for {args.seconds:g} s", flush=True)
-        off = asyncio.run(paced(url, body, rate, args.seconds, "shadow off"))
-        print(f"  {off.line()}", flush=True)
-        split = start(server.url, champion, kind="split", traffic_split=0.1)
-        with_split = asyncio.run(paced(url, body, rate, args.seconds, "split 10 % (reference)"))
-        print(f"  {with_split.line()}", flush=True)
-        httpx.post(f"{server.url}/v1/experiments/{split}/stop", timeout=30).raise_for_status()
-        start(server.url, champion, kind="shadow")
-        runs_before = metric(server.url, "prediction_shadow_runs_total")
-        on = asyncio.run(paced(url, body, rate, args.seconds, "shadow on"))
-        print(f"  {on.line()}", flush=True)
-        time.sleep(1.0)
-        runs = metric(server.url, "prediction_shadow_runs_total") - runs_before
-        shed = metric(server.url, "prediction_shadow_shed_total")
+        print(f"{MODEL}, 1 worker, {os.cpu_count()} cores shared by client and server; {capacity.line()}\n"
+              f"open loop at half capacity: {rate:.0f} req/s, {args.seconds:g} s per phase, {args.rounds} rounds",
+              flush=True)
+        for _ in range(args.rounds):
+            for label, spec in (("no experiment", None), ("split 10 % (reference)", {"kind": "split",
+                                "traffic_split": 0.1}), ("shadow on", {"kind": "shadow"})):
+                experiment = start(server.url, champion, **spec) if spec else None
+                runs_before, shed_before = (metric(server.url, "prediction_shadow_runs_total"),
+                                            metric(server.url, "prediction_shadow_shed_total"))
+                result = asyncio.run(paced(url, body, rate, args.seconds, label))
+                phases[label].append(result)
+                print(f"  {result.line()}", flush=True)
+                if experiment is not None:
+                    httpx.post(f"{server.url}/v1/experiments/{experiment}/stop", timeout=30).raise_for_status()
+                if label == "shadow on":
+                    time.sleep(0.5)
+                    runs += metric(server.url, "prediction_shadow_runs_total") - runs_before
+                    shed += metric(server.url, "prediction_shadow_shed_total") - shed_before
     finally:
         server.stop()
 
-    p99_x = on.percentile(99) / off.percentile(99)
-    print(f"\n{'':<24} {'p50 ms':>8} {'p99 ms':>8}")
-    for label, result in (("no experiment", off), ("split 10 % (reference)", with_split), ("shadow on", on)):
-        print(f"{label:<24} {result.percentile(50):8.2f} {result.percentile(99):8.2f}")
-    print(f"p99 on / off: x{p99_x:.2f} (target <= x{P99_TARGET}: {'met' if p99_x <= P99_TARGET else 'MISSED'}); "
-          f"p50 x{on.percentile(50) / off.percentile(50):.2f}; shadow copies run {runs:.0f}, shed {shed:.0f} "
-          f"of {on.ok} production answers")
+    def median_of(label: str, q: float) -> float:
+        return statistics.median(r.percentile(q) for r in phases[label])
+
+    print(f"\n{'median over rounds':<24} {'p50 ms':>8} {'p99 ms':>8}")
+    for label in phases:
+        print(f"{label:<24} {median_of(label, 50):8.2f} {median_of(label, 99):8.2f}")
+    p99_x = median_of("shadow on", 99) / median_of("no experiment", 99)
+    answered = sum(r.ok for r in phases["shadow on"])
+    print(f"p99 shadow on / no experiment: x{p99_x:.2f} (target <= x{P99_TARGET}: "
+          f"{'met' if p99_x <= P99_TARGET else 'MISSED'}); p50 "
+          f"x{median_of('shadow on', 50) / median_of('no experiment', 50):.2f}; shadow copies run {runs:.0f}, "
+          f"shed {shed:.0f} of {answered} production answers")
 
 
 if __name__ == "__main__":
