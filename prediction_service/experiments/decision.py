@@ -482,17 +482,30 @@ def _reasons(ev: Evaluation, x: Inputs, champion: ArmData, challenger: ArmData, 
                        f"effective (routing keys, 1 / sum of squared traffic shares"
                        f"{'; time buckets' if ctx.time_buckets else ''}); each arm needs "
                        f"{th.min_units_per_arm} before a promotion")
+    reasons += gain_reasons(label, gain, p_value, th)
+    if not bool(ev.latency_ok):
+        reasons.append(f"latency change {latency_diff:.2f} ms not below {th.max_latency_degradation_ms} ms")
+    return reasons + size_reasons(label, primary, reach, th, "scored outcomes")
+
+
+def gain_reasons(label: str, gain: float, p_value: float, th: Thresholds) -> list[str]:
+    """Why a gain does not promote yet: below the margin, not significant (a split's and a paired test's)."""
+    reasons = []
     if not math.isfinite(gain) or gain < th.promote_min_accuracy_gain:
         reasons.append(f"{label} {gain if math.isfinite(gain) else 0.0:.2%} below the "
                        f"{th.promote_min_accuracy_gain:.2%} margin")
     if not p_value < th.alpha:
         reasons.append(f"{label} not significant (p={p_value:.3g}, alpha={th.alpha})")
-    if not bool(ev.latency_ok):
-        reasons.append(f"latency change {latency_diff:.2f} ms not below {th.max_latency_degradation_ms} ms")
-    if reach is not None and not reach.size_reachable and reach.reason:
-        reasons.append(reach.reason)
-    elif primary.planned_total is not None:
-        reasons.append(f"planned size {primary.planned_total} scored outcomes for {th.power:.0%} power at a "
-                       f"{th.target_accuracy_gain:.2%} {label}"
-                       + (f"; expected stop near {primary.expected_total}" if primary.expected_total else ""))
     return reasons
+
+
+def size_reasons(label: str, primary: Comparison, reach: Reachability | None, th: Thresholds,
+                 outcomes: str) -> list[str]:
+    """What more ``outcomes`` can do: none reaches the power (why), or the planned size and expected stop."""
+    if reach is not None and not reach.size_reachable and reach.reason:
+        return [reach.reason]
+    if primary.planned_total is not None:
+        return [f"planned size {primary.planned_total} {outcomes} for {th.power:.0%} power at a "
+                f"{th.target_accuracy_gain:.2%} {label}"
+                + (f"; expected stop near {primary.expected_total}" if primary.expected_total else "")]
+    return []

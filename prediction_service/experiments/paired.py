@@ -42,8 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import stats
-from .decision import (CONTINUE, PROMOTE, ROLLBACK, DecisionContext, _projection, primary_scale, primary_tau,
-                       run_test, units_at_any_size)
+from .decision import (CONTINUE, PROMOTE, ROLLBACK, DecisionContext, _projection, gain_reasons, primary_scale,
+                       primary_tau, run_test, size_reasons, units_at_any_size)
 from .models import Comparison, Decision, DecisionResult, ExperimentMode, Reachability, Unreachable
 
 _DECISIONS = {CONTINUE: Decision.CONTINUE, PROMOTE: Decision.PROMOTE, ROLLBACK: Decision.ROLLBACK}
@@ -276,18 +276,8 @@ def _reasons(ev: PairedEvaluation, n: int, units: float, ctx: DecisionContext, p
     if not bool(ev.enough_units):
         reasons.append(f"too few independent units: {units:.1f} effective (routing keys, 1 / sum of squared traffic "
                        f"shares) behind {n} paired outcomes; a promotion needs {th.min_units_per_arm}")
-    if not math.isfinite(gain) or gain < th.promote_min_accuracy_gain:
-        reasons.append(f"{label} {gain if math.isfinite(gain) else 0.0:.2%} below the "
-                       f"{th.promote_min_accuracy_gain:.2%} margin")
-    if not p_value < th.alpha:
-        reasons.append(f"{label} not significant (p={p_value:.3g}, alpha={th.alpha})")
-    if reach is not None and not reach.size_reachable and reach.reason:
-        reasons.append(reach.reason)
-    elif primary.planned_total is not None:
-        reasons.append(f"planned size {primary.planned_total} paired outcomes for {th.power:.0%} power at a "
-                       f"{th.target_accuracy_gain:.2%} {label}"
-                       + (f"; expected stop near {primary.expected_total}" if primary.expected_total else ""))
-    return reasons
+    return reasons + gain_reasons(label, gain, p_value, th) + size_reasons(label, primary, reach, th,
+                                                                        "paired outcomes")
 
 
 __all__ = ["PairedData", "PairedEvaluation", "PairedInputs", "combine", "decide_paired", "evaluate_paired",

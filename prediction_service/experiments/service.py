@@ -23,6 +23,7 @@ anyway, the experiment stops with the reason instead of retrying (and failing) o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -390,23 +391,21 @@ class ExperimentService:
             raise Forbidden("an outcome may be posted only with the API key that made the prediction, or with "
                             "a key of outcome scope", details)
 
-    def _served_prediction(self, request_id: str) -> PredictionRecord:
-        """The prediction an outcome is for. Predictions are written behind their responses (a batch per
-        commit), so an outcome posted right after its answer may arrive first: for a request id this server
-        issued in the last PENDING_RECORD_S seconds, the record is waited for (in this thread) for up to
-        ``outcome_wait_seconds``. Any other unknown id is NotFound at once."""
-        deadline = None
+    async def record_outcome_when_served(self, request_id: str, actual: float, pnl: float | None = None,
+                                         reporter: OutcomeReporter | None = None) -> OutcomeRecord:
+        """``record_outcome`` off the event loop, for an outcome that may arrive before its prediction's record:
+        predictions are written behind their responses (a batch per commit), so for a request id this server
+        issued in the last PENDING_RECORD_S seconds a NotFound is retried for up to ``outcome_wait_seconds``
+        (the wait holds no thread). Any other unknown id is NotFound at once."""
+        deadline = time.monotonic() + self.settings.outcome_wait_seconds
         while True:
             try:
-                return self.store.get_prediction(request_id)
+                return await asyncio.to_thread(self.record_outcome, request_id, actual, pnl, reporter)
             except NotFound:
                 issued = issued_at(request_id)
-                if issued is None or self.clock() - issued > PENDING_RECORD_S:
+                if issued is None or self.clock() - issued > PENDING_RECORD_S or time.monotonic() >= deadline:
                     raise
-                deadline = deadline or time.monotonic() + self.settings.outcome_wait_seconds
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(OUTCOME_POLL_S)
+                await asyncio.sleep(OUTCOME_POLL_S)
 
     def record_outcome(self, request_id: str, actual: float, pnl: float | None = None,
                        reporter: OutcomeReporter | None = None) -> OutcomeRecord:
@@ -415,7 +414,7 @@ class ExperimentService:
         A failed or non-finite prediction scores as the worst case."""
         if not math.isfinite(actual) or (pnl is not None and not math.isfinite(pnl)):
             raise InvalidInput("actual and pnl must be finite numbers")
-        prediction = self._served_prediction(request_id)
+        prediction = self.store.get_prediction(request_id)
         self.authorize_outcome(prediction, reporter)
         task = self._task(prediction.experiment_id)
         correct = abs_error = None

@@ -124,7 +124,7 @@ class DataPlane:
     def record_arm(self, record: PredictionRecord) -> None:
         """The arm's sample for a request that reached its version, written behind the response: the records
         of the requests that finish together share one transaction, and no answer waits for a commit (an
-        outcome posted right after waits for its prediction's record instead: ExperimentService.record_outcome).
+        outcome posted right after waits for its prediction's record instead: record_outcome_when_served).
         One its caller abandoned (499) is no sample."""
         arm_run = record.arm_run
         if arm_run is None or self.experiments is None or record.status == CLIENT_CLOSED_REQUEST:

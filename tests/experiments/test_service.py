@@ -227,7 +227,7 @@ def test_recorded_in_one_batch_a_duplicate_request_id_is_refused_alone(service: 
     assert service.store.get_prediction("seen").latency_ms == 3.0  # the first record stands
 
 
-def test_an_outcome_posted_before_its_prediction_is_recorded_waits_for_the_record(service: ExperimentService):
+async def test_an_outcome_posted_before_its_prediction_is_recorded_waits_for_the_record(service: ExperimentService):
     import threading
 
     from prediction_service.request_ids import new_request_id
@@ -238,7 +238,7 @@ def test_an_outcome_posted_before_its_prediction_is_recorded_waits_for_the_recor
     writer = threading.Timer(0.2, service.record_prediction, (request_id, assignment, 2.0, False,
                                                              np.array([[0.1, 0.8, 0.1]])))
     writer.start()
-    outcome = service.record_outcome(request_id, 1)
+    outcome = await service.record_outcome_when_served(request_id, 1)
     writer.join()
     assert outcome.correct is True
 
@@ -246,7 +246,7 @@ def test_an_outcome_posted_before_its_prediction_is_recorded_waits_for_the_recor
     get_prediction = service.store.get_prediction
     service.store.get_prediction = lambda rid: lookups.append(rid) or get_prediction(rid)
     with pytest.raises(NotFound):
-        service.record_outcome("a-callers-own-id", 1)  # not one of ours: looked up once, no wait
+        await service.record_outcome_when_served("a-callers-own-id", 1)  # not one of ours: looked up once
     with pytest.raises(NotFound):
-        service.record_outcome("0" * 32, 1)  # not a UUIDv7 of ours either
+        await service.record_outcome_when_served("0" * 32, 1)  # not a UUIDv7 of ours either
     assert lookups == ["a-callers-own-id", "0" * 32]

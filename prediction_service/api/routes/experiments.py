@@ -102,4 +102,4 @@ async def record_outcome(request_id: str, request: Request,
                          key: ApiKey | None = Depends(require_read)) -> OutcomeRecord:
     body = await read_model(request, OutcomeRequest, get_settings(request).limits)
     reporter = None if key is None else OutcomeReporter(key.key_id, any_prediction=key.scope >= Scope.OUTCOME)
-    return await asyncio.to_thread(_service(request).record_outcome, request_id, body.actual, body.pnl, reporter)
+    return await _service(request).record_outcome_when_served(request_id, body.actual, body.pnl, reporter)
