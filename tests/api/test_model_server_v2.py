@@ -4,6 +4,7 @@ audit and metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 
 import pytest
@@ -14,7 +15,8 @@ from prediction_service.monitoring.audit import AuditReader
 from prediction_service.settings import AuditSettings, SecuritySettings, Settings
 from tests.ensemble.conftest import ENSEMBLE, app_client
 from tests.support.asgi import served_app
-from tests.support.models import register_slow
+from prediction_service.registry import ModelKey
+from tests.support.gated import gated
 
 TEXT = "Shares rally after strong earnings beat"
 ROW = [1.0, 2.0, 3.0, 4.0]
@@ -151,13 +153,12 @@ async def test_every_alias_needs_the_key_v1_needs(ml_store):
         assert (await client.get("/health")).status_code == 200  # open, as /health/ready is
 
 
-async def test_ab_tests_audit_metrics_and_deadlines_through_the_aliases(tiny_store_template, tmp_path):
+async def test_ab_tests_audit_metrics_and_deadlines_through_the_aliases(tiny_store_template, tmp_path, monkeypatch):
     store = tmp_path / "store"
     shutil.copytree(tiny_store_template, store, symlinks=True)
-    register_slow(store, tmp_path / "export", name="slower-regressor", steps=4000)  # far longer than 15 ms
     metrics = CollectorRegistry()
     settings = Settings(model_store=store, audit=AuditSettings(flush_interval_ms=20), security=KEYS)
-    async with served_app(settings, metrics_registry=metrics) as (_, http):
+    async with served_app(settings, metrics_registry=metrics) as (app, http):
         created = await http.post("/api/ml/ab-test/create", headers=ADMIN, json={
             "model_name": "tiny-regressor", "version_a": "1.0.0", "version_b": "2.0.0", "traffic_split": 0.5,
             "task": "regression"})
@@ -191,8 +192,12 @@ async def test_ab_tests_audit_metrics_and_deadlines_through_the_aliases(tiny_sto
         assert (stopped.json()["status"], stopped.json()["end_reason"]) == ("stopped", "done")
         assert (await http.post("/api/ml/ab-test/no-such-test/stop", headers=ADMIN)).status_code == 404
 
-        late = await http.post("/api/ml/predict", headers={**READER, "X-Request-Deadline-Ms": "15"},
-                               json={"model_name": "slower-regressor", "features": ROW})
+        # the model holds its run (gated) past the request's 15 ms deadline
+        async with gated(app, ModelKey("tiny-classifier", "1.0.0"), monkeypatch) as gate:
+            late = asyncio.create_task(http.post("/api/ml/predict", headers={**READER, "X-Request-Deadline-Ms": "15"},
+                                                 json={"model_name": "tiny-classifier", "features": ROW}))
+            await gate.wait_started()
+            late = await late
         assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
 
     def sample(name: str, **labels: str) -> float:
@@ -200,7 +205,7 @@ async def test_ab_tests_audit_metrics_and_deadlines_through_the_aliases(tiny_sto
 
     assert sum(sample("prediction_requests_total", model="tiny-regressor", version=v, status="200")
                for v in ("1.0.0", "2.0.0")) == 20
-    assert sample("prediction_requests_total", model="slower-regressor", version="1.0.0", status="504") == 1
+    assert sample("prediction_requests_total", model="tiny-classifier", version="1.0.0", status="504") == 1
     reader = AuditReader(store / ".state" / "audit.sqlite3")  # the lifespan exit flushed the writer
     for body in bodies:
         entry = reader.request(body["request_id"])

@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,9 @@ from tests.zoo_models import trained_models
 FAST = PackagingOptions(fp16=True, int8=True, benchmark_runs=3, validation_rows=32)
 
 
-def test_demo_registry_has_its_models_and_the_ensemble_in_production(tmp_path: Path):
-    registered = build_demo_registry(tmp_path, options=FAST, trained=trained_models())
-    assert set(registered) == {*DEMO_MODELS, GBDT_NAME, PATCHTST_NAME, DEMO_ENSEMBLE}
+def test_demo_registry_has_its_models_and_the_ensemble_in_production(demo_store: Path):
+    """The session's demo registry, built as `setup-demo` builds it."""
+    tmp_path = demo_store
     ensemble = EnsembleRegistry(tmp_path).resolve(DEMO_ENSEMBLE)
     assert ensemble.version == "1.0.0" and ensemble.metadata.status == "production"
     assert [m.describe() for m in ensemble.metadata.members] == ["lstm-price/production",
@@ -52,8 +53,9 @@ def test_demo_registry_has_its_models_and_the_ensemble_in_production(tmp_path: P
     assert not (tmp_path / ".packaging").exists()
 
 
-def test_existing_models_are_skipped_unless_forced(tmp_path: Path):
-    build_demo_registry(tmp_path, options=FAST, trained=trained_models())
+def test_existing_models_are_skipped_unless_forced(demo_store: Path, tmp_path: Path):
+    tmp_path = tmp_path / "store"
+    shutil.copytree(demo_store, tmp_path, symlinks=True)  # built already: the session's demo registry
     metadata = tmp_path / "lstm-price" / "v1.0.0" / "metadata.json"
     before = metadata.read_bytes()
     assert build_demo_registry(tmp_path, options=FAST, trained=trained_models()) == {}

@@ -117,21 +117,22 @@ async def test_a_large_bars_request_is_converted_off_the_event_loop(demo_store, 
     windows = _windows(24, 1000)  # 24,000 bars, within the default caps
     body = {"bars": [_columns(w) for w in windows] if named else windows}
     loop = asyncio.get_running_loop()
-    executor = ThreadPoolExecutor(max_workers=4, initializer=sys.setprofile, initargs=(profile,))
-    loop.set_default_executor(executor)  # the threads asyncio.to_thread hands work to report their calls
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    sys.setprofile(profile)  # the event loop's thread too: a conversion on it would show up as well
-    ticker = asyncio.create_task(tick())
-    try:
-        # the profiler slows everything down: a deadline past the anonymous ceiling
-        async with served_app(model_store=demo_store,
-                              limits=LimitSettings(caller_deadline_ceiling_ms=30_000)) as (_, client):
+    # the profiler slows everything down: a deadline past the anonymous ceiling; it is on for the request only
+    # (started under it, the app's model loads took tens of seconds)
+    async with served_app(model_store=demo_store,
+                          limits=LimitSettings(caller_deadline_ceiling_ms=30_000)) as (_, client):
+        executor = ThreadPoolExecutor(max_workers=4, initializer=sys.setprofile, initargs=(profile,))
+        loop.set_default_executor(executor)  # the threads asyncio.to_thread hands work to report their calls
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-4)
+        sys.setprofile(profile)  # the event loop's thread too: a conversion on it would show up as well
+        ticker = asyncio.create_task(tick())
+        try:
             response = await client.post(PRICE, json=body, headers={"X-Request-Deadline-Ms": "30000"})
-    finally:
-        sys.setprofile(None)
-        sys.setswitchinterval(interval)
-        ticker.cancel()
+        finally:
+            sys.setprofile(None)
+            sys.setswitchinterval(interval)
+            ticker.cancel()
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 24
     assert all(thread != loop_thread for _, thread, _ in seen), seen  # never on the event loop's thread

@@ -28,6 +28,8 @@ FIXTURE_TIERS = {
 """Fixtures by what they start; fixtures that build on these inherit through pytest's fixture closure."""
 
 EXTERNAL_MARKERS = {"triton", "torchserve"}
+EXTERNAL_PARAMS = {"postgresql", "triton", "torchserve"}
+"""Parameter values that start an external server (a parametrized backend or state database)."""
 
 # Calls in a test's own body (or in helpers of its module that it calls) that start something.
 _CALLS = (
@@ -46,8 +48,8 @@ def tier_of(item: pytest.Item) -> str:
         if name in FIXTURE_TIERS:
             found.add(FIXTURE_TIERS[name])
     callspec = getattr(item, "callspec", None)
-    if callspec is not None and "postgresql" in map(str, callspec.params.values()):
-        found.add("external")
+    if callspec is not None and EXTERNAL_PARAMS & {str(value).split("-")[0] for value in callspec.params.values()}:
+        found.add("external")  # a backend or state database chosen by parameter (getfixturevalue inside)
     function = getattr(item, "function", None)
     if function is not None:
         found.update(_called_tiers(function))
