@@ -2,7 +2,12 @@ from __future__ import annotations
 
 pytest_plugins = ["tests.support.torchserve_fixtures", "tests.support.triton_fixtures", "tests.support.postgres"]
 
+import os
 from pathlib import Path
+
+# No warm-up in tests (it runs every freshly loaded version several times): the warm-up tests turn it on
+# (WarmupSettings(enabled=True)). Served subprocesses inherit it.
+os.environ.setdefault("WARMUP_ENABLED", "false")
 
 import pytest
 

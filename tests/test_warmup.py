@@ -50,7 +50,7 @@ def test_every_batch_runs_the_configured_number_of_times():
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 async def test_loaded_models_are_warm_and_the_batcher_never_saw_it(tiny_store, fmt):
-    adapter = SimpleAdapter(Settings(model_store=tiny_store, warmup=WarmupSettings(batch_sizes="1,8", iterations=2)))
+    adapter = SimpleAdapter(Settings(model_store=tiny_store, warmup=WarmupSettings(enabled=True, batch_sizes="1,8", iterations=2)))
     adapter.formats = (fmt,)
     try:
         loaded = await adapter.load(RegistryReader(tiny_store).resolve("tiny-regressor"))
@@ -77,14 +77,14 @@ async def test_a_version_that_fails_its_warmup_is_not_loaded(tmp_path):
                      [ArtifactSource(artifact, "torchscript", file_name="model.pt")])
     set_stage_link(root, "fragile", "production", "1.0.0")
     version = RegistryReader(root).resolve("fragile")
-    adapter = SimpleAdapter(Settings(model_store=root, warmup=WarmupSettings(batch_sizes="1,8")))
+    adapter = SimpleAdapter(Settings(model_store=root, warmup=WarmupSettings(enabled=True, batch_sizes="1,8")))
     try:
         with pytest.raises(ModelLoadError, match=r"(?s)warm-up run on a batch of 8 rows.*small batches"):
             await adapter.load(version)
         assert not adapter.is_loaded(version.key)
     finally:
         await adapter.close()
-    small = SimpleAdapter(Settings(model_store=root, warmup=WarmupSettings(batch_sizes="1,4")))
+    small = SimpleAdapter(Settings(model_store=root, warmup=WarmupSettings(enabled=True, batch_sizes="1,4")))
     try:
         assert (await small.load(version)).details["warmup"]["runs"] == 6
     finally:

@@ -44,7 +44,7 @@ def test_mar_holds_artifact_handler_and_signature(tmp_path, artifact):
 
 def test_warmup_batches_travel_in_the_archive(tmp_path, artifact):
     version = register_tiny(tmp_path / "registry", artifact)
-    mar = build_mar(version, tmp_path / "store", warmup=WarmupSettings(batch_sizes="1,8", iterations=2))
+    mar = build_mar(version, tmp_path / "store", warmup=WarmupSettings(enabled=True, batch_sizes="1,8", iterations=2))
     with zipfile.ZipFile(mar) as archive:
         signature = json.loads(archive.read("signature.json"))
         batches = np.load(io.BytesIO(archive.read("warmup.npz")), allow_pickle=False)
