@@ -20,6 +20,7 @@ FIXTURE_TIERS = {
     # external servers
     "shared_triton": "external", "shared_torchserve": "external", "postgres_server": "external",
     "postgres_url": "external", "mlflow_server": "external", "ray_serve": "external", "deploy": "external",
+    "scraped": "external",  # a real Prometheus scraping a served process
     # served subprocesses
     "grpc_server": "process",
     # the app in-process
