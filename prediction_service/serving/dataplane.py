@@ -9,7 +9,6 @@ doors imports another, and nothing here imports FastAPI or protobuf.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any

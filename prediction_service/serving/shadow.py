@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -42,7 +42,6 @@ class ShadowJob:
     champion: np.ndarray | None
     """The champion's value of that output, to count agreement."""
     n_steps: int | None = None
-    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class ShadowRecorder(Protocol):
