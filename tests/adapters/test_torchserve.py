@@ -22,6 +22,7 @@ from prediction_service.errors import (
 )
 from prediction_service.packaging.torchserve_mar import mar_path, served_model_name
 from prediction_service.registry import ModelKey
+from prediction_service.settings import WarmupSettings
 from tests.support.torchserve_fixtures import _require_torchserve, torchserve_settings
 from tests.support.torchserve_models import FEATURES, SEQ_LEN, build_scripted_model, register_tiny
 
@@ -78,9 +79,11 @@ async def test_load_predict_unload(adapter, tiny_registry, shared_torchserve):
     await adapter.unload(version.key)  # unknown key: no-op
 
 
-async def test_workers_warm_up_before_they_report_ready(adapter, tiny_registry, shared_torchserve):
-    _, version, scripted = tiny_registry
+async def test_workers_warm_up_before_they_report_ready(tiny_registry, shared_torchserve):
+    root, version, scripted = tiny_registry
     served = served_model_name(version.key)
+    warm = torchserve_settings(root, shared_torchserve).model_copy(update={"warmup": WarmupSettings(enabled=True)})
+    adapter = TorchServeAdapter(warm)  # tests run without warm-up unless they test it
 
     def warm_ups() -> int:
         log = shared_torchserve.log_dir / "model_log.log"
@@ -88,10 +91,13 @@ async def test_workers_warm_up_before_they_report_ready(adapter, tiny_registry, 
         return sum(served in line and "warmed up: 2 batches x 3 runs" in line for line in lines)
 
     before = warm_ups()
-    await adapter.load(version)  # registration returns once the worker is ready, warm-up included
-    assert warm_ups() > before
-    features = rows(3, seed=21)
-    assert_matches(await adapter.predict(version.key, {"features": features}), reference(scripted, features))
+    try:
+        await adapter.load(version)  # registration returns once the worker is ready, warm-up included
+        assert warm_ups() > before
+        features = rows(3, seed=21)
+        assert_matches(await adapter.predict(version.key, {"features": features}), reference(scripted, features))
+    finally:
+        await adapter.close()
 
 
 async def test_concurrent_predicts_are_batched_server_side(adapter, tiny_registry):
