@@ -350,10 +350,10 @@ class ExperimentService:
             error=bool(served.error) or not finite_output(served.prediction), predicted_class=predicted_class,
             predicted_value=predicted_value, unit=assignment.unit, api_key_id=served.api_key_id)
 
-    def record_shadows(self, answers: list[ShadowAnswer]) -> int:
-        """Stores challengers' answers to copies of requests (kind=shadow), one transaction for the lot; returns
-        how many were stored (an answer whose experiment ended meanwhile is not). A NaN/inf output counts as an
-        error."""
+    def record_shadows(self, answers: list[ShadowAnswer]) -> list[bool]:
+        """Stores challengers' answers to copies of requests (kind=shadow), one transaction for the lot; for
+        each, whether it was stored (an answer whose experiment ended meanwhile is not). A NaN/inf output
+        counts as an error."""
         records = []
         for answer in answers:
             assignment = answer.assignment

@@ -206,22 +206,22 @@ class ExperimentStore:
             self._outage_log.warning("predict", f"experiments: predictions served but not counted: {exc.message}")
             return False
 
-    def insert_shadows(self, records: list[ShadowRecord]) -> int:
+    def insert_shadows(self, records: list[ShadowRecord]) -> list[bool]:
         """Stores challengers' answers to copies of requests, in one transaction, for the experiments still
-        running; returns how many were stored (0 while the database is unreachable). Conflict when a request
-        id was stored before (nothing is stored then)."""
+        running; for each, whether it was stored (none while the database is unreachable). Conflict when a
+        request id was stored before (nothing is stored then)."""
         rows = [{**record.model_dump(mode="json"), "error": int(record.error)} for record in records]
         if not rows:
-            return 0
+            return []
         try:
             with self.db.write() as conn:
-                return sum(conn.execute(_INSERT_SHADOW, row).first() is not None for row in rows)
+                return [conn.execute(_INSERT_SHADOW, row).first() is not None for row in rows]
         except IntegrityError as exc:
             raise Conflict("a shadow prediction is already recorded",
                            {"request_ids": [r.request_id for r in records][:10]}) from exc
         except StateUnavailable as exc:
             self._outage_log.warning("shadow", f"experiments: shadow answers not counted: {exc.message}")
-            return 0
+            return [False] * len(records)
 
     def get_shadow(self, request_id: str) -> ShadowRecord | None:
         with self.db.read() as conn:

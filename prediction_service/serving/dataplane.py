@@ -3,8 +3,8 @@ an ensemble, serving/servables.py), model metadata and readiness for every front
 each finished prediction (observers and A/B arms).
 
 Every front door (REST /v1, Open Inference Protocol REST and gRPC, the aliases) goes through the request
-pipeline (serving/pipeline.py), which calls ``admit``, ``infer``, then ``record_arm`` and ``observe``; none of the
-doors imports another, and nothing here imports FastAPI or protobuf.
+pipeline (serving/pipeline.py), which calls ``admit``, ``infer``, then ``settle`` (the A/B arm's record, the
+observers); none of the doors imports another, and nothing here imports FastAPI or protobuf.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class RequestPipeline:
             raise
         finally:
             record.latency_ms = (time.perf_counter() - started) * 1000.0
-            await self._observe(record)
+            await self.dataplane.settle(record)
 
     async def _run_traced(self, name: str, context: RequestContext, decode: Decode, encode: Encode[Encoded],
                           trace: Trace, received: float | None = None) -> Encoded:
@@ -84,7 +84,7 @@ class RequestPipeline:
             finally:
                 record.latency_ms = (time.perf_counter() - started) * 1000.0
                 with trace.span("audit"):
-                    await self._observe(record)
+                    await self.dataplane.settle(record)
         except BaseException as exc:
             status, error_code = status_of(exc)
             raise
@@ -110,8 +110,3 @@ class RequestPipeline:
             raise InvalidInput(f"priority {asked} is out of range: 1 (the highest) to {self.priority_levels}, "
                                "or 0 for the default", {"priority": asked, "priority_levels": self.priority_levels})
         return asked
-
-    async def _observe(self, record: PredictionRecord) -> None:
-        if record.arm_run is not None:
-            self.dataplane.record_arm(record)
-        self.dataplane.observe(record)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import DeadlineExceeded, Overloaded
+from ..execution.group_commit import GroupCommit
 from ..experiments.service import ShadowAnswer
 from ..log_throttle import ThrottledLog
 from ..types import SHADOW_ARM, PredictionObserver, PredictionRecord, RequestContext
@@ -47,7 +48,7 @@ class ShadowJob:
 class ShadowRecorder(Protocol):
     """experiments.ExperimentService, as shadow runs use it."""
 
-    def record_shadows(self, answers: list[ShadowAnswer]) -> int: ...
+    def record_shadows(self, answers: list[ShadowAnswer]) -> list[bool]: ...
 
 
 class ShadowObserver(Protocol):
@@ -79,13 +80,16 @@ def agreement(champion: np.ndarray | None, challenger: np.ndarray | None) -> str
 
 IDLE_POLL_S = 0.0005
 """How often a copy looks again whether production has left the worker idle."""
-FLUSH_INTERVAL_S = 0.05
-"""How often the challenger's answers are written, in one transaction per flush (not one per copy)."""
+
+
+def _answers_not_written(exc: Exception, count: int) -> None:
+    # the experiment misses these samples; serving goes on
+    _failure_log.warning(type(exc).__name__, f"could not record {count} shadow answers: {exc!r}")
 
 
 class ShadowRunner:
-    """A bounded queue of shadow jobs, the tasks that run them and the one that writes their answers
-    (started on the first job)."""
+    """A bounded queue of shadow jobs and the tasks that run them (started on the first job); their answers
+    are written behind them, the answers that finish together in one transaction (group commit)."""
 
     def __init__(self, run: ShadowRun, recorder: ShadowRecorder, *, queue_size: int, concurrency: int,
                  priority: int, timeout_s: float, production_busy: Callable[[], bool] = lambda: False,
@@ -93,7 +97,6 @@ class ShadowRunner:
         self.run = run
         self.production_busy = production_busy
         """Whether a production prediction is in flight in this worker: a copy waits until none is."""
-        self.recorder = recorder
         self.priority = priority
         """The lowest lane: production requests waiting for the same model run first."""
         self.timeout_s = timeout_s
@@ -102,8 +105,8 @@ class ShadowRunner:
         self.concurrency = concurrency
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=queue_size)
         self._workers: list[asyncio.Task] = []
-        self._answers: list[ShadowAnswer] = []
-        """Answers not yet written."""
+        self._writes: GroupCommit[ShadowAnswer, bool] = GroupCommit(recorder.record_shadows,
+                                                                    on_error=_answers_not_written)
         self.shed = 0
         self.done = 0
 
@@ -112,7 +115,6 @@ class ShadowRunner:
         if not self._workers:
             loop = asyncio.get_running_loop()
             self._workers = [loop.create_task(self._work(), name=f"shadow-{i}") for i in range(self.concurrency)]
-            self._workers.append(loop.create_task(self._write_periodically(), name="shadow-writer"))
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -129,7 +131,7 @@ class ShadowRunner:
     async def drain(self) -> None:
         """Until every queued copy has run and its answer is written (tests, and a clean shutdown)."""
         await self._queue.join()
-        await self._write()
+        await self._writes.flush()
 
     async def close(self) -> None:
         """Stop running copies; the answers of those that ran are written."""
@@ -137,21 +139,7 @@ class ShadowRunner:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
-        await self._write()
-
-    async def _write_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            await self._write()
-
-    async def _write(self) -> None:
-        answers, self._answers = self._answers, []
-        if not answers:
-            return
-        try:
-            await asyncio.to_thread(self.recorder.record_shadows, answers)
-        except Exception as exc:  # noqa: BLE001 - the experiment misses these samples; serving goes on
-            _failure_log.warning(type(exc).__name__, f"could not record {len(answers)} shadow answers: {exc!r}")
+        await self._writes.flush()
 
     async def _work(self) -> None:
         while True:
@@ -183,7 +171,7 @@ class ShadowRunner:
             status, error_code = int(getattr(exc, "status", 500)), getattr(exc, "code", "internal_error")
         latency_ms = (time.perf_counter() - started) * 1000.0
         prediction = None if outputs is None else outputs.get(job.output)
-        self._answers.append(ShadowAnswer(job.request_id, job.assignment, latency_ms, status != 200, prediction))
+        self._writes.enqueue(ShadowAnswer(job.request_id, job.assignment, latency_ms, status != 200, prediction))
         self.done += 1
         if self.observer is not None:
             outcome = "error" if status != 200 else agreement(job.champion, prediction)
