@@ -13,13 +13,26 @@ import pytest
 
 from prediction_service.settings import BatchingSettings, Settings
 from tests.support.asgi import served_app
+from tests.support.built_once import built_once
+from tests.support.demo_store import run_setup_demo
 from tests.support.models import (CLASSIFIER_SIGNATURE, REGRESSOR_SIGNATURE, TinyClassifier, TinyRegressor,
                                   register_slow, register_tiny)
+from tests.support.server_groups import ServerGroupScheduling, write_group_map
 from tests.support.tiers import mark_tiers
 
 
+@pytest.hookimpl(wrapper=True)  # before every other plugin: -m selects by tier
 def pytest_collection_modifyitems(config, items):
-    mark_tiers(items)  # unit / app / process / external, from what each test starts
+    mark_tiers(items)
+    result = yield
+    write_group_map(config, items)  # the selected items, before the worker reports its collection
+    return result
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") == "loadgroup":
+        return ServerGroupScheduling(config, log)
+    return None  # unit / app / process / external, from what each test starts
 
 SLOW_STEPS = 200
 """~30 ms per row on one thread: long enough for queues to form under load."""
@@ -72,12 +85,11 @@ async def client(settings):
 
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory) -> Path:
-    """The demo registry exactly as `setup-demo` builds it (three zoo models, v1.0.0 in production)."""
-    from prediction_service.commands.demo_registry import build_demo_registry
+    """The demo registry built by the `setup-demo` command itself (its zoo models and the ensemble, v1.0.0 in
+    production); once per run, whatever the number of workers: copy it before changing it. What the command
+    printed is kept beside it (``setup_demo_output``)."""
+    return built_once(tmp_path_factory, "demo-store", run_setup_demo)
 
-    root = tmp_path_factory.mktemp("demo-store")
-    build_demo_registry(root)
-    return root
 
 
 @pytest.fixture

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import pytest
 
-from tests.support.tiers import TIERS
+from tests.support.server_groups import MAP_PREFIX, ServerGroupScheduling
+from tests.support.tiers import TIERS, server_groups
 
 
 def tiers_of(node: pytest.Item) -> list[str]:
@@ -39,3 +43,22 @@ def test_an_external_backend_marker_is_external(request):
 
 def test_every_collected_test_has_exactly_one_tier(request):
     assert all(len(tiers_of(item)) == 1 for item in request.session.items)
+
+
+
+def test_a_shared_server_by_fixture_or_by_parameter_names_the_group():
+    item = SimpleNamespace(fixturenames=["shared_triton", "tmp_path"],
+                           callspec=SimpleNamespace(params={"backend": "torchserve-http"}))
+    assert server_groups(item) == {"triton", "torchserve"}
+    assert server_groups(SimpleNamespace(fixturenames=["tmp_path"])) == set()
+
+
+
+def test_the_scheduler_keeps_each_shared_servers_users_in_one_unit(tmp_path):
+    (tmp_path / f"{MAP_PREFIX}gw0.json").write_text(json.dumps({"a.py::t1": "triton", "b.py::t2[x]": "triton"}))
+    (tmp_path / f"{MAP_PREFIX}gw1.json").write_text(json.dumps({"c.py::t3": "postgresql"}))
+    scheduler = ServerGroupScheduling.__new__(ServerGroupScheduling)  # only the scope split, no workers
+    scheduler._run_dir, scheduler._groups = tmp_path, None
+    scopes = [scheduler._split_scope(nodeid) for nodeid in ("a.py::t1", "b.py::t2[x]", "c.py::t3", "d.py::t4")]
+    assert scopes[0] == scopes[1] != scopes[2]
+    assert scopes[3] == "d.py::t4"  # a test of no group is a unit of its own

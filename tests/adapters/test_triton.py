@@ -13,7 +13,8 @@ import pytest
 import tritonclient.http as httpclient
 
 from prediction_service.adapters.triton import TritonAdapter
-from prediction_service.commands.servers.triton import LocalTriton, TritonNotInstalled, free_port
+from prediction_service.commands.servers.ports import free_port
+from prediction_service.commands.servers.triton import LocalTriton, TritonNotInstalled
 from prediction_service.errors import (
     BackendTimeout,
     BackendUnavailable,

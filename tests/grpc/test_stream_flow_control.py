@@ -94,23 +94,19 @@ async def test_a_client_that_does_not_read_is_not_read_past_the_bound(stream_ser
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         call = stub.ModelStreamInfer()
         ids = [f"r{i}" for i in range(REQUESTS)]
-        written = 0
 
         async def write_all() -> None:
-            nonlocal written
             for index, request_id in enumerate(ids):
                 await call.write(infer_request(request_id, float(index)))
-                written += 1
             await call.done_writing()
 
         writer = asyncio.create_task(write_all())
         await asyncio.wait_for(model.when_started(MAX_PENDING).wait(), 30)
         await round_trips(stub)
-        # The stream holds as many requests as it may and reads no further until an answer is written;
-        # the client's writes are held back by HTTP/2 flow control meanwhile.
+        # The stream holds as many requests as it may and reads no further until an answer is written. (Whether
+        # the client's writes are done by now is the transport's business: they fit in its buffers and window.)
         assert model.started == MAX_PENDING
         assert dataplane.in_flight == MAX_PENDING
-        assert not writer.done() and written < REQUESTS
 
         model.gate.set()
         answers = [response async for response in call]

@@ -10,9 +10,12 @@ from prediction_service.ensemble import EnsembleRegistry
 from prediction_service.preprocessing.tokenizer import Tokenizer
 from prediction_service.packaging.pipeline import PackagingOptions
 from prediction_service.registry import RegistryReader
+from tests.support.demo_store import setup_demo_output
 from tests.zoo_models import trained_models
 
 FAST = PackagingOptions(fp16=True, int8=True, benchmark_runs=3, validation_rows=32)
+REBUILD = PackagingOptions(torchscript=False, state_dict=False, benchmark_runs=0, validation_rows=8)
+"""The least packaging a forced rebuild can do: one validated ONNX per model."""
 
 
 def test_demo_registry_has_its_models_and_the_ensemble_in_production(demo_store: Path):
@@ -58,27 +61,28 @@ def test_existing_models_are_skipped_unless_forced(demo_store: Path, tmp_path: P
     shutil.copytree(demo_store, tmp_path, symlinks=True)  # built already: the session's demo registry
     metadata = tmp_path / "lstm-price" / "v1.0.0" / "metadata.json"
     before = metadata.read_bytes()
-    assert build_demo_registry(tmp_path, options=FAST, trained=trained_models()) == {}
+    assert build_demo_registry(tmp_path, options=REBUILD, trained=trained_models()) == {}
     assert metadata.read_bytes() == before
-    rebuilt = build_demo_registry(tmp_path, force=True, options=FAST, trained=trained_models())
+    rebuilt = build_demo_registry(tmp_path, force=True, options=REBUILD, trained=trained_models())
     assert set(rebuilt) == {*DEMO_MODELS, GBDT_NAME, PATCHTST_NAME}  # the ensemble follows its members' production: kept as is
     assert metadata.read_bytes() != before  # new created_at / validation timestamps
     assert RegistryReader(tmp_path).resolve("lstm-price").version == "1.0.0"
 
 
-def test_setup_demo_command_builds_the_registry(tmp_path: Path, capsys):
+def test_setup_demo_command_builds_the_registry(demo_store: Path, tmp_path: Path, capsys):
+    """The session's demo registry is the command's work (tests/conftest.py runs `setup-demo` to build it)."""
     import argparse
 
     from prediction_service.commands import setup_demo
 
+    out = setup_demo_output(demo_store)
+    assert "lstm-price v1.0.0" in out and "price-sentiment v1.0.0" in out
+    assert RegistryReader(demo_store).stages("cnn-lstm-direction")["production"] == "1.0.0"
+    store = tmp_path / "store"
+    shutil.copytree(demo_store, store, symlinks=True)
     parser = argparse.ArgumentParser()
     setup_demo.register(parser.add_subparsers())
-    args = parser.parse_args(["setup-demo", "--store", str(tmp_path)])
-    assert args.func(args) == 0
-    out = capsys.readouterr().out
-    assert "lstm-price v1.0.0" in out and "price-sentiment v1.0.0" in out
-    assert RegistryReader(tmp_path).stages("cnn-lstm-direction")["production"] == "1.0.0"
-    args = parser.parse_args(["setup-demo", "--store", str(tmp_path)])
+    args = parser.parse_args(["setup-demo", "--store", str(store)])
     assert args.func(args) == 0
     assert "nothing new" in capsys.readouterr().out
 

