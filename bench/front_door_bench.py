@@ -1,23 +1,27 @@
 """The service's front doors vs a lean Python server and a real tritonserver: same ONNX LSTM, same run.
 
     python bench/front_door_bench.py [--seconds 10] [--warmup 2] [--rounds 3] [--workers 1,2] [--streams N]
+                                     [--shapes 32x1,1x1,8x32]
     python bench/front_door_bench.py --overload [--seconds 10] [--warmup 2] [--rounds 3] [--workers 1,2]
     quick check:  --seconds 2 --rounds 1 --workers 1   /   --overload --seconds 3
     --store DIR serves a registry that has lstm-price (default: the demo registry, built in a temp dir)
 
-Default mode: the demo registry's lstm-price, one row [1, 60, 5] float32 per request, served by
+Default mode: the demo registry's lstm-price, [rows, 60, 5] float32 per request, served by
 (a) bench/lean_server.py (Starlette + orjson + ONNX Runtime micro-batcher, no features) and its gRPC twin
     bench/lean_grpc_server.py (grpc.aio ModelInfer, same batcher): what Python costs at least, per protocol,
 (b) tritonserver (LocalTriton + the project's config, dynamic batching up to 32; HTTP OIP JSON and gRPC;
     started once, measured with the first worker count, compared with every count),
 (c) the service: REST /v1 JSON, OIP REST JSON, OIP REST binary, OIP gRPC unary, OIP gRPC streaming,
 with each worker count of --workers (lean and service). Every target's answer is checked against the lean
-server's before any load. Then, per round (order reversed every other round), each target gets
-concurrency 32 for --seconds after --warmup seconds: HTTP from ``wrk -t1 -c32 --latency`` (Debian:
+server's before any load. Then, per round (order reversed every other round), each target gets each load
+shape of --shapes (CONCURRENCYxROWS: 32x1 many strategies at once, one row each; 1x1 one strategy waiting on
+each answer, the latency a desk feels; 8x32 bulk requests of 32 rows) for --seconds after --warmup seconds:
+HTTP from ``wrk -t1 -c<concurrency> --latency`` (Debian:
 ``apt-get install wrk``), gRPC from tritonclient.grpc.aio in a closed loop (unary: one channel, so one
 connection, per worker, as SO_REUSEPORT spreads connections and not calls; streaming: 32 requests in
 flight over --streams streams, default one per worker). Prints per-round figures, the medians of the
-rounds (rps counts 2xx only; any non-2xx or error is flagged with !!) and the ratios of the medians: service/lean, service/Triton.
+rounds per shape (rps counts 2xx only, rows/s = rps x rows; any non-2xx or error is flagged with !!) and the
+ratios of the medians: service/lean, service/Triton.
 
 --overload: REST /v1 JSON at 64 connections against the service with BATCH_MAX_QUEUE_SIZE=8
 LIMIT_MAX_IN_FLIGHT=16 and against the service with default limits (both running, alternating): goodput
@@ -62,7 +66,11 @@ from prediction_service.registry import ModelRegistry, ModelVersion  # noqa: E40
 from tests.support.oip import publish, wait_grpc_ready  # noqa: E402
 from tests.support.server import free_port, launch  # noqa: E402
 
-MODEL, CONCURRENCY, OVERLOAD_CONNECTIONS = "lstm-price", 32, 64
+MODEL, OVERLOAD_CONNECTIONS = "lstm-price", 64
+DEFAULT_SHAPES = "32x1,1x1,8x32"
+LOOP = asyncio.Runner()
+"""One event loop for every async step: gRPC's asyncio channels keep callbacks on the loop they first ran on,
+and a loop per step leaves them firing on closed loops."""
 OVERLOAD_CONFIGS = {"default limits": {}, "queue 8, in-flight 16": {"BATCH_MAX_QUEUE_SIZE": "8",
                                                                     "LIMIT_MAX_IN_FLIGHT": "16"}}
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -73,18 +81,37 @@ RATIOS = [("service REST v1 JSON", "lean"), ("service REST v1 JSON", "Triton HTT
           ("lean gRPC unary", "Triton gRPC"), ("lean", "Triton HTTP JSON")]
 
 
+@dataclass(frozen=True)
+class Shape:
+    """A load: ``concurrency`` requests in flight, ``rows`` rows each."""
+
+    concurrency: int
+    rows: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Shape":
+        concurrency, rows = (int(part) for part in text.lower().split("x"))
+        if not (1 <= concurrency <= 256 and 1 <= rows <= 32):
+            raise ValueError(f"shape {text}: concurrency 1..256, rows 1..32 (Triton's max batch)")
+        return cls(concurrency, rows)
+
+    @property
+    def name(self) -> str:
+        return f"c{self.concurrency} x{self.rows} row{'s' if self.rows > 1 else ''}"
+
+
 @dataclass
 class Table:
-    rounds: dict[tuple[str, int], list[Figures]] = field(default_factory=dict)
+    rounds: dict[tuple[str, int, Shape], list[Figures]] = field(default_factory=dict)
 
-    def add(self, label: str, workers: int, figures: Figures) -> None:
-        self.rounds.setdefault((label, workers), []).append(figures)
+    def add(self, label: str, workers: int, shape: Shape, figures: Figures) -> None:
+        self.rounds.setdefault((label, workers, shape), []).append(figures)
         flag = f"   !! {figures.bad} NON-2XX / ERRORS" if figures.bad else ""
-        print(f"  {label:<24} w{workers or '-'}  {figures.rps:8.1f} req/s  p50 {figures.p50:7.2f} ms  "
-              f"p99 {figures.p99:7.2f} ms{flag}", flush=True)
+        print(f"  {label:<24} w{workers or '-'} {shape.name:<12} {figures.rps:8.1f} req/s  "
+              f"p50 {figures.p50:7.2f} ms  p99 {figures.p99:7.2f} ms{flag}", flush=True)
 
-    def median(self, label: str, workers: int) -> Figures | None:
-        runs = self.rounds.get((label, workers)) or self.rounds.get((label, TRITON))
+    def median(self, label: str, workers: int, shape: Shape) -> Figures | None:
+        runs = self.rounds.get((label, workers, shape)) or self.rounds.get((label, TRITON, shape))
         if not runs:
             return None
         return Figures(median([r.rps for r in runs]), median([r.p50 for r in runs]),
@@ -95,7 +122,9 @@ def http_targets(lean: str, service: str, triton: str | None, version: ModelVers
                  batch: np.ndarray) -> list[HttpTarget]:
     name, output = version.signature.inputs[0].name, version.signature.outputs[0].name
     json_headers = {"Content-Type": "application/json"}
-    v1_body = orjson.dumps({"instance": batch[0].tolist()})
+    one = len(batch) == 1
+    v1_body = orjson.dumps({"instance": batch[0].tolist()} if one else {"instances": batch.tolist()})
+    lean_key, v1_key = ("prediction", "predictions") if one else ("predictions", "predictions")
     oip_body = orjson.dumps({"inputs": [{"name": name, "shape": list(batch.shape), "datatype": "FP32",
                                          "data": batch.ravel().tolist()}]})
     tensor = httpclient.InferInput(name, list(batch.shape), "FP32")
@@ -113,9 +142,9 @@ def http_targets(lean: str, service: str, triton: str | None, version: ModelVers
 
     oip = f"{service}/v2/models/{MODEL}/infer"
     targets = [
-        HttpTarget("lean", f"{lean}/predict", v1_body, json_headers, lambda b, _: orjson.loads(b)["prediction"]),
+        HttpTarget("lean", f"{lean}/predict", v1_body, json_headers, lambda b, _: orjson.loads(b)[lean_key]),
         HttpTarget("service REST v1 JSON", f"{service}/v1/models/{MODEL}/predict", v1_body, json_headers,
-                   lambda b, _: orjson.loads(b)["predictions"]),
+                   lambda b, _: orjson.loads(b)[v1_key]),
         HttpTarget("service OIP REST JSON", oip, oip_body, json_headers, oip_json),
         HttpTarget("service OIP REST binary", oip, binary_body, binary_headers, oip_binary),
     ]
@@ -144,7 +173,7 @@ def verify(http: list[HttpTarget], grpc: dict[str, Opener]) -> None:
     """A bench of wrong answers is worthless: every target answers like the lean server, before any load."""
     reference = http_answer(http[0])
     answers = {t.label: http_answer(t) for t in http[1:]}
-    answers |= {label: asyncio.run(grpc_answer(open_)) for label, open_ in grpc.items()}
+    answers |= {label: LOOP.run(grpc_answer(open_)) for label, open_ in grpc.items()}
     for label, answer in answers.items():
         np.testing.assert_allclose(answer, reference, rtol=1e-4, atol=1e-4, err_msg=label)
     print(f"  answers agree ({len(answers) + 1} targets): {reference[:4]}", flush=True)
@@ -165,52 +194,69 @@ def bench_workers(args: argparse.Namespace, workers: int, triton: LocalTriton | 
                                                   "--model", str(model), "--port", lean_grpc.rsplit(":", 1)[1]],
                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             stack.callback(stop_process, lean_grpc_process)
-        asyncio.run(wait_grpc_ready(lean_grpc))
-        service = launch(store, env={"SERVER_GRPC_PORT": str(grpc_port)}, workers=workers,
-                         log_path=work / f"service-w{workers}.log")
+        LOOP.run(wait_grpc_ready(lean_grpc))
+        # The large-JSON budget is a policy against bodies that hold the GIL (32-row /v1 bodies are ~190 KB):
+        # off here, so the 32-row loads measure the doors rather than the budget's 429s.
+        service = launch(store, env={"SERVER_GRPC_PORT": str(grpc_port), "LIMIT_LARGE_JSON_BYTES_PER_SECOND": "0"},
+                         workers=workers, log_path=work / f"service-w{workers}.log")
         stack.callback(service.stop)
-        asyncio.run(wait_grpc_ready(f"127.0.0.1:{grpc_port}", service.log))
+        LOOP.run(wait_grpc_ready(f"127.0.0.1:{grpc_port}", service.log))
         print(f"\nworkers {workers}: lean :{lean_port}, service {service.url} + grpc :{grpc_port}", flush=True)
-        batch = version.signature.synthetic_inputs(1)
-        output = version.signature.outputs[0].name
-        http = http_targets(f"http://127.0.0.1:{lean_port}", service.url, triton and f"http://{triton.http_url}",
-                            version, next(iter(batch.values())))
-        # one connection per worker (a channel's calls share one connection, which one worker accepts)
-        streams = args.streams or workers
-        unary, streaming = grpc_openers(f"127.0.0.1:{grpc_port}", MODEL, batch, output, streams, channels=workers)
-        grpc = {"lean gRPC unary": grpc_openers(lean_grpc, MODEL, batch, output, 1, channels=workers)[0],
-                "service OIP gRPC unary": unary, "service OIP gRPC stream": streaming}
-        if triton:
-            grpc["Triton gRPC"] = grpc_openers(triton.grpc_url, MODEL, batch, output, 1)[0]
-        verify(http, grpc)
-        targets: list[HttpTarget | str] = [*http, *grpc]
+        loads = [(shape, *shape_targets(args, shape, workers, version, f"http://127.0.0.1:{lean_port}",
+                                        service.url, lean_grpc, f"127.0.0.1:{grpc_port}", triton))
+                 for shape in args.shapes]
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}/{args.rounds}, workers {workers}", flush=True)
-            for target in targets if round_no % 2 == 0 else reversed(targets):
-                label = target.label if isinstance(target, HttpTarget) else target
-                key = TRITON if label.startswith("Triton") else workers
-                if isinstance(target, HttpTarget):
-                    if args.warmup:
-                        run_wrk(target, CONCURRENCY, args.warmup, work)
-                    table.add(label, key, run_wrk(target, CONCURRENCY, args.seconds, work))
-                else:
-                    table.add(label, key, asyncio.run(run_grpc(grpc[label], label, CONCURRENCY, args.seconds,
-                                                               args.warmup)))
+            for shape, http, grpc in loads:
+                targets: list[HttpTarget | str] = [*http, *grpc]
+                for target in targets if round_no % 2 == 0 else reversed(targets):
+                    label = target.label if isinstance(target, HttpTarget) else target
+                    key = TRITON if label.startswith("Triton") else workers
+                    if isinstance(target, HttpTarget):
+                        if args.warmup:
+                            run_wrk(target, shape.concurrency, args.warmup, work)
+                        figures = run_wrk(target, shape.concurrency, args.seconds, work)
+                    else:
+                        figures = LOOP.run(run_grpc(grpc[label], label, shape.concurrency, args.seconds,
+                                                       args.warmup))
+                    table.add(label, key, shape, figures)
 
 
-def report(table: Table, workers: list[int]) -> None:
-    print(f"\n{'target':<26}{'workers':>7}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}   rps per round")
-    for (label, key), runs in table.rounds.items():
-        m = table.median(label, key)
-        print(f"{label:<26}{key or '-':>7}{m.rps:10.1f}{m.p50:9.2f}{m.p99:9.2f}{m.bad:9d}   "
-              f"{', '.join(f'{r.rps:.0f}' for r in runs)}{'   !! NON-2XX / ERRORS' if m.bad else ''}")
+def shape_targets(args: argparse.Namespace, shape: Shape, workers: int, version: ModelVersion, lean: str,
+                  service: str, lean_grpc: str, service_grpc: str,
+                  triton: LocalTriton | None) -> tuple[list[HttpTarget], dict[str, Opener]]:
+    """Every target's request of ``shape.rows`` rows, checked against the lean server's answer."""
+    batch = version.signature.synthetic_inputs(shape.rows)
+    output = version.signature.outputs[0].name
+    http = http_targets(lean, service, triton and f"http://{triton.http_url}", version, next(iter(batch.values())))
+    # one connection per worker (a channel's calls share one connection, which one worker accepts)
+    streams = args.streams or workers
+    unary, streaming = grpc_openers(service_grpc, MODEL, batch, output, streams, channels=workers)
+    grpc = {"lean gRPC unary": grpc_openers(lean_grpc, MODEL, batch, output, 1, channels=workers)[0],
+            "service OIP gRPC unary": unary, "service OIP gRPC stream": streaming}
+    if triton:
+        grpc["Triton gRPC"] = grpc_openers(triton.grpc_url, MODEL, batch, output, 1)[0]
+    print(f"  {shape.name}:", end="", flush=True)
+    verify(http, grpc)
+    return http, grpc
+
+
+def report(table: Table, workers: list[int], shapes: list[Shape]) -> None:
+    print(f"\n{'target':<26}{'workers':>7}  {'shape':<13}{'rps':>10}{'rows/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'non-2xx':>9}   rps per round")
+    for (label, key, shape), runs in table.rounds.items():
+        m = table.median(label, key, shape)
+        print(f"{label:<26}{key or '-':>7}  {shape.name:<13}{m.rps:10.1f}{m.rps * shape.rows:10.0f}{m.p50:9.2f}"
+              f"{m.p99:9.2f}{m.bad:9d}   {', '.join(f'{r.rps:.0f}' for r in runs)}"
+              f"{'   !! NON-2XX / ERRORS' if m.bad else ''}")
     print("\nratios of the medians")
-    for n in workers:
-        for ours, theirs in RATIOS:
-            a, b = table.median(ours, n), table.median(theirs, n)
-            if a and b:
-                print(f"{ours + ' / ' + theirs:<50} w{n}  rps x{a.rps / b.rps:.2f}   p50 x{a.p50 / b.p50:.2f}   "
-                      f"p99 x{a.p99 / b.p99:.2f}")
+    for shape in shapes:
+        for n in workers:
+            for ours, theirs in RATIOS:
+                a, b = table.median(ours, n, shape), table.median(theirs, n, shape)
+                if a and b:
+                    print(f"{ours + ' / ' + theirs:<50} w{n} {shape.name:<12} rps x{a.rps / b.rps:.2f}   "
+                          f"p50 x{a.p50 / b.p50:.2f}   p99 x{a.p99 / b.p99:.2f}")
 
 
 def overload(args: argparse.Namespace, store: Path, work: Path) -> None:
@@ -254,9 +300,15 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts of lean and service")
     parser.add_argument("--streams", type=int, help="gRPC streams the streaming target spreads over "
                         "(default: one per worker)")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES,
+                        help="comma-separated loads CONCURRENCYxROWS (default %(default)s)")
     parser.add_argument("--overload", action="store_true", help="the overload mode (see above)")
     args = parser.parse_args()
     args.workers = [int(n) for n in args.workers.split(",")]
+    try:
+        args.shapes = [Shape.parse(text) for text in args.shapes.split(",")]
+    except ValueError as exc:
+        parser.error(str(exc))
     if not 1 <= args.seconds <= 600 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 20:
         parser.error("--seconds 1..600, --warmup 0..60, --rounds 1..20")
     if shutil.which("wrk") is None and not args.overload:
@@ -265,6 +317,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     print(f"1-min load average before: {load_before:.2f} ({os.cpu_count()} cores)", flush=True)
     with ExitStack() as stack:
+        stack.callback(LOOP.close)
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="front-door-bench-")))
         store = ensure_store(args.store or work / "store")
         if args.overload:
@@ -272,15 +325,15 @@ def main() -> int:
         else:
             version = ModelRegistry(store).resolve(MODEL, stage="production")
             triton = stack.enter_context(LocalTriton(work / "triton-repo"))
-            asyncio.run(publish(triton, version, options=TritonConfigOptions(max_batch_size=32)))
+            LOOP.run(publish(triton, version, options=TritonConfigOptions(max_batch_size=32)))
             print(f"started tritonserver: http {triton.http_url}, grpc {triton.grpc_url}", flush=True)
             table = Table()
             for i, workers in enumerate(args.workers):  # tritonserver: measured with the first count only
                 bench_workers(args, workers, triton if i == 0 else None, version, store, work, table)
-            print(f"\nfront door bench: {MODEL} [1, 60, 5] float32, one row per request, concurrency {CONCURRENCY}, "
-                  f"{args.seconds}s after {args.warmup}s warm-up, {args.rounds} round(s), medians; loopback, "
-                  f"{os.cpu_count()} cores shared by clients and servers")
-            report(table, args.workers)
+            print(f"\nfront door bench: {MODEL} [rows, 60, 5] float32, shapes "
+                  f"{', '.join(shape.name for shape in args.shapes)}, {args.seconds}s after {args.warmup}s warm-up, "
+                  f"{args.rounds} round(s), medians; loopback, {os.cpu_count()} cores shared by clients and servers")
+            report(table, args.workers, args.shapes)
     print(f"1-min load average before {load_before:.2f} / after {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -7,56 +7,39 @@ micro-batcher, no features (no auth, metrics, audit, provenance, validation beyo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
+import sys
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-MAX_BATCH, MAX_DELAY_S = 32, 0.002
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from lean_batcher import LeanBatcher
 
 
 def make_app() -> Starlette:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(os.environ["LEAN_MODEL"], options, providers=["CPUExecutionProvider"])
-    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def batcher() -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = [await queue.get()]
-            deadline = loop.time() + MAX_DELAY_S
-            while len(items) < MAX_BATCH and (left := deadline - loop.time()) > 0:
-                try:
-                    items.append(await asyncio.wait_for(queue.get(), left))
-                except TimeoutError:
-                    break
-            batch = np.concatenate([x for x, _ in items])
-            out = await loop.run_in_executor(None, lambda: session.run([output_name], {input_name: batch})[0])
-            for (_, future), row in zip(items, out):
-                future.set_result(row)
+    batcher = LeanBatcher(os.environ["LEAN_MODEL"])
 
     async def predict(request) -> Response:
+        """``{"instance": row}`` -> ``{"prediction": ...}``; ``{"instances": rows}`` -> ``{"predictions": ...}``."""
         body = orjson.loads(await request.body())
-        future = asyncio.get_running_loop().create_future()
-        await queue.put((np.asarray([body["instance"]], dtype=np.float32), future))
-        row = await future
-        return Response(orjson.dumps({"prediction": row}, option=orjson.OPT_SERIALIZE_NUMPY),
-                        media_type="application/json")
+        if "instances" in body:
+            out = await batcher.predict(np.asarray(body["instances"], dtype=np.float32))
+            content = {"predictions": out}
+        else:
+            content = {"prediction": (await batcher.predict(np.asarray([body["instance"]], dtype=np.float32)))[0]}
+        return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        task = asyncio.create_task(batcher())
         yield
-        task.cancel()
+        batcher.close()
 
     return Starlette(routes=[Route("/predict", predict, methods=["POST"])], lifespan=lifespan)
 
