@@ -9,6 +9,7 @@ observers); none of the doors imports another, and nothing here imports FastAPI 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,8 @@ class DataPlane:
         """Reported beside readiness, never flipping it."""
         self.shutting_down = False
         self.in_flight = 0
+        self._idle: asyncio.Event | None = None
+        """Set when in_flight drops to 0, for whoever waits in ``until_idle``."""
         self._arm_writes: GroupCommit[ServedPrediction, bool] | None = None
         self.models = ModelServable(settings, manager, adapter, experiments)
         catalog = EnsembleCatalog(manager.reader.root, state=settings.state, models=manager.reader)
@@ -112,6 +115,17 @@ class DataPlane:
             return await self.servable(name).infer(name, request, context, record)
         finally:
             self.in_flight -= 1
+            if self.in_flight == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def until_idle(self) -> None:
+        """Until no prediction is in flight in this worker (shadow copies use the capacity production leaves
+        idle): woken when the last one finishes, no polling."""
+        while self.in_flight > 0:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            self._idle.clear()
+            await self._idle.wait()
 
     async def settle(self, record: PredictionRecord) -> None:
         """A finished prediction, as its caller got it: the A/B arm's record handed to its writer, then the

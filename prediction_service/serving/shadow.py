@@ -78,8 +78,8 @@ def agreement(champion: np.ndarray | None, challenger: np.ndarray | None) -> str
     return "agree" if same else "disagree"
 
 
-IDLE_POLL_S = 0.0005
-"""How often a copy looks again whether production has left the worker idle."""
+async def _now() -> None:
+    """Never waits: a runner with no production to give way to."""
 
 
 def _answers_not_written(exc: Exception, count: int) -> None:
@@ -92,11 +92,11 @@ class ShadowRunner:
     are written behind them, the answers that finish together in one transaction (group commit)."""
 
     def __init__(self, run: ShadowRun, recorder: ShadowRecorder, *, queue_size: int, concurrency: int,
-                 priority: int, timeout_s: float, production_busy: Callable[[], bool] = lambda: False,
+                 priority: int, timeout_s: float, until_idle: Callable[[], Awaitable[None]] = _now,
                  observer: ShadowObserver | None = None, audit: PredictionObserver | None = None):
         self.run = run
-        self.production_busy = production_busy
-        """Whether a production prediction is in flight in this worker: a copy waits until none is."""
+        self.until_idle = until_idle
+        """Returns once no production prediction is in flight in this worker: a copy waits for that."""
         self.priority = priority
         """The lowest lane: production requests waiting for the same model run first."""
         self.timeout_s = timeout_s
@@ -145,8 +145,7 @@ class ShadowRunner:
         while True:
             job = await self._queue.get()
             try:
-                while self.production_busy():  # idle capacity only (the queue behind sheds meanwhile)
-                    await asyncio.sleep(IDLE_POLL_S)
+                await self.until_idle()  # idle capacity only (the queue behind sheds meanwhile)
                 await self._run_one(job)
             except Exception as exc:  # noqa: BLE001 - a shadow run never stops the runner
                 _failure_log.warning(type(exc).__name__, f"shadow run of {job.model} failed: {exc!r}")

@@ -126,3 +126,21 @@ async def test_a_shadow_experiment_is_sequential_and_sampled_per_request(store):
         runner = app.state.service.dataplane.models.shadow
         await runner.drain()
         assert 20 <= runner.done <= 80  # about a quarter copied (binomial 200 x 0.25: 50 +- 18 at 3 sigma)
+
+
+async def test_copies_wait_until_no_production_prediction_is_in_flight(store, monkeypatch):
+    """The data plane wakes what waits in ``until_idle`` when its last prediction finishes, not before."""
+    async with served_app(_settings(store)) as (app, http):
+        dataplane = app.state.service.dataplane
+        await asyncio.wait_for(dataplane.until_idle(), 1)  # idle: at once
+        assert (await http.post(PREDICT, json={"instance": _row(0)})).status_code == 200  # loads the model
+        async with gated(app, ModelKey(MODEL, "1.0.0"), monkeypatch) as gate:
+            production = asyncio.create_task(http.post(PREDICT, json={"instance": _row(1)}))
+            await gate.wait_started()
+            waiter = asyncio.create_task(dataplane.until_idle())
+            await asyncio.sleep(0.05)
+            assert dataplane.in_flight == 1 and not waiter.done()
+            gate.release()
+            assert (await production).status_code == 200
+            await asyncio.wait_for(waiter, 10)
+        assert dataplane.in_flight == 0
