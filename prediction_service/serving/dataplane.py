@@ -145,7 +145,8 @@ class DataPlane:
         error = record.status != 200
         prediction = None if error or record.outputs is None else record.outputs.get(arm_run.output)
         if self._arm_writes is None:
-            self._arm_writes = GroupCommit(self.experiments.record_predictions, on_error=_arm_write_failed)
+            self._arm_writes = GroupCommit(self.experiments.record_predictions, on_error=_arm_write_failed,
+                                           linger_s=self.settings.experiments.record_linger_ms / 1000.0)
         self._arm_writes.enqueue(ServedPrediction(record.context.request_id, arm_run.assignment, record.latency_ms,
                                                   error, prediction, record.context.api_key_id))
 

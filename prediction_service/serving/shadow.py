@@ -93,7 +93,8 @@ class ShadowRunner:
 
     def __init__(self, run: ShadowRun, recorder: ShadowRecorder, *, queue_size: int, concurrency: int,
                  priority: int, timeout_s: float, until_idle: Callable[[], Awaitable[None]] = _now,
-                 observer: ShadowObserver | None = None, audit: PredictionObserver | None = None):
+                 observer: ShadowObserver | None = None, audit: PredictionObserver | None = None,
+                 write_linger_s: float = 0.0):
         self.run = run
         self.until_idle = until_idle
         """Returns once no production prediction is in flight in this worker: a copy waits for that."""
@@ -106,7 +107,8 @@ class ShadowRunner:
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=queue_size)
         self._workers: list[asyncio.Task] = []
         self._writes: GroupCommit[ShadowAnswer, bool] = GroupCommit(recorder.record_shadows,
-                                                                    on_error=_answers_not_written)
+                                                                    on_error=_answers_not_written,
+                                                                    linger_s=write_linger_s)
         self.shed = 0
         self.done = 0
 

@@ -73,3 +73,22 @@ async def test_enqueued_items_are_written_behind_and_flush_waits_for_them():
     commits.enqueue("bad")
     await commits.flush()
     assert failures == [("disk full", 1)]
+
+
+async def test_write_behind_items_linger_for_company_and_a_waiting_caller_cuts_it_short():
+    batches: list[list[int]] = []
+
+    def write(items: list[int]) -> list[int]:
+        batches.append(list(items))
+        return items
+
+    commits = GroupCommit(write, linger_s=30.0)  # far longer than the test: only a waiter can end it
+    for i in range(5):
+        commits.enqueue(i)
+        await asyncio.sleep(0.01)  # the writer has started and lingers
+    assert batches == []  # nobody waits: the five keep lingering together
+    assert await asyncio.wait_for(commits.submit(5), 5) == 5  # an awaited item writes at once, with them
+    assert batches == [[0, 1, 2, 3, 4, 5]]
+    commits.enqueue(6)
+    await asyncio.wait_for(commits.flush(), 5)  # so does a flush
+    assert batches == [[0, 1, 2, 3, 4, 5], [6]]
