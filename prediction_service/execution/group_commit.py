@@ -41,7 +41,7 @@ class GroupCommit(Generic[Item, Result]):
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         self._start()
-        self._hasten()
+        self.hasten()
         return await future
 
     def enqueue(self, item: Item) -> None:
@@ -52,10 +52,11 @@ class GroupCommit(Generic[Item, Result]):
     async def flush(self) -> None:
         """Until every item handed over so far is written (or its write has failed)."""
         while self._writer is not None and not self._writer.done():
-            self._hasten()
+            self.hasten()
             await asyncio.shield(self._writer)
 
-    def _hasten(self) -> None:
+    def hasten(self) -> None:
+        """Write what is pending now, without lingering (someone is waiting for it)."""
         self._hurry.set()
 
     def _start(self) -> None:

@@ -29,7 +29,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -176,6 +176,10 @@ def summarize_prediction(prediction: np.ndarray | None, task: str) -> tuple[int 
     return int(np.argmax(arr.reshape(-1, arr.shape[-1])[0])), None
 
 
+async def _nothing_pending() -> None:
+    """No data plane writes records behind answers for this service."""
+
+
 class ExperimentService:
     def __init__(self, store: ExperimentStore, settings: ExperimentSettings, promoter: Promoter | None,
                  version_exists: VersionExists, clock: Callable[[], float] = time.time, *,
@@ -188,6 +192,9 @@ class ExperimentService:
         """When given, create() checks the champion serves production and the challenger may enter it."""
         self.clock = clock
         self.observer = observer
+        self.flush_pending_records: Callable[[], Awaitable[None]] = _nothing_pending
+        """Writes the prediction records this worker holds behind its answers now, not after their linger,
+        and returns once they are written (set by the data plane that writes them): an outcome waits for one."""
         self._route_cache: dict[str, tuple[float, Experiment | None]] = {}
         self._specs: dict[str, Experiment] = {}  # experiment id -> experiment; only its spec is read (never changes)
         self._lock = threading.Lock()
@@ -398,6 +405,7 @@ class ExperimentService:
         issued in the last PENDING_RECORD_S seconds a NotFound is retried for up to ``outcome_wait_seconds``
         (the wait holds no thread). Any other unknown id is NotFound at once."""
         deadline = time.monotonic() + self.settings.outcome_wait_seconds
+        flushed = False
         while True:
             try:
                 return await asyncio.to_thread(self.record_outcome, request_id, actual, pnl, reporter)
@@ -405,7 +413,11 @@ class ExperimentService:
                 issued = issued_at(request_id)
                 if issued is None or self.clock() - issued > PENDING_RECORD_S or time.monotonic() >= deadline:
                     raise
-                await asyncio.sleep(OUTCOME_POLL_S)
+                if not flushed:  # most often its record waits in this worker's batch: write it now
+                    flushed = True
+                    await self.flush_pending_records()
+                    continue
+                await asyncio.sleep(OUTCOME_POLL_S)  # another worker served it: its batch lands shortly
 
     def record_outcome(self, request_id: str, actual: float, pnl: float | None = None,
                        reporter: OutcomeReporter | None = None) -> OutcomeRecord:

@@ -59,6 +59,10 @@ class DataPlane:
         self._idle: asyncio.Event | None = None
         """Set when in_flight drops to 0, for whoever waits in ``until_idle``."""
         self._arm_writes: GroupCommit[ServedPrediction, bool] | None = None
+        if experiments is not None:
+            self._arm_writes = GroupCommit(experiments.record_predictions, on_error=_arm_write_failed,
+                                           linger_s=settings.experiments.record_linger_ms / 1000.0)
+            experiments.flush_pending_records = self._arm_writes.flush
         self.models = ModelServable(settings, manager, adapter, experiments)
         catalog = EnsembleCatalog(manager.reader.root, state=settings.state, models=manager.reader)
         self.ensembles = EnsembleRunner(catalog, ModelGateway(self.models, self.settle), VersionAccess(settings.security))
@@ -144,9 +148,7 @@ class DataPlane:
             return
         error = record.status != 200
         prediction = None if error or record.outputs is None else record.outputs.get(arm_run.output)
-        if self._arm_writes is None:
-            self._arm_writes = GroupCommit(self.experiments.record_predictions, on_error=_arm_write_failed,
-                                           linger_s=self.settings.experiments.record_linger_ms / 1000.0)
+        assert self._arm_writes is not None  # made with the experiments
         self._arm_writes.enqueue(ServedPrediction(record.context.request_id, arm_run.assignment, record.latency_ms,
                                                   error, prediction, record.context.api_key_id))
 

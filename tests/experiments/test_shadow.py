@@ -144,3 +144,14 @@ async def test_copies_wait_until_no_production_prediction_is_in_flight(store, mo
             assert (await production).status_code == 200
             await asyncio.wait_for(waiter, 10)
         assert dataplane.in_flight == 0
+
+
+async def test_an_outcome_posted_at_once_has_its_lingering_record_written_now(store):
+    """Arm records wait for company before they are written; an outcome that finds its record still waiting
+    in this worker has it written at once instead of waiting out the linger (here longer than the outcome
+    may wait, so only that write can find it)."""
+    async with served_app(_settings(store, record_linger_ms=1000, outcome_wait_seconds=0.5)) as (_, http):
+        assert (await http.post("/v1/experiments", json=SHADOW_SPEC)).status_code == 201
+        answer = (await http.post(PREDICT, json={"instance": _row(0)})).json()
+        posted = await http.post(f"/v1/predictions/{answer['request_id']}/outcome", json={"actual": 1.0})
+        assert posted.status_code == 201, posted.text
