@@ -59,6 +59,7 @@ def test_the_scheduler_keeps_each_shared_servers_users_in_one_unit(tmp_path):
     (tmp_path / f"{MAP_PREFIX}gw1.json").write_text(json.dumps({"c.py::t3": "postgresql"}))
     scheduler = ServerGroupScheduling.__new__(ServerGroupScheduling)  # only the scope split, no workers
     scheduler._run_dir, scheduler._groups = tmp_path, None
-    scopes = [scheduler._split_scope(nodeid) for nodeid in ("a.py::t1", "b.py::t2[x]", "c.py::t3", "d.py::t4")]
+    nodeids = ("a.py::t1", "b.py::t2[x]", "c.py::t3", "d.py::t4", "d.py::t5")
+    scopes = [scheduler._split_scope(nodeid) for nodeid in nodeids]
     assert scopes[0] == scopes[1] != scopes[2]
-    assert scopes[3] == "d.py::t4"  # a test of no group is a unit of its own
+    assert scopes[3] == scopes[4] == "d.py"  # tests of no group go with their module

@@ -36,7 +36,8 @@ def write_group_map(config: pytest.Config, items: list[pytest.Item]) -> None:
 
 
 class ServerGroupScheduling(LoadScopeScheduling):
-    """Load scheduling where each shared server's users form one work unit and every other test its own."""
+    """Load scheduling by work units: each shared server's users form one, every other test goes with its
+    module (module-scoped fixtures are set up once; the largest units are handed out first)."""
 
     def __init__(self, config: pytest.Config, log=None) -> None:
         super().__init__(config, log)
@@ -49,4 +50,4 @@ class ServerGroupScheduling(LoadScopeScheduling):
             for path in self._run_dir.glob(f"{MAP_PREFIX}*.json"):
                 self._groups.update(json.loads(path.read_text()))
         group = self._groups.get(nodeid)
-        return f"server-group:{group}" if group else nodeid
+        return f"server-group:{group}" if group else nodeid.split("::", 1)[0]
