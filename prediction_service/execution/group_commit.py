@@ -35,11 +35,16 @@ class GroupCommit(Generic[Item, Result]):
         self._writer: asyncio.Task | None = None
         self._hurry = asyncio.Event()
         """Set when someone waits (an awaited item, a flush): the batch is written without lingering."""
+        self._handed = self._settled = 0
+        """Items handed over, and items whose write is over (written or failed): what a flush compares."""
+        self._progress = asyncio.Event()
+        """Set whenever a batch's write is over."""
 
     async def submit(self, item: Item) -> Result:
         """``item``'s result once the batch holding it is written; the write's exception if it failed."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
+        self._handed += 1
         self._start()
         self.hasten()
         return await future
@@ -47,13 +52,19 @@ class GroupCommit(Generic[Item, Result]):
     def enqueue(self, item: Item) -> None:
         """Hand ``item`` over to be written with the next batch, without waiting for it."""
         self._pending.append((item, None))
+        self._handed += 1
         self._start()
 
     async def flush(self) -> None:
-        """Until every item handed over so far is written (or its write has failed)."""
-        while self._writer is not None and not self._writer.done():
+        """Until every item handed over so far is written (or its write has failed); items handed over
+        meanwhile are not waited for (under load they never stop coming)."""
+        target = self._handed
+        while self._settled < target and self._writer is not None and not self._writer.done():
             self.hasten()
-            await asyncio.shield(self._writer)
+            self._progress.clear()
+            progress = asyncio.ensure_future(self._progress.wait())
+            await asyncio.wait({progress, self._writer}, return_when=asyncio.FIRST_COMPLETED)  # or it died
+            progress.cancel()
 
     def hasten(self) -> None:
         """Write what is pending now, without lingering (someone is waiting for it)."""
@@ -81,6 +92,7 @@ class GroupCommit(Generic[Item, Result]):
                 results = await asyncio.to_thread(self._write, [item for item, _ in batch])
                 answered = list(zip(batch, results, strict=True))
             except Exception as exc:  # noqa: BLE001 - every caller in the batch learns it
+                self._settle(len(batch))
                 for _, future in batch:
                     if future is not None and not future.done():
                         future.set_exception(exc)
@@ -88,6 +100,11 @@ class GroupCommit(Generic[Item, Result]):
                 if handed_over and self._on_error is not None:
                     self._on_error(exc, handed_over)
                 continue
+            self._settle(len(batch))
             for (_, future), result in answered:
                 if future is not None and not future.done():  # None: enqueued; done: its caller was cancelled
                     future.set_result(result)
+
+    def _settle(self, count: int) -> None:
+        self._settled += count
+        self._progress.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -92,3 +93,30 @@ async def test_write_behind_items_linger_for_company_and_a_waiting_caller_cuts_i
     commits.enqueue(6)
     await asyncio.wait_for(commits.flush(), 5)  # so does a flush
     assert batches == [[0, 1, 2, 3, 4, 5], [6]]
+
+
+async def test_a_flush_under_steady_load_waits_only_for_what_was_handed_over_before_it():
+    written: list[int] = []
+
+    def write(items: list[int]) -> list[int]:
+        time.sleep(0.005)  # a commit takes longer than items take to arrive
+        written.extend(items)
+        return items
+
+    commits = GroupCommit(write, linger_s=0.05)
+    stop, sent = asyncio.Event(), []
+
+    async def load() -> None:  # items never stop coming, so the writer never runs out of work
+        while not stop.is_set():
+            sent.append(len(sent))
+            commits.enqueue(sent[-1])
+            await asyncio.sleep(0.001)
+
+    producer = asyncio.create_task(load())
+    await asyncio.sleep(0.1)
+    before = list(sent)
+    await asyncio.wait_for(commits.flush(), 5)
+    assert set(before) <= set(written)
+    stop.set()
+    await producer
+    await commits.flush()
