@@ -9,7 +9,8 @@ that rate (a request every 2/capacity seconds, whatever the answers) for ``--sec
 experiment, with a 10 % split experiment (what recording every request for an experiment costs, for
 reference), and while a shadow experiment copies every request to the challenger. Prints the median over
 rounds of each phase's p50/p99, the ratio (target: p99 with shadow on within 1.10x of no experiment) and how
-many copies ran or were shed (copies use idle capacity only and give way to production).
+many copies ran or were shed (copies use idle capacity only and give way to production). Between phases the
+server settles (audit backlog written, queued copies run), so one phase's leftovers are not the next one's tail.
 """
 
 from __future__ import annotations
@@ -89,6 +90,15 @@ def start(base: str, champion: str, **spec) -> str:
     return created.json()["id"]
 
 
+def settle(base: str, quiet_s: float = 1.0, timeout_s: float = 30.0) -> None:
+    """Until the last phase's work behind its answers is done (audit backlog written, queued copies run), so
+    that it is not measured as the next phase's tail."""
+    deadline = time.monotonic() + timeout_s
+    while metric(base, "prediction_audit_backlog") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(quiet_s)
+
+
 def metric(base: str, name: str) -> float:
     text = httpx.get(f"{base}/metrics", timeout=10).text
     return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.MULTILINE))
@@ -121,6 +131,7 @@ def main() -> None:
         print(f"{MODEL}, 1 worker, {os.cpu_count()} cores shared by client and server; {capacity.line()}\n"
               f"open loop at half capacity: {rate:.0f} req/s, {args.seconds:g} s per phase, {args.rounds} rounds",
               flush=True)
+        settle(server.url)
         for _ in range(args.rounds):
             for label, spec in (("no experiment", None), ("split 10 % (reference)", {"kind": "split",
                                 "traffic_split": 0.1}), ("shadow on", {"kind": "shadow"})):
@@ -132,8 +143,8 @@ def main() -> None:
                 print(f"  {result.line()}", flush=True)
                 if experiment is not None:
                     httpx.post(f"{server.url}/v1/experiments/{experiment}/stop", timeout=30).raise_for_status()
+                settle(server.url)
                 if label == "shadow on":
-                    time.sleep(0.5)
                     runs += metric(server.url, "prediction_shadow_runs_total") - runs_before
                     shed += metric(server.url, "prediction_shadow_shed_total") - shed_before
     finally:
