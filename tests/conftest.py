@@ -23,7 +23,7 @@ from tests.support.tiers import mark_tiers
 
 @pytest.hookimpl(wrapper=True)  # before every other plugin: -m selects by tier
 def pytest_collection_modifyitems(config, items):
-    mark_tiers(items)
+    mark_tiers(items)  # unit / app / process / external, from what each test starts
     result = yield
     write_group_map(config, items)  # the selected items, before the worker reports its collection
     return result
@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") == "loadgroup":
         return ServerGroupScheduling(config, log)
-    return None  # unit / app / process / external, from what each test starts
+    return None
 
 SLOW_STEPS = 200
 """~30 ms per row on one thread: long enough for queues to form under load."""
@@ -89,7 +89,6 @@ def demo_store(tmp_path_factory) -> Path:
     production); once per run, whatever the number of workers: copy it before changing it. What the command
     printed is kept beside it (``setup_demo_output``)."""
     return built_once(tmp_path_factory, "demo-store", run_setup_demo)
-
 
 
 @pytest.fixture

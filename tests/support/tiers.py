@@ -95,4 +95,3 @@ def server_groups(item: pytest.Item) -> set[str]:
 def mark_tiers(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(getattr(pytest.mark, tier_of(item)))
-
