@@ -56,7 +56,7 @@ class DataPlane:
         """Reported beside readiness, never flipping it."""
         self.shutting_down = False
         self.in_flight = 0
-        self._idle: asyncio.Event | None = None
+        self._idle = asyncio.Event()
         """Set when in_flight drops to 0, for whoever waits in ``until_idle``."""
         self._arm_writes: GroupCommit[ServedPrediction, bool] | None = None
         if experiments is not None:
@@ -119,15 +119,13 @@ class DataPlane:
             return await self.servable(name).infer(name, request, context, record)
         finally:
             self.in_flight -= 1
-            if self.in_flight == 0 and self._idle is not None:
+            if self.in_flight == 0:
                 self._idle.set()
 
     async def until_idle(self) -> None:
         """Until no prediction is in flight in this worker (shadow copies use the capacity production leaves
         idle): woken when the last one finishes, no polling."""
         while self.in_flight > 0:
-            if self._idle is None:
-                self._idle = asyncio.Event()
             self._idle.clear()
             await self._idle.wait()
 

@@ -56,19 +56,24 @@ def port_conflict(log_text: str) -> bool:
     return any(marker in lowered for marker in PORT_IN_USE_MARKERS)
 
 
-def start_on_free_ports(start: Callable[[], None], output: Path, repick: Callable[[], None] | None,
-                        server: str, attempts: int = 3) -> None:
-    """Run ``start`` (spawn and wait until ready; stop and raise RuntimeError if the process exits); when it
-    failed because a port was taken and ``repick`` may choose others (the ports were picked, no client knows
-    them yet), pick again and start again, up to ``attempts`` times. ``output``: the server's log file."""
+def start_on_free_ports(spawn: Callable[[], None], wait_ready: Callable[[], None], stop: Callable[[], None],
+                        output: Path, repick: Callable[[], None] | None, server: str, attempts: int = 3) -> None:
+    """``spawn`` the server and ``wait_ready`` (RuntimeError when the process exits); on any failure ``stop``
+    it. When it failed because a port was taken and ``repick`` may choose others (the ports were picked, no
+    client knows them yet), pick again and start again, up to ``attempts`` times. ``output``: its log file."""
     for attempt in range(1, attempts + 1):
         offset = output.stat().st_size if output.exists() else 0
+        spawn()
         try:
-            start()
+            wait_ready()
             return
         except RuntimeError:
+            stop()
             if repick is None or attempt == attempts or not port_conflict(_read_from(output, offset)):
                 raise
+        except BaseException:
+            stop()
+            raise
         log.warning("a %s port was taken between its pick and its bind; starting again on other ports", server)
         repick()
 

@@ -72,9 +72,8 @@ class LocalTorchServe:
     ):
         self.model_store = Path(model_store).resolve()
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="torchserve-")).resolve()
-        # Ports picked here (none given) may be picked again if another process takes one first.
-        self._picked_ports = ports is None
-        self._started_once = False  # a restart keeps its ports: clients already know them
+        # Ports picked here (none given) may be picked again until the first start: a restart keeps them.
+        self._may_repick = ports is None
         self.ports = ports or TorchServePorts()
         self.token_auth = token_auth
         self.job_queue_size = job_queue_size
@@ -148,20 +147,12 @@ class LocalTorchServe:
             raise RuntimeError(f"cannot start TorchServe: {problem}")
         if self.running:
             return self
-        repick = self._repick_ports if self._picked_ports and not self._started_once else None
-        start_on_free_ports(self._spawn_and_wait, self._stdout_path, repick, "TorchServe")
-        self._started_once = True
+        start_on_free_ports(self._spawn, self.wait_ready, self.stop, self._stdout_path,
+                            self._repick_ports if self._may_repick else None, "TorchServe")
+        self._may_repick = False
         if self.token_auth:
             logger.info("TorchServe token keys are in %s", self.key_file)
         return self
-
-    def _spawn_and_wait(self) -> None:
-        self._spawn()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
     def _repick_ports(self) -> None:
         self.ports = TorchServePorts()

@@ -114,9 +114,8 @@ class LocalTriton:
         grpc_tls: GrpcTls | None = None,
     ):
         self.model_repository = Path(model_repository).resolve()
-        # Ports picked here (none given) may be picked again if another process takes one first.
-        self._picked_ports = not (http_port or grpc_port or metrics_port)
-        self._started_once = False  # a restart keeps its ports: clients already know them
+        # Ports picked here (none given) may be picked again until the first start: a restart keeps them.
+        self._may_repick = not (http_port or grpc_port or metrics_port)
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -186,19 +185,11 @@ class LocalTriton:
             return self
         self.model_repository.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        repick = self._repick_ports if self._picked_ports and not self._started_once else None
-        start_on_free_ports(self._spawn_and_wait, self.log_path, repick, "tritonserver")
-        self._started_once = True
+        start_on_free_ports(self._spawn, self._wait_ready, self.stop, self.log_path,
+                            self._repick_ports if self._may_repick else None, "tritonserver")
+        self._may_repick = False
         log.info("tritonserver ready (pid %s)", self._process.pid)
         return self
-
-    def _spawn_and_wait(self) -> None:
-        self._spawn()
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
     def _repick_ports(self) -> None:
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
