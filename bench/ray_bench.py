@@ -85,7 +85,7 @@ class LeanLstm:
         self.version = version.version
         self._pool = ThreadPoolExecutor(max(2, settings.batching.concurrent_batches))  # as InProcessAdapter
 
-    async def run(self, tensors):
+    async def run(self, tensors, priority: int = 1):
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.runtime.run, tensors)
 
     async def predict(self, tensors):

@@ -101,6 +101,17 @@ class BatchingSettings(BaseSettings):
     requests may take, and only while lower priorities hold the regular ones: a live request starts at once even
     while a flood of lower-priority batches fills every regular slot, instead of waiting for one of their runs to
     end. Traffic that is all of one priority never uses them. 0 = none."""
+    inline_run_max_us: float = Field(200.0, ge=0)
+    """A request that overtakes lower-priority runs in progress (a live request during a flood) and finds a run
+    slot free runs on the event loop itself, not on a thread, when its rows times the model's one-row run time
+    (measured at load) fit in this many microseconds: handing a run to a thread and its answer back costs two
+    turns of the event loop, and during a flood each turn waits behind the flood's decoding, while a small
+    model's run is short (the demo's LSTM: ~35 us a row). Without lower-priority runs in progress runs always
+    take a thread, so that requests arriving meanwhile form the next batch. 0 = always a thread."""
+    background_nice: int = Field(10, ge=0, le=19)
+    """How much lower the OS scheduling priority (nice value) of the threads that run batches led by priorities
+    below 1 is: where a flood of lower-priority runs keeps every core busy, a priority-1 run (and the event
+    loop) gets the cores first instead of an even share. 0 = one pool at the process's priority."""
 
     @model_validator(mode="after")
     def _default_within_levels(self) -> "BatchingSettings":

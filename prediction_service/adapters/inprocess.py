@@ -9,7 +9,6 @@ import ctypes.util
 import logging
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ import psutil
 
 from ..artifacts import ARTIFACT_FORMATS
 from ..execution.batching import DynamicBatcher
+from ..execution.run_pools import RunPools
 from ..execution.single_flight import SingleFlight
 from ..errors import ModelLoadError, ModelNotFound
 from ..registry import ArtifactInfo, ModelKey, ModelVersion
@@ -25,7 +25,7 @@ from ..execution.runtimes import Runtime
 from ..settings import BatchingSettings, Settings
 from ..signature import ModelSignature
 from ..types import RequestContext
-from ..execution.warmup import WarmupFailed, WarmupReport, warm_up
+from ..execution.warmup import WarmupFailed, WarmupReport, one_row_run_us, warm_up
 from .base import AdapterHealth, LoadedModel, MemoryUse, QueueStats, ServingAdapter
 from .runtimes import open_runtime
 
@@ -50,9 +50,10 @@ class InProcessAdapter(ServingAdapter):
     def __init__(self, settings: Settings):
         self.settings = settings
         batching = settings.batching
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(2, batching.concurrent_batches + batching.priority_reserved_slots),
-            thread_name_prefix=f"{self.name}-run")
+        self._pools = RunPools(self.name, urgent_threads=max(2, batching.concurrent_batches
+                                                              + batching.priority_reserved_slots),
+                               background_threads=batching.concurrent_batches,
+                               background_nice=batching.background_nice if batching.priority_levels > 1 else 0)
         # Least recently used first. Pinned keys (what a stage serves) are never evicted or idled out.
         self._models: OrderedDict[ModelKey, _Entry] = OrderedDict()
         self._pinned: frozenset[ModelKey] = frozenset()
@@ -77,10 +78,11 @@ class InProcessAdapter(ServingAdapter):
         loop = asyncio.get_running_loop()
         async with self._measured:
             before = self._process.memory_info().rss
-            runtime = await loop.run_in_executor(self._executor, self._open, version, artifact)
+            runtime = await loop.run_in_executor(self._pools.urgent, self._open, version, artifact)
             details: dict = {"format": runtime.format}
             if self.settings.warmup.enabled:
                 details["warmup"] = (await self._warm_up(key, runtime, version)).as_dict()
+            inline_rows = await self._inline_rows(runtime, version, details)
             grown = self._process.memory_info().rss - before
         memory_bytes = max(grown, artifact.size_bytes or 0)
         details["memory_bytes"] = memory_bytes
@@ -95,6 +97,8 @@ class InProcessAdapter(ServingAdapter):
             priority_levels=self.settings.batching.priority_levels,
             default_priority=self.settings.batching.default_priority,
             reserved_slots=self.settings.batching.priority_reserved_slots,
+            run_inline=lambda inputs: runtime.run(inputs),  # looked up per run, as the threads' runner does
+            inline_rows=inline_rows,
             on_batch=self._observe_batch(key.name),
             name=str(key),
         )
@@ -146,7 +150,7 @@ class InProcessAdapter(ServingAdapter):
         await super().close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pools.shutdown()
 
     def pin(self, keys: frozenset[ModelKey]) -> None:
         self._pinned = keys
@@ -193,7 +197,7 @@ class InProcessAdapter(ServingAdapter):
     async def _warm_up(self, key: ModelKey, runtime: Runtime, version: ModelVersion) -> WarmupReport:
         loop = asyncio.get_running_loop()
         try:
-            report = await loop.run_in_executor(self._executor, warm_up, runtime.run, version.signature,
+            report = await loop.run_in_executor(self._pools.urgent, warm_up, runtime.run, version.signature,
                                                 self.settings.warmup)
         except WarmupFailed as exc:
             runtime.close()
@@ -203,9 +207,22 @@ class InProcessAdapter(ServingAdapter):
                  report.seconds * 1000, report.first_run_ms, report.last_run_ms)
         return report
 
+    async def _inline_rows(self, runtime: Runtime, version: ModelVersion, details: dict) -> int:
+        """Most rows of a request that runs alone on the event loop instead of a thread: as many as fit
+        BATCH_INLINE_RUN_MAX_US at the one-row run time measured now (0 when that setting is 0)."""
+        budget_us = self.settings.batching.inline_run_max_us
+        if not budget_us:
+            return 0
+        one_row_us = await asyncio.get_running_loop().run_in_executor(
+            self._pools.urgent, one_row_run_us, runtime.run, version.signature)
+        rows = min(int(budget_us // max(one_row_us, 1.0)), version.signature.max_batch_size)
+        details["one_row_run_us"], details["inline_rows"] = round(one_row_us, 1), rows
+        return rows
+
     def _runner(self, runtime: Runtime):
-        async def run(inputs):
-            return await asyncio.get_running_loop().run_in_executor(self._executor, runtime.run, inputs)
+        async def run(inputs, priority: int = 1):
+            return await asyncio.get_running_loop().run_in_executor(self._pools.for_priority(priority),
+                                                                    runtime.run, inputs)
         return run
 
     def _observe_batch(self, model_name: str):

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray]
-BatchRunner = Callable[[Tensors], Awaitable[Tensors]]
+BatchRunner = Callable[[Tensors, int], Awaitable[Tensors]]
+"""Runs merged inputs; the second argument is the priority leading the batch (1 the highest)."""
 
 
 # ---- pure functions -------------------------------------------------------------------------
@@ -129,6 +130,8 @@ class DynamicBatcher:
         priority_levels: int = 1,
         default_priority: int = 1,
         reserved_slots: int = 0,
+        run_inline: Callable[[Tensors], Tensors] | None = None,
+        inline_rows: int = 0,
     ):
         if max_batch_size < 1 or max_queue_size < 1 or max_concurrent_batches < 1:
             raise ValueError("max_batch_size, max_queue_size and max_concurrent_batches must be >= 1")
@@ -150,6 +153,11 @@ class DynamicBatcher:
         self.reserved_slots = reserved_slots if priority_levels > 1 else 0
         """Run slots beyond ``max_concurrent_batches`` only a batch of priority-1 requests may take, while lower
         priorities hold regular slots."""
+        self._run_inline = run_inline
+        self.inline_rows = inline_rows if run_inline is not None else 0
+        """Most rows of a request that overtakes lower-priority runs and runs on the event loop itself
+        (``run_inline``) instead of a thread: a run this small costs less than handing it to a thread and its
+        answer back."""
         self._lanes: list[deque[_Pending]] = [deque() for _ in range(priority_levels)]
         """One FIFO per priority, priority 1 (the highest) first."""
         self._running_by_level = [0] * priority_levels
@@ -199,17 +207,48 @@ class DynamicBatcher:
         if self._worker is None:
             self._start()
         level = priority if 1 <= priority <= self.priority_levels else self.default_priority
+        future = asyncio.get_running_loop().create_future()
+        item = _Pending(inputs, batch_rows(inputs), deadline, future, merge_signature(inputs), level, trace,
+                        time.time_ns() if trace is not None else 0)
+        if self._may_run_alone(level):
+            return await self._run_alone(item)
         if self._waiting >= self.max_queue_size:
             self._make_room(level)
-        future = asyncio.get_running_loop().create_future()
-        self._lanes[level - 1].append(_Pending(inputs, batch_rows(inputs), deadline, future, merge_signature(inputs),
-                                               level, trace, time.time_ns() if trace is not None else 0))
+        self._lanes[level - 1].append(item)
         self._waiting += 1
         assert self._arrived is not None and self._freed is not None
         self._arrived.set()
         if level == 1 and self.reserved_slots and self._runs >= self.max_concurrent_batches:
             self._freed.set()  # it may take a reserved slot: the loop looks again
         return await future
+
+    def _may_run_alone(self, level: int) -> bool:
+        """Whether a request of priority ``level`` would lead the next batch and start it at once: nothing of
+        its priority or higher is queued, a slot it may take is free, the runs in progress (if any) are all of
+        lower priorities, and no company is due. The batcher's loop would start it one event-loop turn later
+        (with what of the lower priorities fit beside it: they take the next slot instead)."""
+        return (not any(self._lanes[:level]) and not self.wait_while_idle and self._may_start(level)
+                and (not self._runs or self._outranks_runs(level)) and not self._company_due(1))
+
+    async def _run_alone(self, item: _Pending) -> Tensors:
+        """Run ``item`` as its own batch from the caller's task instead of the batcher's: it skips the turns of
+        the event loop that hand it to the batcher and its answer back, each of which waits behind every
+        other ready callback. A request that overtakes lower-priority runs in progress (a live request during
+        a flood) and has at most ``inline_rows`` rows runs on the event loop itself: under a flood each turn
+        waits behind the flood's decoding, and a thread costs two more of them than a run this small. Without
+        a flood it takes a thread, which keeps the loop free for whoever arrives meanwhile and lets them form
+        the next batch (run inline, a burst of lone requests would each run alone, one after another). A
+        caller that gives up (its deadline) releases the slot at once while its thread finishes; the thread
+        pool still bounds the runs in flight."""
+        inline = self._runs > 0 and item.rows <= self.inline_rows
+        self._runs += 1
+        self._running_by_level[item.priority - 1] += 1
+        await self._execute([item], item.priority, self._here if inline else self._run_batch)
+        return item.future.result()
+
+    async def _here(self, inputs: Tensors, _priority: int) -> Tensors:
+        assert self._run_inline is not None
+        return self._run_inline(inputs)
 
     def _make_room(self, level: int) -> None:
         """The queue is full: shed the newest request of the lowest priority below ``level``, or raise
@@ -322,11 +361,11 @@ class DynamicBatcher:
                 continue
             self._runs += 1
             self._running_by_level[lead - 1] += 1
-            task = asyncio.get_running_loop().create_task(self._execute(batch, lead))
+            task = asyncio.get_running_loop().create_task(self._execute(batch, lead, self._run_batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _execute(self, batch: list[_Pending], lead: int) -> None:
+    async def _execute(self, batch: list[_Pending], lead: int, run_batch: BatchRunner) -> None:
         try:
             now = time.monotonic()
             live: list[_Pending] = []
@@ -350,7 +389,7 @@ class DynamicBatcher:
             sizes = [item.rows for item in live]
             run = None if traced is None else self._trace_run(traced, sum(sizes))
             try:
-                outputs = await self._run_batch(merge([item.inputs for item in live]))
+                outputs = await run_batch(merge([item.inputs for item in live]), lead)
                 parts = split(outputs, sizes)
             except Exception as exc:  # noqa: BLE001 - every waiter must learn about the failure
                 if run is not None:

@@ -60,3 +60,16 @@ def warm_up(run: Callable[[Tensors], Tensors], signature: ModelSignature, settin
             timings.append((time.perf_counter() - run_started) * 1000.0)
     return WarmupReport(runs=len(timings), seconds=round(time.perf_counter() - started, 4),
                         first_run_ms=round(timings[0], 3), last_run_ms=round(timings[-1], 3))
+
+
+def one_row_run_us(run: Callable[[Tensors], Tensors], signature: ModelSignature, runs: int = 5) -> float:
+    """The median time of ``runs`` runs of one synthetic row, after one run that is not counted (blocking:
+    call it off the event loop). What decides whether a small request may run on the event loop itself."""
+    inputs = signature.synthetic_inputs(1)
+    run(inputs)
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run(inputs)
+        timings.append((time.perf_counter() - started) * 1e6)
+    return float(np.median(timings))

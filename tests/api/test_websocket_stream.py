@@ -105,15 +105,13 @@ def test_a_connection_holds_at_most_the_stream_bound_in_progress(slow_store_temp
     from prediction_service.api.app import create_app
     from prediction_service.registry import ModelKey
     from prediction_service.settings import LimitSettings, Settings
-    from tests.support.gated import GatedRun
+    from tests.support.gated import gate_model_runs
 
     store = tmp_path / "store"
     shutil.copytree(slow_store_template, store, symlinks=True)
     app = create_app(Settings(model_store=store, limits=LimitSettings(grpc_stream_max_pending=2)))
     with TestClient(app) as client:
-        runtime = app.state.service.adapter._models[ModelKey("slow-regressor", "1.0.0")].runtime
-        gate = GatedRun(runtime.run)
-        monkeypatch.setattr(runtime, "run", gate)
+        gate = gate_model_runs(app.state.service.adapter._models[ModelKey("slow-regressor", "1.0.0")], monkeypatch)
         with client.websocket_connect("/v1/models/slow-regressor/stream") as socket:
             for i in range(5):
                 socket.send_bytes(orjson.dumps({"id": i, "instance": ROWS[0]}))

@@ -19,10 +19,13 @@ class GatedModel:
 
     def __init__(self):
         self.runs: list[list[float]] = []
+        self.leads: list[int] = []
+        """The priority the batcher said leads each run (what picks its thread pool)."""
         self.gates: list[asyncio.Event] = []
 
-    async def __call__(self, inputs):
+    async def __call__(self, inputs, priority: int):
         self.runs.append([float(v) for v in inputs["x"][:, 0]])
+        self.leads.append(priority)
         gate = asyncio.Event()
         self.gates.append(gate)
         await gate.wait()
@@ -71,6 +74,7 @@ async def test_a_waiting_high_priority_request_runs_next_ahead_of_queued_low_one
     model.release(1)
     await until(lambda: len(model.runs) == 3)
     assert model.runs[2] == [2.0, 3.0]
+    assert model.leads == [3, 1, 3]  # what picks each run's thread pool
     model.release(2)
     results = await asyncio.gather(running, *low, high)
     assert [float(r["y"][0, 0]) for r in results] == [0.0, 1.0, 2.0, 3.0, 9.0]

@@ -111,10 +111,10 @@ async def test_one_model_run_span_links_every_request_of_its_batch(tiny_store, r
         gate, runs = asyncio.Event(), []
         inner = entry.batcher._run_batch
 
-        async def gated(inputs):
+        async def gated(inputs, priority):
             runs.append(next(iter(inputs.values())).shape[0])
             await gate.wait()
-            return await inner(inputs)
+            return await inner(inputs, priority)
 
         monkeypatch.setattr(entry.batcher, "_run_batch", gated)
         ids = [f"{i:032x}" for i in range(1, 5)]

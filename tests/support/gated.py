@@ -34,12 +34,19 @@ class GatedRun:
         self.gate.set()
 
 
+def gate_model_runs(entry, monkeypatch: pytest.MonkeyPatch) -> GatedRun:
+    """Gate every run of a loaded in-process model (the adapter's entry for it). A gated run blocks its thread
+    until released, so none runs on the event loop however small the model."""
+    gate = GatedRun(entry.runtime.run)
+    monkeypatch.setattr(entry.runtime, "run", gate)
+    monkeypatch.setattr(entry.batcher, "inline_rows", 0)
+    return gate
+
+
 @asynccontextmanager
 async def gated(app, key: ModelKey, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[GatedRun]:
     """Gate the loaded in-process model ``key`` of a served app; the gate opens on leaving the block."""
-    runtime = app.state.service.adapter._models[key].runtime
-    gate = GatedRun(runtime.run)
-    monkeypatch.setattr(runtime, "run", gate)
+    gate = gate_model_runs(app.state.service.adapter._models[key], monkeypatch)
     try:
         yield gate
     finally:
