@@ -31,13 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from front_door_bench import CONCURRENCY, MODEL, http_targets, verify  # noqa: E402
+from front_door_bench import MODEL, http_targets, verify  # noqa: E402
 from front_door_load import HttpTarget, run_wrk  # noqa: E402
 from loadgen import median  # noqa: E402
 from serve_bench import ensure_store, process  # noqa: E402
 
 from prediction_service.registry import ModelRegistry  # noqa: E402
 from tests.support.server import free_port, launch  # noqa: E402
+
+CONNECTIONS = 32  # wrk -t1 -c32: one row per request
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,7 +66,7 @@ def listening_pid(port: int) -> int:
 def measure(target: HttpTarget, pid: int, seconds: int, work: Path) -> tuple[float, float]:
     """(CPU microseconds per 2xx response, rps) over one wrk run."""
     before = cpu_seconds(pid)
-    figures = run_wrk(target, CONCURRENCY, seconds, work)
+    figures = run_wrk(target, CONNECTIONS, seconds, work)
     spent = cpu_seconds(pid) - before
     answered = figures.rps * seconds
     if figures.bad:
@@ -104,7 +106,7 @@ def main() -> None:
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}/{args.rounds} (1-min load average {psutil.getloadavg()[0]:.2f})", flush=True)
             for target, pid in targets if round_no % 2 == 0 else reversed(targets):
-                run_wrk(target, CONCURRENCY, 1, work)  # warm-up
+                run_wrk(target, CONNECTIONS, 1, work)  # warm-up
                 us, rps = measure(target, pid, args.seconds, work)
                 results.setdefault(target.label, []).append((us, rps))
                 print(f"  {target.label:<26} {us:8.0f} us CPU / request   {rps:8.1f} req/s", flush=True)
