@@ -41,7 +41,9 @@ class LoadResult:
 
 async def run_load(url: str, payload: dict, *, concurrency: int = 32, seconds: float = 10.0,
                    warmup_seconds: float = 2.0, label: str = "", headers: dict | None = None,
-                   max_requests: int = 2_000_000) -> LoadResult:
+                   max_requests: int = 2_000_000, think_ms: float = 0.0) -> LoadResult:
+    """``concurrency`` closed loops; ``think_ms``: each loop waits this long after an answer before it sends
+    again (a strategy acting on each answer, then waiting for its next tick), 0: at once."""
     body = orjson.dumps(payload)
     headers = {"content-type": "application/json", **(headers or {})}
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -69,6 +71,8 @@ async def run_load(url: str, payload: dict, *, concurrency: int = 32, seconds: f
                 result.statuses[status] += 1
                 if status == 200:
                     result.latencies_ms.append(latency)
+                if think_ms:
+                    await asyncio.sleep(think_ms / 1000.0)
         began = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.seconds = time.monotonic() - began

@@ -90,12 +90,13 @@ def flood(url: str, body: bytes, headers: dict[str, str], seconds: float, warm: 
     out.put(asyncio.run(main()))
 
 
-def live(url: str, body: dict, seconds: float) -> LoadResult:
-    return asyncio.run(run_load(url, body, concurrency=1, seconds=seconds, warmup_seconds=0.5, label="live"))
+def live(url: str, body: dict, seconds: float, think_ms: float = 0.0) -> LoadResult:
+    return asyncio.run(run_load(url, body, concurrency=1, seconds=seconds, warmup_seconds=0.5, label="live",
+                                think_ms=think_ms))
 
 
 def with_flood(live_url: str, live_body: dict | None, flood_url: str, flood_request: tuple[bytes, dict],
-               seconds: float) -> tuple[LoadResult | None, LoadResult]:
+               seconds: float, think_ms: float = 0.0) -> tuple[LoadResult | None, LoadResult]:
     """The flood for ``seconds`` (after its warm-up), and the live client meanwhile (None: no live client)."""
     context = mp.get_context("spawn")
     warm, out = context.Event(), context.Queue()
@@ -104,7 +105,7 @@ def with_flood(live_url: str, live_body: dict | None, flood_url: str, flood_requ
     try:
         if not warm.wait(60):
             raise RuntimeError("the flood did not start")
-        measured = live(live_url, live_body, seconds) if live_body is not None else None
+        measured = live(live_url, live_body, seconds, think_ms) if live_body is not None else None
         flooded = out.get(timeout=seconds + 60)
     finally:
         process.join(30)
@@ -117,6 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per figure")
     parser.add_argument("--store", type=Path, help="registry with lstm-price (default: build the demo registry)")
+    parser.add_argument("--think-ms", type=float, default=0.0,
+                        help="the live client waits this long after each answer (0: sends again at once); "
+                             "a closed loop at full speed takes more of the shared cores the faster it is served")
     args = parser.parse_args()
     from prediction_service.registry import RegistryReader
 
@@ -133,15 +137,16 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out
     try:
         url, flood_url = f"{server.url}/v1/models/{MODEL}/predict", f"{server.url}/v2/models/{MODEL}/infer"
-        print(f"{MODEL}, 1 worker, {args.seconds:g} s per figure, one run; {os.cpu_count()} cores shared by the "
+        pace = f", the live client waiting {args.think_ms:g} ms after each answer" if args.think_ms else ""
+        print(f"{MODEL}, 1 worker, {args.seconds:g} s per figure{pace}, one run; {os.cpu_count()} cores shared by the "
               f"clients and the server (1-min load average {os.getloadavg()[0]:.2f})", flush=True)
-        quiet = live(url, live_body, args.seconds)
+        quiet = live(url, live_body, args.seconds, args.think_ms)
         print(f"  {quiet.line()}", flush=True)
         _, solo = with_flood(url, None, flood_url, low, args.seconds)
         print(f"  {solo.line()}", flush=True)
-        laned_live, laned_flood = with_flood(url, live_body, flood_url, low, args.seconds)
+        laned_live, laned_flood = with_flood(url, live_body, flood_url, low, args.seconds, args.think_ms)
         print(f"  {laned_live.line()}\n  {laned_flood.line()}", flush=True)
-        fifo_live, fifo_flood = with_flood(url, live_body, flood_url, same, args.seconds)
+        fifo_live, fifo_flood = with_flood(url, live_body, flood_url, same, args.seconds, args.think_ms)
         print(f"  {fifo_live.line()}\n  {fifo_flood.line()}", flush=True)
     finally:
         server.stop()
