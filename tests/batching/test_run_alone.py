@@ -145,9 +145,11 @@ async def test_a_loaded_model_says_how_many_rows_run_on_the_event_loop(tiny_stor
         loaded = await adapter.load(RegistryReader(tiny_store).resolve("tiny-regressor"))
         batcher = adapter._models[loaded.key].batcher
         if budget_us:
-            assert loaded.details["one_row_run_us"] > 0
-            assert batcher.inline_rows == loaded.details["inline_rows"] == min(
-                int(budget_us // max(loaded.details["one_row_run_us"], 1.0)), loaded.version.signature.max_batch_size)
+            rows, one_row_us = loaded.details["inline_rows"], loaded.details["one_row_run_us"]  # rounded to 0.1
+            assert one_row_us > 0 and batcher.inline_rows == rows
+            assert rows * max(one_row_us - 0.05, 1.0) <= budget_us  # they fit the budget
+            assert rows == loaded.version.signature.max_batch_size or \
+                (rows + 1) * max(one_row_us + 0.05, 1.0) > budget_us  # and one more would not
         else:
             assert "inline_rows" not in loaded.details and batcher.inline_rows == 0
         out = await adapter.predict(loaded.key, {"x": np.ones((1, 4), dtype=np.float32)})
