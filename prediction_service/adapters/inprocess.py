@@ -209,9 +209,10 @@ class InProcessAdapter(ServingAdapter):
 
     async def _inline_rows(self, runtime: Runtime, version: ModelVersion, details: dict) -> int:
         """Most rows of a request that runs alone on the event loop instead of a thread: as many as fit
-        BATCH_INLINE_RUN_MAX_US at the one-row run time measured now (0 when that setting is 0)."""
+        BATCH_INLINE_RUN_MAX_US at the one-row run time measured now (0 when that setting is 0, or when the
+        runtime serializes its runs)."""
         budget_us = self.settings.batching.inline_run_max_us
-        if not budget_us:
+        if not budget_us or not runtime.runs_concurrently:
             return 0
         one_row_us = await asyncio.get_running_loop().run_in_executor(
             self._pools.urgent, one_row_run_us, runtime.run, version.signature)

@@ -28,6 +28,9 @@ Tensors = dict[str, np.ndarray]
 
 class Runtime(ABC):
     format: str
+    runs_concurrently = True
+    """Runs may overlap (no lock around them). A runtime that serializes its runs never runs a request on the
+    event loop: waiting there for another run's lock would stop the loop."""
 
     @abstractmethod
     def run(self, inputs: Tensors) -> Tensors: ...
@@ -105,6 +108,7 @@ class TorchRuntime(Runtime):
     """A torch.nn.Module (scripted, or rebuilt from a state dict) called with inputs in signature order."""
 
     format = "torchscript"
+    runs_concurrently = False
 
     def __init__(self, module, signature: ModelSignature, threads: int):
         import torch

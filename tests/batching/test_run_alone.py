@@ -137,14 +137,18 @@ def test_runs_led_by_lower_priorities_take_threads_of_a_lower_os_priority():
         same.shutdown()
 
 
-@pytest.mark.parametrize("budget_us", [200.0, 0.0])
-async def test_a_loaded_model_says_how_many_rows_run_on_the_event_loop(tiny_store, budget_us):
+@pytest.mark.parametrize("budget_us, fmt", [(200.0, "onnx"), (0.0, "onnx"), (200.0, "torchscript")])
+async def test_a_loaded_model_says_how_many_rows_run_on_the_event_loop(tiny_store, budget_us, fmt):
+    """None with the budget at 0, and none for TorchScript, whose runs take turns on a lock (on the event
+    loop a run would wait there for another's, and the loop with it)."""
     settings = Settings(model_store=tiny_store, batching=BatchingSettings(inline_run_max_us=budget_us))
     adapter = SimpleAdapter(settings)
+    adapter.formats = (fmt,)
     try:
         loaded = await adapter.load(RegistryReader(tiny_store).resolve("tiny-regressor"))
         batcher = adapter._models[loaded.key].batcher
-        if budget_us:
+        assert loaded.artifact.format == fmt
+        if budget_us and fmt == "onnx":
             rows, one_row_us = loaded.details["inline_rows"], loaded.details["one_row_run_us"]  # rounded to 0.1
             assert one_row_us > 0 and batcher.inline_rows == rows
             assert rows * max(one_row_us - 0.05, 1.0) <= budget_us  # they fit the budget
