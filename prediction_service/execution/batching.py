@@ -243,10 +243,10 @@ class DynamicBatcher:
         inline = self._runs > 0 and item.rows <= self.inline_rows
         self._runs += 1
         self._running_by_level[item.priority - 1] += 1
-        await self._execute([item], item.priority, self._here if inline else self._run_batch)
+        await self._execute([item], item.priority, self._run_on_loop if inline else self._run_batch)
         return item.future.result()
 
-    async def _here(self, inputs: Tensors, _priority: int) -> Tensors:
+    async def _run_on_loop(self, inputs: Tensors, _priority: int) -> Tensors:
         assert self._run_inline is not None
         return self._run_inline(inputs)
 

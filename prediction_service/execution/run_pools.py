@@ -32,7 +32,6 @@ class RunPools:
     """The thread pools model runs take: ``for_priority(level)`` picks one by the priority leading a batch."""
 
     def __init__(self, name: str, urgent_threads: int, background_threads: int, background_nice: int):
-        self.background_nice = background_nice
         self.urgent = ThreadPoolExecutor(max_workers=urgent_threads, thread_name_prefix=f"{name}-run")
         """Loads, warm-ups and the runs of priority-1 batches."""
         self.background: Executor = self.urgent
