@@ -41,6 +41,7 @@ async def test_requests_that_arrive_while_every_slot_is_busy_run_as_one_batch():
     model.gate.set()
     results = await asyncio.gather(first, *waiting)
     assert model.batches == [1, 3]  # the three that queued behind the busy slot ran together
+    assert model.tasks[0] is first and model.tasks[1] not in (first, *waiting)  # the batch in the batcher's task
     assert [float(r["y"][0, 0]) for r in results] == [2.0, 4.0, 6.0, 8.0]
     await batcher.close()
 

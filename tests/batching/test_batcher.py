@@ -13,18 +13,23 @@ from prediction_service.errors import DeadlineExceeded, Overloaded, PredictionSe
 
 
 class RecordingModel:
-    """y = 2x, remembering the size of every batch it ran; optionally slow or failing."""
+    """y = 2x, remembering the size of every batch it ran, the task it ran in and the priority said to lead it;
+    optionally held by ``gate``, slow or failing."""
 
     def __init__(self, delay: float = 0.0, fail: bool = False, drop_row: bool = False):
         self.batches: list[int] = []
+        self.tasks: list[asyncio.Task | None] = []
+        self.leads: list[int] = []
         self.delay, self.fail, self.drop_row = delay, fail, drop_row
         self.gate: asyncio.Event | None = None
 
     async def __call__(self, inputs, priority: int = 1):
         self.batches.append(inputs["x"].shape[0])
-        await asyncio.sleep(0)  # a run ends on a later turn of the loop, as one on a thread does
-        if self.gate is not None:
+        self.tasks.append(asyncio.current_task())
+        self.leads.append(priority)
+        if self.gate is not None:  # read at once: a test may swap it out for later runs
             await self.gate.wait()
+        await asyncio.sleep(0)  # a run ends on a later turn of the loop, as one on a thread does
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail:

@@ -18,29 +18,11 @@ from prediction_service.registry import RegistryReader
 from prediction_service.settings import BatchingSettings, Settings
 
 from .test_adaptive import LONG_WINDOW_MS, _until
-from .test_batcher import rows
-
-
-class TaskRecordingModel:
-    """y = 2x; records the task each run ran in and the priority said to lead it; runs wait for ``gate`` when
-    one is set."""
-
-    def __init__(self):
-        self.tasks: list[asyncio.Task | None] = []
-        self.leads: list[int] = []
-        self.gate: asyncio.Event | None = None
-
-    async def __call__(self, inputs, priority: int):
-        self.tasks.append(asyncio.current_task())
-        self.leads.append(priority)
-        if self.gate is not None:
-            await self.gate.wait()
-        await asyncio.sleep(0)
-        return {"y": inputs["x"] * 2}
+from .test_batcher import RecordingModel, rows
 
 
 async def test_a_lone_request_runs_in_its_callers_task():
-    model = TaskRecordingModel()
+    model = RecordingModel()
     batcher = DynamicBatcher(model, max_batch_size=8, max_queue_delay_ms=LONG_WINDOW_MS)
 
     async def caller():
@@ -52,25 +34,10 @@ async def test_a_lone_request_runs_in_its_callers_task():
     await batcher.close()
 
 
-async def test_a_request_that_meets_a_run_of_its_own_priority_is_batched_by_the_batcher():
-    model = TaskRecordingModel()
-    model.gate = asyncio.Event()
-    batcher = DynamicBatcher(model, max_batch_size=8, max_queue_delay_ms=LONG_WINDOW_MS, max_concurrent_batches=1)
-    first = asyncio.create_task(batcher.submit(rows(1.0)))
-    await _until(lambda: model.tasks)
-    later = [asyncio.create_task(batcher.submit(rows(float(i)))) for i in (2, 3)]
-    await _until(lambda: batcher.queue_depth == 2)
-    model.gate.set()
-    await asyncio.gather(first, *later)
-    assert model.tasks[0] is first
-    assert len(model.tasks) == 2 and model.tasks[1] not in (first, *later)  # one batch, run by the batcher
-    await batcher.close()
-
-
 async def test_a_live_request_runs_alone_past_queued_lower_priorities():
     """The regular slot holds a priority-3 run and more priority-3 requests wait: a priority-1 request takes the
     reserved slot from its own task, and the queued ones stay queued."""
-    model = TaskRecordingModel()
+    model = RecordingModel()
     model.gate = asyncio.Event()
     batcher = DynamicBatcher(model, max_batch_size=1, max_queue_delay_ms=LONG_WINDOW_MS, max_concurrent_batches=1,
                              priority_levels=3, reserved_slots=1)
@@ -91,7 +58,7 @@ async def test_a_live_request_runs_alone_past_queued_lower_priorities():
 async def test_a_small_request_that_overtakes_a_lower_priority_run_runs_on_the_event_loop():
     """Inline only while it overtakes lower-priority runs, and only up to ``inline_rows``: a lone request on
     an idle batcher takes the runner (a thread), so that whoever arrives meanwhile forms the next batch."""
-    model = TaskRecordingModel()
+    model = RecordingModel()
     inline_threads: list[int] = []
 
     def run_inline(inputs):
