@@ -39,7 +39,7 @@ import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
-from loadgen import LoadResult, run_load  # noqa: E402
+from loadgen import LoadResult, client_gc_paused, run_load  # noqa: E402
 from serve_bench import ensure_store  # noqa: E402
 from tests.support.server import launch  # noqa: E402
 
@@ -84,7 +84,8 @@ def flood(url: str, body: bytes, headers: dict[str, str], seconds: float, warm: 
                 await asyncio.sleep(FLOOD_WARMUP_S)
                 warm.set()
 
-            await asyncio.gather(signal(), *(one_loop() for _ in range(FLOOD_CONNECTIONS)))
+            with client_gc_paused():
+                await asyncio.gather(signal(), *(one_loop() for _ in range(FLOOD_CONNECTIONS)))
         return result
 
     out.put(asyncio.run(main()))

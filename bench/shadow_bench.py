@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import orjson  # noqa: E402
-from loadgen import LoadResult, run_load  # noqa: E402
+from loadgen import LoadResult, client_gc_paused, run_load  # noqa: E402
 from serve_bench import ensure_store  # noqa: E402
 
 from tests.support.server import launch  # noqa: E402
@@ -71,13 +71,14 @@ async def paced(url: str, body: dict, rate: float, seconds: float, label: str) -
                 if response.status == 200:
                     result.latencies_ms.append((time.perf_counter() - due) * 1000.0)
 
-        began = time.perf_counter()
-        tasks, sent = [], 0
-        while (due := began + sent / rate) < began + seconds:
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(due)))
-            sent += 1
-        await asyncio.gather(*tasks, return_exceptions=True)
+        with client_gc_paused():
+            began = time.perf_counter()
+            tasks, sent = [], 0
+            while (due := began + sent / rate) < began + seconds:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                tasks.append(asyncio.create_task(one(due)))
+                sent += 1
+            await asyncio.gather(*tasks, return_exceptions=True)
     return result
 
 

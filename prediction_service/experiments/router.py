@@ -4,7 +4,8 @@ A request's arm is a pure function of (experiment id, routing key): sha256 of bo
 read as an integer and scaled to a uniform number in [0, 1), challenger when below the split. hashlib
 (not the builtin ``hash()``, which is salted per process) makes the choice identical in every worker
 process and after restarts, so one trading account or instrument stays on one arm for the whole
-experiment. Requests without a key get a random one (uuid4): uniform, not sticky.
+experiment. A request without a key gets a random draw: uniform, not sticky (``random``, not a uuid4 hashed:
+the uuid's ``getrandom`` syscall let go of the GIL on every request of an experiment).
 
 The assignment carries a digest of the routing key (``unit``): the key is the randomization unit, and
 the analysis clusters its variance on it (stats.py). A digest, because the analysis needs only equality
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import uuid
 
 from .models import Arm, Assignment, Experiment, ExperimentKind
 
@@ -32,8 +32,8 @@ def bucket(experiment_id: str, routing_key: str) -> float:
 
 
 def choose_arm(experiment_id: str, routing_key: str | None, challenger_share: float) -> Arm:
-    key = routing_key if routing_key is not None else uuid.uuid4().hex
-    return Arm.CHALLENGER if bucket(experiment_id, key) < challenger_share else Arm.CHAMPION
+    draw = random.random() if routing_key is None else bucket(experiment_id, routing_key)
+    return Arm.CHALLENGER if draw < challenger_share else Arm.CHAMPION
 
 
 def unit_of(routing_key: str | None) -> str | None:

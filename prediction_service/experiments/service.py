@@ -29,6 +29,7 @@ import math
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -82,7 +83,7 @@ class ExperimentObserver(Protocol):
 
     def experiment_seen(self, experiment: Experiment) -> None: ...
 
-    def experiment_prediction(self, experiment: Experiment, arm: str) -> None: ...
+    def experiment_prediction(self, experiment: Experiment, arm: str, count: int = 1) -> None: ...
 
     def experiment_outcome(self, experiment: Experiment, arm: str) -> None: ...
 
@@ -341,10 +342,10 @@ class ExperimentService:
         """``record_prediction`` for many served requests, in one transaction; for each, whether it was stored
         (a request id recorded before is not, and is logged, instead of failing the others)."""
         stored = self.store.insert_predictions([self._prediction_record(one) for one in served])
-        for one, recorded in zip(served, stored):
-            if recorded:
-                self._observe("experiment_prediction", self._spec(one.assignment.experiment_id),
-                              one.assignment.arm.value)
+        counts = Counter((one.assignment.experiment_id, one.assignment.arm.value)
+                         for one, recorded in zip(served, stored) if recorded)
+        for (experiment_id, arm), count in counts.items():  # one metric update per arm, not per request
+            self._observe("experiment_prediction", self._spec(experiment_id), arm, count)
         return stored
 
     def _prediction_record(self, served: ServedPrediction) -> PredictionRecord:

@@ -17,13 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Connection, bindparam, cast, exists, func, insert, literal, select, update
+from sqlalchemy import Connection, Table, bindparam, cast, exists, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import Conflict, NotFound
 from ..log_throttle import ThrottledLog
 from ..settings import StateSettings
 from ..state import StateUnavailable, open_area
+from ..state.driver_sql import insert_rows, placeholders
 from ..state.tables import EXPERIMENTS
 from ..state.tables import experiment_outcomes as outcomes
 from ..state.tables import experiment_predictions as predictions
@@ -53,11 +54,6 @@ _INSERT_PREDICTION = insert(predictions).from_select(
     .where(exists().where(experiments.c.id == bindparam("experiment_id"), _RUNNING))
 ).returning(predictions.c.request_id)  # a row back when stored (psycopg reports no rowcount for INSERT ... SELECT)
 _SHADOW_COLUMNS = tuple(shadows.c[name] for name in ShadowRecord.model_fields)
-_INSERT_SHADOW = insert(shadows).from_select(
-    [c.name for c in _SHADOW_COLUMNS],
-    select(*[cast(bindparam(c.name, type_=c.type), c.type) for c in _SHADOW_COLUMNS])
-    .where(exists().where(experiments.c.id == bindparam("experiment_id"), _RUNNING))
-).returning(shadows.c.request_id)
 _EXPERIMENT_EXISTS = select(experiments.c.id).where(experiments.c.id == bindparam("id"))
 _GET_PREDICTION = select(*_PREDICTION_COLUMNS).where(predictions.c.request_id == bindparam("request_id"))
 _INSERT_OUTCOME = insert(outcomes)
@@ -79,8 +75,30 @@ class PairedRows:
     """The randomization unit of each request (routing-key digest, else the request)."""
 
 
-def _prediction_row(record: PredictionRecord) -> dict:
-    return {**record.__dict__, "arm": record.arm.value, "error": int(record.error)}
+_PREDICTION_NAMES = tuple(PredictionRecord.model_fields)
+_SHADOW_NAMES = tuple(ShadowRecord.model_fields)
+
+
+def _column_values(record: PredictionRecord | ShadowRecord, names: tuple[str, ...]) -> tuple:
+    """The record's values of ``names``, in order, as the driver takes them (an arm by its value, a flag as 0/1)."""
+    fields = record.__dict__
+    return tuple(value.value if isinstance(value, Arm) else int(value) if isinstance(value, bool) else value
+                 for value in (fields[name] for name in names))
+
+
+def _running_among(conn: Connection, experiment_ids: set[str]) -> set[str]:
+    """Which of ``experiment_ids`` are running (driver SQL: these run on the record writers' thread)."""
+    ids = list(experiment_ids)
+    return {row[0] for row in conn.exec_driver_sql(
+        f"SELECT id FROM {experiments.name} WHERE status = 'running' AND id IN ({placeholders(conn, len(ids))})",
+        tuple(ids))}
+
+
+def _recorded_among(conn: Connection, table: Table, request_ids: list[str]) -> set[str]:
+    """Which of ``request_ids`` ``table`` holds already."""
+    return {row[0] for row in conn.exec_driver_sql(
+        f"SELECT request_id FROM {table.name} WHERE request_id IN ({placeholders(conn, len(request_ids))})",
+        tuple(request_ids))}
 
 
 def _dt(epoch: float | None) -> datetime | None:
@@ -210,12 +228,18 @@ class ExperimentStore:
         """Stores challengers' answers to copies of requests, in one transaction, for the experiments still
         running; for each, whether it was stored (none while the database is unreachable). Conflict when a
         request id was stored before (nothing is stored then)."""
-        rows = [{**record.model_dump(mode="json"), "error": int(record.error)} for record in records]
-        if not rows:
+        if not records:
             return []
+        ids = [record.request_id for record in records]
         try:
             with self.db.write() as conn:
-                return [conn.execute(_INSERT_SHADOW, row).first() is not None for row in rows]
+                if _recorded_among(conn, shadows, ids):
+                    raise IntegrityError("shadow answer already recorded", None, Exception("duplicate request id"))
+                running = _running_among(conn, {record.experiment_id for record in records})
+                stored = [record.experiment_id in running for record in records]
+                insert_rows(conn, shadows, _SHADOW_NAMES,
+                            [_column_values(record, _SHADOW_NAMES) for record, new in zip(records, stored) if new])
+                return stored
         except IntegrityError as exc:
             raise Conflict("a shadow prediction is already recorded",
                            {"request_ids": [r.request_id for r in records][:10]}) from exc
@@ -292,10 +316,8 @@ class ExperimentStore:
         ids = [record.request_id for record in records]
         try:
             with self.db.write() as conn:
-                running = set(conn.execute(select(experiments.c.id).where(
-                    experiments.c.id.in_({r.experiment_id for r in records}), _RUNNING)).scalars())
-                taken = set(conn.execute(select(predictions.c.request_id)
-                                         .where(predictions.c.request_id.in_(ids))).scalars())
+                running = _running_among(conn, {r.experiment_id for r in records})
+                taken = _recorded_among(conn, predictions, ids)
                 stored = []
                 for record in records:
                     new = record.experiment_id in running and record.request_id not in taken
@@ -305,9 +327,8 @@ class ExperimentStore:
                         self._outage_log.warning("conflict", f"experiments: prediction {record.request_id!r} "
                                                              "is already recorded; not counted again")
                     stored.append(new)
-                rows = [_prediction_row(r) for r, new in zip(records, stored) if new]
-                if rows:
-                    conn.execute(insert(predictions), rows)
+                insert_rows(conn, predictions, _PREDICTION_NAMES,
+                            [_column_values(r, _PREDICTION_NAMES) for r, new in zip(records, stored) if new])
                 return stored
         except IntegrityError:
             return [self._insert_or_refuse(record) for record in records]

@@ -33,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..settings import AuditSettings, Settings, StateSettings
 from ..state import SchemaOutdated, StateDatabase, StateUnavailable, open_area
+from ..state.driver_sql import insert_rows
 from ..state.tables import AUDIT
 from ..state.tables import audit_predictions as table
 from ..types import SHADOW_ARM
@@ -48,12 +49,6 @@ COLUMNS = ("ts", "ts_epoch", "request_id", "model", "version", "stage", "arm", "
            "status", "error_code", "backend", "api_key_id", "inputs", "outputs", "trace_id")
 
 
-def _insert_sql(paramstyle: str) -> str:
-    """The batch insert as the driver's own SQL: executemany straight to the DBAPI cursor. Through
-    SQLAlchemy's compiled insert each row cost ~20 us more (bind processing per value), CPU the writer
-    thread takes from the event loop's core (bench/cpu_per_request.py)."""
-    marker = "?" if paramstyle == "qmark" else "%s"  # sqlite3; psycopg
-    return f"INSERT INTO {table.name} ({', '.join(COLUMNS)}) VALUES ({', '.join([marker] * len(COLUMNS))})"
 # What a failed write raises: the database (either backend, wrapped or not) or the file system under SQLite.
 WRITE_ERRORS = (SQLAlchemyError, StateUnavailable, SchemaOutdated, OSError)
 
@@ -241,7 +236,7 @@ class AuditLog:
         """One transaction per batch: all of it is written, or (rolled back) none of it."""
         rows = [_row(record, self.settings.record_payloads) for record in records]
         with db.write() as conn:
-            conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
+            insert_rows(conn, table, COLUMNS, rows)
 
 
 # ---- reading -------------------------------------------------------------------------------------

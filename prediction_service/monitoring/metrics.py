@@ -271,8 +271,8 @@ class ServiceMetrics:
         for decision in APPLIED_DECISIONS:
             self.experiment_applied.labels(experiment.model_name, experiment.id, decision)
 
-    def experiment_prediction(self, experiment: Experiment, arm: str) -> None:
-        self.experiment_predictions.labels(experiment.model_name, experiment.id, arm).inc()
+    def experiment_prediction(self, experiment: Experiment, arm: str, count: int = 1) -> None:
+        self.experiment_predictions.labels(experiment.model_name, experiment.id, arm).inc(count)
 
     def experiment_outcome(self, experiment: Experiment, arm: str) -> None:
         self.experiment_outcomes.labels(experiment.model_name, experiment.id, arm).inc()

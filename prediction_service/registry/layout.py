@@ -80,8 +80,12 @@ class RegistryLayout:
         return self.version_dir(name, version) / METADATA_FILE
 
     def read_stage(self, name: str, stage: str) -> str | None:
-        """Version a stage link points to, or None. A link that leaves the model dir is refused."""
-        link = self.stage_link(name, stage)
+        """Version a stage link points to, or None. A link that leaves the model dir is refused.
+
+        The link is read where it lies, without resolving the model dir (a dozen ``lstat`` calls on a path
+        that runs per request for a version served outside its stage): all it yields is a checked version
+        string, and every path built from that is checked when it is used."""
+        link = os.path.join(self.root, validate_name(name), validate_stage(stage))
         try:
             target = os.readlink(link)
         except (FileNotFoundError, OSError):
