@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from prediction_service.types import PredictionRecord, RequestContext  # noqa: E402
-from prediction_service.monitoring.audit import AuditLog, _insert_sql  # noqa: E402
+from prediction_service.monitoring.audit import COLUMNS, AuditLog, table  # noqa: E402
+from prediction_service.state.driver_sql import insert_rows  # noqa: E402
 from prediction_service.request_ids import new_request_id, random_request_id  # noqa: E402
 from prediction_service.settings import AuditSettings, StateSettings  # noqa: E402
 
@@ -44,15 +45,14 @@ def records(count: int, make_id) -> list[PredictionRecord]:
 
 def fill(log: AuditLog, db, rows: int, make_id) -> None:
     """``rows`` older records, straight through the driver (their payload columns hold a fixed hash)."""
-    sql = _insert_sql("qmark")
     start = time.time() - rows * 1e-3
     chunk = 50_000
     for first in range(0, rows, chunk):
         batch = [("2026-01-01T00:00:00.000Z", start + i * 1e-3, make_id(), "lstm-price", "1.0.0", "production",
-                  None, None, 1.5, 200, None, "onnxruntime", None, "ab" * 32, "cd" * 32)
+                  None, None, 1.5, 200, None, "onnxruntime", None, "ab" * 32, "cd" * 32, None)
                  for i in range(first, min(rows, first + chunk))]
         with db.write() as conn:
-            conn.exec_driver_sql(sql, batch)
+            insert_rows(conn, table, COLUMNS, batch)
 
 
 def measure(rows: int, batches: int, make_id) -> tuple[float, float]:

@@ -600,6 +600,11 @@ class Settings(BaseSettings):
     """Comma-separated stages whose versions load at startup; readiness waits for them."""
     stage_poll_interval_seconds: float = Field(1.0, gt=0)
     """How often each worker checks stage links for changes (hot reload by other processes)."""
+    registry_watch: bool = True
+    """Watch the registry with inotify: a request reuses its model's cached resolution while nothing changed,
+    instead of a readlink and a stat per request. A promotion by any process on this host is still followed
+    by the next request; one written on another host of a network filesystem (no inotify event) within
+    STAGE_POLL_INTERVAL_SECONDS. false: check on every request."""
     health_check_interval_seconds: float = Field(5.0, ge=0)
     """How often each worker checks the backend's health and its own readiness for the
     prediction_backend_healthy / prediction_ready metrics (a scrape never calls the backend); 0 = never."""

@@ -463,6 +463,12 @@ class ExperimentService:
                           min_units_per_arm=pick("min_units_per_arm"),
                           msprt_tau=o.msprt_tau)
 
+    async def analyze_answered(self, experiment_id: str) -> Analysis:
+        """``analyze`` once the records this worker holds behind its answers are written (they wait up to
+        EXPERIMENT_RECORD_LINGER_MS for company): it counts every request this worker has answered."""
+        await self.flush_pending_records()
+        return await asyncio.to_thread(self.analyze, experiment_id)
+
     def analyze(self, experiment_id: str) -> Analysis:
         experiment = self.store.get_experiment(experiment_id)
         self._spec(experiment_id)  # observers see the experiment before a decision is applied

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from ..errors import ModelNotFound, PredictionServiceError, VersionNotFound
 from .layout import STAGES, RegistryLayout, validate_stage
+from .watch import root_key, watch_of
 
 
 class CorruptMetadata(PredictionServiceError):
@@ -49,10 +50,13 @@ class VersionedDocuments(Generic[D]):
         self._parse = parse
         self._lock = threading.Lock()
         self._parsed: dict[Path, tuple[Stamp, D]] = {}
-        self._resolved: dict[tuple[str, str], tuple[str, str, Stamp, D]] = {}
-        """(name, stage) -> (stage link path, its target, the document's stamp, the resolved document)."""
-        self._versions: dict[tuple[str, str], tuple[str, Stamp, D]] = {}
-        """(name, version) -> (the document's path, its stamp, the document): ``get``'s fast path."""
+        self._resolved: dict[tuple[str, str], tuple[str, str, str, Stamp, D, int | None]] = {}
+        """(name, stage) -> (stage link path, its target, the document's path, its stamp, the resolved document,
+        the registry watch's generation when it was last checked: None before a check the watch covers)."""
+        self._versions: dict[tuple[str, str], tuple[str, Stamp, D, int | None]] = {}
+        """(name, version) -> (the document's path, its stamp, the document, the generation of its last check):
+        ``get``'s fast path."""
+        self._root_key = root_key(layout.root)
 
     @property
     def root(self) -> Path:
@@ -74,10 +78,16 @@ class VersionedDocuments(Generic[D]):
 
     def get(self, name: str, version: str) -> D:
         cached = self._versions.get((name, version))
-        if cached is not None:  # the hot path of an experiment's arm: one stat, no path resolution or parse
-            path, stamp, document = cached
+        if cached is not None:  # the hot path of an experiment's arm: no syscall while the registry is
+            path, stamp, document, checked = cached  # unchanged, else one stat; no path resolution or parse
+            watch = watch_of(self._root_key)
+            if watch is not None and checked == watch.generation:
+                return document
+            generation = None if watch is None else watch.generation  # before the check: a change during it bumps it
             try:
                 if file_stamp(path) == stamp:
+                    if watch is not None and watch.covers(os.path.dirname(path)):
+                        self._versions[(name, version)] = (path, stamp, document, generation)
                     return document
             except OSError:
                 pass
@@ -89,7 +99,7 @@ class VersionedDocuments(Generic[D]):
                                   {self.kind: name, "version": version})
         stamp, document = self._load_stamped(version_dir)
         with self._lock:
-            self._versions[(name, version)] = (str(version_dir / self.file_name), stamp, document)
+            self._versions[(name, version)] = (str(version_dir / self.file_name), stamp, document, None)
         return document
 
     def stages(self, name: str) -> dict[str, str | None]:
@@ -115,21 +125,29 @@ class VersionedDocuments(Generic[D]):
         stamp, document = self._load_stamped(version_dir)
         found = document.model_copy(update={"stage": stage})
         with self._lock:  # the stamp of the bytes parsed, not a later stat: a write in between re-reads
-            self._resolved[(name, stage)] = (str(self.layout.stage_link(name, stage)), f"v{target}", stamp, found)
+            self._resolved[(name, stage)] = (str(self.layout.stage_link(name, stage)), f"v{target}",
+                                             str(version_dir / self.file_name), stamp, found, None)
         return found
 
     def resolve_cached(self, name: str, stage: str = "production") -> D | None:
         """The hot path: what ``resolve`` last answered for (name, stage) while its stage link and document
-        are unchanged (one readlink, one stat; safe on the event loop), else None for the slow path."""
+        are unchanged, else None for the slow path. Unchanged: nothing the registry watch covers changed
+        since the last check (no syscall), or else one readlink and one stat (safe on the event loop)."""
         cached = self._resolved.get((name, stage))
         if cached is None:
             return None
-        link, target, stamp, found = cached
+        link, target, document, stamp, found, checked = cached
+        watch = watch_of(self._root_key)
+        if watch is not None and checked == watch.generation:
+            return found
+        generation = None if watch is None else watch.generation  # before the check: a change during it bumps it
         try:
-            if os.readlink(link) != target or file_stamp(os.path.join(found.path, self.file_name)) != stamp:
+            if os.readlink(link) != target or file_stamp(document) != stamp:
                 return None
         except OSError:
             return None
+        if watch is not None and watch.covers(os.path.dirname(link), os.path.dirname(document)):
+            self._resolved[(name, stage)] = (link, target, document, stamp, found, generation)
         return found
 
     def _not_registered(self, name: str) -> ModelNotFound:

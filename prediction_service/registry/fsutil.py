@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .watch import registry_changed
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -20,11 +22,14 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def fsync_dir(path: Path) -> None:
+    """Makes a change of ``path``'s entries durable; every write to the registry ends with one, so this is
+    also where cached resolutions in this process learn of it (registry/watch.py)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    registry_changed()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -1,7 +1,8 @@
 """Which versions are loaded, and hot reload.
 
-Requests resolve ``name`` + stage through the registry's stage links (a readlink per request), so a
-response always names the version the link pointed to when the request arrived. A watcher polls the
+Requests resolve ``name`` + stage through the registry's stage links (a readlink per request, or none while
+the registry watch saw no change), so a response always names the version the link pointed to when the
+request arrived. A watcher polls the
 links (changes by CLI, REST or another worker process) and a per-model reload generation file, loads a
 new target beside the old one, switches, then drains and unloads versions that left every stage.
 If a new target fails to load, stage requests keep going to the last version that served.
@@ -26,6 +27,7 @@ from ..execution.single_flight import SingleFlight
 from ..errors import ModelLoadError, Overloaded, PredictionServiceError, RateLimited
 from ..registry import ModelKey, ModelVersion, RegistryReader
 from ..registry.families import family_of
+from ..registry import watch as registry_watch
 from ..security.ratelimit import RateLimiter
 from ..settings import Settings
 
@@ -66,6 +68,7 @@ class ModelManager:
         self._inflight: Counter[ModelKey] = Counter()
         self._generations: dict[str, bytes] = {}
         self._watcher: asyncio.Task | None = None
+        self._registry_watch: registry_watch.RegistryWatch | None = None
         self._retiring: set[asyncio.Task] = set()
         self._refreshers: list[Refresher] = []
         per_minute = settings.limits.version_loads_per_minute
@@ -90,12 +93,17 @@ class ModelManager:
                 except PredictionServiceError as exc:
                     log.warning("preload of %s/%s failed: %s", name, stage, exc.message)
         self.started = True
+        if self.settings.registry_watch:
+            self._registry_watch = registry_watch.attach(self.reader.root, asyncio.get_running_loop())
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="stage-watcher")
 
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
+        if self._registry_watch is not None:
+            registry_watch.detach(self._registry_watch)
+            self._registry_watch = None
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def ready(self) -> tuple[bool, list[str]]:
@@ -257,6 +265,8 @@ class ModelManager:
     async def poll(self) -> None:
         """One pass of the stage watcher (it runs one every STAGE_POLL_INTERVAL_SECONDS): follow moved stage
         links and reload generations, bring back lost pinned versions, then run the refreshers."""
+        if self._registry_watch is not None:
+            self._registry_watch.changed()  # what no inotify event reports (another host's write) waits one pass
         try:
             for name in self.reader.model_names():
                 generation = self.reader.reload_generation(name)

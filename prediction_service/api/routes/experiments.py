@@ -74,9 +74,9 @@ def get_experiment(experiment_id: str, request: Request) -> Experiment:
 
 @router.get("/v1/experiments/{experiment_id}/analyze", response_model=Analysis,
             dependencies=[Depends(require_read)])
-def analyze_experiment(experiment_id: str, request: Request) -> Analysis:
+async def analyze_experiment(experiment_id: str, request: Request) -> Analysis:
     """Analysis with decision; with auto_apply this may promote or roll back (as any analysis would)."""
-    return _service(request).analyze(experiment_id)
+    return await _service(request).analyze_answered(experiment_id)
 
 
 @router.get("/v1/experiments/{experiment_id}/shadow/{request_id}", response_model=ShadowRecord,

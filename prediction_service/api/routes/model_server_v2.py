@@ -268,7 +268,7 @@ async def analyze_ab_test_post(test_id: str, request: Request) -> FastJSONRespon
 
 
 async def _analysis(request: Request, test_id: str) -> FastJSONResponse:
-    analysis: Analysis = await asyncio.to_thread(get_service(request).experiments.analyze, test_id)
+    analysis: Analysis = await get_service(request).experiments.analyze_answered(test_id)
     primary = next((c for c in analysis.comparisons if c.metric in PRIMARY_METRICS), None)
     winner = {Decision.PROMOTE: "b", Decision.ROLLBACK: "a"}.get(analysis.decision)
     arms = {"a": analysis.arms.get(Arm.CHAMPION), "b": analysis.arms.get(Arm.CHALLENGER)}

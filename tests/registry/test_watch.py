@@ -1,0 +1,110 @@
+"""The registry watch: a cached resolution is reused without syscalls while nothing changed, and any change
+(in this process, by another process, or one no event reports) is followed by the next resolution."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from prediction_service.registry import RegistryReader
+from prediction_service.registry import watch as registry_watch
+from prediction_service.registry.writer import set_stage_link
+from tests.support.server import REPO, running_server
+
+MODEL = "tiny-regressor"
+
+
+@pytest.fixture
+def counted_readlinks(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = os.readlink
+
+    def readlink(path, *args, **kwargs):
+        calls.append(os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", readlink)
+    return calls
+
+
+def replace_link_behind_the_registrys_back(root, version: str) -> None:
+    """A stage link moved the way another process (or host) would: no call into this process at all."""
+    link = root / MODEL / "production"
+    tmp = root / MODEL / ".production.test.tmp"
+    os.symlink(f"v{version}", tmp)
+    os.replace(tmp, link)
+
+
+async def test_a_cached_resolution_is_reused_without_a_syscall_until_the_registry_changes(tiny_store,
+                                                                                          counted_readlinks):
+    reader = RegistryReader(tiny_store)
+    watch = registry_watch.attach(tiny_store, asyncio.get_running_loop())
+    assert watch is not None
+    try:
+        assert reader.resolve(MODEL, stage="production").version == "1.0.0"
+        reader.resolve(MODEL, stage="production")  # checked once, with the watch covering its directories
+        counted_readlinks.clear()
+        for _ in range(50):
+            assert reader.resolve(MODEL, stage="production").version == "1.0.0"
+        assert counted_readlinks == []
+
+        replace_link_behind_the_registrys_back(tiny_store, "2.0.0")
+        await asyncio.sleep(0.05)  # a turn of the loop: the watch reads the kernel's event
+        assert reader.resolve(MODEL, stage="production").version == "2.0.0"
+
+        set_stage_link(tiny_store, MODEL, "production", "1.0.0")  # a write in this process: no turn needed
+        assert reader.resolve(MODEL, stage="production").version == "1.0.0"
+    finally:
+        registry_watch.detach(watch)
+
+
+async def test_a_change_no_event_reports_is_followed_once_the_watch_is_told(tiny_store):
+    reader = RegistryReader(tiny_store)
+    watch = registry_watch.attach(tiny_store, asyncio.get_running_loop())
+    assert watch is not None
+    try:
+        reader.resolve(MODEL, stage="production")
+        reader.resolve(MODEL, stage="production")
+        generation = watch.generation
+        watch.changed()  # what the stage watcher's pass does for a network filesystem's silent writes
+        assert watch.generation == generation + 1
+        assert reader.resolve(MODEL, stage="production").version == "1.0.0"
+    finally:
+        registry_watch.detach(watch)
+    assert registry_watch.watch_of(registry_watch.root_key(tiny_store)) is None
+
+
+def test_without_a_watch_every_resolution_checks_the_link(tiny_store, counted_readlinks):
+    reader = RegistryReader(tiny_store)
+    reader.resolve(MODEL, stage="production")
+    counted_readlinks.clear()
+    for _ in range(5):
+        reader.resolve(MODEL, stage="production")
+    assert len(counted_readlinks) == 5
+
+
+PROMOTE = """
+import contextlib, io, sys
+from prediction_service.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    sys.exit(main(["registry", "promote", "tiny-regressor", sys.argv[2], "--store", sys.argv[1], "--actor", "t"]))
+"""
+
+
+@pytest.mark.parametrize("watching", ["true", "false"])
+def test_the_next_request_after_another_process_promotes_names_the_new_version(tiny_store, watching):
+    # a stage poll far longer than the test: only the watch (or a check per request) can follow the moves
+    env = {"STAGE_POLL_INTERVAL_SECONDS": "60", "REGISTRY_WATCH": watching}
+    with running_server(tiny_store, env=env) as (base, _), httpx.Client(base_url=base, timeout=10) as http:
+        for version in ("2.0.0", "1.0.0", "2.0.0", "1.0.0"):
+            for _ in range(3):
+                http.post(f"/v1/models/{MODEL}/predict", json={"instance": [1.0, 2.0, 3.0, 4.0]})
+            subprocess.run([sys.executable, "-c", PROMOTE, str(tiny_store), version], cwd=REPO, check=True)
+            answer = http.post(f"/v1/models/{MODEL}/predict", json={"instance": [1.0, 2.0, 3.0, 4.0]})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["version"] == version
