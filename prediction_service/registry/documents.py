@@ -56,6 +56,8 @@ class VersionedDocuments(Generic[D]):
         self._versions: dict[tuple[str, str], tuple[str, Stamp, D, int | None]] = {}
         """(name, version) -> (the document's path, its stamp, the document, the generation of its last check):
         ``get``'s fast path."""
+        self._stages: dict[str, tuple[int | None, dict[str, str | None]]] = {}
+        """name -> (the registry watch's generation when its stage links were read, what they held)."""
         self._root_key = root_key(layout.root)
 
     @property
@@ -104,6 +106,19 @@ class VersionedDocuments(Generic[D]):
 
     def stages(self, name: str) -> dict[str, str | None]:
         return {stage: self.layout.read_stage(name, stage) for stage in STAGES}
+
+    def stages_cached(self, name: str) -> dict[str, str | None]:
+        """``stages`` for the request path (the stage a version served outside its stage holds): read again
+        only when the registry watch saw a change since the last read, else a readlink per stage."""
+        watch = watch_of(self._root_key)
+        cached = self._stages.get(name)
+        if watch is not None and cached is not None and cached[0] == watch.generation:
+            return cached[1]
+        generation = None if watch is None else watch.generation  # before the reads: a change during them bumps it
+        found = self.stages(name)
+        if watch is not None and watch.covers(os.path.join(self.root, name)):
+            self._stages[name] = (generation, found)
+        return found
 
     def resolve(self, name: str, version: str | None = None, stage: str | None = None) -> D:
         """An explicit version wins; otherwise the stage (default production)."""

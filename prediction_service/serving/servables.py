@@ -180,7 +180,7 @@ class ModelServable:
         stage = next((stage for stage, v in served.items() if v == version.version), None)
         if stage is not None:
             return stage
-        stages = self.manager.reader.stages(version.name)
+        stages = self.manager.reader.stages_cached(version.name)
         return next((stage for stage, v in stages.items() if v == version.version), None)
 
     def provenance(self, target: ModelVersion) -> Provenance:

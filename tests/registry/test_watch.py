@@ -59,6 +59,14 @@ async def test_a_cached_resolution_is_reused_without_a_syscall_until_the_registr
 
         set_stage_link(tiny_store, MODEL, "production", "1.0.0")  # a write in this process: no turn needed
         assert reader.resolve(MODEL, stage="production").version == "1.0.0"
+
+        assert reader.stages_cached(MODEL)["production"] == "1.0.0"  # read once, then held
+        counted_readlinks.clear()
+        assert reader.stages_cached(MODEL)["production"] == "1.0.0"
+        assert counted_readlinks == []
+        replace_link_behind_the_registrys_back(tiny_store, "2.0.0")
+        await asyncio.sleep(0.05)
+        assert reader.stages_cached(MODEL)["production"] == "2.0.0"
     finally:
         registry_watch.detach(watch)
 
