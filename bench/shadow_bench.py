@@ -158,11 +158,14 @@ def main() -> None:
     for label in phases:
         print(f"{label:<24} {median_of(label, 50):8.2f} {median_of(label, 99):8.2f}")
     p99_x = median_of("shadow on", 99) / median_of("no experiment", 99)
+    copies_x = median_of("shadow on", 99) / median_of("split 10 % (reference)", 99)
     answered = sum(r.ok for r in phases["shadow on"])
     print(f"p99 shadow on / no experiment: x{p99_x:.2f} (target <= x{P99_TARGET}: "
           f"{'met' if p99_x <= P99_TARGET else 'MISSED'}); p50 "
           f"x{median_of('shadow on', 50) / median_of('no experiment', 50):.2f}; shadow copies run {runs:.0f}, "
-          f"shed {shed:.0f} of {answered} production answers")
+          f"shed {shed:.0f} of {answered} production answers\n"
+          f"the copies' own share: p99 shadow on / split x{copies_x:.2f} (both record every request for their "
+          "experiment; the split's cost is that bookkeeping and a tenth of the traffic on a second model)")
 
 
 if __name__ == "__main__":
