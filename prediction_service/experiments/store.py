@@ -233,8 +233,9 @@ class ExperimentStore:
         ids = [record.request_id for record in records]
         try:
             with self.db.write() as conn:
-                if _recorded_among(conn, shadows, ids):
-                    raise IntegrityError("shadow answer already recorded", None, Exception("duplicate request id"))
+                recorded = _recorded_among(conn, shadows, ids)
+                if recorded:
+                    raise Conflict("a shadow prediction is already recorded", {"request_ids": sorted(recorded)[:10]})
                 running = _running_among(conn, {record.experiment_id for record in records})
                 stored = [record.experiment_id in running for record in records]
                 insert_rows(conn, shadows, _SHADOW_NAMES,
