@@ -79,7 +79,8 @@ class RegistryWatch:
                 self._directories = {d: wd for d, wd in self._directories.items() if wd not in gone}
 
     def close(self) -> None:
-        self._loop.remove_reader(self._inotify.fileno())
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._inotify.fileno())
         self._inotify.close()
 
 
@@ -110,8 +111,10 @@ def detach(watch: RegistryWatch) -> None:
 
 
 def watch_of(key: str) -> RegistryWatch | None:
-    """The watch attached for the registry whose ``root_key`` is ``key``, if any."""
-    return _watches.get(key)
+    """The watch attached for the registry whose ``root_key`` is ``key``, if any (none once its event loop
+    is closed: nothing reads its events any more)."""
+    watch = _watches.get(key)
+    return None if watch is None or watch.loop_closed else watch
 
 
 def registry_changed() -> None:

@@ -116,3 +116,18 @@ def test_the_next_request_after_another_process_promotes_names_the_new_version(t
             answer = http.post(f"/v1/models/{MODEL}/predict", json={"instance": [1.0, 2.0, 3.0, 4.0]})
             assert answer.status_code == 200, answer.text
             assert answer.json()["version"] == version
+
+
+def test_a_watch_whose_event_loop_closed_is_not_trusted(tiny_store):
+    loop = asyncio.new_event_loop()
+    watch = registry_watch.attach(tiny_store, loop)
+    assert watch is not None
+    key = registry_watch.root_key(tiny_store)
+    assert registry_watch.watch_of(key) is watch
+    registry_watch.detach(watch)
+    watch = registry_watch.attach(tiny_store, loop)
+    loop.close()  # a server that stopped without detaching: no one reads the watch's events any more
+    try:
+        assert registry_watch.watch_of(key) is None
+    finally:
+        registry_watch.detach(watch)
