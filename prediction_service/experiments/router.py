@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from functools import lru_cache
 
 from .models import Arm, Assignment, Experiment, ExperimentKind
 
@@ -48,9 +49,17 @@ def assign(experiment: Experiment, routing_key: str | None) -> Assignment:
         # the champion answers every request; a sampled copy runs on the challenger (no stickiness needed:
         # both models see the same request, so the unit only clusters the variance)
         mirrored = experiment.shadow_fraction >= 1.0 or random.random() < experiment.shadow_fraction
-        return Assignment(experiment_id=experiment.id, arm=Arm.CHAMPION, version=experiment.champion_version,
-                          unit=unit_of(routing_key),
-                          shadow_version=experiment.challenger_version if mirrored else None)
+        return _assignment(experiment.id, Arm.CHAMPION, experiment.champion_version, unit_of(routing_key),
+                           experiment.challenger_version if mirrored else None)
     arm = choose_arm(experiment.id, routing_key, experiment.traffic_split)
     version = experiment.challenger_version if arm is Arm.CHALLENGER else experiment.champion_version
-    return Assignment(experiment_id=experiment.id, arm=arm, version=version, unit=unit_of(routing_key))
+    return _assignment(experiment.id, arm, version, unit_of(routing_key), None)
+
+
+@lru_cache(maxsize=8192)
+def _assignment(experiment_id: str, arm: Arm, version: str, unit: str | None,
+                shadow_version: str | None) -> Assignment:
+    """One frozen Assignment per distinct value, shared by the requests that get it (a request without a
+    routing key gets one of two): building and validating a new one cost every request of an experiment."""
+    return Assignment(experiment_id=experiment_id, arm=arm, version=version, unit=unit,
+                      shadow_version=shadow_version)
