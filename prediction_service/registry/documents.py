@@ -80,8 +80,10 @@ class VersionedDocuments(Generic[D]):
 
     def get(self, name: str, version: str) -> D:
         cached = self._versions.get((name, version))
-        if cached is not None:  # the hot path of an experiment's arm: no syscall while the registry is
-            path, stamp, document, checked = cached  # unchanged, else one stat; no path resolution or parse
+        if cached is not None:
+            # the hot path of an experiment's arm: no syscall while the registry watch saw no change, else one
+            # stat; no path resolution or parse
+            path, stamp, document, checked = cached
             watch = watch_of(self._root_key)
             if watch is not None and checked == watch.generation:
                 return document
