@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -63,6 +64,7 @@ def main() -> None:
             rows.append((f"service, adaptive {adaptive}", *measure(url, {"instance": window}, args.seconds)))
         finally:
             service.stop()
+            shutil.rmtree(audit.parent, ignore_errors=True)
     lean_p50, lean_rps = rows[0][1], rows[0][3]
     print(f"\n{MODEL}, 1 worker, {args.seconds:g} s per figure, one run (2 cores shared by client and server)")
     print(f"{'target':28} {'c=1 p50 ms':>10} {'p99 ms':>8} {'x lean p50':>10} {'c=32 rps':>9} {'x lean rps':>10}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -93,6 +94,7 @@ def main() -> None:
                 rounds.append((measured["service"], measured["direct"]))
     finally:
         backend.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nLSTM 60x5 on {args.backend}, concurrency {args.concurrency}, {args.seconds:.0f} s per phase, "
           f"{args.rounds} rounds, {os.cpu_count()} cores")

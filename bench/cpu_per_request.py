@@ -20,6 +20,7 @@ so at most half its throughput on a saturated core. Medians of --rounds rounds; 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -85,6 +86,7 @@ def main() -> None:
     batch = next(iter(version.signature.synthetic_inputs(1).values()))
     work = Path(tempfile.mkdtemp(prefix="cpu-per-request-"))
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)  # last out: after the servers stopped
         lean_port = free_port()
         model = version.artifact_path(version.artifact(("onnx",), "fp32"))
         stack.enter_context(process([sys.executable, str(REPO / "bench" / "lean_server.py"), "--model",

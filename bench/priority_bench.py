@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -151,6 +152,7 @@ def main() -> None:
         print(f"  {fifo_live.line()}\n  {fifo_flood.line()}", flush=True)
     finally:
         server.stop()
+        shutil.rmtree(audit.parent, ignore_errors=True)
 
     def row(label: str, result: LoadResult, flooded: LoadResult | None) -> str:
         p50, p99 = result.percentile(50), result.percentile(99)

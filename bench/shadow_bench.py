@@ -150,6 +150,7 @@ def main() -> None:
                     shed += metric(server.url, "prediction_shadow_shed_total") - shed_before
     finally:
         server.stop()
+        shutil.rmtree(store.parent, ignore_errors=True)  # its audit and experiment records: ~1 GB a run
 
     def median_of(label: str, q: float) -> float:
         return statistics.median(r.percentile(q) for r in phases[label])

@@ -412,8 +412,10 @@ class ExperimentSettings(BaseSettings):
     """Shadow experiments: copies of production requests waiting for the challenger, per worker. A copy that
     finds the queue full is shed (prediction_shadow_shed_total): shadow work never holds up production."""
     shadow_concurrency: int = Field(1, ge=1, le=64)
-    """Shadow copies running at once per worker, in the lowest priority lane of the challenger's queue (copies
-    waiting together share a model run)."""
+    """Shadow runs at once per worker, in the lowest priority lane of the challenger's queue."""
+    shadow_batch_linger_ms: float = Field(20.0, ge=0, le=1000)
+    """How long the first waiting shadow copy waits for others to share its model run (up to
+    BATCH_MAX_BATCH_SIZE rows): one run per copy cost production more than the copies themselves."""
     shadow_timeout_seconds: float = Field(10.0, gt=0)
     """How long a shadow copy may wait and run before it counts as the challenger's error."""
     auto_apply_interval_seconds: float = Field(10.0, ge=0)

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -198,8 +198,8 @@ class ServiceMetrics:
         self.shadow_shed_total = counter("prediction_shadow_shed_total", "Shadow copies shed: the shadow queue was full, "
                                    "or production kept the challenger busy past EXPERIMENT_SHADOW_TIMEOUT_SECONDS.",
                                    ("model",))
-        self.shadow_latency = Histogram("prediction_shadow_latency_seconds", "A shadow copy's wait in the challenger's "
-                                        "lowest priority lane and its run.", ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.shadow_latency = Histogram("prediction_shadow_latency_seconds", "A shadow run's wait in the challenger's "
+                                        "lowest priority lane and its run (copies waiting together share one run).", ["model"], buckets=LATENCY_BUCKETS, registry=registry)
         self._expired_feed = _CumulativeFeed(self.batcher_expired)
         self._shed_feed = _CumulativeFeed(self.batcher_shed)
         self._written_feed = _CumulativeFeed(self.audit_written)
@@ -256,12 +256,13 @@ class ServiceMetrics:
 
     # ---- shadow experiments (serving.shadow.ShadowObserver) -------------------------------------------
 
-    def shadow_run(self, model: str, outcome: str, latency_s: float) -> None:
-        self.shadow_runs_total.labels(model, outcome).inc()
+    def shadow_run(self, model: str, outcomes: Counter[str], latency_s: float) -> None:
+        for outcome, count in outcomes.items():
+            self.shadow_runs_total.labels(model, outcome).inc(count)
         self.shadow_latency.labels(model).observe(latency_s)
 
-    def shadow_shed(self, model: str) -> None:
-        self.shadow_shed_total.labels(model).inc()
+    def shadow_shed(self, model: str, count: int = 1) -> None:
+        self.shadow_shed_total.labels(model).inc(count)
 
     # ---- A/B experiments (experiments.service.ExperimentObserver) ------------------------------------
 

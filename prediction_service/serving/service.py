@@ -74,7 +74,9 @@ class Service:
                 queue_size=settings.experiments.shadow_queue_size, concurrency=settings.experiments.shadow_concurrency,
                 priority=settings.batching.priority_levels, timeout_s=settings.experiments.shadow_timeout_seconds,
                 until_idle=self.dataplane.until_idle,
-                write_linger_s=settings.experiments.record_linger_ms / 1000.0, observer=self.metrics, audit=self.audit)
+                write_linger_s=settings.experiments.record_linger_ms / 1000.0,
+                batch_linger_s=settings.experiments.shadow_batch_linger_ms / 1000.0,
+                max_batch_rows=settings.batching.max_batch_size, observer=self.metrics, audit=self.audit)
         self.drift = attach_drift(settings, self.dataplane, self.reader, self.metrics.registry)
         """Input drift per model version (monitoring/drift.py); None when DRIFT_ENABLED is false."""
         self.pipeline = RequestPipeline(self.dataplane, settings.limits, settings.batching.priority_levels)

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from prediction_service.experiments.models import ExperimentKind
 from prediction_service.monitoring.audit import AuditReader, audit_db_path
 from prediction_service.registry import ModelKey
+from prediction_service.serving.shadow import agreement, agreements
 from prediction_service.settings import AuditSettings, ExperimentSettings, Settings
 from tests.support.asgi import served_app
 from tests.support.gated import gated
@@ -113,6 +114,54 @@ async def test_copies_are_shed_when_the_shadow_queue_is_full_and_production_neve
             assert runner.depth == 2 and runner.shed == 4
         await asyncio.wait_for(runner.drain(), 30)
     assert metrics.get_sample_value("prediction_shadow_shed_total", {"model": MODEL}) == 4
+
+
+async def test_copies_waiting_together_share_one_run_and_each_gets_its_own_rows(store, monkeypatch):
+    async with served_app(_settings(store, shadow_batch_linger_ms=50)) as (app, http):
+        experiment = (await http.post("/v1/experiments", json=SHADOW_SPEC)).json()
+        runner = app.state.service.dataplane.models.shadow
+        assert (await http.post(PREDICT, json={"instance": _row(0)})).status_code == 200
+        await runner.drain()  # the challenger is loaded now: gate it
+        challenger = app.state.service.adapter._models[ModelKey(MODEL, "2.0.0")]
+        before = challenger.batcher.stats
+        async with gated(app, ModelKey(MODEL, "2.0.0"), monkeypatch) as gate:
+            await http.post(PREDICT, json={"instance": _row(1)})
+            await gate.wait_started()  # that copy holds the challenger's run; the next ones wait together
+            bodies = [(await http.post(PREDICT, json={"instances": [_row(i), _row(i + 100)]})).json()
+                      for i in range(2, 8)]
+            assert runner.depth == 6
+        await asyncio.wait_for(runner.drain(), 30)
+        after = challenger.batcher.stats
+        assert (after.batches - before.batches, after.requests - before.requests) == (2, 2)
+        assert after.rows - before.rows == 1 + 2 * 6
+
+        direct = (await http.post(PREDICT, json={"instances": [_row(i) for i in range(2, 8)],
+                                                 "version": "2.0.0"})).json()["predictions"]
+        for i, body in enumerate(bodies):
+            shadow = (await http.get(f"/v1/experiments/{experiment['id']}/shadow/{body['request_id']}")).json()
+            assert not shadow["error"] and shadow["predicted_value"] == pytest.approx(direct[i], rel=1e-5)
+
+
+def test_agreement_of_copies_sharing_a_run_is_each_copy_s_own():
+    """The shared run's rows are compared in one pass; each copy agrees only if all its rows do."""
+    champions = [np.array([[1.0], [2.0]], np.float32), np.array([[3.0]], np.float32), np.array([[4.0]], np.float32)]
+    challenger = np.array([[1.0], [2.5], [3.0], [4.0000001]], np.float32)
+    sizes = [2, 1, 1]
+    expected = [agreement(c, part) for c, part in zip(champions, np.split(challenger, [2, 3]))]
+    assert agreements(champions, challenger, sizes) == expected == ["disagree", "agree", "agree"]
+
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], np.float32)
+    classes = [probabilities[:1], probabilities[1:]]
+    flipped = probabilities[:, ::-1].copy()
+    flipped[0] = probabilities[0] * 0.5  # same argmax for the first copy's row
+    assert agreements(classes, flipped, [1, 2]) == ["agree", "disagree"]
+    labels = [np.array([1, 2], np.int64), np.array([3], np.int64)]
+    assert agreements(labels, np.array([1, 2, 4], np.int64), [2, 1]) == ["agree", "disagree"]
+    # a copy without the output, or answers of another shape, disagree; the others are still compared
+    assert agreements([None, champions[1]], np.array([[9.0], [3.0]], np.float32), [1, 1]) == ["disagree", "agree"]
+    assert agreements([np.zeros((1, 2), np.float32), champions[1]], np.array([[0.0], [3.0]], np.float32),
+                      [1, 1]) == ["disagree", "agree"]
+    assert agreements(champions, None, sizes) == ["disagree"] * 3
 
 
 async def test_a_shadow_experiment_is_sequential_and_sampled_per_request(store):
