@@ -142,6 +142,30 @@ async def test_copies_waiting_together_share_one_run_and_each_gets_its_own_rows(
             assert not shadow["error"] and shadow["predicted_value"] == pytest.approx(direct[i], rel=1e-5)
 
 
+async def test_a_failed_shared_run_is_an_error_answer_for_each_of_its_copies(store, monkeypatch):
+    metrics = CollectorRegistry()
+    async with served_app(_settings(store, shadow_batch_linger_ms=50), metrics_registry=metrics) as (app, http):
+        experiment = (await http.post("/v1/experiments", json=SHADOW_SPEC)).json()
+        runner = app.state.service.dataplane.models.shadow
+        assert (await http.post(PREDICT, json={"instance": _row(0)})).status_code == 200
+        await runner.drain()  # the challenger is loaded now: break it
+
+        def broken(inputs):
+            raise RuntimeError("the challenger's runtime failed")
+
+        challenger = app.state.service.adapter._models[ModelKey(MODEL, "2.0.0")]
+        monkeypatch.setattr(challenger.runtime, "run", broken)
+        monkeypatch.setattr(challenger.batcher, "inline_rows", 0)
+        bodies = [(await http.post(PREDICT, json={"instance": _row(i)})).json() for i in range(1, 5)]
+        assert all(body["version"] == "1.0.0" for body in bodies)  # production never saw it
+        await asyncio.wait_for(runner.drain(), 30)
+        for body in bodies:
+            shadow = (await http.get(f"/v1/experiments/{experiment['id']}/shadow/{body['request_id']}")).json()
+            assert shadow["error"] is True and shadow["predicted_value"] is None
+    assert metrics.get_sample_value("prediction_shadow_runs_total", {"model": MODEL, "outcome": "error"}) == 4
+    assert runner.shed == 0
+
+
 def test_agreement_of_copies_sharing_a_run_is_each_copy_s_own():
     """The shared run's rows are compared in one pass; each copy agrees only if all its rows do."""
     champions = [np.array([[1.0], [2.0]], np.float32), np.array([[3.0]], np.float32), np.array([[4.0]], np.float32)]
