@@ -90,6 +90,10 @@ class ServingAdapter(ABC):
     """The adapter records the queue wait and model run of traced requests itself (the in-process batcher);
     for others the servable traces the backend call as the model run."""
 
+    enforces_deadlines: bool = False
+    """The adapter fails a request at its deadline itself (the in-process batcher, one timer for all its
+    requests); for others the servable holds a timer per request."""
+
     @abstractmethod
     async def predict(
         self, key: ModelKey, inputs: dict[str, np.ndarray], *, deadline: float | None = None,

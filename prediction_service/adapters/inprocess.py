@@ -45,6 +45,7 @@ class _Entry:
 class InProcessAdapter(ServingAdapter):
     name = "inprocess"
     traces_runs = True
+    enforces_deadlines = True
     formats: tuple[str, ...] = ARTIFACT_FORMATS
 
     def __init__(self, settings: Settings):

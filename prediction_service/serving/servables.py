@@ -154,6 +154,8 @@ class ModelServable:
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded("request deadline passed before the model ran")
             try:
+                if remaining is None or self.adapter.enforces_deadlines:
+                    return await self.adapter.predict(target.key, arrays, deadline=deadline, context=context)
                 async with asyncio.timeout(remaining):
                     return await self.adapter.predict(target.key, arrays, deadline=deadline, context=context)
             except ModelNotFound:

@@ -139,6 +139,64 @@ async def test_expired_requests_are_dropped_before_the_model_runs():
     await batcher.close()
 
 
+async def test_the_batcher_fails_a_queued_request_at_its_deadline_and_counts_it_once():
+    """No timer of the caller's: the batcher's own fails the request while an earlier run holds the only slot."""
+    model = RecordingModel()
+    model.gate = asyncio.Event()
+    batcher = DynamicBatcher(model, max_batch_size=1, max_queue_delay_ms=0)
+    holder = asyncio.ensure_future(batcher.submit(rows(1.0)))
+    while not model.batches:
+        await asyncio.sleep(0)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="before the model ran"):
+        await batcher.submit(rows(2.0), deadline=time.monotonic() + 0.05)
+    assert time.monotonic() - started < 5  # answered at its deadline, not when the slot freed
+    model.gate.set()
+    assert (await holder)["y"][0, 0] == 2.0
+    assert model.batches == [1] and batcher.stats.expired == 1  # it never ran, and counts once
+    await batcher.close()
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["running alone", "in a batch"])
+async def test_a_request_whose_deadline_passes_while_its_run_is_held_fails_then_and_frees_its_caller(alone):
+    model = RecordingModel()
+    batcher = DynamicBatcher(model, max_batch_size=4, max_queue_delay_ms=0)
+    held = model.gate = asyncio.Event()
+    if not alone:  # queue it behind a run first, so the batcher's task runs it
+        model.gate = first_gate = asyncio.Event()
+        first = asyncio.ensure_future(batcher.submit(rows(1.0)))
+        while not model.batches:
+            await asyncio.sleep(0)
+    late = asyncio.ensure_future(batcher.submit(rows(2.0), deadline=time.monotonic() + 0.05))
+    if not alone:
+        await asyncio.sleep(0)
+        model.gate = held
+        first_gate.set()
+        assert (await first)["y"][0, 0] == 2.0
+    with pytest.raises(DeadlineExceeded, match="while the model ran"):
+        await late  # its run is still held by the gate
+    assert model.batches[-1] == 1 and not held.is_set()
+    held.set()
+    assert (await batcher.submit(rows(3.0), deadline=time.monotonic() + 5))["y"][0, 0] == 6.0
+    assert batcher.stats.expired == 0  # it ran: a late answer, not an expired request
+    await batcher.close()
+
+
+async def test_a_caller_cancelled_while_running_alone_is_cancelled_not_expired():
+    model = RecordingModel()
+    model.gate = asyncio.Event()
+    batcher = DynamicBatcher(model, max_batch_size=4, max_queue_delay_ms=0)
+    task = asyncio.ensure_future(batcher.submit(rows(1.0), deadline=time.monotonic() + 30))
+    while not model.batches:
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    model.gate.set()
+    assert (await batcher.submit(rows(2.0), deadline=time.monotonic() + 5))["y"][0, 0] == 4.0
+    await batcher.close()
+
+
 async def test_close_drains_queued_work():
     model = RecordingModel(delay=0.02)
     batcher = DynamicBatcher(model, max_batch_size=2, max_queue_delay_ms=0)
