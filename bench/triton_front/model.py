@@ -40,7 +40,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 PROVENANCE_OUTPUT = "served_by"
-_TRITON_CODES = {400: "INVALID_ARG", 401: "UNAVAILABLE", 403: "UNAVAILABLE", 404: "NOT_FOUND",
+# The backend's error codes; it has none for an unauthenticated or forbidden call: those become INVALID_ARG.
+_TRITON_CODES = {400: "INVALID_ARG", 401: "INVALID_ARG", 403: "INVALID_ARG", 404: "NOT_FOUND", 422: "INVALID_ARG",
                  429: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "UNAVAILABLE"}
 
 
