@@ -224,26 +224,23 @@ class DynamicBatcher:
         future = asyncio.get_running_loop().create_future()
         item = _Pending(inputs, batch_rows(inputs), deadline, future, merge_signature(inputs), level, trace,
                         time.time_ns() if trace is not None else 0)
-        if deadline is None:
-            return await self._queue_or_run(item, level)
-        self._watch_deadline(item)
+        if deadline is not None:
+            self._watch_deadline(item)
         try:
-            return await self._queue_or_run(item, level)
+            if self._may_run_alone(level):
+                return await self._run_alone(item)
+            if self._waiting >= self.max_queue_size:
+                self._make_room(level)
+            self._lanes[level - 1].append(item)
+            self._waiting += 1
+            assert self._arrived is not None and self._freed is not None
+            self._arrived.set()
+            if level == 1 and self.reserved_slots and self._runs >= self.max_concurrent_batches:
+                self._freed.set()  # it may take a reserved slot: the loop looks again
+            return await future
         finally:
-            del self._deadlines[item]
-
-    async def _queue_or_run(self, item: _Pending, level: int) -> Tensors:
-        if self._may_run_alone(level):
-            return await self._run_alone(item)
-        if self._waiting >= self.max_queue_size:
-            self._make_room(level)
-        self._lanes[level - 1].append(item)
-        self._waiting += 1
-        assert self._arrived is not None and self._freed is not None
-        self._arrived.set()
-        if level == 1 and self.reserved_slots and self._runs >= self.max_concurrent_batches:
-            self._freed.set()  # it may take a reserved slot: the loop looks again
-        return await item.future
+            if deadline is not None:
+                del self._deadlines[item]
 
     # ---- deadlines: one timer per batcher ------------------------------------------------------------
 
@@ -303,12 +300,10 @@ class DynamicBatcher:
         inline = self._runs > 0 and item.rows <= self.inline_rows
         self._runs += 1
         self._running_by_level[item.priority - 1] += 1
-        if item.deadline is None:
-            await self._execute([item], item.priority, self._run_on_loop if inline else self._run_batch)
-            return item.future.result()
         caller = asyncio.current_task()
         assert caller is not None
-        self._deadlines[item] = caller
+        if item.deadline is not None:
+            self._deadlines[item] = caller
         try:
             await self._execute([item], item.priority, self._run_on_loop if inline else self._run_batch)
         except asyncio.CancelledError:
@@ -445,7 +440,6 @@ class DynamicBatcher:
                 if item.future.done():  # the deadline timer failed it, or its caller went away
                     continue
                 if item.deadline is not None and now >= item.deadline:
-                    item.expired = True
                     self._expired += 1
                     item.future.set_exception(DeadlineExceeded("request deadline passed before the model ran"))
                     continue
