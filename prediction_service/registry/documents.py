@@ -84,14 +84,13 @@ class VersionedDocuments(Generic[D]):
             # the hot path of an experiment's arm: no syscall while the registry watch saw no change, else one
             # stat; no path resolution or parse
             path, stamp, document, checked = cached
-            watch = watch_of(self._root_key)
-            if watch is not None and checked == watch.generation:
+            generation = self._generation()
+            if generation is not None and checked == generation:
                 return document
-            generation = None if watch is None else watch.generation  # before the check: a change during it bumps it
             try:
                 if file_stamp(path) == stamp:
-                    if watch is not None and watch.covers(os.path.dirname(path)):
-                        self._versions[(name, version)] = (path, stamp, document, generation)
+                    self._versions[(name, version)] = (path, stamp, document,
+                                                       self._covered(generation, os.path.dirname(path)))
                     return document
             except OSError:
                 pass
@@ -112,14 +111,12 @@ class VersionedDocuments(Generic[D]):
     def stages_cached(self, name: str) -> dict[str, str | None]:
         """``stages`` for the request path (the stage a version served outside its stage holds): read again
         only when the registry watch saw a change since the last read, else a readlink per stage."""
-        watch = watch_of(self._root_key)
+        generation = self._generation()
         cached = self._stages.get(name)
-        if watch is not None and cached is not None and cached[0] == watch.generation:
+        if generation is not None and cached is not None and cached[0] == generation:
             return cached[1]
-        generation = None if watch is None else watch.generation  # before the reads: a change during them bumps it
         found = self.stages(name)
-        if watch is not None and watch.covers(os.path.join(self.root, name)):
-            self._stages[name] = (generation, found)
+        self._stages[name] = (self._covered(generation, os.path.join(self.root, name)), found)
         return found
 
     def resolve(self, name: str, version: str | None = None, stage: str | None = None) -> D:
@@ -154,18 +151,29 @@ class VersionedDocuments(Generic[D]):
         if cached is None:
             return None
         link, target, document, stamp, found, checked = cached
-        watch = watch_of(self._root_key)
-        if watch is not None and checked == watch.generation:
+        generation = self._generation()
+        if generation is not None and checked == generation:
             return found
-        generation = None if watch is None else watch.generation  # before the check: a change during it bumps it
         try:
             if os.readlink(link) != target or file_stamp(document) != stamp:
                 return None
         except OSError:
             return None
-        if watch is not None and watch.covers(os.path.dirname(link), os.path.dirname(document)):
-            self._resolved[(name, stage)] = (link, target, document, stamp, found, generation)
+        self._resolved[(name, stage)] = (link, target, document, stamp, found,
+                                         self._covered(generation, os.path.dirname(link), os.path.dirname(document)))
         return found
+
+    def _generation(self) -> int | None:
+        """The registry watch's generation, read before a check (a change during the check bumps it, so what
+        the check saw is never taken for current); None without a watch: every request checks."""
+        watch = watch_of(self._root_key)
+        return None if watch is None else watch.generation
+
+    def _covered(self, generation: int | None, *directories: str) -> int | None:
+        """What a check just made at ``generation`` is stored with: the generation when the watch covers the
+        directories it read, else None (the next request checks again)."""
+        watch = watch_of(self._root_key)
+        return generation if watch is not None and watch.covers(*directories) else None
 
     def _not_registered(self, name: str) -> ModelNotFound:
         return ModelNotFound(f"{self.kind} {name!r} is not registered", {self.kind: name})
