@@ -16,6 +16,7 @@ STAGE_POLL_INTERVAL_SECONDS (REGISTRY_WATCH=false keeps a check per request inst
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import threading
@@ -30,11 +31,15 @@ _EVENTS = (flags.CREATE | flags.DELETE | flags.MOVED_TO | flags.MOVED_FROM | fla
 _watches: dict[str, RegistryWatch] = {}
 """The watch attached for each registry root (by its real path) in this process."""
 
+_generations = itertools.count(1)
+"""Generations are unique in the process, across watches: a resolution cached under a watch since detached
+never matches a later watch's generation (each would count up from the same start)."""
+
 
 class RegistryWatch:
     def __init__(self, root: str, loop: asyncio.AbstractEventLoop):
         self.root = root
-        self.generation = 0
+        self.generation = next(_generations)
         """Bumped by every change seen in a watched directory (and by ``changed``)."""
         self._loop = loop
         self._inotify = INotify(nonblocking=True)
@@ -49,7 +54,7 @@ class RegistryWatch:
     def changed(self) -> None:
         """Something may have changed that no event reports (a pass of the stage watcher, a write in this
         process that a request in the same turn of the loop must see): every cached resolution checks again."""
-        self.generation += 1
+        self.generation = next(_generations)
 
     def covers(self, *directories: str) -> bool:
         """Whether every one of ``directories`` is watched, adding the watches it lacks; False when one
@@ -72,7 +77,7 @@ class RegistryWatch:
             events = []
         if not events:
             return
-        self.generation += 1
+        self.generation = next(_generations)
         gone = {event.wd for event in events if event.mask & (flags.IGNORED | flags.DELETE_SELF | flags.MOVE_SELF)}
         if gone or any(event.mask & flags.Q_OVERFLOW for event in events):
             with self._lock:  # a deleted or moved directory is watched again when it is next needed

@@ -71,6 +71,26 @@ async def test_a_cached_resolution_is_reused_without_a_syscall_until_the_registr
         registry_watch.detach(watch)
 
 
+async def test_a_resolution_cached_under_a_detached_watch_is_checked_under_the_next(tiny_store):
+    """A later watch never reaches the generation an earlier one cached a resolution at."""
+    reader = RegistryReader(tiny_store)
+    first = registry_watch.attach(tiny_store, asyncio.get_running_loop())
+    assert first is not None
+    reader.resolve(MODEL, stage="production")
+    reader.resolve(MODEL, stage="production")  # checked, stored with first's generation
+    cached_at = first.generation
+    registry_watch.detach(first)
+    replace_link_behind_the_registrys_back(tiny_store, "2.0.0")  # no watch sees it
+    second = registry_watch.attach(tiny_store, asyncio.get_running_loop())
+    assert second is not None and second is not first
+    try:
+        while second.generation < cached_at:
+            second.changed()
+        assert reader.resolve(MODEL, stage="production").version == "2.0.0"
+    finally:
+        registry_watch.detach(second)
+
+
 async def test_a_change_no_event_reports_is_followed_once_the_watch_is_told(tiny_store):
     reader = RegistryReader(tiny_store)
     watch = registry_watch.attach(tiny_store, asyncio.get_running_loop())
