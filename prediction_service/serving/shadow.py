@@ -87,11 +87,10 @@ def agreements(champions: list[np.ndarray | None], challenger: np.ndarray | None
     in one pass over the run's rows: copy by copy, the comparison cost more than the copies' model run."""
     if challenger is None:
         return ["disagree"] * len(champions)
-    known = [c for c in champions if c is not None]
-    if len(known) < len(champions) or 0 in sizes or len({(c.shape[1:], c.dtype.str) for c in known}) > 1:
-        return [agreement(c, part) for c, part in zip(champions, _row_slices(challenger, sizes))]
-    champion = np.concatenate(known) if len(known) > 1 else known[0]
-    if champion.shape != challenger.shape:
+    alike = (0 not in sizes and all(c is not None for c in champions)
+             and len({(c.shape[1:], c.dtype.str) for c in champions}) == 1)
+    champion = np.concatenate(champions) if alike else None
+    if champion is None or champion.shape != challenger.shape:  # copy by copy: some differ in shape or lack it
         return [agreement(c, part) for c, part in zip(champions, _row_slices(challenger, sizes))]
     starts = np.cumsum([0, *sizes[:-1]])
     same = np.logical_and.reduceat(_agreeing_rows(champion, challenger), starts)
